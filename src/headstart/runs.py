@@ -1,0 +1,157 @@
+"""A run directory: everything one experiment produced, written atomically as a whole.
+
+    run.json          what was run: kind, backbone reference (name + weights sha256 + card), preprocessing,
+                      classes, hyper-parameters, library versions
+    head.safetensors  the trained delta (for a probe: the linear head only; the base is referenced)
+    metrics.json      val/test metrics, timings, parameter counts
+    data.json         data summary: layout, class counts per split, skipped files with reasons
+    split.csv         path,label,split,sha256 of every item used
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.errors import HeadstartError
+from headstart.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from headstart.head import LinearHead
+
+RUN_FILE = "run.json"
+HEAD_FILE = "head.safetensors"
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for dist in ("headstart", "torch", "numpy", "onnxruntime", "transformers", "pillow"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def default_run_dir(kind: str, backbone: str, root: str | Path = "runs") -> Path:
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in backbone)[-40:]
+    return Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{safe}"
+
+
+def save_head(path: Path, head: LinearHead, classes: list[str]) -> None:
+    from safetensors.numpy import save
+
+    data = save({"weight": head.weight, "bias": head.bias}, metadata={"classes": json.dumps(classes)})
+    atomic_write_bytes(path, data)
+
+
+def load_head(path: Path) -> LinearHead:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        t = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise HeadstartError(f"cannot read head weights {path}: {e}", fix="the run folder is damaged") from e
+    return LinearHead(weight=t["weight"], bias=t["bias"])
+
+
+def write_run(
+    out: str | Path,
+    *,
+    run: dict[str, Any],
+    head: LinearHead,
+    metrics: dict[str, Any],
+    data: dict[str, Any] | None = None,
+    split_rows: list[tuple[str, str, str, str]] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write the whole run into a temp folder beside `out`, then move it into place in one rename."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise HeadstartError(f"{out} already exists and is not empty", fix="choose another --out, or --overwrite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_head(tmp / HEAD_FILE, head, run["classes"])
+        run = {**run, "head": {"file": HEAD_FILE, "sha256": sha256_file(tmp / HEAD_FILE)}}
+        atomic_write_json(tmp / RUN_FILE, run)
+        atomic_write_json(tmp / "metrics.json", metrics)
+        if data is not None:
+            atomic_write_json(tmp / "data.json", data)
+        if split_rows is not None:
+            buf = io.StringIO()
+            w = csv.writer(buf)
+            w.writerow(["path", "label", "split", "sha256"])
+            w.writerows(split_rows)
+            atomic_write_text(tmp / "split.csv", buf.getvalue())
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+@dataclass
+class Run:
+    path: Path
+    info: dict[str, Any]
+    head: LinearHead
+    metrics: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run folder, checking that the head file is the one the run recorded."""
+    path = Path(path)
+    run_file = path / RUN_FILE
+    if not run_file.is_file():
+        raise HeadstartError(f"{path} is not a headstart run (no {RUN_FILE})", fix="give the folder `probe` printed")
+    try:
+        info = json.loads(run_file.read_text())
+    except json.JSONDecodeError as e:
+        raise HeadstartError(f"{run_file} is not valid JSON: {e}", fix="the run folder is damaged") from e
+    head_path = path / info["head"]["file"]
+    if not head_path.is_file():
+        raise HeadstartError(f"{head_path} is missing", fix="the run folder is incomplete; re-run it")
+    got = sha256_file(head_path)
+    if got != info["head"]["sha256"]:
+        raise HeadstartError(
+            f"{head_path} does not match its recorded sha256 (changed or truncated)",
+            fix="restore the file or re-run",
+        )
+    metrics_path = path / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    head = load_head(head_path)
+    if head.weight.shape[0] != len(info["classes"]):
+        raise HeadstartError(f"{head_path} has {head.weight.shape[0]} outputs for {len(info['classes'])} classes")
+    return Run(path=path, info=info, head=head, metrics=metrics)
+
+
+def to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj

@@ -1,0 +1,70 @@
+"""Shared fixtures: an isolated cache, tiny synthetic image datasets, the tiny test backbone."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+TEST_BACKBONE = "test_efficientnet_lite"
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test gets its own feature/ONNX cache, so cache hits are never left over from another test."""
+    root = tmp_path_factory.mktemp("hs-cache")
+    monkeypatch.setenv("HEADSTART_CACHE", str(root))
+    return root
+
+
+def draw_item(label: str, seed: int, size: int = 48) -> Image.Image:
+    """A class-distinct picture: colour and shape depend on the class, position and jitter on the seed."""
+    rng = np.random.default_rng(seed)
+    palette = {"red": (220, 40, 40), "blue": (40, 60, 220), "green": (40, 180, 60)}
+    bg = tuple(int(v) for v in rng.integers(200, 256, 3))
+    img = Image.new("RGB", (size, size), bg)
+    d = ImageDraw.Draw(img)
+    colour = tuple(int(np.clip(c + rng.integers(-25, 26), 0, 255)) for c in palette[label])
+    x0, y0 = (int(v) for v in rng.integers(2, size // 3, 2))
+    x1, y1 = x0 + size // 2, y0 + size // 2
+    if label == "blue":
+        d.ellipse((x0, y0, x1, y1), fill=colour)
+    elif label == "green":
+        d.polygon([(x0, y1), ((x0 + x1) // 2, y0), (x1, y1)], fill=colour)
+    else:
+        d.rectangle((x0, y0, x1, y1), fill=colour)
+    return img
+
+
+def make_image_folder(root: Path, classes: tuple[str, ...] = ("red", "blue"), per_class: int = 10,
+                      seed: int = 0, fmt: str = "PNG") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for ci, c in enumerate(classes):
+        (root / c).mkdir(exist_ok=True)
+        for i in range(per_class):
+            ext = "png" if fmt == "PNG" else "jpg"
+            draw_item(c, seed * 10_000 + ci * 1000 + i).save(root / c / f"{c}_{i:03d}.{ext}", fmt)
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data")
+
+
+@pytest.fixture
+def three_class_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "data3", classes=("red", "blue", "green"), per_class=12)
+
+
+@pytest.fixture
+def tiny_backbone():  # noqa: ANN201
+    from headstart.backbones import create_backbone
+
+    return create_backbone(TEST_BACKBONE, pretrained=False)
