@@ -1,10 +1,10 @@
 """Shared helpers for the benchmarks: synthetic test images, an isolated cache, timing and the JSON line.
 
-The test images are JPEG photos-like renderings of the bundled emoji (examples/emoji/images): every file
-is an emoji upscaled with its own seeded augmentation (crop, flip, small rotation, colour tint, scale,
-offset, background colour and sensor-like noise), so every file has distinct bytes *and* distinct
-content. That matters: headstart's feature cache is content-addressed, so repeated bytes would be
-cache hits and flatter the figures.
+The test images are photo-like JPEG renderings of the bundled emoji (examples/emoji/images, 80 px
+RGB cards): every file is an emoji upscaled with its own seeded augmentation (crop, flip, small
+rotation, colour tint, scale, offset, background colour and sensor-like noise), so every file has
+distinct bytes *and* distinct content. That matters: headstart's feature cache is content-addressed,
+so repeated bytes would be cache hits and flatter the figures.
 """
 
 from __future__ import annotations
@@ -54,22 +54,22 @@ def _render(src: Path, size: int, seed: tuple[int, ...]) -> Image.Image:
     a = np.asarray(emoji, dtype=np.float32).copy()
     a[..., :3] *= rng.uniform(0.7, 1.3, size=3).astype(np.float32)
     emoji = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8), "RGBA")
-    # Upscale (the sources are 80 px) to 45-95 % of the canvas, with a small rotation.
-    target = int(size * rng.uniform(0.45, 0.95))
-    emoji = emoji.resize((target, max(1, round(target * ch / cw))), Image.Resampling.BICUBIC)
+    # A small rotation (at source size: cheap), then upscale (the sources are 80 px) to 45-95 % of the canvas.
     emoji = emoji.rotate(float(rng.uniform(-20, 20)), resample=Image.Resampling.BICUBIC, expand=True)
+    ew, eh = emoji.size
+    target = int(size * rng.uniform(0.45, 0.95))
+    emoji = emoji.resize((target, max(1, round(target * eh / ew))), Image.Resampling.BICUBIC)
     # Background: a random colour with a gentle gradient and sensor-like noise.
     base = rng.uniform(0, 255, size=3).astype(np.float32)
-    ramp = np.linspace(-1.0, 1.0, size, dtype=np.float32)[:, None, None] * rng.uniform(-40, 40, size=3).astype(
-        np.float32
-    )
+    slope = rng.uniform(-40, 40, size=3).astype(np.float32)
+    ramp = np.linspace(-1.0, 1.0, size, dtype=np.float32)[:, None, None] * slope
     bg = np.broadcast_to(base + ramp, (size, size, 3)).copy()
     canvas = Image.fromarray(np.clip(bg, 0, 255).astype(np.uint8), "RGB")
     ew, eh = emoji.size
     ox = int(rng.integers(-ew // 4, max(1, size - ew + ew // 4)))
     oy = int(rng.integers(-eh // 4, max(1, size - eh + eh // 4)))
     canvas.paste(emoji, (ox, oy), emoji)
-    out = np.asarray(canvas, dtype=np.float32) + rng.normal(0.0, 4.0, size=(size, size, 3)).astype(np.float32)
+    out = np.asarray(canvas, dtype=np.float32) + 4.0 * rng.standard_normal((size, size, 3), dtype=np.float32)
     return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8), "RGB")
 
 
@@ -94,7 +94,7 @@ def _write_all(jobs: list[tuple[str, str, int, tuple[int, ...]]], quality: int) 
                 results.extend(part)
     digests = {h for _, h in results}
     if len(digests) != len(jobs):
-        raise SystemExit(f"only {len(digests)} distinct files out of {len(jobs)}: the cache would see repeats")
+        raise SystemExit(f"only {len(digests)} distinct files of {len(jobs)}: the cache would see repeats")
     return [j[1] for j in jobs]
 
 
@@ -150,11 +150,56 @@ class Timer:
         self.s = time.perf_counter() - self.t0
 
 
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far, in MB (Linux reports ru_maxrss in KiB)."""
+def ru_maxrss_mb() -> float:
+    """getrusage's peak RSS of this process, in MB (Linux reports KiB).
+
+    Caveat on Linux: a child started by fork/vfork + exec inherits the parent's high-water mark at the
+    exec, so in a subprocess of a big parent this reads the parent's size, not the child's own.
+    """
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process's own address space (VmHWM), in MB; ru_maxrss where /proc is absent."""
+    v = _proc_status_mb("VmHWM")
+    return ru_maxrss_mb() if v is None else v
+
+
+def current_rss_mb() -> float:
+    v = _proc_status_mb("VmRSS")
+    return ru_maxrss_mb() if v is None else v
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: 5 into /proc/self/clear_refs); False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def machine_load() -> str:
+    """The 1-minute load average against the CPU count: other work on the machine skews timings."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return "load average unknown"
+    return f"1-min load average {load:.2f} on {os.cpu_count()} CPUs"
 
 
 def emit_json(result: dict[str, Any], keys: Sequence[str]) -> None:

@@ -42,8 +42,13 @@ def draw_item(label: str, seed: int, size: int = 48) -> Image.Image:
     return img
 
 
-def make_image_folder(root: Path, classes: tuple[str, ...] = ("red", "blue"), per_class: int = 10,
-                      seed: int = 0, fmt: str = "PNG") -> Path:
+def make_image_folder(
+    root: Path,
+    classes: tuple[str, ...] = ("red", "blue"),
+    per_class: int = 10,
+    seed: int = 0,
+    fmt: str = "PNG",
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for ci, c in enumerate(classes):
         (root / c).mkdir(exist_ok=True)
@@ -64,7 +69,7 @@ def three_class_folder(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def tiny_backbone():  # noqa: ANN201
+def tiny_backbone():
     from headstart.backbones import create_backbone
 
     return create_backbone(TEST_BACKBONE, pretrained=False)

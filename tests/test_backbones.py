@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TEST_BACKBONE
 
+from conftest import TEST_BACKBONE
 from headstart.backbones import create_backbone, list_backbones
 from headstart.errors import HeadstartError
 
@@ -27,7 +27,7 @@ def test_unknown_backbone_suggests_close_names() -> None:
     assert "unknown backbone" in str(e.value) and "efficientnet_lite0" in str(e.value)
 
 
-def test_groups_are_ordered_and_compose_to_the_forward(tiny_backbone) -> None:  # noqa: ANN001
+def test_groups_are_ordered_and_compose_to_the_forward(tiny_backbone) -> None:
     groups = tiny_backbone.layer_groups()
     assert groups[0].name == "stem" and groups[-1].name == "head"
     assert [g.index for g in groups] == list(range(len(groups)))
@@ -56,11 +56,13 @@ def test_preprocessing_comes_from_the_pretrained_config() -> None:
     assert bb.card.license == "Apache-2.0" and bb.card.version == "0.1.0"
 
 
-def test_local_checkpoint_loads_safetensors_and_weights_only_pth(tmp_path: Path, tiny_backbone) -> None:  # noqa: ANN001
+def test_local_checkpoint_loads_safetensors_and_weights_only_pth(tmp_path: Path, tiny_backbone) -> None:
     from efficientnet_lite_pytorch import EfficientNet
     from safetensors.torch import save_file
 
-    net = EfficientNet.from_name("efficientnet-lite0", width_coefficient=0.5, depth_coefficient=0.25, image_size=32)
+    net = EfficientNet.from_name(
+        "efficientnet-lite0", width_coefficient=0.5, depth_coefficient=0.25, image_size=32
+    )
     sd = {k: v.contiguous() for k, v in net.state_dict().items()}
     save_file(sd, tmp_path / "w.safetensors")
     torch.save(sd, tmp_path / "w.pth")
@@ -73,13 +75,13 @@ def test_local_checkpoint_loads_safetensors_and_weights_only_pth(tmp_path: Path,
 
 def test_checkpoint_with_pickled_objects_is_refused(tmp_path: Path) -> None:
     class Evil:
-        def __reduce__(self):  # noqa: ANN204
+        def __reduce__(self):
             return (print, ("pwned",))
 
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"x": Evil()}, f)
-    with pytest.raises(HeadstartError, match="does not unpickle|cannot read"):
+    with pytest.raises(HeadstartError, match="does not unpickle arbitrary objects"):
         create_backbone(f"{TEST_BACKBONE}@{path}")
     (tmp_path / "empty.safetensors").write_bytes(b"")
     with pytest.raises(HeadstartError, match="empty"):
@@ -90,14 +92,29 @@ def _tiny_vit_folder(root: Path, with_processor: bool = True) -> Path:
     from transformers import ViTConfig, ViTModel
 
     torch.manual_seed(0)
-    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                    image_size=32, patch_size=8)
+    cfg = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
     ViTModel(cfg, add_pooling_layer=False).save_pretrained(root)
     if with_processor:
-        (root / "preprocessor_config.json").write_text(json.dumps({
-            "do_resize": True, "size": {"height": 32, "width": 32}, "do_normalize": True,
-            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "resample": 2,
-            "image_processor_type": "ViTImageProcessor"}))
+        (root / "preprocessor_config.json").write_text(
+            json.dumps(
+                {
+                    "do_resize": True,
+                    "size": {"height": 32, "width": 32},
+                    "do_normalize": True,
+                    "image_mean": [0.5, 0.5, 0.5],
+                    "image_std": [0.5, 0.5, 0.5],
+                    "resample": 2,
+                    "image_processor_type": "ViTImageProcessor",
+                }
+            )
+        )
     return root
 
 
@@ -119,7 +136,7 @@ def test_hf_vision_model_loads_from_a_local_folder(tmp_path: Path) -> None:
 
 def test_hf_model_without_preprocessor_config_is_a_clear_error(tmp_path: Path) -> None:
     folder = _tiny_vit_folder(tmp_path / "vit", with_processor=False)
-    with pytest.raises(HeadstartError, match="preprocessor_config.json"):
+    with pytest.raises(HeadstartError, match=r"preprocessor_config\.json"):
         create_backbone(f"hf:{folder}")
     with pytest.raises(HeadstartError, match="cannot load transformers model"):
         create_backbone(f"hf:{tmp_path / 'nothing-here'}")

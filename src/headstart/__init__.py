@@ -42,4 +42,17 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'headstart' has no attribute {name!r}")
 
 
-__all__ = [*_LAZY, "__version__"]
+__all__ = [
+    "Backbone",
+    "Dataset",
+    "FeatureCache",
+    "HeadstartError",
+    "ProbeClassifier",
+    "__version__",
+    "create_backbone",
+    "embed",
+    "list_backbones",
+    "load_dataset",
+    "load_run",
+    "probe",
+]

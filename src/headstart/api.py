@@ -1,9 +1,9 @@
 """The Python API (the CLI is a thin layer over it), scikit-learn shaped.
 
-    clf = ProbeClassifier("efficientnet_lite0").fit(paths, labels)
-    clf.predict_proba(more_paths); clf.save("runs/mine"); ProbeClassifier.load("runs/mine")
+clf = ProbeClassifier("efficientnet_lite0").fit(paths, labels)
+clf.predict_proba(more_paths); clf.save("runs/mine"); ProbeClassifier.load("runs/mine")
 
-    report = probe("examples/emoji/images", backbone="efficientnet_lite0")   # split, fit, evaluate, save
+report = probe("examples/emoji/images", backbone="efficientnet_lite0")   # split, fit, evaluate, save
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from headstart.errors import HeadstartError
-from headstart.head import DEFAULT_CS, LinearHead, fit_head
+from headstart.head import DEFAULT_CS, fit_head
 from headstart.metrics import classification_metrics, knn_predict
 
 Inputs = Sequence[str | Path] | np.ndarray
@@ -70,22 +70,32 @@ class ProbeClassifier:
         from headstart.features import embed
 
         paths = [str(p) for p in X]
-        feats = embed(self._backbone(), paths, cache=self.cache, backend=self.backend,
-                      batch_size=self.batch_size, strict=self.strict, progress=self.progress)
+        feats = embed(
+            self._backbone(),
+            paths,
+            cache=self.cache,
+            backend=self.backend,
+            batch_size=self.batch_size,
+            strict=self.strict,
+            progress=self.progress,
+        )
         index = {p: i for i, p in enumerate(paths)}
         self.last_embed_stats_ = feats.stats
         return feats.X, [index[p] for p in feats.paths], feats.bad
 
     # -- estimator contract --------------------------------------------------------------------------
-    def fit(self, X: Inputs, y: Sequence[Any], *, X_val: Inputs | None = None, y_val: Sequence[Any] | None = None
-            ) -> ProbeClassifier:
+    def fit(
+        self, X: Inputs, y: Sequence[Any], *, X_val: Inputs | None = None, y_val: Sequence[Any] | None = None
+    ) -> ProbeClassifier:
         y = np.asarray(y)
         if len(y) != len(X):
             raise HeadstartError(f"X has {len(X)} items but y has {len(y)} labels")
         classes = sorted({str(v) for v in y})
         if len(classes) < 2:
-            raise HeadstartError(f"only one class ({classes[0] if classes else 'none'}) in y",
-                                 fix="a classifier needs examples of at least two classes")
+            raise HeadstartError(
+                f"only one class ({classes[0] if classes else 'none'}) in y",
+                fix="a classifier needs examples of at least two classes",
+            )
         index = {c: i for i, c in enumerate(classes)}
         E, kept, bad = self.embed(X)
         t = np.array([index[str(v)] for v in y[kept]])
@@ -111,10 +121,12 @@ class ProbeClassifier:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "head_"):
-            raise HeadstartError("this ProbeClassifier is not fitted yet", fix="call fit() first, or load() a run")
+            raise HeadstartError(
+                "this ProbeClassifier is not fitted yet", fix="call fit() first, or load() a run"
+            )
 
     def _embed_all(self, X: Inputs) -> np.ndarray:
-        E, kept, bad = self.embed(X)
+        E, _, bad = self.embed(X)
         if bad:
             listed = "; ".join(f"{p}: {r}" for p, r in bad.items())
             raise HeadstartError(f"cannot use {len(bad)} input(s): {listed}", fix="remove or fix those files")
@@ -129,6 +141,7 @@ class ProbeClassifier:
         return self.head_.proba(self._embed_all(X))
 
     def predict(self, X: Inputs) -> np.ndarray:
+        self._check_fitted()
         return np.asarray(self.classes_)[self.predict_proba(X).argmax(axis=1)]
 
     def score(self, X: Inputs, y: Sequence[Any]) -> float:
@@ -140,19 +153,33 @@ class ProbeClassifier:
         bb = self._backbone()
         return {
             "kind": "probe",
-            "backbone": {"name": bb.name, "key": bb.key, "weights_sha256": bb.card.weights_sha256,
-                         "card": bb.card.to_dict()},
+            "backbone": {
+                "name": bb.name,
+                "key": bb.key,
+                "weights_sha256": bb.card.weights_sha256,
+                "card": bb.card.to_dict(),
+            },
             "preprocess": bb.preprocess.to_dict(),
             "classes": self.classes_,
             "params": {"C": self.C_, "seed": self.seed, "selection_scores": self.selection_scores_},
             "trainable_params": self.head_.num_params,
         }
 
-    def save(self, path: str | Path, *, metrics: dict[str, Any] | None = None, overwrite: bool = False,
-             **extra: Any) -> Path:
+    def save(
+        self,
+        path: str | Path,
+        *,
+        metrics: dict[str, Any] | None = None,
+        overwrite: bool = False,
+        **extra: Any,
+    ) -> Path:
         from headstart.runs import library_versions, write_run
 
-        run = {**self.run_info(), "versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        run = {
+            **self.run_info(),
+            "versions": library_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
         return write_run(path, run=run, head=self.head_, metrics=metrics or {}, overwrite=overwrite, **extra)
 
     @classmethod
@@ -193,8 +220,14 @@ class ProbeReport:
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_dir": str(self.run_dir) if self.run_dir else None, "backbone": self.backbone,
-                "classes": self.classes, "metrics": self.metrics, "data": self.data, "timings": self.timings}
+        return {
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "backbone": self.backbone,
+            "classes": self.classes,
+            "metrics": self.metrics,
+            "data": self.data,
+            "timings": self.timings,
+        }
 
 
 def _split_metrics(clf: ProbeClassifier, E: np.ndarray, t: np.ndarray, k: int) -> dict[str, Any]:
@@ -238,8 +271,15 @@ def probe(
     bb = create_backbone(backbone)
     timings["load_backbone_s"] = time.perf_counter() - t0
 
-    feats = embed(bb, [it.path for it in ds.items], cache=cache, backend=backend, batch_size=batch_size,
-                  strict=strict, progress=progress)
+    feats = embed(
+        bb,
+        [it.path for it in ds.items],
+        cache=cache,
+        backend=backend,
+        batch_size=batch_size,
+        strict=strict,
+        progress=progress,
+    )
     timings["hash_and_cache_s"] = feats.stats["hash_s"]
     timings["embed_s"] = feats.stats["embed_s"]
     ds = ds.drop(feats.bad)
@@ -248,8 +288,8 @@ def probe(
     index = {c: i for i, c in enumerate(ds.classes)}
 
     def arrays(items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        return feats.X[[row[str(it.path)] for it in items]].reshape(len(items), -1), np.array(
-            [index[it.label] for it in items], dtype=np.int64)
+        rows = np.array([row[str(it.path)] for it in items], dtype=np.int64)
+        return feats.X[rows], np.array([index[it.label] for it in items], dtype=np.int64)
 
     absent = set(ds.classes) - {it.label for it in by_split["train"]}
     if absent:
@@ -262,8 +302,12 @@ def probe(
     E_va, t_va = arrays(by_split["val"])
     clf = ProbeClassifier(backbone, C=C, seed=seed, backend=backend, cache=cache, batch_size=batch_size)
     clf.backbone_ = bb
-    clf.fit(E_tr, np.asarray(ds.classes)[t_tr], X_val=E_va if len(t_va) else None,
-            y_val=np.asarray(ds.classes)[t_va] if len(t_va) else None)
+    clf.fit(
+        E_tr,
+        np.asarray(ds.classes)[t_tr],
+        X_val=E_va if len(t_va) else None,
+        y_val=np.asarray(ds.classes)[t_va] if len(t_va) else None,
+    )
     timings["fit_head_s"] = clf.fit_seconds_
 
     t0 = time.perf_counter()
@@ -282,9 +326,23 @@ def probe(
     run_dir = None
     if save:
         run_dir = Path(out) if out else default_run_dir("probe", bb.name)
-        split_rows = [(str(it.path), it.label, it.split or "", feats.hashes[row[str(it.path)]])
-                      for s in ("train", "val", "test") for it in by_split[s]]
-        clf.save(run_dir, metrics=to_jsonable(metrics), data=to_jsonable(summary), split_rows=split_rows,
-                 overwrite=overwrite)
-    return ProbeReport(run_dir=run_dir, backbone=bb.name, classes=ds.classes, metrics=to_jsonable(metrics),
-                       data=to_jsonable(summary), timings=timings)
+        split_rows = [
+            (str(it.path), it.label, it.split or "", feats.hashes[row[str(it.path)]])
+            for s in ("train", "val", "test")
+            for it in by_split[s]
+        ]
+        clf.save(
+            run_dir,
+            metrics=to_jsonable(metrics),
+            data=to_jsonable(summary),
+            split_rows=split_rows,
+            overwrite=overwrite,
+        )
+    return ProbeReport(
+        run_dir=run_dir,
+        backbone=bb.name,
+        classes=ds.classes,
+        metrics=to_jsonable(metrics),
+        data=to_jsonable(summary),
+        timings=timings,
+    )

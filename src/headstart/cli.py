@@ -26,9 +26,15 @@ def cmd_backbones(args: argparse.Namespace) -> int:
 
     specs = list_backbones(args.pattern, include_test=args.all)
     rows = [
-        {"name": s.name, "family": s.family, "embed_dim": s.embed_dim, "license": s.license,
-         "size_mb": round(s.size_mb(), 1) if s.size_mb() else None, "installed": s.available(),
-         "description": s.description}
+        {
+            "name": s.name,
+            "family": s.family,
+            "embed_dim": s.embed_dim,
+            "license": s.license,
+            "size_mb": round(s.size_mb(), 1) if s.size_mb() else None,
+            "installed": s.available(),
+            "description": s.description,
+        }
         for s in specs
     ]
     if args.json:
@@ -36,12 +42,18 @@ def cmd_backbones(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    table = Table(title="Backbones (also: hf:<model-id-or-folder>, timm:<name> with the [timm] extra)")
+    table = Table(title="Backbones (also: hf:<model-id-or-folder>, timm:<name> with the \\[timm] extra)")
     for col in ("name", "embed dim", "weights MB", "license", "installed", "description"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], str(r["embed_dim"]), str(r["size_mb"] or "-"), r["license"],
-                      "yes" if r["installed"] else "no", r["description"])
+        table.add_row(
+            r["name"],
+            str(r["embed_dim"]),
+            str(r["size_mb"] or "-"),
+            r["license"],
+            "yes" if r["installed"] else "no",
+            r["description"],
+        )
     _console().print(table)
     return 0
 
@@ -54,9 +66,19 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from headstart.api import probe
 
     report = probe(
-        args.data, backbone=args.backbone, out=args.out, seed=args.seed, val=args.val, test=args.test,
-        C=args.C, backend=args.backend, batch_size=args.batch_size, cache=not args.no_cache,
-        strict=args.strict, overwrite=args.overwrite, progress=not args.json,
+        args.data,
+        backbone=args.backbone,
+        out=args.out,
+        seed=args.seed,
+        val=args.val,
+        test=args.test,
+        C=args.C,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        cache=not args.no_cache,
+        strict=args.strict,
+        overwrite=args.overwrite,
+        progress=not args.json,
     )
     if args.json:
         _print_json(report.to_dict())
@@ -82,11 +104,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
         r.add_column(col, justify="right")
     for s in ("val", "test"):
         if s in m:
-            r.add_row(s, str(m[s]["n"]), _fmt(m[s]["accuracy"]), _fmt(m[s]["macro_f1"]), _fmt(m[s]["knn_accuracy"]))
+            r.add_row(
+                s, str(m[s]["n"]), _fmt(m[s]["accuracy"]), _fmt(m[s]["macro_f1"]), _fmt(m[s]["knn_accuracy"])
+            )
     con.print(r)
     e = m["embed"]
+    total = m["backbone_params"] + m["trainable_params"]
     con.print(
-        f"trainable parameters: {m['trainable_params']:,} (head) of {m['backbone_params'] + m['trainable_params']:,}"
+        f"trainable parameters: {m['trainable_params']:,} (head) of {total:,}"
         f" | embeddings: {e['forwards']} computed ({e['backend']}), {e['cache_hits']} from cache"
     )
     con.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in report.timings.items()))
@@ -111,8 +136,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if i in by_index:
             p = by_index[i]
             top = np.argsort(-p)[: args.top]
-            results.append({"file": str(f), "label": clf.classes_[top[0]], "probability": float(p[top[0]]),
-                            "top": [{"label": clf.classes_[j], "probability": float(p[j])} for j in top]})
+            results.append(
+                {
+                    "file": str(f),
+                    "label": clf.classes_[top[0]],
+                    "probability": float(p[top[0]]),
+                    "top": [{"label": clf.classes_[j], "probability": float(p[j])} for j in top],
+                }
+            )
         else:
             results.append({"file": str(f), "error": bad.get(str(f), "unreadable")})
     if args.json:
@@ -141,10 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(func=cmd_backbones)
 
-    pr = sub.add_parser("probe", help="linear probe on frozen embeddings (cached): what the backbone is worth")
-    pr.add_argument("data", type=Path, help="image folder (one sub-folder per class, or train/ val/ test/) "
-                    "or a CSV/JSONL manifest with path,label[,split]")
-    pr.add_argument("--backbone", default="efficientnet_lite0", help="registered name, hf:<id-or-dir>, timm:<name>")
+    pr = sub.add_parser(
+        "probe", help="linear probe on frozen embeddings (cached): what the backbone is worth"
+    )
+    pr.add_argument(
+        "data",
+        type=Path,
+        help="image folder (one sub-folder per class, or train/ val/ test/) "
+        "or a CSV/JSONL manifest with path,label[,split]",
+    )
+    pr.add_argument(
+        "--backbone", default="efficientnet_lite0", help="registered name, hf:<id-or-dir>, timm:<name>"
+    )
     pr.add_argument("--out", type=Path, help="run folder (default: runs/<time>-probe-<backbone>)")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     pr.add_argument("--seed", type=int, default=0)
@@ -154,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
     pr.add_argument("--batch-size", type=int, default=32)
     pr.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-    pr.add_argument("--strict", action="store_true", help="fail on any unreadable file instead of skipping it")
+    pr.add_argument(
+        "--strict", action="store_true", help="fail on any unreadable file instead of skipping it"
+    )
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.set_defaults(func=cmd_probe)
 

@@ -126,7 +126,9 @@ def make_forward(backbone: Backbone, backend: str = "auto") -> tuple[Callable[[n
     return _torch_forward(backbone), "torch"
 
 
-def _decode_batch(paths: Sequence[str], backbone: Backbone, max_pixels: int) -> tuple[list[int], np.ndarray | None, dict[str, str]]:
+def _decode_batch(
+    paths: Sequence[str], backbone: Backbone, max_pixels: int
+) -> tuple[list[int], np.ndarray | None, dict[str, str]]:
     ok, arrays, bad = [], [], {}
     for i, p in enumerate(paths):
         try:
@@ -178,9 +180,10 @@ def embed(
         forward, backend_used = make_forward(backbone, backend)
         items = list(todo.items())
         batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, progress_bar(
-            len(items), f"embedding with {backbone.name}", enabled=progress
-        ) as advance:
+        with (
+            ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
+            progress_bar(len(items), f"embedding with {backbone.name}", enabled=progress) as advance,
+        ):
             pending: deque[Future] = deque()
             submit = iter(batches)
 
@@ -211,10 +214,18 @@ def embed(
 
     if bad and strict:
         listed = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
-        raise HeadstartError(f"{len(bad)} unreadable file(s):\n{listed}", fix="fix or remove them, or drop --strict")
-    good = [(p, h) for p, h in zip(paths, hashes, strict=True) if h and p not in bad and (h in found or h in computed)]
-    X = np.stack([found.get(h, computed.get(h)) for _, h in good]).astype(np.float32) if good else np.zeros(
-        (0, backbone.embed_dim), np.float32
+        raise HeadstartError(
+            f"{len(bad)} unreadable file(s):\n{listed}", fix="fix or remove them, or drop --strict"
+        )
+    good = [
+        (p, h)
+        for p, h in zip(paths, hashes, strict=True)
+        if h and p not in bad and (h in found or h in computed)
+    ]
+    X = (
+        np.stack([found.get(h, computed.get(h)) for _, h in good]).astype(np.float32)
+        if good
+        else np.zeros((0, backbone.embed_dim), np.float32)
     )
     return Features(
         X=X,

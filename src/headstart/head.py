@@ -52,8 +52,15 @@ def _fit_standardised(
 
     x = torch.zeros(n_classes * (d + 1), dtype=Z.dtype) if init is None else init.clone()
     x.requires_grad_(True)
-    opt = torch.optim.LBFGS([x], lr=1, max_iter=300, tolerance_grad=1e-5, tolerance_change=1e-10,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [x],
+        lr=1,
+        max_iter=300,
+        tolerance_grad=1e-5,
+        tolerance_change=1e-10,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure() -> torch.Tensor:
         with torch.no_grad():
@@ -140,4 +147,8 @@ def fit_head(
         for i, h in enumerate(_path(X[train], y[train], n_classes, Cs)):
             totals[i] += _score(h, X[held], y[held])
     best = max(range(len(Cs)), key=lambda i: (tuple(totals[i]), -i))
-    return _path(X, y, n_classes, (Cs[best],))[0], Cs[best], {C: totals[i, 0] / n_folds for i, C in enumerate(Cs)}
+    return (
+        _path(X, y, n_classes, (Cs[best],))[0],
+        Cs[best],
+        {C: totals[i, 0] / n_folds for i, C in enumerate(Cs)},
+    )

@@ -25,20 +25,27 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     present = support > 0
     return {
-        "n": int(len(y_true)),
+        "n": len(y_true),
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else float("nan"),
         "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
         "per_class": {
-            c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                "support": int(support[i])}
+            c: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, c in enumerate(classes)
         },
         "confusion": cm.tolist(),
     }
 
 
-def knn_predict(train_X: np.ndarray, train_y: np.ndarray, X: np.ndarray, n_classes: int, k: int = 5) -> np.ndarray:
+def knn_predict(
+    train_X: np.ndarray, train_y: np.ndarray, X: np.ndarray, n_classes: int, k: int = 5
+) -> np.ndarray:
     """Cosine k-nearest-neighbour vote (similarity-weighted): a second, model-free transfer signal."""
+
     def unit(a: np.ndarray) -> np.ndarray:
         return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
 

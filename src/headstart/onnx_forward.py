@@ -31,8 +31,14 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, *, o
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module, (example,), str(tmp), input_names=["input"], output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, opset_version=opset, dynamo=False,
+                module,
+                (example,),
+                str(tmp),
+                input_names=["input"],
+                output_names=["output"],
+                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                opset_version=opset,
+                dynamo=False,
             )
 
     return atomic_write(path, write)

@@ -1,15 +1,16 @@
 """A run directory: everything one experiment produced, written atomically as a whole.
 
-    run.json          what was run: kind, backbone reference (name + weights sha256 + card), preprocessing,
-                      classes, hyper-parameters, library versions
-    head.safetensors  the trained delta (for a probe: the linear head only; the base is referenced)
-    metrics.json      val/test metrics, timings, parameter counts
-    data.json         data summary: layout, class counts per split, skipped files with reasons
-    split.csv         path,label,split,sha256 of every item used
+run.json          what was run: kind, backbone reference (name + weights sha256 + card), preprocessing,
+                  classes, hyper-parameters, library versions
+head.safetensors  the trained delta (for a probe: the linear head only; the base is referenced)
+metrics.json      val/test metrics, timings, parameter counts
+data.json         data summary: layout, class counts per split, skipped files with reasons
+split.csv         path,label,split,sha256 of every item used
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -37,10 +38,8 @@ def library_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for dist in ("headstart", "torch", "numpy", "onnxruntime", "transformers", "pillow"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[dist] = md.version(dist)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 
@@ -80,7 +79,9 @@ def write_run(
     """Write the whole run into a temp folder beside `out`, then move it into place in one rename."""
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
-        raise HeadstartError(f"{out} already exists and is not empty", fix="choose another --out, or --overwrite")
+        raise HeadstartError(
+            f"{out} already exists and is not empty", fix="choose another --out, or --overwrite"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -125,7 +126,9 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     run_file = path / RUN_FILE
     if not run_file.is_file():
-        raise HeadstartError(f"{path} is not a headstart run (no {RUN_FILE})", fix="give the folder `probe` printed")
+        raise HeadstartError(
+            f"{path} is not a headstart run (no {RUN_FILE})", fix="give the folder `probe` printed"
+        )
     try:
         info = json.loads(run_file.read_text())
     except json.JSONDecodeError as e:
@@ -143,7 +146,9 @@ def load_run(path: str | Path) -> Run:
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     head = load_head(head_path)
     if head.weight.shape[0] != len(info["classes"]):
-        raise HeadstartError(f"{head_path} has {head.weight.shape[0]} outputs for {len(info['classes'])} classes")
+        raise HeadstartError(
+            f"{head_path} has {head.weight.shape[0]} outputs for {len(info['classes'])} classes"
+        )
     return Run(path=path, info=info, head=head, metrics=metrics)
 
 

@@ -118,7 +118,9 @@ class Backbone(nn.Module):
         return x
 
     def layer_groups(self) -> list[LayerGroup]:
-        return [LayerGroup(i, n, m) for i, (n, m) in enumerate(zip(self.group_names, self.groups, strict=True))]
+        return [
+            LayerGroup(i, n, m) for i, (n, m) in enumerate(zip(self.group_names, self.groups, strict=True))
+        ]
 
     @property
     def key(self) -> str:

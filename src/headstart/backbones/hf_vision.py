@@ -90,7 +90,12 @@ def _groups(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], nn.Module]:
         return [("embeddings", _Call(model.embeddings)), *layers], _TokenPool(
             getattr(model, "layernorm", None), cls_token=True
         )
-    if hasattr(model, "embeddings") and enc is not None and hasattr(enc, "stages") and hasattr(model, "layernorm"):
+    if (
+        hasattr(model, "embeddings")
+        and enc is not None
+        and hasattr(enc, "stages")
+        and hasattr(model, "layernorm")
+    ):
         stages = [(f"stage{i}", _Call(m)) for i, m in enumerate(enc.stages)]  # ConvNeXt
         return [("embeddings", _Call(model.embeddings)), *stages], _NormAfterPool(model.layernorm)
     if hasattr(model, "embedder") and enc is not None and hasattr(enc, "stages"):  # ResNet
@@ -115,10 +120,7 @@ def preprocess_from_config(cfg: dict[str, Any]) -> PreprocessConfig:
     """Translate a transformers image-processor config into headstart's preprocessing."""
     size = cfg.get("size", 224)
     crop = cfg.get("crop_size")
-    if isinstance(size, dict):
-        short = size.get("shortest_edge") or size.get("height") or 224
-    else:
-        short = int(size)
+    short = (size.get("shortest_edge") or size.get("height") or 224) if isinstance(size, dict) else int(size)
     if cfg.get("do_center_crop") and crop:
         input_size = crop["height"] if isinstance(crop, dict) else int(crop)
         resize = int(short)
@@ -180,8 +182,11 @@ def create_hf_backbone(ref: str, *, pretrained: bool = True, **kwargs: Any) -> B
     hidden = getattr(config, "hidden_size", None) or (getattr(config, "hidden_sizes", None) or [None])[-1]
     if hidden is None:
         with torch.inference_mode():
-            hidden = pool(nn.Sequential(*[m for _, m in groups])(torch.zeros(1, 3, preprocess.input_size,
-                                                                           preprocess.input_size))).shape[-1]
+            hidden = pool(
+                nn.Sequential(*[m for _, m in groups])(
+                    torch.zeros(1, 3, preprocess.input_size, preprocess.input_size)
+                )
+            ).shape[-1]
     card = BackboneCard(
         name=f"hf:{ref}",
         family=f"hf:{config.model_type}",

@@ -45,8 +45,9 @@ def create_timm_backbone(name: str, *, pretrained: bool = True, **kwargs: Any) -
     try:
         model = timm.create_model(name, pretrained=pretrained, num_classes=0, **kwargs).eval()
     except RuntimeError as e:
-        raise HeadstartError(f"unknown or unavailable timm model {name!r}: {e}",
-                             fix="see timm.list_models()") from e
+        raise HeadstartError(
+            f"unknown or unavailable timm model {name!r}: {e}", fix="see timm.list_models()"
+        ) from e
     data = resolve_model_data_config(model)
     size = int(data["input_size"][-1])
     preprocess = PreprocessConfig(
@@ -69,6 +70,10 @@ def create_timm_backbone(name: str, *, pretrained: bool = True, **kwargs: Any) -
         embed_dim=int(model.num_features),
     )
     return Backbone(
-        name=card.name, card=card, preprocess=preprocess, embed_dim=int(model.num_features),
-        groups=[("features", _Features(model))], pool=_PreLogits(model),
+        name=card.name,
+        card=card,
+        preprocess=preprocess,
+        embed_dim=int(model.num_features),
+        groups=[("features", _Features(model))],
+        pool=_PreLogits(model),
     ).eval()

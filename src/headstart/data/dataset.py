@@ -71,7 +71,9 @@ class Dataset:
 
 
 def _visible_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.parts[-1:]))
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.parts[-1:])
+    )
 
 
 def _class_dirs(folder: Path) -> list[Path]:
@@ -95,7 +97,9 @@ def _read_manifest(path: Path) -> list[Item]:
                 try:
                     rows.append({k: str(v) for k, v in json.loads(line).items()})
                 except (json.JSONDecodeError, AttributeError) as e:
-                    raise HeadstartError(f"{path}:{n} is not a JSON object", fix="one JSON object per line") from e
+                    raise HeadstartError(
+                        f"{path}:{n} is not a JSON object", fix="one JSON object per line"
+                    ) from e
     else:
         rows = list(csv.DictReader(text.splitlines()))
     if not rows:
@@ -177,7 +181,9 @@ def load_dataset(
         )
     if any(it.split is None for it in items):
         if any(it.split is not None for it in items):
-            raise HeadstartError(f"{root}: some rows have a split and some do not", fix="fill every split or none")
+            raise HeadstartError(
+                f"{root}: some rows have a split and some do not", fix="fill every split or none"
+            )
         items = stratified_split(items, val=val, test=test, seed=seed)
     if not any(it.split == "train" for it in items):
         raise HeadstartError(f"{root} has no training items", fix="add a train split")

@@ -53,7 +53,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: str | Path, *, draft_to: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(
+    path: str | Path, *, draft_to: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """Decode `path` to an RGB image, upright. `draft_to`: smallest side needed (lets JPEG decode small)."""
     path = Path(path)
     try:
@@ -67,11 +69,13 @@ def open_image(path: str | Path, *, draft_to: int | None = None, max_pixels: int
     except UnidentifiedImageError as e:
         raise BadImage(path, "not an image (unrecognised format)") from e
     except OSError as e:
-        raise BadImage(path, f"cannot open ({e})") from e
+        raise BadImage(path, f"truncated or corrupt ({e})") from e
     try:
         w, h = img.size
         if w * h > max_pixels:
-            raise BadImage(path, f"{w}x{h} is over the {max_pixels:,}-pixel limit (raise --max-pixels to allow it)")
+            raise BadImage(
+                path, f"{w}x{h} is over the {max_pixels:,}-pixel limit (raise --max-pixels to allow it)"
+            )
         if draft_to and img.format == "JPEG":
             # Decode at the smallest power-of-two scale that still covers the target (much less work).
             img.draft("RGB", (draft_to, draft_to))
@@ -103,6 +107,8 @@ def normalize(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(2, 0, 1))
 
 
-def load_image_tensor(path: str | Path, cfg: PreprocessConfig, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image_tensor(
+    path: str | Path, cfg: PreprocessConfig, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """File -> the normalised (3, S, S) float32 array a backbone expects."""
     return normalize(resize_crop(open_image(path, draft_to=cfg.resize, max_pixels=max_pixels), cfg), cfg)

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from headstart.errors import HeadstartError
+from headstart.features import FeatureCache, embed
+
+
+def _count_forwards(backbone) -> list[int]:
+    calls: list[int] = []
+    backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    return calls
+
+
+def test_second_run_is_served_from_the_cache_without_backbone_work(image_folder: Path, tiny_backbone) -> None:
+    paths = sorted(image_folder.rglob("*.png"))
+    calls = _count_forwards(tiny_backbone)
+    first = embed(tiny_backbone, paths, backend="torch", batch_size=8, progress=False)
+    assert first.stats["forwards"] == len(paths) and sum(calls) == len(paths)
+    calls.clear()
+    second = embed(tiny_backbone, paths, backend="torch", batch_size=8, progress=False)
+    assert calls == [] and second.stats["forwards"] == 0 and second.stats["cache_hits"] == len(paths)
+    np.testing.assert_array_equal(first.X, second.X)
+    assert len(FeatureCache(tiny_backbone.key)) == len(paths)
+
+
+def test_cache_is_keyed_by_content_not_by_path(tmp_path: Path, image_folder: Path, tiny_backbone) -> None:
+    paths = sorted(image_folder.rglob("*.png"))[:4]
+    embed(tiny_backbone, paths, backend="torch", progress=False)
+    copies = []
+    for i, p in enumerate(paths):
+        copies.append(tmp_path / f"copy{i}.png")
+        shutil.copy(p, copies[-1])
+    again = embed(tiny_backbone, [*copies, *copies], backend="torch", progress=False)
+    assert again.stats["forwards"] == 0 and again.X.shape == (8, tiny_backbone.embed_dim)
+
+
+def test_embeddings_equal_a_plain_forward_in_eval_mode(image_folder: Path, tiny_backbone) -> None:
+    from headstart.data.images import load_image_tensor
+
+    paths = sorted(image_folder.rglob("*.png"))[:5]
+    tiny_backbone.train()  # embed must switch BatchNorm to its running statistics
+    got = embed(tiny_backbone, paths, backend="torch", cache=False, progress=False).X
+    assert not tiny_backbone.training
+    x = torch.from_numpy(np.stack([load_image_tensor(p, tiny_backbone.preprocess) for p in paths]))
+    with torch.inference_mode():
+        ref = tiny_backbone(x).numpy()
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_files_are_skipped_with_reasons_or_fail_in_strict_mode(image_folder: Path, tiny_backbone) -> None:
+    good = sorted(image_folder.rglob("*.png"))[:3]
+    (image_folder / "red" / "zero.png").write_bytes(b"")
+    (image_folder / "red" / "notes.png").write_text("hello")
+    bad = [
+        image_folder / "red" / "zero.png",
+        image_folder / "red" / "notes.png",
+        image_folder / "red" / "gone.png",
+    ]
+    out = embed(tiny_backbone, [*good, *bad], backend="torch", progress=False)
+    assert out.X.shape[0] == 3 and out.paths == [str(p) for p in good]
+    assert set(out.bad) == {str(p) for p in bad}
+    assert "empty" in out.bad[str(bad[0])] and "not an image" in out.bad[str(bad[1])]
+    with pytest.raises(HeadstartError, match="3 unreadable") as e:
+        embed(tiny_backbone, [*good, *bad], backend="torch", strict=True, progress=False)
+    assert "zero.png" in str(e.value)
+
+
+def test_onnx_runtime_path_matches_pytorch(image_folder: Path, tiny_backbone, isolated_cache: Path) -> None:
+    paths = sorted(image_folder.rglob("*.png"))[:6]
+    ref = embed(tiny_backbone, paths, backend="torch", cache=False, progress=False)
+    out = embed(tiny_backbone, paths, backend="onnx", cache=False, progress=False)
+    assert out.stats["backend"] == "onnx"
+    np.testing.assert_allclose(out.X, ref.X, atol=1e-4)
+    assert list((isolated_cache / "onnx").glob("*.onnx"))  # exported once, reused after

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from headstart.backbones.base import PreprocessConfig
+from headstart.data.images import BadImage, load_image_tensor, open_image
+
+CFG = PreprocessConfig(input_size=16, resize=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "expect"),
+    [
+        ("L", 128, (128, 128, 128)),
+        ("LA", (0, 0), (255, 255, 255)),  # fully transparent -> white background
+        ("RGBA", (255, 0, 0, 255), (255, 0, 0)),
+        ("RGBA", (255, 0, 0, 0), (255, 255, 255)),
+        ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
+        ("P", 3, None),
+        ("I;16", 40000, None),
+    ],
+)
+def test_every_mode_becomes_rgb(
+    tmp_path: Path, mode: str, value: object, expect: tuple[int, ...] | None
+) -> None:
+    img = Image.new(mode, (8, 6), value)  # type: ignore[arg-type]
+    fmt = "TIFF" if mode in ("CMYK", "I;16") else "PNG"
+    path = tmp_path / f"x.{fmt.lower()}"
+    img.save(path, fmt)
+    out = open_image(path)
+    assert out.mode == "RGB" and out.size == (8, 6)
+    if expect is not None:
+        assert out.getpixel((0, 0)) == expect
+
+
+def test_sixteen_bit_greys_keep_their_contrast(tmp_path: Path) -> None:
+    a = np.zeros((4, 8), dtype=np.uint16)
+    a[:, 4:] = 60000
+    a[:, :4] = 1000
+    Image.fromarray(a).save(tmp_path / "g.png")  # uint16 -> mode I;16
+    out = np.asarray(open_image(tmp_path / "g.png"))
+    assert out[0, 0, 0] == 0 and out[0, 7, 0] == 255  # not clipped to white everywhere
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    img = Image.new("RGB", (20, 10), (0, 0, 0))
+    img.paste((255, 255, 255), (0, 0, 10, 10))  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    img.save(tmp_path / "r.jpg", exif=exif, quality=95)
+    out = open_image(tmp_path / "r.jpg")
+    assert out.size == (10, 20)  # upright: portrait
+    assert out.getpixel((5, 2))[0] > 200 and out.getpixel((5, 17))[0] < 60  # white half now on top
+
+
+def test_bad_files_raise_with_reasons(tmp_path: Path) -> None:
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image at all")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "JPEG")
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    Image.new("L", (300, 300)).save(tmp_path / "big.png")
+    reasons = {}
+    for name, kw in [
+        ("empty.png", {}),
+        ("text.png", {}),
+        ("cut.jpg", {}),
+        ("big.png", {"max_pixels": 50_000}),
+        ("missing.png", {}),
+    ]:
+        with pytest.raises(BadImage) as e:
+            open_image(tmp_path / name, **kw)
+        reasons[name] = e.value.reason
+    assert "empty" in reasons["empty.png"]
+    assert "not an image" in reasons["text.png"]
+    assert "truncated" in reasons["cut.jpg"]
+    assert "pixel limit" in reasons["big.png"] and "--max-pixels" in reasons["big.png"]
+    assert "cannot read" in reasons["missing.png"]
+
+
+def test_jpeg_draft_decodes_small_and_preprocessing_is_exact(tmp_path: Path) -> None:
+    Image.new("RGB", (800, 400), (255, 0, 0)).save(tmp_path / "big.jpg", quality=95)
+    small = open_image(tmp_path / "big.jpg", draft_to=64)
+    assert min(small.size) >= 64 and small.size[0] <= 200  # decoded at 1/4 or 1/8 scale, not full size
+    x = load_image_tensor(tmp_path / "big.jpg", CFG)
+    assert x.shape == (3, 16, 16) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, 8, 8], [1.0, -1.0, -1.0], atol=0.03)  # (255/255-0.5)/0.5 = 1
