@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 dev: $(VENV)/.dev
 
 demo: install
-	$(VENV)/bin/headstart probe examples/emoji/images --backbone efficientnet_lite0 --out runs/demo
+	$(VENV)/bin/headstart probe examples/emoji/images --backbone efficientnet_lite0 --out runs/demo --overwrite
 
 test: dev
 	$(PY) -m pytest -q

@@ -83,6 +83,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_dict())
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     con = _console()
@@ -98,7 +99,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if d["skipped"]:
         con.print(f"[yellow]skipped {len(d['skipped'])} unreadable file(s):[/yellow]")
         for p, r in sorted(d["skipped"].items()):
-            con.print(f"  {p}: {r}")
+            con.print(f"  {p}: {r}", markup=False)
     r = Table(title=f"Linear probe on {report.backbone} (L2: C={m['C']})")
     for col in ("split", "n", "accuracy", "macro-F1", "kNN accuracy"):
         r.add_column(col, justify="right")
@@ -110,14 +111,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     con.print(r)
     e = m["embed"]
     total = m["backbone_params"] + m["trainable_params"]
-    con.print(
-        f"trainable parameters: {m['trainable_params']:,} (head) of {total:,}"
-        f" | embeddings: {e['forwards']} computed ({e['backend']}), {e['cache_hits']} from cache"
-    )
-    con.print("time: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in report.timings.items()))
+    con.print(f"trainable parameters: {m['trainable_params']:,} (head) of {total:,}")
+    con.print(f"embeddings: {e['forwards']} computed ({e['backend']}), {e['cache_hits']} from cache")
+    con.print("seconds: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in report.timings.items()))
     if "test" in m:
         con.print(f"[bold]test accuracy: {m['test']['accuracy']:.3f}[/bold]")
-    con.print(f"run saved to [bold]{report.run_dir}[/bold]")
+    con.print(f"run saved to [bold]{escape(str(report.run_dir))}[/bold]")
     return 0
 
 
