@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from headstart.data.images import DEFAULT_MAX_PIXELS
 from headstart.errors import HeadstartError
 from headstart.head import DEFAULT_CS, fit_head
 from headstart.metrics import classification_metrics, knn_predict
@@ -252,6 +253,7 @@ def probe(
     batch_size: int = 32,
     cache: bool = True,
     strict: bool = False,
+    max_pixels: int | None = None,
     save: bool = True,
     overwrite: bool = False,
     progress: bool = True,
@@ -279,6 +281,7 @@ def probe(
         batch_size=batch_size,
         strict=strict,
         progress=progress,
+        max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
     )
     timings["hash_and_cache_s"] = feats.stats["hash_s"]
     timings["embed_s"] = feats.stats["embed_s"]

@@ -77,6 +77,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cache=not args.no_cache,
         strict=args.strict,
+        max_pixels=args.max_pixels,
         overwrite=args.overwrite,
         progress=not args.json,
     )
@@ -195,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--strict", action="store_true", help="fail on any unreadable file instead of skipping it"
     )
+    pr.add_argument("--max-pixels", type=int, help="skip images larger than this (default 64,000,000)")
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.set_defaults(func=cmd_probe)
 
