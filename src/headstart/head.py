@@ -78,7 +78,7 @@ class _Standardiser:
         self.sd = np.maximum(X.std(axis=0), 1e-6)
 
     def __call__(self, X: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(((X - self.mu) / self.sd).astype(np.float64))
+        return torch.from_numpy(((X - self.mu) / self.sd).astype(np.float32))
 
     def fold(self, theta: torch.Tensor, n_classes: int) -> LinearHead:
         d = len(self.mu)
