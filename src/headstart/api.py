@@ -275,7 +275,7 @@ def probe(
 
     feats = embed(
         bb,
-        [it.path for it in ds.items],
+        [it.source for it in ds.items],
         cache=cache,
         backend=backend,
         batch_size=batch_size,
@@ -287,11 +287,11 @@ def probe(
     timings["embed_s"] = feats.stats["embed_s"]
     ds = ds.drop(feats.bad)
     row = {p: i for i, p in enumerate(feats.paths)}
-    by_split = {s: [it for it in ds.split(s) if str(it.path) in row] for s in ("train", "val", "test")}
+    by_split = {s: [it for it in ds.split(s) if it.source in row] for s in ("train", "val", "test")}
     index = {c: i for i, c in enumerate(ds.classes)}
 
     def arrays(items: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        rows = np.array([row[str(it.path)] for it in items], dtype=np.int64)
+        rows = np.array([row[it.source] for it in items], dtype=np.int64)
         return feats.X[rows], np.array([index[it.label] for it in items], dtype=np.int64)
 
     absent = set(ds.classes) - {it.label for it in by_split["train"]}
@@ -330,7 +330,7 @@ def probe(
     if save:
         run_dir = Path(out) if out else default_run_dir("probe", bb.name)
         split_rows = [
-            (str(it.path), it.label, it.split or "", feats.hashes[row[str(it.path)]])
+            (str(it.path), it.label, it.split or "", feats.hashes[row[it.source]])
             for s in ("train", "val", "test")
             for it in by_split[s]
         ]

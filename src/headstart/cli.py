@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
     pd.add_argument("--json", action="store_true", help="machine-readable output")
     pd.set_defaults(func=cmd_predict)
+
+    from headstart.commands import register_all
+
+    register_all(sub)
     return p
 
 

@@ -13,3 +13,15 @@ class HeadstartError(Exception):
 
     def __str__(self) -> str:
         return self.message if not self.fix else f"{self.message}\n  fix: {self.fix}"
+
+
+class BadInput(Exception):
+    """One input (file, text, clip) that cannot be used; `reason` is short and names the problem.
+
+    Readers raise it per item; callers skip the item and report the reason (or fail with --strict).
+    """
+
+    def __init__(self, path: object, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason

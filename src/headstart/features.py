@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from headstart.backbones.base import Backbone
-from headstart.data.images import DEFAULT_MAX_PIXELS, BadImage, load_image_tensor
-from headstart.errors import HeadstartError
+from headstart.data.images import DEFAULT_MAX_PIXELS
+from headstart.errors import BadInput, HeadstartError
 from headstart.fileio import cache_dir, sha256_file
 from headstart.progress import progress_bar
 
@@ -96,25 +97,29 @@ class Features:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _torch_forward(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
+def _torch_forward(backbone: Backbone) -> Callable[[Any], np.ndarray]:
     import torch
 
     backbone.eval()  # BatchNorm uses its running statistics, dropout is off
-    backbone.to(memory_format=torch.channels_last)
+    if backbone.modality == "image":
+        backbone.to(memory_format=torch.channels_last)
 
-    def run(batch: np.ndarray) -> np.ndarray:
+    def run(batch: Any) -> np.ndarray:
         with torch.inference_mode():
-            x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
-            return backbone(x).float().numpy()
+            if isinstance(batch, torch.Tensor) and batch.dim() == 4:
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            return backbone(batch).float().numpy()
 
     return run
 
 
-def make_forward(backbone: Backbone, backend: str = "auto") -> tuple[Callable[[np.ndarray], np.ndarray], str]:
+def make_forward(backbone: Backbone, backend: str = "auto") -> tuple[Callable[[Any], np.ndarray], str]:
     """The fastest available frozen forward: ONNX Runtime when it imports and matches PyTorch."""
     if backend not in ("auto", "onnx", "torch"):
         raise HeadstartError(f"unknown backend {backend!r}", fix="use auto, onnx or torch")
-    if backend in ("auto", "onnx"):
+    if backend == "onnx" and not backbone.supports_onnx:
+        raise HeadstartError(f"{backbone.name} has no ONNX Runtime path", fix="use --backend torch or auto")
+    if backend in ("auto", "onnx") and backbone.supports_onnx:
         try:
             from headstart.onnx_forward import OnnxForward
 
@@ -127,16 +132,16 @@ def make_forward(backbone: Backbone, backend: str = "auto") -> tuple[Callable[[n
 
 
 def _decode_batch(
-    paths: Sequence[str], backbone: Backbone, max_pixels: int
-) -> tuple[list[int], np.ndarray | None, dict[str, str]]:
-    ok, arrays, bad = [], [], {}
-    for i, p in enumerate(paths):
+    sources: Sequence[str], backbone: Backbone, max_pixels: int
+) -> tuple[list[int], Any, dict[str, str]]:
+    ok, examples, bad = [], [], {}
+    for i, p in enumerate(sources):
         try:
-            arrays.append(load_image_tensor(p, backbone.preprocess, max_pixels=max_pixels))
+            examples.append(backbone.load_item(p, max_pixels=max_pixels))
             ok.append(i)
-        except BadImage as e:
+        except BadInput as e:
             bad[p] = e.reason
-    return ok, (np.stack(arrays) if arrays else None), bad
+    return ok, (backbone.collate(examples) if examples else None), bad
 
 
 def embed(
@@ -161,7 +166,7 @@ def embed(
     bad: dict[str, str] = {}
     for p in paths:
         try:
-            hashes.append(content_hash(p))
+            hashes.append(backbone.item_hash(p))
         except OSError as e:
             hashes.append(None)
             bad[p] = f"cannot read ({e.strerror or e})"

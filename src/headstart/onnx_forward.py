@@ -81,5 +81,7 @@ class OnnxForward:
         diff = float(np.abs(ref - got).max())
         return {"max_abs_diff": diff, "ok": diff <= PARITY_ATOL * max(1.0, float(np.abs(ref).max()))}
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        if isinstance(batch, torch.Tensor):
+            batch = batch.numpy()
         return self.session.run(None, {"input": batch})[0]

@@ -2,7 +2,9 @@
 
 run.json          what was run: kind, backbone reference (name + weights sha256 + card), preprocessing,
                   classes, hyper-parameters, library versions
-head.safetensors  the trained delta (for a probe: the linear head only; the base is referenced)
+head.safetensors  the trained linear head (logits = x @ weight.T + bias on pooled embeddings)
+*.safetensors     other trained tensors listed in run.json "files" with their sha256 (for fine-tuning:
+                  delta.safetensors = only the trained layer groups; the base is referenced by hash)
 metrics.json      val/test metrics, timings, parameter counts
 data.json         data summary: layout, class counts per split, skipped files with reasons
 split.csv         path,label,split,sha256 of every item used
@@ -66,6 +68,32 @@ def load_head(path: Path) -> LinearHead:
     return LinearHead(weight=t["weight"], bias=t["bias"])
 
 
+def save_tensors(path: Path, state: dict[str, Any]) -> None:
+    """torch or numpy tensors -> one safetensors file, atomically."""
+    import torch
+    from safetensors.torch import save
+
+    tensors = {
+        k: (
+            v.detach().cpu().contiguous()
+            if isinstance(v, torch.Tensor)
+            else torch.from_numpy(np.ascontiguousarray(v))
+        )
+        for k, v in state.items()
+    }
+    atomic_write_bytes(path, save(tensors))
+
+
+def load_tensors(path: Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise HeadstartError(f"cannot read weights {path}: {e}", fix="the run folder is damaged") from e
+
+
 def write_run(
     out: str | Path,
     *,
@@ -74,6 +102,9 @@ def write_run(
     metrics: dict[str, Any],
     data: dict[str, Any] | None = None,
     split_rows: list[tuple[str, str, str, str]] | None = None,
+    tensors: dict[str, dict[str, Any]] | None = None,
+    json_files: dict[str, Any] | None = None,
+    text_files: dict[str, str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the whole run into a temp folder beside `out`, then move it into place in one rename."""
@@ -87,6 +118,16 @@ def write_run(
     try:
         save_head(tmp / HEAD_FILE, head, run["classes"])
         run = {**run, "head": {"file": HEAD_FILE, "sha256": sha256_file(tmp / HEAD_FILE)}}
+        recorded: dict[str, str] = {}
+        for name, state in (tensors or {}).items():
+            save_tensors(tmp / name, state)
+            recorded[name] = sha256_file(tmp / name)
+        if recorded:
+            run["files"] = recorded
+        for name, obj in (json_files or {}).items():
+            atomic_write_json(tmp / name, obj)
+        for name, text in (text_files or {}).items():
+            atomic_write_text(tmp / name, text)
         atomic_write_json(tmp / RUN_FILE, run)
         atomic_write_json(tmp / "metrics.json", metrics)
         if data is not None:
@@ -142,6 +183,15 @@ def load_run(path: str | Path) -> Run:
             f"{head_path} does not match its recorded sha256 (changed or truncated)",
             fix="restore the file or re-run",
         )
+    for name, sha in info.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise HeadstartError(f"{f} is missing", fix="the run folder is incomplete; re-run it")
+        if sha256_file(f) != sha:
+            raise HeadstartError(
+                f"{f} does not match its recorded sha256 (changed or truncated)",
+                fix="restore the file or re-run",
+            )
     metrics_path = path / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     head = load_head(head_path)

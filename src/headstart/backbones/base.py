@@ -106,6 +106,8 @@ class Backbone(nn.Module):
         self.group_names = [n for n, _ in groups]
         self.groups = nn.ModuleList([m for _, m in groups])
         self.pool = pool
+        # sha256 of trained weights loaded over the base (set by whoever changes the weights in place).
+        self.delta_sha256: str | None = None
         self.card.num_params = sum(p.numel() for p in self.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,11 +132,37 @@ class Backbone(nn.Module):
             "weights": self.card.weights_sha256 or _state_fingerprint(self),
             "preprocess": self.preprocess.to_dict(),
         }
+        if self.delta_sha256:  # fine-tuned weights applied on top of the base: a different network
+            ident["delta"] = self.delta_sha256
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         s = self.preprocess.input_size
         return torch.zeros(batch, 3, s, s)
+
+    # -- inputs: how one raw item becomes a model input (image by default; text/audio families override) --
+    #: ONNX Runtime may replace the frozen forward (inputs are one fixed-shape float tensor).
+    supports_onnx: bool = True
+
+    def item_hash(self, source: str) -> str:
+        """Content identity of one input (file bytes for images/audio; text families hash the text)."""
+        from headstart.features import content_hash
+
+        return content_hash(source)
+
+    def load_item(self, source: str, **options: Any) -> Any:
+        """One raw input (a file path for images) -> the preprocessed example; raises BadInput."""
+        from headstart.data.images import DEFAULT_MAX_PIXELS, load_image_tensor
+
+        return load_image_tensor(
+            source, self.preprocess, max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS)
+        )
+
+    def collate(self, examples: list[Any]) -> Any:
+        """Preprocessed examples -> one batch for `forward` (a tensor, or a dict of tensors)."""
+        import numpy as np
+
+        return torch.from_numpy(np.stack(examples))
 
 
 def _state_fingerprint(module: nn.Module) -> str:

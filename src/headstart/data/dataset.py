@@ -23,9 +23,17 @@ MANIFEST_SUFFIXES = (".csv", ".jsonl")
 
 @dataclass(frozen=True)
 class Item:
+    """One labeled example. Files (images, audio) have a `path`; texts carry `text` and a row id as path."""
+
     path: Path
     label: str
     split: str | None = None
+    text: str | None = None
+
+    @property
+    def source(self) -> str:
+        """What the backbone reads: the text itself, or the file path."""
+        return self.text if self.text is not None else str(self.path)
 
 
 @dataclass
@@ -53,8 +61,8 @@ class Dataset:
         return out
 
     def drop(self, bad: dict[str, str]) -> Dataset:
-        """The same dataset without the items whose paths are in `bad` (path -> reason)."""
-        keep = [it for it in self.items if str(it.path) not in bad]
+        """The same dataset without the items whose sources are in `bad` (source -> reason)."""
+        keep = [it for it in self.items if it.source not in bad]
         return replace(self, items=keep, skipped={**self.skipped, **bad})
 
     def summary(self) -> dict[str, object]:

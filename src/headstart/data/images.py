@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from headstart.backbones.base import PreprocessConfig
+from headstart.errors import BadInput
 
 DEFAULT_MAX_PIXELS = 64_000_000
 
@@ -26,13 +27,8 @@ _INTERP = {
 }
 
 
-class BadImage(Exception):
+class BadImage(BadInput):
     """A file that cannot be used as an image; `reason` is short and names the problem."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -1,0 +1,29 @@
+"""One module per CLI verb group: each defines `register(subparsers)` and adds its own parsers.
+
+`headstart.cli` discovers the modules here, so adding a verb never edits a shared file. Modules must stay
+cheap to import (heavy libraries are imported inside the command functions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+from typing import Any
+
+
+def register_all(sub: argparse._SubParsersAction) -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}").register(sub)
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)

@@ -1,0 +1,176 @@
+"""A trained model as the rest of headstart sees it: base backbone + trained delta + linear head.
+
+Every run kind (probe, fit with any recipe, adapters) loads into the same `TrainedModel`, so evaluate,
+export, serve, the store and the report never need to know how the model was trained.
+
+    m = load_model("runs/demo")
+    proba, kept, bad = m.predict_proba(["a.png", "b.png"])
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from headstart.backbones.base import Backbone
+from headstart.errors import HeadstartError
+from headstart.head import LinearHead
+
+CALIBRATION_FILE = "calibration.json"
+
+
+class Classifier(nn.Module):
+    """backbone -> pooled embedding -> linear head: a collated batch in, logits out."""
+
+    def __init__(self, backbone: Backbone, head: nn.Linear) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: Any) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def linear_from_head(head: LinearHead) -> nn.Linear:
+    lin = nn.Linear(head.weight.shape[1], head.weight.shape[0])
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(np.asarray(head.weight, np.float32)))
+        lin.bias.copy_(torch.from_numpy(np.asarray(head.bias, np.float32)))
+    return lin
+
+
+def head_from_linear(lin: nn.Linear) -> LinearHead:
+    return LinearHead(
+        weight=lin.weight.detach().cpu().numpy().astype(np.float32),
+        bias=lin.bias.detach().cpu().numpy().astype(np.float32),
+    )
+
+
+class TrainedModel:
+    """A loaded run: `backbone` (delta applied), `head`, `classes`, and a calibration temperature."""
+
+    def __init__(
+        self,
+        *,
+        path: Path | None,
+        info: dict[str, Any],
+        backbone: Backbone,
+        head: LinearHead,
+        temperature: float = 1.0,
+    ) -> None:
+        self.path = path
+        self.info = info
+        self.backbone = backbone
+        self.head = head
+        self.temperature = temperature
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.info["classes"])
+
+    @property
+    def modality(self) -> str:
+        return self.backbone.modality
+
+    @property
+    def kind(self) -> str:
+        return str(self.info.get("kind", "probe"))
+
+    def module(self) -> Classifier:
+        """The whole model as one eval-mode torch module (collated batch -> logits, uncalibrated)."""
+        return Classifier(self.backbone, linear_from_head(self.head)).eval()
+
+    def embed(
+        self,
+        sources: Sequence[str | Path],
+        *,
+        backend: str = "auto",
+        cache: bool = True,
+        progress: bool = False,
+    ) -> tuple[np.ndarray, list[int], dict[str, str]]:
+        """(embeddings of the usable inputs, their indices into `sources`, {source: reason} for the rest)."""
+        from headstart.features import embed
+
+        srcs = [str(s) for s in sources]
+        feats = embed(self.backbone, srcs, cache=cache, backend=backend, progress=progress)
+        index: dict[str, list[int]] = {}
+        for i, s in enumerate(srcs):
+            index.setdefault(s, []).append(i)
+        rows, kept = [], []
+        for r, s in enumerate(feats.paths):
+            for i in index.pop(s, []):
+                rows.append(r)
+                kept.append(i)
+        order = np.argsort(kept)
+        return feats.X[np.asarray(rows, dtype=np.int64)[order]], sorted(kept), feats.bad
+
+    def logits(
+        self, sources: Sequence[str | Path], **kw: Any
+    ) -> tuple[np.ndarray, list[int], dict[str, str]]:
+        E, kept, bad = self.embed(sources, **kw)
+        return self.head.logits(E), kept, bad
+
+    def predict_proba(
+        self, sources: Sequence[str | Path], **kw: Any
+    ) -> tuple[np.ndarray, list[int], dict[str, str]]:
+        """Calibrated class probabilities (softmax of logits / temperature) of the usable inputs."""
+        z, kept, bad = self.logits(sources, **kw)
+        return softmax(z / self.temperature), kept, bad
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def apply_delta(backbone: Backbone, state: dict[str, torch.Tensor], sha256: str) -> None:
+    """Load trained group weights over the base; every key must exist with the same shape."""
+    own = backbone.state_dict()
+    unknown = [k for k in state if k not in own]
+    wrong = [k for k in state if k in own and tuple(own[k].shape) != tuple(state[k].shape)]
+    if unknown or wrong:
+        raise HeadstartError(
+            f"trained weights do not fit {backbone.name}: unknown {unknown[:3]}, wrong shape {wrong[:3]}",
+            fix="load the run with the backbone it was trained on",
+        )
+    backbone.load_state_dict(state, strict=False)
+    backbone.delta_sha256 = sha256
+
+
+def load_model(path: str | Path) -> TrainedModel:
+    """Rebuild any run folder (probe or fit) into a TrainedModel, verifying every recorded hash."""
+    from headstart.backbones import create_backbone
+    from headstart.runs import load_run, load_tensors
+
+    run = load_run(path)
+    info = run.info
+    ref = info["backbone"]
+    pretrained = bool(info.get("pretrained", True))
+    bb = create_backbone(ref["name"], pretrained=pretrained)
+    if pretrained and bb.key != ref["key"]:
+        raise HeadstartError(
+            f"the base backbone {ref['name']} on this machine is not the one {path} was trained on "
+            f"(weights {bb.card.weights_sha256} vs {ref.get('weights_sha256')})",
+            fix="install the exact base weights recorded in run.json",
+        )
+    delta = info.get("delta")
+    if delta:
+        apply_delta(bb, load_tensors(run.path / delta["file"]), info["files"][delta["file"]])
+    adapter = info.get("adapter")
+    if adapter:
+        from headstart.adapters import load_adapter  # type: ignore[import-not-found]
+
+        bb = load_adapter(bb, run.path, adapter)
+    temperature = 1.0
+    cal = run.path / CALIBRATION_FILE
+    if cal.is_file():
+        temperature = float(json.loads(cal.read_text()).get("temperature", 1.0))
+    bb.eval()
+    return TrainedModel(path=run.path, info=info, backbone=bb, head=run.head, temperature=temperature)
