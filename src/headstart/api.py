@@ -330,7 +330,7 @@ def probe(
     if save:
         run_dir = Path(out) if out else default_run_dir("probe", bb.name)
         split_rows = [
-            (str(it.path), it.label, it.split or "", feats.hashes[row[it.source]])
+            (it.source, it.label, it.split or "", feats.hashes[row[it.source]])
             for s in ("train", "val", "test")
             for it in by_split[s]
         ]

@@ -124,12 +124,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from headstart.api import ProbeClassifier
+    from headstart.model import load_model
 
-    clf = ProbeClassifier.load(args.run)
-    clf.backend, clf.progress = args.backend, False
-    E, kept, bad = clf.embed([str(f) for f in args.files])
-    proba = clf.head_.proba(E) if len(E) else np.zeros((0, len(clf.classes_)))
+    model = load_model(args.run)
+    classes = model.classes
+    proba, kept, bad = model.predict_proba([str(f) for f in args.files], backend=args.backend)
     results: list[dict[str, Any]] = []
     by_index = dict(zip(kept, proba, strict=True))
     for i, f in enumerate(args.files):
@@ -139,9 +138,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
             results.append(
                 {
                     "file": str(f),
-                    "label": clf.classes_[top[0]],
+                    "label": classes[top[0]],
                     "probability": float(p[top[0]]),
-                    "top": [{"label": clf.classes_[j], "probability": float(p[j])} for j in top],
+                    "top": [{"label": classes[j], "probability": float(p[j])} for j in top],
                 }
             )
         else:
@@ -201,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_probe)
 
     pd = sub.add_parser("predict", help="label files with a saved run")
-    pd.add_argument("run", type=Path, help="a run folder written by probe")
+    pd.add_argument("run", type=Path, help="a run folder written by probe or fit")
     pd.add_argument("files", type=Path, nargs="+")
     pd.add_argument("--top", type=int, default=3, help="classes listed per file in --json output")
     pd.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")

@@ -1,0 +1,268 @@
+"""Strategies as data: a recipe is an ordered list of phases over the backbone's layer groups.
+
+One training loop (headstart.train) runs any recipe. A phase says how many of the top layer groups train
+(0 = head only, "all" = every group), the head's learning rate and how the groups' rates fall with depth
+(discriminative rates: group lr = head lr x backbone_lr_ratio x decay^(depth from the top)), epochs,
+schedule, weight decay and early-stopping patience.
+
+Built in by name: head, partial:N, full, discriminative, gradual, lp-ft, scratch. Users write their own in
+YAML/JSON (same fields as `Recipe.to_dict()`) or Python.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from headstart.errors import HeadstartError
+
+SCHEDULES = ("cosine", "onecycle", "constant")
+HEAD_INITS = ("keep", "zeros", "probe")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stage of training. `train_top`: number of top layer groups that train (int) or "all"."""
+
+    name: str
+    train_top: int | str = 0
+    epochs: int = 5
+    lr: float = 1e-3  # the head's learning rate
+    # Pretrained groups learn 10x slower than the head by default, so they are adapted, not washed out.
+    backbone_lr_ratio: float = 0.1
+    lr_decay: float = 1.0  # per group of depth below the top trainable group (ULMFiT uses 1/2.6)
+    schedule: str = "cosine"
+    warmup: float = 0.1  # fraction of the phase's steps
+    weight_decay: float = 0.01
+    patience: int | None = 3  # epochs without a better val metric before the phase stops
+    augment: bool | None = None  # None: on when any backbone group trains, off for head-only phases
+    # "probe": start the head from the closed-form linear probe on cached embeddings (LP of LP-FT);
+    # "keep": continue from the current head; "zeros": a fresh zero head.
+    head_init: str = "keep"
+    # Re-estimate trained BatchNorm statistics over the training set after each epoch ("precise BN"):
+    # with few steps per epoch, running averages lag weights that move fast (from-scratch training).
+    recalibrate_bn: bool = False
+
+    def n_trainable(self, n_groups: int) -> int:
+        return n_groups if self.train_top == "all" else min(int(self.train_top), n_groups)
+
+    def uses_augment(self, n_groups: int) -> bool:
+        return self.augment if self.augment is not None else self.n_trainable(n_groups) > 0
+
+    def validate(self) -> None:
+        if self.train_top != "all" and (not isinstance(self.train_top, int) or self.train_top < 0):
+            raise HeadstartError(
+                f"phase {self.name!r}: train_top must be an integer >= 0 or 'all', got {self.train_top!r}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise HeadstartError(
+                f"phase {self.name!r}: unknown schedule {self.schedule!r}", fix=f"use {SCHEDULES}"
+            )
+        if self.head_init not in HEAD_INITS:
+            raise HeadstartError(
+                f"phase {self.name!r}: unknown head_init {self.head_init!r}", fix=f"use {HEAD_INITS}"
+            )
+        if self.epochs < 0 or self.lr <= 0:
+            raise HeadstartError(f"phase {self.name!r}: epochs must be >= 0 and lr > 0")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    phases: tuple[Phase, ...]
+    pretrained: bool = True  # False: the same architecture from random init (the scratch baseline)
+    batch_size: int = 32
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["phases"] = [asdict(p) for p in self.phases]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Recipe:
+        try:
+            phases = tuple(Phase(**p) for p in d["phases"])
+            r = cls(**{**d, "phases": phases})
+        except (KeyError, TypeError) as e:
+            raise HeadstartError(
+                f"not a valid recipe: {e}", fix="give name and phases (see `headstart recipes --json`)"
+            ) from e
+        r.validate()
+        return r
+
+    def validate(self) -> None:
+        if not self.phases:
+            raise HeadstartError(f"recipe {self.name!r} has no phases")
+        for p in self.phases:
+            p.validate()
+
+    def with_overrides(
+        self, *, epochs: int | None = None, lr: float | None = None, batch_size: int | None = None
+    ) -> Recipe:
+        """Scale every phase to `epochs` total (proportionally) and/or set the head lr of every phase."""
+        phases = list(self.phases)
+        if epochs is not None:
+            total = sum(p.epochs for p in phases) or 1
+            phases = [
+                replace(p, epochs=max(1, round(p.epochs * epochs / total)) if p.epochs else 0) for p in phases
+            ]
+        if lr is not None:
+            base = phases[0].lr if phases else lr
+            phases = [replace(p, lr=lr * p.lr / base) for p in phases]
+        return replace(self, phases=tuple(phases), batch_size=batch_size or self.batch_size)
+
+    def summary(self) -> str:
+        parts = []
+        for p in self.phases:
+            what = (
+                "head"
+                if p.train_top == 0
+                else f"top {p.train_top} groups + head"
+                if p.train_top != "all"
+                else "all"
+            )
+            parts.append(f"{p.name}: {what}, {p.epochs} ep, lr {p.lr:g}")
+        return "; ".join(parts)
+
+
+def _head(n_groups: int) -> Recipe:
+    return Recipe(
+        "head",
+        (Phase("head", train_top=0, epochs=0, head_init="probe"),),
+        description="frozen backbone + a new linear head, fitted on cached embeddings",
+    )
+
+
+def _partial(n: int) -> Recipe:
+    return Recipe(
+        f"partial:{n}",
+        (Phase(f"top-{n}", train_top=n, epochs=8, head_init="probe"),),
+        description=f"the top {n} layer groups and the head train; the rest stays frozen (BatchNorm in eval)",
+    )
+
+
+def _full() -> Recipe:
+    return Recipe(
+        "full",
+        (Phase("full", train_top="all", epochs=8, head_init="probe"),),
+        description="every group trains",
+    )
+
+
+def _discriminative() -> Recipe:
+    return Recipe(
+        "discriminative",
+        (Phase("full", train_top="all", epochs=8, lr_decay=0.7, head_init="probe"),),
+        description="every group trains, each group 0.7x the rate of the one above it",
+    )
+
+
+def _gradual(n_groups: int) -> Recipe:
+    steps = min(n_groups, 4)
+    phases = [Phase("head", train_top=0, epochs=0, head_init="probe")]
+    phases += [
+        Phase(f"top-{k}", train_top=k, epochs=1, lr_decay=1 / 2.6, patience=None) for k in range(1, steps)
+    ]
+    phases.append(Phase("all", train_top="all", epochs=4, lr_decay=1 / 2.6))
+    return Recipe(
+        "gradual",
+        tuple(phases),
+        description="ULMFiT: unfreeze one more group per phase, from the top, with discriminative rates",
+    )
+
+
+def _lp_ft() -> Recipe:
+    return Recipe(
+        "lp-ft",
+        (
+            Phase("linear-probe", train_top=0, epochs=0, head_init="probe"),
+            Phase("fine-tune", train_top="all", epochs=8, lr=3e-4, backbone_lr_ratio=0.1),
+        ),
+        description="LP-FT (Kumar et al. 2022): fit the linear probe first, then fine-tune everything gently",
+    )
+
+
+def _scratch() -> Recipe:
+    return Recipe(
+        "scratch",
+        (
+            Phase(
+                "scratch",
+                train_top="all",
+                epochs=15,
+                lr=3e-3,
+                backbone_lr_ratio=1.0,
+                patience=5,
+                head_init="zeros",
+            ),
+        ),
+        pretrained=False,
+        description="the same architecture from random init: the baseline that exposes negative transfer",
+    )
+
+
+BUILT_IN = ("head", "partial:N", "full", "discriminative", "gradual", "lp-ft", "scratch")
+
+
+def get_recipe(strategy: str | Recipe | dict[str, Any] | Path, n_groups: int) -> Recipe:
+    """A built-in recipe by name, a Recipe, a dict, or a .json/.yaml file."""
+    if isinstance(strategy, Recipe):
+        strategy.validate()
+        return strategy
+    if isinstance(strategy, dict):
+        return Recipe.from_dict(strategy)
+    s = str(strategy)
+    if s.endswith((".json", ".yaml", ".yml")):
+        return load_recipe_file(Path(s))
+    if s == "head":
+        return _head(n_groups)
+    if s.startswith("partial"):
+        _, _, n = s.partition(":")
+        if not n.isdigit() or int(n) < 1:
+            raise HeadstartError(
+                f"bad strategy {s!r}", fix="write partial:N with N >= 1 top groups, e.g. partial:2"
+            )
+        if int(n) > n_groups:
+            raise HeadstartError(
+                f"{s}: the backbone has only {n_groups} layer groups",
+                fix=f"use partial:1 .. partial:{n_groups}",
+            )
+        return _partial(int(n))
+    makers = {
+        "full": _full,
+        "discriminative": _discriminative,
+        "gradual": lambda: _gradual(n_groups),
+        "lp-ft": _lp_ft,
+        "scratch": _scratch,
+    }
+    if s not in makers:
+        import difflib
+
+        close = difflib.get_close_matches(s, [*makers, "head", "partial:2"], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise HeadstartError(
+            f"unknown strategy {s!r}",
+            fix=f"{hint}built in: {', '.join(BUILT_IN)}, or a recipe .json/.yaml file",
+        )
+    return makers[s]()
+
+
+def load_recipe_file(path: Path) -> Recipe:
+    if not path.is_file():
+        raise HeadstartError(f"recipe file not found: {path}", fix="check the path")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".json":
+            d = json.loads(text)
+        else:
+            import yaml
+
+            d = yaml.safe_load(text)
+    except Exception as e:
+        raise HeadstartError(f"cannot parse recipe {path}: {e}", fix="check the JSON/YAML syntax") from e
+    if not isinstance(d, dict):
+        raise HeadstartError(f"recipe {path} must be a mapping with name and phases")
+    return Recipe.from_dict(d)

@@ -1,0 +1,307 @@
+"""`fit`: split the data, run a recipe with the Trainer, evaluate, and save a run that stores only the delta.
+
+report = fit("examples/emoji/images", backbone="efficientnet_lite0", strategy="lp-ft")
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from headstart.errors import HeadstartError
+from headstart.recipes import Recipe, get_recipe
+
+WORK_SUFFIX = ".training"  # checkpoints live beside the run folder until the run is written
+
+
+@dataclass
+class FitReport:
+    run_dir: Path | None
+    backbone: str
+    strategy: str
+    classes: list[str]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    recipe: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+            "backbone": self.backbone,
+            "strategy": self.strategy,
+            "classes": self.classes,
+            "metrics": self.metrics,
+            "history": self.history,
+            "recipe": self.recipe,
+            "warnings": self.warnings,
+            "data": self.data,
+            "timings": self.timings,
+        }
+
+
+def delta_state(backbone: Any, groups: set[int], *, whole: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of the trained groups only (all of them for a from-scratch model)."""
+    prefixes = tuple(f"groups.{i}." for i in sorted(groups)) + (("pool.",) if groups else ())
+    return {
+        k: v.detach().clone() for k, v in backbone.state_dict().items() if whole or k.startswith(prefixes)
+    }
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    cols = [
+        "epoch",
+        "phase",
+        "phase_epoch",
+        "kind",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "seconds",
+    ]
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(history)
+    return buf.getvalue()
+
+
+def fit(
+    data: str | Path,
+    *,
+    backbone: str = "efficientnet_lite0",
+    strategy: str | Recipe | dict[str, Any] = "lp-ft",
+    out: str | Path | None = None,
+    seed: int = 0,
+    val: float = 0.15,
+    test: float = 0.15,
+    epochs: int | None = None,
+    lr: float | str | None = None,
+    batch_size: int | None = None,
+    augment: bool | None = None,
+    prefix_cache: bool = True,
+    bf16: bool = False,
+    budget_s: float | None = None,
+    resume: bool = False,
+    strict: bool = False,
+    overwrite: bool = False,
+    save: bool = True,
+    progress: bool = True,
+) -> FitReport:
+    """Train `strategy` on `data` and save the run (head + trained groups only, base referenced by hash)."""
+    from headstart.backbones import create_backbone
+    from headstart.data import load_dataset
+    from headstart.features import embed
+    from headstart.metrics import classification_metrics
+    from headstart.runs import default_run_dir, library_versions, to_jsonable, write_run
+    from headstart.train.data import decode_all
+    from headstart.train.loop import Split, Trainer, init_distributed
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ds = load_dataset(data, seed=seed, val=val, test=test)
+    timings["load_data_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    bb = create_backbone(backbone)
+    recipe = get_recipe(strategy, len(bb.groups))
+    if not recipe.pretrained:
+        bb = create_backbone(backbone, pretrained=False)
+    base_key = bb.key
+    timings["load_backbone_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    good, bad = decode_all(bb, [it.source for it in ds.items], progress=progress)
+    if bad and strict:
+        listed = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
+        raise HeadstartError(
+            f"{len(bad)} unreadable input(s):\n{listed}", fix="fix or remove them, or drop --strict"
+        )
+    ds = ds.drop(bad)
+    timings["decode_s"] = time.perf_counter() - t0
+    index = {c: i for i, c in enumerate(ds.classes)}
+    splits: dict[str, Split] = {}
+    for s in ("train", "val", "test"):
+        items = ds.split(s)
+        splits[s] = Split(
+            examples=[good[it.source] for it in items],
+            y=torch.tensor([index[it.label] for it in items], dtype=torch.long),
+            sources=[it.source for it in items],
+        )
+    absent = set(ds.classes) - {it.label for it in ds.split("train")}
+    if absent:
+        raise HeadstartError(
+            f"the training split of {data} has no examples of {sorted(absent)} (unreadable files skipped)",
+            fix="add examples of those classes, or remove them",
+        )
+
+    pristine_cache: dict[str, np.ndarray] = {}
+
+    def embed_pristine(name: str) -> np.ndarray:
+        # Pooled embeddings of the untouched pretrained backbone, through the on-disk feature cache.
+        if name not in pristine_cache:
+            srcs = splits[name].sources
+            feats = embed(bb, srcs, progress=progress) if srcs else None
+            if feats is None:
+                return np.zeros((0, bb.embed_dim), np.float32)
+            row = {p: i for i, p in enumerate(feats.paths)}
+            pristine_cache[name] = feats.X[[row[s] for s in srcs]]
+        return pristine_cache[name]
+
+    if isinstance(lr, str):
+        if lr != "auto":
+            raise HeadstartError(f"--lr {lr!r}: give a number or 'auto'")
+        from headstart.train.lr_find import lr_find
+
+        found = lr_find(embed_pristine("train"), splits["train"].y.numpy(), len(ds.classes), seed=seed)
+        lr = found["suggestion"]
+        timings["lr_find_s"] = found["seconds"]
+    recipe = recipe.with_overrides(epochs=epochs, lr=lr, batch_size=batch_size)
+
+    run_dir = Path(out) if out else default_run_dir("fit", bb.name)
+    work_dir = run_dir.parent / f".{run_dir.name}{WORK_SUFFIX}" if save else None
+    if save and run_dir.exists() and any(run_dir.iterdir()) and not overwrite and not resume:
+        raise HeadstartError(
+            f"{run_dir} already exists and is not empty", fix="choose another --out, or --overwrite"
+        )
+    if work_dir is not None:
+        work_dir.mkdir(parents=True, exist_ok=True)
+
+    trainer = Trainer(
+        bb,
+        len(ds.classes),
+        recipe,
+        seed=seed,
+        prefix_cache=prefix_cache,
+        augment=augment,
+        bf16=bf16,
+        progress=progress,
+        work_dir=work_dir,
+        resume=resume,
+        budget_s=budget_s,
+        embed_pristine=embed_pristine,
+    )
+    trainer.fit(splits["train"], splits["val"])
+    timings["train_s"] = trainer.train_seconds
+
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = {}
+    for s in ("train", "val", "test"):
+        if len(splits[s]):
+            z = trainer.logits(s, splits[s], k=len(bb.groups))
+            m = classification_metrics(splits[s].y.numpy(), z.argmax(1).numpy(), ds.classes)
+            m["loss"] = float(torch.nn.functional.cross_entropy(z, splits[s].y))
+            metrics[s] = m
+    timings["evaluate_s"] = time.perf_counter() - t0
+    groups = trainer.trained_groups
+    whole = not recipe.pretrained
+    delta = delta_state(bb, groups, whole=whole) if (groups or whole) else {}
+    head_params = trainer.head.weight.numel() + trainer.head.bias.numel()
+    metrics.update(
+        {
+            "strategy": recipe.name,
+            "best_epoch": trainer.best["epoch"],
+            "trainable_params": int(
+                head_params + sum(v.numel() for k, v in delta.items() if "running" not in k)
+            ),
+            "backbone_params": bb.card.num_params,
+            "train_s": trainer.train_seconds,
+            "warnings": trainer.warnings,
+            "timings": timings,
+        }
+    )
+    summary = ds.summary()
+    dist = init_distributed()
+    saved: Path | None = None
+    if save and dist.main:
+        from headstart.model import head_from_linear
+
+        head = head_from_linear(trainer.head)
+        info = {
+            "kind": "fit",
+            "strategy": recipe.name,
+            "pretrained": recipe.pretrained,
+            "backbone": {
+                "name": bb.name,
+                "key": base_key,
+                "weights_sha256": bb.card.weights_sha256 if recipe.pretrained else None,
+                "card": bb.card.to_dict(),
+            },
+            "preprocess": bb.preprocess.to_dict(),
+            "modality": bb.modality,
+            "classes": ds.classes,
+            "params": {
+                "seed": seed,
+                "batch_size": recipe.batch_size,
+                "augment": augment,
+                "prefix_cache": prefix_cache,
+                "bf16": bf16,
+            },
+            "trained_groups": [bb.group_names[i] for i in sorted(groups)]
+            if not whole
+            else list(bb.group_names),
+            "trainable_params": metrics["trainable_params"],
+            "versions": library_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        tensors = {}
+        if delta:
+            info["delta"] = {"file": "delta.safetensors", "whole": whole}
+            tensors["delta.safetensors"] = delta
+        split_rows = [
+            (it.source, it.label, it.split or "", "") for s in ("train", "val", "test") for it in ds.split(s)
+        ]
+        history = {
+            "epochs": trainer.history,
+            "best_epoch": trainer.best["epoch"],
+            "warnings": trainer.warnings,
+        }
+        saved = write_run(
+            run_dir,
+            run=info,
+            head=head,
+            metrics=to_jsonable(metrics),
+            data=to_jsonable(summary),
+            split_rows=split_rows,
+            tensors=tensors,
+            json_files={"history.json": to_jsonable(history), "recipe.json": recipe.to_dict()},
+            text_files={"history.csv": history_csv(trainer.history)},
+            overwrite=overwrite or resume,
+        )
+        stored = sum((saved / f).stat().st_size for f in ["head.safetensors", *tensors])
+        metrics["stored_bytes"] = stored
+        from headstart.fileio import atomic_write_json
+
+        atomic_write_json(saved / "metrics.json", to_jsonable(metrics))
+        if work_dir is not None:
+            import shutil
+
+            shutil.rmtree(work_dir, ignore_errors=True)
+    return FitReport(
+        run_dir=saved,
+        backbone=bb.name,
+        strategy=recipe.name,
+        classes=ds.classes,
+        metrics=to_jsonable(metrics),
+        history=to_jsonable(trainer.history),
+        recipe=recipe.to_dict(),
+        warnings=list(trainer.warnings),
+        data=to_jsonable(summary),
+        timings=timings,
+    )
+
+
+def recipe_json(strategy: str, n_groups: int) -> str:
+    return json.dumps(get_recipe(strategy, n_groups).to_dict(), indent=2)

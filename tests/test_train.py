@@ -1,0 +1,259 @@
+"""The fine-tuning engine: recipes, the one loop, frozen BatchNorm, rates, resume after a kill, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import TEST_BACKBONE, make_image_folder
+from headstart.errors import HeadstartError
+from headstart.recipes import Phase, Recipe, get_recipe
+from headstart.train import fit
+from headstart.train.loop import param_groups
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def data3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(
+        tmp_path_factory.mktemp("train") / "data", ("red", "blue", "green"), per_class=14
+    )
+
+
+@pytest.fixture(scope="module")
+def data3_large(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # From-scratch training needs more than a dozen examples per class to generalise at all.
+    return make_image_folder(
+        tmp_path_factory.mktemp("train") / "large", ("red", "blue", "green"), per_class=40
+    )
+
+
+def _fit(data: Path, strategy: str, out: Path | None = None, **kw):
+    kw.setdefault("progress", False)
+    return fit(data, backbone=TEST_BACKBONE, strategy=strategy, out=out, save=out is not None, **kw)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "epochs"),
+    [("head", None), ("partial:2", 4), ("full", 4), ("gradual", 6), ("lp-ft", 4), ("scratch", 12)],
+)
+def test_every_builtin_recipe_beats_chance(
+    data3: Path, data3_large: Path, strategy: str, epochs: int | None
+) -> None:
+    r = _fit(data3_large if strategy == "scratch" else data3, strategy, epochs=epochs)
+    chance = 1 / 3
+    # val+test pooled, so one lucky item cannot pass a chance-level model.
+    m = r.metrics
+    correct = m["val"]["accuracy"] * m["val"]["n"] + m["test"]["accuracy"] * m["test"]["n"]
+    assert correct / (m["val"]["n"] + m["test"]["n"]) > chance + 0.15, (strategy, m["val"], m["test"])
+    assert r.metrics["train"]["accuracy"] > chance + 0.15
+
+
+def test_frozen_batchnorm_statistics_bit_identical(data3: Path, tmp_path: Path) -> None:
+    from headstart.backbones import create_backbone
+    from headstart.model import load_model
+
+    base = create_backbone(TEST_BACKBONE).state_dict()
+    run = _fit(data3, "partial:1", tmp_path / "run", epochs=3).run_dir
+    trained = load_model(run).backbone
+    n_groups = len(trained.groups)
+    after = trained.state_dict()
+    frozen = [k for k in base if not k.startswith((f"groups.{n_groups - 1}.", "pool."))]
+    moved = [k for k in frozen if not torch.equal(base[k], after[k])]
+    assert not moved, moved[:5]
+    assert any("running_mean" in k for k in frozen)
+    # Only the trained group (and the head) is stored: the rest is referenced by hash.
+    info = json.loads((run / "run.json").read_text())
+    assert info["trained_groups"] == [trained.group_names[-1]]
+
+
+def test_set_trainable_freezes_batchnorm_of_frozen_groups_only() -> None:
+    from headstart.backbones import create_backbone
+    from headstart.train.loop import set_trainable
+
+    bb = create_backbone(TEST_BACKBONE)
+    head = torch.nn.Linear(bb.embed_dim, 3)
+    before = {k: v.clone() for k, v in bb.state_dict().items()}
+    set_trainable(bb, head, 1)
+    head(bb(torch.randn(8, 3, 32, 32) * 3)).sum().backward()  # a train-mode forward updates running stats
+    after = bb.state_dict()
+    top = f"groups.{len(bb.groups) - 1}."
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(top) for k in changed), sorted(changed)[:5]
+    assert all(p.grad is None for g in bb.groups[:-1] for p in g.parameters())
+
+
+def test_param_groups_follow_the_recipe() -> None:
+    from headstart.backbones import create_backbone
+
+    bb = create_backbone(TEST_BACKBONE)
+    head = torch.nn.Linear(bb.embed_dim, 3)
+    phase = Phase("p", train_top=3, lr=1e-2, backbone_lr_ratio=0.1, lr_decay=0.5)
+    groups = param_groups(bb, head, phase)
+    lrs = {g["name"].removesuffix(".no_decay"): g["lr"] for g in groups}
+    n = len(bb.groups)
+    assert lrs["classifier"] == pytest.approx(1e-2)
+    for depth in range(3):
+        assert lrs[bb.group_names[n - 1 - depth]] == pytest.approx(1e-2 * 0.1 * 0.5**depth)
+    assert bb.group_names[n - 4] not in lrs  # frozen: not in the optimizer
+    assert all(g["weight_decay"] == 0.0 for g in groups if g["name"].endswith(".no_decay"))
+    # Default rates: pretrained groups learn 10-100x slower than the head.
+    for name in ("full", "partial:2", "lp-ft", "gradual"):
+        r = get_recipe(name, n)
+        for p in r.phases:
+            if p.train_top:
+                assert 0.01 <= p.backbone_lr_ratio <= 0.1
+
+
+def test_gradual_unfreezes_in_order(data3: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import headstart.train.loop as loop
+
+    seen: list[int] = []
+    real = loop.set_trainable
+
+    def spy(backbone, head, n):  # type: ignore[no-untyped-def]
+        seen.append(n)
+        real(backbone, head, n)
+
+    monkeypatch.setattr(loop, "set_trainable", spy)
+    r = _fit(data3, "gradual")
+    phase_starts = []
+    for n in seen:
+        if not phase_starts or phase_starts[-1] != n:
+            phase_starts.append(n)
+    n_groups = len(json.loads(json.dumps(r.recipe))["phases"])
+    assert phase_starts == sorted(phase_starts), phase_starts
+    assert phase_starts[0] == 0 and phase_starts[1] == 1 and phase_starts[2] == 2
+    assert r.history[0]["phase"] == "head"
+    assert n_groups == 5
+
+
+def test_seeded_runs_are_reproducible(data3: Path) -> None:
+    a = _fit(data3, "partial:2", epochs=2, seed=3)
+    b = _fit(data3, "partial:2", epochs=2, seed=3)
+    assert a.metrics["val"]["loss"] == b.metrics["val"]["loss"]
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+
+
+def test_prefix_cache_same_result_as_full_forwards(data3: Path) -> None:
+    a = _fit(data3, "partial:2", epochs=2, augment=False, prefix_cache=True)
+    b = _fit(data3, "partial:2", epochs=2, augment=False, prefix_cache=False)
+    assert a.metrics["val"]["loss"] == pytest.approx(b.metrics["val"]["loss"], abs=1e-4)
+
+
+def test_fit_run_loads_and_predicts_like_training(data3: Path, tmp_path: Path) -> None:
+    from headstart.model import load_model
+
+    r = _fit(data3, "lp-ft", tmp_path / "run", epochs=2)
+    m = load_model(r.run_dir)
+    rows = [ln.split(",") for ln in (r.run_dir / "split.csv").read_text().splitlines()[1:]]
+    test = [(p, lab) for p, lab, s, _ in rows if s == "test"]
+    proba, _, bad = m.predict_proba([p for p, _ in test])
+    assert not bad
+    acc = np.mean([m.classes[i] == lab for i, (_, lab) in zip(proba.argmax(1), test, strict=True)])
+    assert acc == pytest.approx(r.metrics["test"]["accuracy"])
+    stored = {f.name for f in r.run_dir.iterdir()}
+    assert {
+        "run.json",
+        "head.safetensors",
+        "delta.safetensors",
+        "history.json",
+        "history.csv",
+        "recipe.json",
+    } <= stored
+
+
+def test_custom_recipe_file_and_bad_strategy(data3: Path, tmp_path: Path) -> None:
+    recipe = Recipe("mine", (Phase("a", train_top=1, epochs=1, head_init="probe"),))
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(recipe.to_dict()))
+    assert get_recipe(str(path), 9) == recipe
+    r = _fit(data3, str(path))
+    assert r.strategy == "mine"
+    with pytest.raises(HeadstartError, match="did you mean 'full'"):
+        get_recipe("fulll", 9)
+    with pytest.raises(HeadstartError, match="only 9 layer groups"):
+        get_recipe("partial:12", 9)
+
+
+def _cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "headstart", *args], capture_output=True, text=True, env=e, timeout=300
+    )
+
+
+def test_resume_after_kill_equals_uninterrupted(data3: Path, tmp_path: Path) -> None:
+    # gradual: the kill lands after an unfreeze added parameter groups (Lightning #6891).
+    args = [
+        "fit",
+        str(data3),
+        "--backbone",
+        TEST_BACKBONE,
+        "--strategy",
+        "gradual",
+        "--epochs",
+        "6",
+        "--json",
+    ]
+    whole = _cli([*args, "--out", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    out = tmp_path / "killed"
+    crashed = _cli([*args, "--out", str(out)], env={"HEADSTART_CRASH_AFTER_EPOCH": "3"})
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    assert not (out / "run.json").exists()
+    resumed = _cli([*args, "--out", str(out), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((out / "metrics.json").read_text())
+    for s in ("val", "test"):
+        assert a[s]["loss"] == pytest.approx(b[s]["loss"], abs=1e-6)
+        assert a[s]["accuracy"] == b[s]["accuracy"]
+    ha = json.loads((tmp_path / "whole" / "history.json").read_text())["epochs"]
+    hb = json.loads((out / "history.json").read_text())["epochs"]
+    assert [r["train_loss"] for r in ha] == pytest.approx([r["train_loss"] for r in hb], abs=1e-6)
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None, reason="no torchrun"
+)
+def test_ddp_two_gloo_processes_match_single_process(data3: Path, tmp_path: Path) -> None:
+    args = ["fit", str(data3), "--backbone", TEST_BACKBONE, "--strategy", "partial:2", "--epochs", "3"]
+    args += ["--no-augment", "--json"]
+    single = _cli([*args, "--out", str(tmp_path / "one")])
+    assert single.returncode == 0, single.stderr[-2000:]
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run(
+        [
+            torchrun,
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "headstart",
+            *args,
+            "--out",
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    b = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    # Same global batch and data order; BatchNorm sees 16 per process instead of 32, hence a tolerance.
+    assert abs(a["val"]["loss"] - b["val"]["loss"]) < 0.05 * max(1.0, a["val"]["loss"])
+    assert abs(a["train"]["accuracy"] - b["train"]["accuracy"]) <= 0.1
