@@ -272,6 +272,11 @@ def probe(
     t0 = time.perf_counter()
     bb = create_backbone(backbone)
     timings["load_backbone_s"] = time.perf_counter() - t0
+    if ds.modality != bb.modality:
+        raise HeadstartError(
+            f"{data} holds {ds.modality} data but {bb.name} is a backbone for {bb.modality}",
+            fix=f"pick a {ds.modality} backbone (`headstart backbones` lists them)",
+        )
 
     feats = embed(
         bb,

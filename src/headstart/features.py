@@ -131,6 +131,23 @@ def make_forward(backbone: Backbone, backend: str = "auto") -> tuple[Callable[[A
     return _torch_forward(backbone), "torch"
 
 
+def by_size(backbone: Backbone, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """(hash, source) pairs ordered by `backbone.sort_key` (length bucketing: batches of similar-length
+    texts pad little); input order when the backbone has no sort key. Results are keyed by hash, so the
+    caller's order is restored regardless."""
+    keys: list[float] = []
+    for _, source in items:
+        try:
+            k = backbone.sort_key(source)
+        except BadInput:
+            k = 0.0  # reported when the batch loads it
+        if k is None:
+            return items
+        keys.append(k)
+    order = sorted(range(len(items)), key=keys.__getitem__)  # stable: ties keep input order
+    return [items[i] for i in order]
+
+
 def _decode_batch(
     sources: Sequence[str], backbone: Backbone, max_pixels: int
 ) -> tuple[list[int], Any, dict[str, str]]:
@@ -183,7 +200,7 @@ def embed(
     backend_used = "none"
     if todo:
         forward, backend_used = make_forward(backbone, backend)
-        items = list(todo.items())
+        items = by_size(backbone, list(todo.items()))
         batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
         with (
             ThreadPoolExecutor(max_workers=max(1, workers)) as pool,

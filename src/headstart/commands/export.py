@@ -1,0 +1,69 @@
+"""`headstart export RUN --onnx`: one ONNX file with its model card, checked against PyTorch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from headstart.commands import console, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a run to ONNX (logits + calibrated probabilities), parity-checked on real inputs",
+    )
+    p.add_argument("run", type=Path, help="a run folder (probe or fit)")
+    p.add_argument("--onnx", action="store_true", required=True, help="export format (ONNX, opset 17)")
+    p.add_argument("--out", type=Path, help="output .onnx file (default: RUN/model.onnx)")
+    p.add_argument(
+        "--quantize",
+        action="store_true",
+        help="also write a dynamic-int8 copy (*.int8.onnx) and report its test accuracy and latency",
+    )
+    p.add_argument(
+        "--check",
+        type=Path,
+        nargs="+",
+        metavar="FILE",
+        help="inputs for the parity check (default: the run's own test/val files, up to 32)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from headstart.export import export_onnx_model
+
+    report = export_onnx_model(
+        args.run, args.out, quantize=args.quantize, check_inputs=[str(f) for f in args.check or []] or None
+    )
+    if args.json:
+        print_json(report)
+        return 0
+    from rich.markup import escape
+
+    con = console()
+    par = report["parity"]
+    con.print(f"wrote [bold]{escape(report['onnx'])}[/bold] ({report['bytes'] / 1e6:.1f} MB) and its card")
+    con.print(
+        f"parity with PyTorch on {par['n']} real inputs ({par['inputs']}): top-1 agreement "
+        f"{par['top1_agreement']:.0%}, max |logit diff| {par['max_abs_diff']:.2e}"
+    )
+    q = report.get("quantized")
+    if q:
+        con.print(f"int8: [bold]{escape(q['onnx'])}[/bold] ({q['bytes'] / 1e6:.1f} MB)")
+        lat = q["latency_single_p50_ms"]
+        con.print(f"  one-item latency p50: float {lat['float']:.2f} ms, int8 {lat['int8']:.2f} ms")
+        t = q.get("test")
+        if t:
+            con.print(
+                f"  test accuracy (n={t['n']}): float {t['accuracy_float']:.3f}, "
+                f"int8 {t['accuracy_int8']:.3f} (change {t['accuracy_change']:+.3f})"
+            )
+        else:
+            con.print("  no test split files found: accuracy change not measured")
+        con.print(f"  note: {q['note']}", markup=False)
+        if q.get("warning"):
+            con.print(f"  [yellow]warning: {escape(q['warning'])}[/yellow]")
+    return 0

@@ -1,0 +1,198 @@
+"""`headstart models ...`: the local model store (register, promote, rollback, diff, rm, list, show)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from headstart.commands import console, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("models", help="versioned model store: register, promote, rollback, diff, rm")
+    verbs = p.add_subparsers(dest="models_verb", required=True, metavar="ACTION")
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        q = verbs.add_parser(name, help=help)
+        q.add_argument(
+            "--store", type=Path, help="store folder (default: $HEADSTART_MODELS or ./headstart-models)"
+        )
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+        return q
+
+    add("list", "every stored model, its versions and aliases").set_defaults(func=cmd_list)
+
+    q = add("show", "model card and files of NAME, NAME:v2 or NAME@alias")
+    q.add_argument("ref")
+    q.set_defaults(func=cmd_show)
+
+    q = add("register", "store a run folder as the next version of a model")
+    q.add_argument("run", type=Path)
+    q.add_argument("--name", help="model name (default: the run folder's name)")
+    q.add_argument("--alias", help="also point this alias at the new version")
+    q.add_argument("--mlflow", metavar="URI", help="also log the version to this MLflow tracking URI")
+    q.set_defaults(func=cmd_register)
+
+    q = add("promote", "point an alias (default production) at a version")
+    q.add_argument("name")
+    q.add_argument("version", help="2 or v2")
+    q.add_argument("--alias", default="production")
+    q.set_defaults(func=cmd_promote)
+
+    q = add("rollback", "move an alias back to the version it pointed at before")
+    q.add_argument("name")
+    q.add_argument("--alias", default="production")
+    q.set_defaults(func=cmd_rollback)
+
+    q = add("diff", "what differs between two versions: metrics, recipe, base, files")
+    q.add_argument("name")
+    q.add_argument("a", help="version, e.g. v1")
+    q.add_argument("b", help="version, e.g. v2")
+    q.set_defaults(func=cmd_diff)
+
+    q = add("rm", "remove a version (refused while an alias points to it, unless --force)")
+    q.add_argument("name")
+    q.add_argument("version")
+    q.add_argument("--force", action="store_true", help="remove it and the aliases pointing to it")
+    q.set_defaults(func=cmd_rm)
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from headstart.store import ModelStore
+
+    return ModelStore(args.store)
+
+
+def _f(v: Any) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else "-" if v is None else str(v)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    models = store.list_models()
+    if args.json:
+        print_json({"store": str(store.root), "models": models})
+        return 0
+    from rich.table import Table
+
+    if not models:
+        console().print(f"no models in {store.root}", markup=False)
+        return 0
+    t = Table(title=f"Models in {store.root}")
+    for col in ("model", "version", "aliases", "base", "kind", "test accuracy", "created"):
+        t.add_column(col)
+    for m in models:
+        for v in m["versions"]:
+            t.add_row(
+                m["name"],
+                f"v{v['version']}",
+                " ".join(f"@{a}" for a in v["aliases"]),
+                _f(v["base"]),
+                _f(v["kind"]),
+                _f(v["test_accuracy"]),
+                _f(v["created"]),
+            )
+    console().print(t)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    info = _store(args).show(args.ref)
+    if args.json:
+        print_json(info)
+        return 0
+    from rich.markup import escape
+
+    con = console()
+    card = info["card"]
+    base = card["base"]
+    aliases = " ".join(f"@{a}" for a in info["aliases"]) or "no aliases"
+    con.print(f"[bold]{info['name']}:v{info['version']}[/bold] ({aliases}) {escape(info['path'])}")
+    con.print(
+        f"base: {base['name']} {base['version'] or ''} from {base['source']}, license {base['license']}, "
+        f"sha256 {str(base['sha256'])[:16]}...",
+        markup=False,
+    )
+    counts = ", ".join(f"{c} {n}" for c, n in card["data"]["class_counts"].items())
+    con.print(
+        f"data: {card['data']['root']} ({counts}); {len(card['data']['skipped'])} skipped", markup=False
+    )
+    con.print(f"kind: {card['kind']}, seed {card['seed']}, recipe {card['recipe']}", markup=False)
+    con.print("metrics: " + ", ".join(f"{k} {_f(v)}" for k, v in card["metrics"].items()), markup=False)
+    if card.get("temperature"):
+        con.print(f"temperature: {card['temperature']:.3f}")
+    for f, rec in info["manifest"]["files"].items():
+        con.print(f"  {f:<20} {rec['bytes']:>10,} B  {rec['sha256'][:16]}", markup=False)
+    return 0
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    store = _store(args)
+    from headstart.store import default_name
+
+    name = args.name or default_name(args.run)
+    n = store.register(args.run, name, alias=args.alias, mlflow_uri=args.mlflow)
+    out = {"name": name, "version": n, "ref": f"{name}:v{n}", "path": str(store.version_dir(name, n))}
+    if args.alias:
+        out["alias"] = args.alias
+    if args.json:
+        print_json(out)
+    else:
+        extra = f" (@{args.alias})" if args.alias else ""
+        console().print(f"registered {out['ref']}{extra} in {out['path']}", markup=False)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    n = _store(args).promote(args.name, args.version, args.alias)
+    if args.json:
+        print_json({"name": args.name, "alias": args.alias, "version": n})
+    else:
+        console().print(f"{args.name}@{args.alias} -> v{n}", markup=False)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    n = _store(args).rollback(args.name, args.alias)
+    if args.json:
+        print_json({"name": args.name, "alias": args.alias, "version": n})
+    else:
+        console().print(f"{args.name}@{args.alias} rolled back to v{n}", markup=False)
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    d = _store(args).diff(args.name, args.a, args.b)
+    if args.json:
+        print_json(d)
+        return 0
+    from rich.table import Table
+
+    con = console()
+    for section in ("metrics", "recipe", "base"):
+        if not d[section]:
+            con.print(f"{section}: same")
+            continue
+        t = Table(title=section)
+        for col in ("", d["a"], d["b"]):
+            t.add_column(col)
+        for k, (va, vb) in d[section].items():
+            t.add_row(k, _f(va), _f(vb))
+        con.print(t)
+    files = d["files"]
+    con.print(
+        f"files changed: {', '.join(files['changed']) or 'none'}; only in {d['a']}: "
+        f"{', '.join(files['only_a']) or 'none'}; only in {d['b']}: {', '.join(files['only_b']) or 'none'}",
+        markup=False,
+    )
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    _store(args).remove(args.name, args.version, force=args.force)
+    if args.json:
+        print_json({"name": args.name, "removed": args.version})
+    else:
+        console().print(f"removed {args.name}:{args.version}", markup=False)
+    return 0

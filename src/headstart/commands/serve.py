@@ -1,0 +1,80 @@
+"""`headstart serve MODEL`: an HTTP prediction server (uvicorn) for a run folder or a stored model."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+
+from headstart.commands import print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a run folder or stored model over HTTP (POST /predict)")
+    p.add_argument("model", help="a run folder, or a model-store reference such as emoji@production")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--token",
+        default=os.environ.get("HEADSTART_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' (default: $HEADSTART_TOKEN, else none)",
+    )
+    p.add_argument("--max-mb", type=float, default=10.0, help="largest request body accepted, in MB")
+    p.add_argument("--max-batch", type=int, default=64, help="most files in one /predict/batch request")
+    p.add_argument(
+        "--engine",
+        choices=("auto", "onnx", "torch"),
+        default="auto",
+        help="auto: ONNX Runtime when RUN/model.onnx was exported from this model, else PyTorch",
+    )
+    p.add_argument("--json", action="store_true", help="print the start-up summary as JSON")
+    p.set_defaults(func=cmd_serve)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from headstart.serve import create_app
+
+    app = create_app(
+        args.model,
+        token=args.token,
+        max_bytes=int(args.max_mb * 1024 * 1024),
+        max_batch=args.max_batch,
+        engine=args.engine,
+    )
+    pred = app.state.predictor
+    summary = {
+        "model": args.model,
+        "url": f"http://{args.host}:{args.port}/",
+        "engine": pred.engine,
+        "modality": pred.model.modality,
+        "classes": len(pred.classes),
+        "token": bool(args.token),
+    }
+    if args.json:
+        print_json(summary)
+    else:
+        print(
+            f"serving {args.model} ({summary['modality']}, {summary['classes']} classes, {pred.engine}) "
+            f"at {summary['url']}",
+            flush=True,
+        )
+    if not _is_loopback(args.host) and not args.token:
+        print(
+            f"warning: listening on {args.host} without --token: anyone who can reach it can use the model",
+            file=sys.stderr,
+        )
+    # One worker process: the model is loaded once, and forwards take turns under the predictor's lock.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)
+    return 0

@@ -1,0 +1,239 @@
+"""Verdicts that need no fine-tuning: `rank`, `curve`, `leakage`, `domain`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from headstart.commands import console, print_json
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from headstart.verdicts.rank import rank_backbones, ranking_summary
+
+    names = [b.strip() for b in args.backbones.split(",") if b.strip()]
+    rows = rank_backbones(
+        args.data,
+        names,
+        seed=args.seed,
+        progress=not args.json,
+        estimate_finetune=not args.no_estimate,
+        backend=args.backend,
+    )
+    summary = ranking_summary(rows)
+    if args.json:
+        print_json({"rows": rows, "summary": summary})
+        return 0
+    from rich.table import Table
+
+    t = Table(title=f"Backbones ranked for {args.data} (LogME; kNN and probe on train+val)")
+    for col in ("backbone", "LogME", "kNN LOO acc", "probe CV acc", "embed s", "score s", "fine-tune est. s"):
+        t.add_column(col, justify="left" if col == "backbone" else "right", no_wrap=col == "backbone")
+    for r in rows:
+        t.add_row(
+            r["backbone"],
+            _f(r["logme"], 4),
+            _f(r["knn_accuracy"]),
+            _f(r["probe_cv_accuracy"]),
+            _f(r["embed_s"], 1),
+            _f(r["score_s"], 1),
+            _f(r["finetune_estimate_s"], 0),
+        )
+    con = console()
+    con.print(t)
+    line = f"ranking took {summary['rank_s']:.1f} s"
+    if summary["finetune_estimate_s"] is not None:
+        line += (
+            f"; fine-tuning all {len(rows)} would take about {summary['finetune_estimate_s']:.0f} s "
+            f"(estimate: {summary['estimate']})"
+        )
+    con.print(line, markup=False)
+    return 0
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    from headstart.verdicts.curve import label_curve, summarise
+
+    sizes = [int(k) for k in args.sizes.split(",")] if args.sizes else None
+    out = args.out or Path("runs") / f"curve-{Path(args.data).name}-{args.backbone.replace(':', '_')}"
+    curve = label_curve(
+        args.data,
+        args.backbone,
+        seeds=args.seeds,
+        sizes=sizes,
+        baseline=args.baseline,
+        scratch_epochs=args.scratch_epochs,
+        out=out,
+        seed=args.seed,
+        backend=args.backend,
+        progress=not args.json,
+    )
+    if args.json:
+        print_json({**curve, "out": str(out)})
+        return 0
+    from rich.table import Table
+
+    summ = summarise(curve)
+    t = Table(title=f"Test accuracy vs labels per class (mean ± std over {args.seeds} seeds)")
+    t.add_column("labels/class", justify="right")
+    for m in summ:
+        t.add_column(m if m != "probe" else f"probe ({curve['backbone']})", justify="right")
+    for i, k in enumerate(curve["labels_per_class"]):
+        t.add_row(str(k), *[f"{summ[m][i][1]:.3f} ± {summ[m][i][2]:.3f}" for m in summ])
+    con = console()
+    con.print(t)
+    con.print(f"curve.json and curve.png written to {out}", markup=False)
+    return 0
+
+
+def cmd_leakage(args: argparse.Namespace) -> int:
+    from headstart.data import load_dataset
+    from headstart.data.leakage import PHASH_MAX_DISTANCE, dedupe, find_leaks
+
+    ds = load_dataset(args.data, seed=args.seed)
+    report = find_leaks(
+        ds, max_distance=PHASH_MAX_DISTANCE if args.max_distance is None else args.max_distance
+    )
+    written = None
+    if args.dedupe:
+        written = _write_split_manifest(dedupe(ds, report), args.dedupe)
+    if args.json:
+        print_json({**report, "deduped_manifest": str(written) if written else None})
+        return 0
+    from rich.table import Table
+
+    con = console()
+    con.print(
+        f"{len(ds.items)} items: {report['n_exact']} exact and {report['n_near']} near copies across splits",
+        markup=False,
+    )
+    for kind in ("exact", "near"):
+        if report[kind]:
+            t = Table(title=f"{kind} copies (b is the later-split copy)")
+            for col in ("a", "b", "splits", *(["bits"] if kind == "near" else [])):
+                t.add_column(col)
+            for r in report[kind][: args.show]:
+                t.add_row(
+                    r["a"], r["b"], "/".join(r["splits"]), *([str(r["distance"])] if kind == "near" else [])
+                )
+            con.print(t)
+    if written:
+        con.print(f"deduplicated split written to {written}", markup=False)
+    return 0
+
+
+def _write_split_manifest(ds: Any, out: Path) -> Path:
+    """The deduplicated dataset as a path,label,split CSV manifest (paths absolute; files not copied)."""
+    import csv
+    import io
+
+    from headstart.fileio import atomic_write_text
+
+    out = Path(out)
+    if out.suffix != ".csv":
+        out = out / "manifest.csv"
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["path", "label", "split"])
+    w.writerows((str(Path(it.path).resolve()), it.label, it.split) for it in ds.items)
+    atomic_write_text(out, buf.getvalue())
+    return out
+
+
+def cmd_domain(args: argparse.Namespace) -> int:
+    from headstart.verdicts.domain import domain_distance
+
+    r = domain_distance(
+        args.data,
+        args.backbone,
+        sample=args.sample,
+        seed=args.seed,
+        backend=args.backend,
+        progress=not args.json,
+    )
+    if args.json:
+        print_json(r)
+        return 0
+    con = console()
+    con.print(
+        f"domain distance of {args.data} from {r['backbone']}'s pretraining: "
+        f"[bold]{r['distance']:.3f}[/bold] (0 = alike, 1 = unrelated; n={r['n']})"
+    )
+    for k, v in r["terms"].items():
+        con.print(f"  {k}: {_f(v)}")
+    if r["classifier"]:
+        c = r["classifier"]
+        con.print(
+            f"  pretrained classifier (not scored): confidence {c['confidence']:.3f}, entropy "
+            f"{c['entropy']:.3f}, {c['effective_classes']:.1f} effective classes"
+        )
+    con.print(f"  formula: {r['formula']}", markup=False)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--seed", type=int, default=0, help="split and sampling seed")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def backend(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
+
+    data_help = "image folder (class sub-folders, or train/ val/ test/) or a CSV/JSONL manifest"
+    r = sub.add_parser("rank", help="rank backbones for a dataset without fine-tuning (LogME, kNN, probe)")
+    r.add_argument("data", type=Path, help=data_help)
+    r.add_argument(
+        "--backbones",
+        default="efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
+        help="comma-separated backbone names",
+    )
+    r.add_argument("--no-estimate", action="store_true", help="skip timing a fine-tuning step per backbone")
+    backend(r)
+    common(r)
+    r.set_defaults(func=cmd_rank)
+
+    c = sub.add_parser("curve", help="label-efficiency curve: probe accuracy vs labels per class")
+    c.add_argument("data", type=Path, help=data_help)
+    c.add_argument("--backbone", default="efficientnet_lite0")
+    c.add_argument("--seeds", type=int, default=3, help="random subsets per point")
+    c.add_argument("--sizes", help="comma-separated labels per class (default 5,10,20,50,... up to the data)")
+    c.add_argument(
+        "--baseline",
+        choices=("auto", "scratch", "pixels", "none"),
+        default="auto",
+        help="scratch: train the architecture from random init (slow); pixels: logistic "
+        "regression on 16x16 pixels; auto: scratch when the trainer is installed",
+    )
+    c.add_argument("--scratch-epochs", type=int, help="epochs of each from-scratch run")
+    c.add_argument("--out", type=Path, help="folder for curve.json and curve.png")
+    backend(c)
+    common(c)
+    c.set_defaults(func=cmd_curve)
+
+    lk = sub.add_parser("leakage", help="exact and near-duplicate items across train/val/test")
+    lk.add_argument("data", type=Path, help=data_help)
+    lk.add_argument(
+        "--max-distance",
+        type=int,
+        default=None,
+        help="pHash bits (of 64) that may differ for a near copy (default 6)",
+    )
+    lk.add_argument("--dedupe", type=Path, help="write the split without later-split copies as OUT (.csv)")
+    lk.add_argument("--show", type=int, default=20, help="pairs listed per table")
+    common(lk)
+    lk.set_defaults(func=cmd_leakage)
+
+    d = sub.add_parser("domain", help="how far the data is from the backbone's pretraining data (0..1)")
+    d.add_argument("data", type=Path, help=data_help)
+    d.add_argument("--backbone", default="efficientnet_lite0")
+    d.add_argument("--sample", type=int, default=300, help="items read (seeded sample)")
+    backend(d)
+    common(d)
+    d.set_defaults(func=cmd_domain)

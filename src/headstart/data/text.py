@@ -1,0 +1,236 @@
+"""Labeled texts: a CSV / JSONL / Parquet table with `text,label[,split]`, or folders of `.txt` files.
+
+Accepted layouts (found by `is_text_data`, or forced with `load_dataset(..., modality="text")`):
+- a table with a `text` column and a `label` column (optionally `split`): one text per row;
+- `DATA/<class>/*.txt`, or `DATA/{train,val,test}/<class>/*.txt`: one text per file.
+
+Each text becomes `Item(path=Path("<file>:<row>"), label, split, text=...)` (a `.txt` file's item path is
+the file itself). Empty and whitespace-only texts are skipped and listed in `Dataset.skipped` with the
+reason. A table that is not UTF-8 is an error naming the file and line; a `.txt` file that is not UTF-8 is
+skipped with the reason. Texts longer than the backbone's token limit are truncated by its tokenizer, which
+counts them (`backbone.input_notes["truncated"]`, `backbone.truncated_count`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from headstart.data.dataset import SPLITS, Dataset, Item, stratified_split
+from headstart.errors import HeadstartError
+
+TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
+TEXT_FILE_SUFFIX = ".txt"
+_SNIFF_FILES = 200  # files looked at to decide whether a folder holds texts
+
+
+def _decode_utf8(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise HeadstartError(
+            f"{path}:{line} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})",
+            fix="save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
+        ) from e
+
+
+def _table_columns(path: Path) -> list[str]:
+    """Column names of a table, reading only its head."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            if suffix == ".jsonl":
+                for line in f:
+                    if line.strip():
+                        obj = json.loads(line)
+                        return list(obj) if isinstance(obj, dict) else []
+                return []
+            return next(csv.reader(f), [])
+    except (OSError, ValueError):
+        return []
+
+
+def _sample_files(folder: Path) -> list[Path]:
+    out: list[Path] = []
+    for p in folder.rglob("*"):
+        if p.is_file() and not p.name.startswith("."):
+            out.append(p)
+            if len(out) >= _SNIFF_FILES:
+                break
+    return out
+
+
+def is_text_data(root: Path) -> bool:
+    """A table with a `text` column, or a folder whose files are mostly `.txt`."""
+    if root.is_file():
+        return root.suffix.lower() in TABLE_SUFFIXES and "text" in _table_columns(root)
+    if root.is_dir():
+        files = _sample_files(root)
+        n_txt = sum(1 for p in files if p.suffix.lower() == TEXT_FILE_SUFFIX)
+        return bool(files) and 2 * n_txt > len(files)
+    return False
+
+
+# -- tables -------------------------------------------------------------------------------------------------
+
+
+def _rows_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(_decode_utf8(path), newline=""))
+    rows = []
+    start = 2  # the line a record starts on (quoted texts may span lines)
+    try:
+        for row in reader:
+            rows.append((start, row))
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise HeadstartError(f"{path}:{reader.line_num} is not valid CSV ({e})", fix="quote texts") from e
+    return rows
+
+
+def _rows_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    for n, line in enumerate(_decode_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise HeadstartError(
+                f"{path}:{n} is not valid JSON ({e.msg})", fix="one JSON object per line"
+            ) from e
+        if not isinstance(obj, dict):
+            raise HeadstartError(f"{path}:{n} is not a JSON object", fix="one JSON object per line")
+        rows.append((n, obj))
+    return rows
+
+
+def _rows_parquet(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = set(pq.read_schema(path).names)
+    try:
+        table = pq.read_table(path, columns=[c for c in ("text", "label", "split") if c in names])
+    except (OSError, pa.ArrowException) as e:
+        raise HeadstartError(f"cannot read {path}: {e}", fix="check that it is a Parquet file") from e
+    return [(i, row) for i, row in enumerate(table.to_pylist(), 1)]
+
+
+def read_text_table(path: Path) -> tuple[list[Item], dict[str, str]]:
+    """(items, {"<file>:<row>": reason} for skipped rows) of a `text,label[,split]` table."""
+    suffix = path.suffix.lower()
+    reader = {".csv": _rows_csv, ".jsonl": _rows_jsonl, ".parquet": _rows_parquet}.get(suffix)
+    if reader is None:
+        raise HeadstartError(
+            f"{path} is not a CSV, JSONL or Parquet table", fix="use .csv, .jsonl or .parquet"
+        )
+    rows = reader(path)
+    if not rows:
+        raise HeadstartError(f"{path} has no rows", fix="add `text,label` rows")
+    columns = set(rows[0][1])
+    missing = {"text", "label"} - columns
+    if missing:
+        raise HeadstartError(
+            f"{path} lacks column(s) {sorted(missing)} (has {sorted(columns)})",
+            fix="name the columns `text,label` (and optionally `split`)",
+        )
+    items: list[Item] = []
+    skipped: dict[str, str] = {}
+    for row_id, r in rows:
+        where = f"{path}:{row_id}"
+        label = "" if r.get("label") is None else str(r["label"]).strip()
+        split = "" if r.get("split") is None else str(r["split"]).strip()
+        if not label:
+            raise HeadstartError(f"{where} has an empty label", fix="give every row a label, or remove it")
+        if split and split not in SPLITS:
+            raise HeadstartError(f"{where} has split {split!r}", fix=f"use one of {', '.join(SPLITS)}")
+        text = r.get("text")
+        reason = _empty_reason(text)
+        if reason:
+            skipped[where] = reason
+            continue
+        items.append(Item(Path(where), label, split or None, text=str(text)))
+    return items, skipped
+
+
+def _empty_reason(text: object) -> str | None:
+    if text is None or (isinstance(text, float) and text != text):  # missing, or NaN from a table
+        return "empty text (missing)"
+    if not str(text):
+        return "empty text"
+    if not str(text).strip():
+        return "whitespace-only text"
+    return None
+
+
+# -- folders of .txt files --------------------------------------------------------------------------------
+
+
+def _read_txt_folder(folder: Path, split: str | None, skipped: dict[str, str]) -> list[Item]:
+    items = []
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            if f.suffix.lower() != TEXT_FILE_SUFFIX:
+                skipped[str(f)] = "not a .txt file"
+                continue
+            data = f.read_bytes()
+            try:
+                text = data.decode("utf-8-sig")
+            except UnicodeDecodeError as e:
+                line = data[: e.start].count(b"\n") + 1
+                skipped[str(f)] = f"not UTF-8 text (line {line}, byte 0x{data[e.start]:02x})"
+                continue
+            reason = _empty_reason(text)
+            if reason:
+                skipped[str(f)] = reason
+                continue
+            items.append(Item(f, class_dir.name, split, text=text))
+    return items
+
+
+# -- the dataset ------------------------------------------------------------------------------------------
+
+
+def load_text_dataset(root: Path, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> Dataset:
+    """Read labeled texts from `root` (see the module docstring) and give each a split."""
+    skipped: dict[str, str] = {}
+    if root.is_file():
+        items, skipped = read_text_table(root)
+        layout = "text-table"
+    elif (root / "train").is_dir():
+        items = [it for s in SPLITS if (root / s).is_dir() for it in _read_txt_folder(root / s, s, skipped)]
+        layout = "text-split-folders"
+    else:
+        items = _read_txt_folder(root, None, skipped)
+        layout = "text-class-folders"
+    if not items:
+        raise HeadstartError(
+            f"no usable labeled texts in {root}" + (f" ({len(skipped)} skipped)" if skipped else ""),
+            fix="give a table with `text,label` columns, or DATA/<class>/*.txt files",
+        )
+    classes = sorted({it.label for it in items})
+    if len(classes) < 2:
+        raise HeadstartError(
+            f"only one class ({classes[0]!r}) found in {root}: a classifier needs at least two",
+            fix="add texts of each other class",
+        )
+    if any(it.split is None for it in items):
+        if any(it.split is not None for it in items):
+            raise HeadstartError(
+                f"{root}: some rows have a split and some do not", fix="fill every split or none"
+            )
+        items = stratified_split(items, val=val, test=test, seed=seed)
+    if not any(it.split == "train" for it in items):
+        raise HeadstartError(f"{root} has no training items", fix="add a train split")
+    return Dataset(
+        root=root, items=items, classes=classes, layout=layout, modality="text", seed=seed, skipped=skipped
+    )

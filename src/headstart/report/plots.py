@@ -1,0 +1,228 @@
+"""The report's charts: matplotlib (Agg, no pyplot state) figures returned as inline SVG data URIs.
+
+Each function takes plain JSON-shaped data and returns `data:image/svg+xml;base64,...`, so the page needs
+no files and no network. Matplotlib is imported here only, when a chart is drawn.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+# One palette for the whole page (the CSS uses the same values).
+SPLIT_COLOURS = {"train": "#4c78a8", "val": "#f58518", "test": "#54a24b"}
+SERIES = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d", "#eeca3b"]
+INK, MUTED, GRID = "#1f2328", "#656d76", "#e6e8eb"
+
+_STYLE = {
+    "font.family": "DejaVu Sans",
+    "font.size": 9.5,
+    "axes.edgecolor": "#9aa1a9",
+    "axes.labelcolor": INK,
+    "axes.titlesize": 10.5,
+    "axes.titleweight": "bold",
+    "axes.titlecolor": INK,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.color": GRID,
+    "grid.linewidth": 0.8,
+    "xtick.color": MUTED,
+    "ytick.color": MUTED,
+    "legend.frameon": False,
+    "text.parse_math": False,  # class names with "$" are names, not TeX
+    "svg.fonttype": "path",  # glyphs as paths: the picture is the same on every machine
+    "svg.hashsalt": "headstart",  # deterministic element ids
+}
+
+
+def _figure(width: float, height: float, ncols: int = 1) -> tuple[Any, Any]:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def _svg_uri(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
+    return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _styled(draw: Any) -> Any:
+    """Run a chart function under the report's matplotlib style, without touching global settings."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> str:
+        import matplotlib
+
+        with matplotlib.rc_context(_STYLE):
+            return draw(*args, **kwargs)
+
+    wrapper.__doc__, wrapper.__name__ = draw.__doc__, draw.__name__
+    return wrapper
+
+
+@_styled
+def class_counts(classes: Sequence[str], counts: dict[str, dict[str, int]]) -> str:
+    """Horizontal stacked bars: items per class, one colour per split."""
+    n = len(classes)
+    fig, (ax,) = _figure(5.2, min(1.0 + 0.3 * n, 12.0))
+    left = [0.0] * n
+    ys = list(range(n))[::-1]
+    for split, per_class in counts.items():
+        values = [float(per_class.get(c, 0)) for c in classes]
+        colour = SPLIT_COLOURS.get(split, SERIES[len(SPLIT_COLOURS) % len(SERIES)])
+        ax.barh(ys, values, left=left, color=colour, label=split, height=0.7)
+        left = [a + b for a, b in zip(left, values, strict=True)]
+    ax.set_yticks(ys, [_short(c) for c in classes])
+    ax.set_xlabel("items")
+    ax.grid(axis="y", visible=False)
+    ax.legend(loc="lower right", ncols=len(counts), bbox_to_anchor=(1.0, 1.0), fontsize=9)
+    if n > 40:
+        ax.tick_params(axis="y", labelsize=6)
+    return _svg_uri(fig)
+
+
+@_styled
+def learning_curves(epochs: list[dict[str, Any]], best_epoch: int | None) -> str:
+    """Loss and accuracy per epoch (train solid, val dashed), best epoch marked, phases shaded."""
+    fig, (ax_loss, ax_acc) = _figure(9.0, 3.3, ncols=2)
+    x = [e.get("epoch", i + 1) for i, e in enumerate(epochs)]
+    for ax, metric, title in ((ax_loss, "loss", "Loss"), (ax_acc, "acc", "Accuracy")):
+        for split, style in (("train", "-"), ("val", "--")):
+            ys = [_num(e.get(f"{split}_{metric}")) for e in epochs]
+            if any(not math.isnan(y) for y in ys):
+                ax.plot(x, ys, style, color=SPLIT_COLOURS[split], label=split, marker="o", markersize=3)
+        _shade_phases(ax, epochs, x)
+        if best_epoch is not None:
+            ax.axvline(best_epoch, color=INK, linewidth=1, linestyle=":")
+            ax.annotate(
+                f"best: {best_epoch}",
+                (best_epoch, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3, -12),
+                textcoords="offset points",
+                fontsize=8.5,
+                color=INK,
+            )
+        ax.set_title(title, loc="left")
+        ax.set_xlabel("epoch")
+        if metric == "acc":
+            ax.set_ylim(top=min(1.02, ax.get_ylim()[1]))
+    ax_loss.legend(loc="upper right")
+    return _svg_uri(fig)
+
+
+def _shade_phases(ax: Any, epochs: list[dict[str, Any]], x: list[Any]) -> None:
+    """Alternate light bands per training phase (e.g. linear probe, then fine-tune) with the phase name."""
+    runs: list[tuple[str, Any, Any]] = []
+    for xi, e in zip(x, epochs, strict=True):
+        phase = str(e.get("phase", ""))
+        if runs and runs[-1][0] == phase:
+            runs[-1] = (phase, runs[-1][1], xi)
+        else:
+            runs.append((phase, xi, xi))
+    if len(runs) < 2:
+        return
+    for i, (phase, start, stop) in enumerate(runs):
+        if i % 2 == 1:
+            ax.axvspan(start - 0.5, stop + 0.5, color="#f2f4f7", zorder=0, linewidth=0)
+        ax.annotate(
+            _short(phase, 18),
+            (start - 0.4, 0.02),
+            xycoords=("data", "axes fraction"),
+            fontsize=7.5,
+            color=MUTED,
+        )
+
+
+@_styled
+def reliability(before: dict[str, Any], after: dict[str, Any] | None, ece: tuple[Any, Any]) -> str:
+    """Reliability diagrams: accuracy per confidence bin against the diagonal, before/after scaling."""
+    panels = [("before temperature scaling", before, ece[0])]
+    if after:
+        panels.append(("after temperature scaling", after, ece[1]))
+    fig, axes = _figure(4.3 * len(panels), 4.1, ncols=len(panels))
+    for ax, (title, bins, e) in zip(axes, panels, strict=True):
+        acc = [_num(v) for v in bins.get("accuracy", [])]
+        conf = [_num(v) for v in bins.get("confidence", [])]
+        count = [int(v or 0) for v in bins.get("count", [0] * len(acc))]
+        k = max(len(acc), 1)
+        edges = [_num(v) for v in bins.get("edges") or []]
+        if len(edges) != k + 1 or any(math.isnan(v) for v in edges):
+            edges = [i / k for i in range(k + 1)]  # equal-width bins over [0, 1]
+        shown = [i for i in range(len(acc)) if i < len(count) and count[i] > 0 and not math.isnan(acc[i])]
+        ax.bar(
+            [edges[i] for i in shown],
+            [acc[i] for i in shown],
+            width=[(edges[i + 1] - edges[i]) * 0.92 for i in shown],
+            align="edge",
+            color=SERIES[0],
+            alpha=0.85,
+            label="accuracy",
+        )
+        gap_x = [conf[i] for i in shown if i < len(conf) and not math.isnan(conf[i])]
+        gap_y = [acc[i] for i in shown if i < len(conf) and not math.isnan(conf[i])]
+        ax.scatter(gap_x, gap_y, s=10, color=INK, zorder=3, label="mean confidence")
+        ax.plot([0, 1], [0, 1], color=SERIES[3], linewidth=1.2, linestyle="--", label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+        ax.set_aspect("equal")
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{title}\nECE {_fmt(e)}", loc="left")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=3, fontsize=8.5)
+    return _svg_uri(fig)
+
+
+@_styled
+def label_efficiency(points: list[dict[str, Any]]) -> str:
+    """Test accuracy against labels per class, one line per method, band = min..max over seeds."""
+    by_method: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for p in points:
+        acc = _num(p.get("test_accuracy"))
+        if not math.isnan(acc):
+            by_method[str(p.get("method", "?"))][float(p.get("labels_per_class", 0))].append(acc)
+    fig, (ax,) = _figure(7.2, 3.6)
+    xs_all: list[float] = []
+    for i, (method, per_n) in enumerate(by_method.items()):
+        xs = sorted(per_n)
+        xs_all += xs
+        mean = [sum(per_n[x]) / len(per_n[x]) for x in xs]
+        colour = SERIES[i % len(SERIES)]
+        ax.plot(xs, mean, "-o", color=colour, label=_short(method, 30), markersize=4)
+        ax.fill_between(
+            xs, [min(per_n[x]) for x in xs], [max(per_n[x]) for x in xs], color=colour, alpha=0.15
+        )
+    positive = [x for x in xs_all if x > 0]
+    if positive and max(positive) / min(positive) >= 8:
+        ax.set_xscale("log")
+        ticks = sorted(set(positive))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+    ax.set_xlabel("labelled examples per class")
+    ax.set_ylabel("test accuracy")
+    ax.legend(loc="lower right")
+    return _svg_uri(fig)
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v) if v is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _fmt(v: Any) -> str:
+    x = _num(v)
+    return "n/a" if math.isnan(x) else f"{x:.3f}"
+
+
+def _short(text: str, limit: int = 28) -> str:
+    text = str(text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
