@@ -31,7 +31,7 @@ from torch import nn
 from headstart.backbones.base import Backbone, BackboneCard
 from headstart.backbones.registry import BackboneSpec, register_backbone
 from headstart.errors import BadInput, HeadstartError
-from headstart.fileio import sha256_file
+from headstart.fileio import sha256_file, sha256_file_memo
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 # Encoders whose layout (model.embeddings + a list of layers taking (hidden, attention_mask)) is known and
@@ -414,7 +414,7 @@ def create_hf_text_backbone(
     length = max_length or _max_length(folder, config, model_max)
     tok.enable_truncation(length)
     weights = next((folder / f for f in WEIGHT_FILES if folder and (folder / f).is_file()), None)
-    weights_sha = sha256_file(weights) if (weights is not None and pretrained) else None
+    weights_sha = sha256_file_memo(weights) if (weights is not None and pretrained) else None
     if info is not None and info.sha256 and pretrained and weights_sha != info.sha256:
         raise HeadstartError(
             f"{weights} does not match the published sha256 of {info.name} "

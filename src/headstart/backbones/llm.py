@@ -43,7 +43,7 @@ from headstart.backbones.hf_text import (
 )
 from headstart.backbones.registry import BackboneSpec, register_backbone
 from headstart.errors import HeadstartError
-from headstart.fileio import atomic_write_json, cache_dir, sha256_file
+from headstart.fileio import atomic_write_json, cache_dir, sha256_file, sha256_file_memo
 
 # Decoders whose layer layout (model.model.{embed_tokens, layers, norm, rotary_emb}) is checked against the
 # whole model's forward; other decoders run as one group.
@@ -156,7 +156,7 @@ def ensure_cached(name: str) -> Path:
         meta = json.loads(meta_file.read_text())
         if (meta.get("gguf_size"), meta.get("gguf_mtime_ns")) == (st.st_size, st.st_mtime_ns):
             return dest  # the installed file is the one hashed when the cache was written
-    sha = sha256_file(path)
+    sha = sha256_file_memo(path)
     if sha != src.sha256:
         raise HeadstartError(
             f"{path} does not match the published sha256 of {name} ({sha[:12]}… != {src.sha256[:12]}…)",
