@@ -192,11 +192,37 @@ def load_dataset(
             f"no labeled files found under {root}",
             fix="put files in one sub-folder per class (DATA/<class>/<file>), or give a manifest",
         )
+    return assemble_dataset(
+        root,
+        items,
+        layout=layout,
+        modality=modality or detect_modality(items),
+        val=val,
+        test=test,
+        seed=seed,
+        one_class_fix="add a folder of examples for each other class",
+    )
+
+
+def assemble_dataset(
+    root: Path,
+    items: list[Item],
+    *,
+    layout: str,
+    modality: str,
+    val: float,
+    test: float,
+    seed: int,
+    one_class_fix: str,
+    skipped: dict[str, str] | None = None,
+) -> Dataset:
+    """The checks every reader shares: two classes at least, all-or-no splits (else a stratified split),
+    a training split."""
     classes = sorted({it.label for it in items})
     if len(classes) < 2:
         raise HeadstartError(
             f"only one class ({classes[0]!r}) found under {root}: a classifier needs at least two",
-            fix="add a folder of examples for each other class",
+            fix=one_class_fix,
         )
     if any(it.split is None for it in items):
         if any(it.split is not None for it in items):
@@ -206,9 +232,15 @@ def load_dataset(
         items = stratified_split(items, val=val, test=test, seed=seed)
     if not any(it.split == "train" for it in items):
         raise HeadstartError(f"{root} has no training items", fix="add a train split")
-    if modality is None:
-        modality = detect_modality(items)
-    return Dataset(root=root, items=items, classes=classes, layout=layout, modality=modality, seed=seed)
+    return Dataset(
+        root=root,
+        items=items,
+        classes=classes,
+        layout=layout,
+        modality=modality,
+        seed=seed,
+        skipped=dict(skipped or {}),
+    )
 
 
 def detect_modality(items: list[Item]) -> str:

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from headstart.data.dataset import SPLITS, Dataset, Item, stratified_split
+from headstart.data.dataset import SPLITS, Dataset, Item, assemble_dataset
 from headstart.errors import HeadstartError
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -217,20 +217,14 @@ def load_text_dataset(root: Path, *, val: float = 0.15, test: float = 0.15, seed
             f"no usable labeled texts in {root}" + (f" ({len(skipped)} skipped)" if skipped else ""),
             fix="give a table with `text,label` columns, or DATA/<class>/*.txt files",
         )
-    classes = sorted({it.label for it in items})
-    if len(classes) < 2:
-        raise HeadstartError(
-            f"only one class ({classes[0]!r}) found in {root}: a classifier needs at least two",
-            fix="add texts of each other class",
-        )
-    if any(it.split is None for it in items):
-        if any(it.split is not None for it in items):
-            raise HeadstartError(
-                f"{root}: some rows have a split and some do not", fix="fill every split or none"
-            )
-        items = stratified_split(items, val=val, test=test, seed=seed)
-    if not any(it.split == "train" for it in items):
-        raise HeadstartError(f"{root} has no training items", fix="add a train split")
-    return Dataset(
-        root=root, items=items, classes=classes, layout=layout, modality="text", seed=seed, skipped=skipped
+    return assemble_dataset(
+        root,
+        items,
+        layout=layout,
+        modality="text",
+        val=val,
+        test=test,
+        seed=seed,
+        one_class_fix="add texts of each other class",
+        skipped=skipped,
     )
