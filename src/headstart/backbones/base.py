@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -59,6 +60,8 @@ class BackboneCard:
     num_params: int = 0
     weights_file: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The backbone this one was derived from ({"name", "weights_sha256", ...}), e.g. by `headstart adapt`.
+    parent: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +111,9 @@ class Backbone(nn.Module):
         self.pool = pool
         # sha256 of trained weights loaded over the base (set by whoever changes the weights in place).
         self.delta_sha256: str | None = None
+        # Set by a parameter-efficient method (LoRA): only parameters whose names pass train, the base
+        # weights stay frozen even inside the groups a recipe trains.
+        self.trainable_filter: Callable[[str], bool] | None = None
         self.card.num_params = sum(p.numel() for p in self.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -11,13 +11,16 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from headstart.errors import HeadstartError
 from headstart.recipes import Recipe, get_recipe
+
+if TYPE_CHECKING:
+    from headstart.train.loop import Objective
 
 WORK_SUFFIX = ".training"  # checkpoints live beside the run folder until the run is written
 
@@ -99,8 +102,14 @@ def fit(
     overwrite: bool = False,
     save: bool = True,
     progress: bool = True,
+    objective: Objective | None = None,
+    unlabeled: str | Path | None = None,
 ) -> FitReport:
-    """Train `strategy` on `data` and save the run (head + trained groups only, base referenced by hash)."""
+    """Train `strategy` on `data` and save the run (head + trained groups only, base referenced by hash).
+
+    `objective` replaces the loss (distillation, domain-adversarial training); `unlabeled` inputs join the
+    training split with label -1 (only an objective that uses them, like distillation, learns from them).
+    """
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.features import embed
@@ -122,13 +131,20 @@ def fit(
     base_key = bb.key
     timings["load_backbone_s"] = time.perf_counter() - t0
 
+    extra: list[str] = []
+    if unlabeled is not None:
+        from headstart.data.unlabeled import load_unlabeled
+
+        extra = load_unlabeled(unlabeled, bb.modality).sources
     t0 = time.perf_counter()
-    good, bad = decode_all(bb, [it.source for it in ds.items], progress=progress)
+    good, bad = decode_all(bb, [it.source for it in ds.items] + extra, progress=progress)
     if bad and strict:
         listed = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
         raise HeadstartError(
             f"{len(bad)} unreadable input(s):\n{listed}", fix="fix or remove them, or drop --strict"
         )
+    labeled_sources = {it.source for it in ds.items}  # never learn from val/test inputs, even unlabeled
+    extra = [s for s in dict.fromkeys(extra) if s in good and s not in labeled_sources]
     ds = ds.drop(bad)
     timings["decode_s"] = time.perf_counter() - t0
     index = {c: i for i, c in enumerate(ds.classes)}
@@ -139,6 +155,13 @@ def fit(
             examples=[good[it.source] for it in items],
             y=torch.tensor([index[it.label] for it in items], dtype=torch.long),
             sources=[it.source for it in items],
+        )
+    if extra:
+        tr = splits["train"]
+        splits["train"] = Split(
+            examples=tr.examples + [good[s] for s in extra],
+            y=torch.cat([tr.y, torch.full((len(extra),), -1, dtype=torch.long)]),
+            sources=tr.sources + extra,
         )
     absent = set(ds.classes) - {it.label for it in ds.split("train")}
     if absent:
@@ -192,6 +215,7 @@ def fit(
         resume=resume,
         budget_s=budget_s,
         embed_pristine=embed_pristine,
+        objective=objective,
     )
     trainer.fit(splits["train"], splits["val"])
     timings["train_s"] = trainer.train_seconds
@@ -218,6 +242,7 @@ def fit(
             ),
             "backbone_params": bb.card.num_params,
             "train_s": trainer.train_seconds,
+            "unlabeled": len(extra),
             "warnings": trainer.warnings,
             "timings": timings,
         }

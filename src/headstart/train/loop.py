@@ -65,10 +65,56 @@ class Net(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, h: Any, start: int = 0) -> torch.Tensor:
+    def features(self, h: Any, start: int = 0) -> torch.Tensor:
+        """Pooled embeddings (the head's input)."""
         if start >= len(self.backbone.groups):
-            return self.head(h)
-        return self.head(self.backbone.pool(self.backbone.forward_groups(h, start)))
+            return h
+        return self.backbone.pool(self.backbone.forward_groups(h, start))
+
+    def forward(self, h: Any, start: int = 0, with_features: bool = False) -> Any:
+        f = self.features(h, start)
+        z = self.head(f)
+        return (z, f) if with_features else z
+
+
+@dataclass
+class Step:
+    """What an Objective sees at one training step."""
+
+    trainer: Trainer
+    split: Split  # the training split the batch was drawn from
+    logits: torch.Tensor
+    features: torch.Tensor | None  # pooled embeddings, when the objective asked for them
+    y: torch.Tensor  # class indices; -1 marks an unlabeled example
+    idx: torch.Tensor  # positions of the batch in the training split
+    start: int  # the group the batch entered at (0 = raw inputs)
+    augment: bool
+    generator: torch.Generator
+    progress: float  # fraction of all training steps done, in [0, 1)
+
+
+class Objective:
+    """The training loss. The default is cross-entropy on labeled examples; distillation and
+    domain-adversarial training add terms, and may own extra trainable modules (trained at the head's rate).
+    """
+
+    needs_features = False
+
+    def setup(self, trainer: Trainer, train: Split) -> None:
+        """Called once before training (precompute targets, decode extra data)."""
+
+    def modules(self) -> list[nn.Module]:
+        return []
+
+    def loss(self, step: Step) -> torch.Tensor:
+        return labeled_cross_entropy(step.logits, step.y)
+
+
+def labeled_cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labeled examples of a batch (0 when it has none)."""
+    if bool((y >= 0).any()):
+        return F.cross_entropy(z.float(), y, ignore_index=-1)
+    return z.sum() * 0.0
 
 
 @dataclass
@@ -121,6 +167,7 @@ def param_groups(backbone: Backbone, head: nn.Linear, phase: Phase) -> list[dict
     n = phase.n_trainable(n_groups)
 
     def add(name: str, params: list[nn.Parameter], lr: float) -> None:
+        params = [p for p in params if p.requires_grad]
         decay = [p for p in params if p.ndim > 1]
         flat = [p for p in params if p.ndim <= 1]
         if decay:
@@ -150,8 +197,25 @@ def set_trainable(backbone: Backbone, head: nn.Linear, n_trainable: int) -> None
         g.train(trainable)
     backbone.pool.requires_grad_(n_trainable > 0)
     backbone.pool.train(n_trainable > 0)
+    keep = backbone.trainable_filter
+    if keep is not None:
+        for name, p in backbone.named_parameters():
+            if p.requires_grad and not keep(name):
+                p.requires_grad_(False)
+        for g in backbone.groups:  # a group left with nothing to train runs as frozen (dropout off)
+            if not any(p.requires_grad for p in g.parameters()):
+                g.train(False)
     head.requires_grad_(True)
     head.train()
+
+
+def first_trainable_group(backbone: Backbone, n_trainable: int) -> int:
+    """Index of the lowest group with a parameter that trains: everything below it can be cached."""
+    n_groups = len(backbone.groups)
+    for i in range(n_groups - n_trainable, n_groups):
+        if any(p.requires_grad for p in backbone.groups[i].parameters()):
+            return i
+    return n_groups
 
 
 def _channels_last(x: Any) -> Any:
@@ -186,6 +250,7 @@ class Trainer:
         budget_s: float | None = None,
         embed_pristine: Callable[[str], np.ndarray] | None = None,
         eval_batch_size: int = 64,
+        objective: Objective | None = None,
     ) -> None:
         self.backbone = backbone
         self.recipe = recipe
@@ -199,6 +264,7 @@ class Trainer:
         self.budget_s = budget_s
         self.embed_pristine = embed_pristine if recipe.pretrained else None
         self.eval_batch_size = eval_batch_size
+        self.objective = objective or Objective()
         self.dist = init_distributed()
         self.head = nn.Linear(backbone.embed_dim, n_classes)
         nn.init.zeros_(self.head.weight)
@@ -223,6 +289,19 @@ class Trainer:
         with torch.no_grad():
             h = self.backbone.forward_groups(x, 0, k)
             return self.backbone.pool(h) if k >= self.n_groups else h
+
+    def inputs(
+        self, name: str, split: Split, idx: torch.Tensor, k: int, *, augment: bool, gen: torch.Generator
+    ) -> tuple[Any, int]:
+        """A training batch entering group k: from cached activations when possible, else decoded (and
+        augmented) inputs run through the frozen prefix. Returns (activations, group to start at)."""
+        cached = None if augment or not self.prefix_cache else self.states(name, split, k)
+        if cached is not None:
+            return _index(cached, idx), k
+        x = self._collate(split, idx.tolist())
+        if augment:
+            x = _channels_last(augment_images(x, self.backbone.preprocess, gen))
+        return (self._prefix(x, k), k) if k > 0 else (x, 0)
 
     def states(self, name: str, split: Split, k: int) -> Any | None:
         """Cached activations entering group k for every item of `split` (None when they cannot be cached)."""
@@ -273,10 +352,12 @@ class Trainer:
 
     def _metrics(self, name: str, split: Split) -> tuple[float, float]:
         z = self.logits(name, split)
-        if not len(split):
+        labeled = split.y >= 0
+        if not bool(labeled.any()):
             return float("nan"), float("nan")
-        loss = float(F.cross_entropy(z, split.y))
-        acc = float((z.argmax(1) == split.y).float().mean())
+        z, y = z[labeled], split.y[labeled]
+        loss = float(F.cross_entropy(z, y))
+        acc = float((z.argmax(1) == y).float().mean())
         return loss, acc
 
     # -- head initialisation -------------------------------------------------------------------------
@@ -287,11 +368,12 @@ class Trainer:
         elif phase.head_init == "probe":
             from headstart.head import fit_head
 
-            E = self.states("train", train, self.n_groups).numpy()
+            labeled = (train.y >= 0).numpy()  # unlabeled examples (distillation) have y == -1
+            E = self.states("train", train, self.n_groups).numpy()[labeled]
             Ev = self.states("val", val, self.n_groups).numpy() if len(val) else None
             lin, _, _ = fit_head(
                 E,
-                train.y.numpy(),
+                train.y.numpy()[labeled],
                 self.head.out_features,
                 X_val=Ev,
                 y_val=val.y.numpy() if len(val) else None,
@@ -329,6 +411,7 @@ class Trainer:
             "warnings": self.warnings,
             "trained_groups": sorted(self.trained_groups),
             "recipe": self.recipe.to_dict(),
+            "objective": [m.state_dict() for m in self.objective.modules()],
         }
         save_checkpoint(self.work_dir, state)
         crash = os.environ.get(CRASH_ENV)
@@ -342,6 +425,7 @@ class Trainer:
 
     def fit(self, train: Split, val: Split) -> Trainer:
         t_start = time.perf_counter()
+        self.objective.setup(self, train)
         resume_state = load_checkpoint(self.work_dir) if (self.resume and self.work_dir) else None
         start_phase, start_done, epoch = 0, 0, 0
         phase_state: dict[str, Any] = {}
@@ -354,6 +438,8 @@ class Trainer:
                     fix="resume with the same strategy and options, or drop --resume",
                 )
             self.net.load_state_dict(resume_state["model"])
+            for m, st in zip(self.objective.modules(), resume_state.get("objective", []), strict=False):
+                m.load_state_dict(st)
             self.best = resume_state["best"]
             self.history = list(resume_state["history"])
             self.warnings = list(resume_state["warnings"])
@@ -369,8 +455,8 @@ class Trainer:
             done = start_done if resumed_here else 0
             n = phase.n_trainable(self.n_groups)
             self._n_now = n
-            k = self.n_groups - n
             set_trainable(self.backbone, self.head, n)
+            k = first_trainable_group(self.backbone, n)
             if stop_all:
                 break
             if not resumed_here or not phase_state.get("init_done"):
@@ -387,7 +473,8 @@ class Trainer:
             augment = (self.augment if self.augment is not None else phase.uses_augment(self.n_groups)) and (
                 self.backbone.modality == "image"
             )
-            cached = None if augment or not self.prefix_cache else self.states("train", train, k)
+            if not augment and self.prefix_cache:
+                self.states("train", train, k)  # computed once per phase, before the clock of epoch 1
             model: nn.Module = self.net
             if self.dist.world > 1:
                 from torch.nn.parallel import DistributedDataParallel
@@ -396,7 +483,11 @@ class Trainer:
             local_bs = max(1, self.recipe.batch_size // self.dist.world)
             n_local = len(train) // self.dist.world
             steps = math.ceil(n_local / local_bs)
-            opt = torch.optim.AdamW(param_groups(self.backbone, self.head, phase))
+            groups = param_groups(self.backbone, self.head, phase)
+            extra = [p for m in self.objective.modules() for p in m.parameters()]
+            if extra:
+                groups.append({"name": "objective", "params": extra, "lr": phase.lr, "weight_decay": 0.0})
+            opt = torch.optim.AdamW(groups)
             sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(phase, steps * phase.epochs))
             phase_best = phase_state.get("phase_best") if resumed_here else None
             bad = phase_state.get("bad_epochs", 0) if resumed_here else 0
@@ -417,7 +508,7 @@ class Trainer:
                 perm = torch.randperm(len(train), generator=gen)[: n_local * self.dist.world]
                 perm = perm[self.dist.rank :: self.dist.world]
                 set_trainable(self.backbone, self.head, n)
-                total, correct, count = 0.0, 0, 0
+                total, correct, count, n_labeled = 0.0, 0, 0, 0
                 from headstart.progress import progress_bar
 
                 with progress_bar(
@@ -425,35 +516,44 @@ class Trainer:
                     f"{phase.name} epoch {e + 1}/{phase.epochs}",
                     enabled=self.progress and self.dist.main,
                 ) as advance:
-                    for b in range(0, len(perm), local_bs):
+                    for si, b in enumerate(range(0, len(perm), local_bs)):
                         idx = perm[b : b + local_bs]
                         y = train.y[idx]
-                        if cached is not None:
-                            h, start = _index(cached, idx), k
-                        else:
-                            x = self._collate(train, idx.tolist())
-                            if augment:
-                                x = _channels_last(augment_images(x, self.backbone.preprocess, gen))
-                            h, start = (self._prefix(x, k), k) if k > 0 else (x, 0)
+                        h, start = self.inputs("train", train, idx, k, augment=augment, gen=gen)
                         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-                            z = model(h, start)
-                        loss = F.cross_entropy(z.float(), y)
+                            out = model(h, start, self.objective.needs_features)
+                        z, f = out if self.objective.needs_features else (out, None)
+                        step = Step(
+                            trainer=self,
+                            split=train,
+                            logits=z.float(),
+                            features=f.float() if f is not None else None,
+                            y=y,
+                            idx=idx,
+                            start=start,
+                            augment=augment,
+                            generator=gen,
+                            progress=(e * steps + si) / max(1, steps * phase.epochs),
+                        )
+                        loss = self.objective.loss(step)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
                         sched.step()
+                        labeled = y >= 0
                         total += float(loss.detach()) * len(idx)
-                        correct += int((z.argmax(1) == y).sum())
+                        correct += int((z.argmax(1) == y)[labeled].sum())
                         count += len(idx)
+                        n_labeled += int(labeled.sum())
                         advance(1)
                 t_train = time.perf_counter() - t0
                 if n > 0 and phase.recalibrate_bn:
-                    self._recalibrate_bn(train, k, cached)
+                    self._recalibrate_bn(train, k, None if augment else self._states.get(("train", k)))
                 if n > 0:
                     self.trained_groups.update(range(k, self.n_groups))
                     self.pristine = False
                     self._forget_states(k)
-                tl, ta = total / max(1, count), correct / max(1, count)
+                tl, ta = total / max(1, count), correct / max(1, n_labeled)
                 vl, va = self._metrics("val", val)
                 lr_now = opt.param_groups[0]["lr"]
                 self._record(phase, epoch, e + 1, tl, ta, vl, va, time.perf_counter() - t0, lr_now, "train")
