@@ -35,6 +35,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         strict=args.strict,
         overwrite=args.overwrite,
         progress=not args.json,
+        target_unlabeled=args.target_unlabeled,
+        domain_weight=args.domain_weight,
     )
     if args.json:
         print_json(report.to_dict())
@@ -156,6 +158,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward")
     f.add_argument("--budget", type=float, help="stop training after this many seconds (best weights kept)")
     f.add_argument("--strict", action="store_true", help="fail on any unreadable file")
+    f.add_argument(
+        "--target-unlabeled",
+        type=Path,
+        help="unlabeled inputs from the deployment domain: domain-adversarial training (DANN) aligns the "
+        "features of the labeled data with them",
+    )
+    f.add_argument(
+        "--domain-weight", type=float, default=1.0, help="weight of the domain-adversarial loss (DANN)"
+    )
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_fit)
 

@@ -104,11 +104,14 @@ def fit(
     progress: bool = True,
     objective: Objective | None = None,
     unlabeled: str | Path | None = None,
+    target_unlabeled: str | Path | None = None,
+    domain_weight: float = 1.0,
 ) -> FitReport:
     """Train `strategy` on `data` and save the run (head + trained groups only, base referenced by hash).
 
     `objective` replaces the loss (distillation, domain-adversarial training); `unlabeled` inputs join the
     training split with label -1 (only an objective that uses them, like distillation, learns from them).
+    `target_unlabeled`: inputs from the deployment domain for domain-adversarial training (DANN).
     """
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
@@ -136,6 +139,15 @@ def fit(
         from headstart.data.unlabeled import load_unlabeled
 
         extra = load_unlabeled(unlabeled, bb.modality).sources
+    if target_unlabeled is not None:
+        if objective is not None:
+            raise HeadstartError("domain-adversarial training replaces the loss: give no other objective")
+        from headstart.data.unlabeled import load_unlabeled
+        from headstart.train.dann import DomainAdversarial
+
+        objective = DomainAdversarial(
+            load_unlabeled(target_unlabeled, bb.modality).sources, weight=domain_weight
+        )
     t0 = time.perf_counter()
     good, bad = decode_all(bb, [it.source for it in ds.items] + extra, progress=progress)
     if bad and strict:
@@ -243,6 +255,7 @@ def fit(
             "backbone_params": bb.card.num_params,
             "train_s": trainer.train_seconds,
             "unlabeled": len(extra),
+            "objective": trainer.objective.describe(),
             "warnings": trainer.warnings,
             "timings": timings,
         }
@@ -278,6 +291,7 @@ def fit(
             if not whole
             else list(bb.group_names),
             "trainable_params": metrics["trainable_params"],
+            "objective": metrics["objective"],
             "versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }

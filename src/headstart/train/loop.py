@@ -106,6 +106,10 @@ class Objective:
     def modules(self) -> list[nn.Module]:
         return []
 
+    def describe(self) -> dict[str, Any]:
+        """What the run records of the objective (run.json and metrics.json)."""
+        return {"name": "cross-entropy"}
+
     def loss(self, step: Step) -> torch.Tensor:
         return labeled_cross_entropy(step.logits, step.y)
 
