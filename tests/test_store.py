@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import sys
@@ -174,6 +175,67 @@ def test_mlflow_requested_without_mlflow_fails_clearly(
     with pytest.raises(HeadstartError, match="mlflow package is not installed"):
         store.register(runs["a"], "emoji", mlflow_uri="file:/tmp/mlruns")
     assert store.versions("emoji") == []  # nothing written
+
+
+class _RecordingMlflow:
+    """Stands in for the mlflow module: records what the store logs."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[tuple[str, object]] = []
+        self.fail = fail
+
+    def set_tracking_uri(self, uri: str) -> None:
+        self.calls.append(("uri", uri))
+
+    def set_experiment(self, name: str) -> None:
+        if self.fail:
+            raise RuntimeError("tracking server unreachable")
+        self.calls.append(("experiment", name))
+
+    def start_run(self, run_name: str) -> contextlib.AbstractContextManager[None]:
+        self.calls.append(("run", run_name))
+        return contextlib.nullcontext()
+
+    def log_params(self, params: dict[str, object]) -> None:
+        self.calls.append(("params", params))
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        self.calls.append(("metrics", metrics))
+
+    def log_artifacts(self, folder: str) -> None:
+        self.calls.append(("artifacts", sorted(p.name for p in Path(folder).iterdir())))
+
+
+def test_mlflow_mirror_logs_card_metrics_and_files(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = _RecordingMlflow()
+    monkeypatch.setitem(sys.modules, "mlflow", fake)
+    store = ModelStore(tmp_path / "models")
+    assert store.register(runs["a"], "emoji", mlflow_uri="sqlite:///x.db") == 1
+    calls = dict(fake.calls)
+    assert calls["uri"] == "sqlite:///x.db" and calls["run"] == "emoji:v1"
+    assert calls["params"]["kind"] == "probe"
+    metrics = json.loads((runs["a"] / "metrics.json").read_text())
+    assert calls["metrics"]["test_accuracy"] == pytest.approx(metrics["test"]["accuracy"])
+    assert {"head.safetensors", "card.json", "manifest.json"} <= set(calls["artifacts"])
+
+    monkeypatch.setitem(sys.modules, "mlflow", _RecordingMlflow(fail=True))
+    with pytest.raises(HeadstartError, match="registered emoji:v2, but logging it to MLflow"):
+        store.register(runs["a"], "emoji", mlflow_uri="http://nowhere:5000")
+    assert store.versions("emoji") == [1, 2]  # the failed mirror lost nothing
+
+
+def test_mlflow_real_package(runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mlflow = pytest.importorskip("mlflow", reason="mlflow is an optional extra")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    ModelStore(tmp_path / "models").register(runs["a"], "emoji", mlflow_uri=uri)
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("headstart/emoji")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.params["kind"] == "probe"
+    assert "head.safetensors" in [a.path for a in client.list_artifacts(run.info.run_id)]
 
 
 def test_models_cli(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -294,7 +294,14 @@ class ModelStore:
                 _promote_in(index, n, alias)
             self._write_index(name, index)
         if mlflow is not None:
-            _log_mlflow(mlflow, mlflow_uri, model_dir / f"v{n}", card)
+            try:
+                _log_mlflow(mlflow, mlflow_uri, model_dir / f"v{n}", card)
+            except Exception as e:  # the version is registered; only the mirror failed
+                raise HeadstartError(
+                    f"registered {name}:v{n}, but logging it to MLflow at {mlflow_uri} failed: {e}",
+                    fix="check the tracking URI (file stores need MLFLOW_ALLOW_FILE_STORE=true in MLflow 3; "
+                    "sqlite:///mlflow.db needs sqlalchemy)",
+                ) from e
         return n
 
     def promote(self, name: str, version: int | str, alias: str = "production") -> int:
