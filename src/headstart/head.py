@@ -153,14 +153,24 @@ def fit_head(
     n_folds = int(min(cv, np.bincount(y, minlength=n_classes)[np.unique(y)].min()))
     if n_folds < 2:
         return _path(X, y, n_classes, (1.0,))[0], 1.0, {}
-    totals = np.zeros((len(Cs), 2))
-    for held in _folds(y, n_folds, seed):
+    # Every fold walks its own path in lockstep; the walk stops, as on a val split, once the summed fold
+    # score has not improved for PATH_PATIENCE steps.
+    folds = _folds(y, n_folds, seed)
+    walks = []
+    for held in folds:
         train = np.setdiff1d(np.arange(len(y)), held)
-        for i, h in enumerate(_path(X[train], y[train], n_classes, Cs)):
-            totals[i] += _score(h, X[held], y[held])
+        walks.append(_iter_path(X[train], y[train], n_classes, Cs))
+    totals = np.full((len(Cs), 2), -np.inf)
+    for i in range(len(Cs)):
+        totals[i] = 0.0
+        for held, walk in zip(folds, walks, strict=True):
+            totals[i] += _score(next(walk), X[held], y[held])
+        best = max(range(i + 1), key=lambda j: (tuple(totals[j]), -j))
+        if i - best >= PATH_PATIENCE:
+            break
     best = max(range(len(Cs)), key=lambda i: (tuple(totals[i]), -i))
     return (
         _path(X, y, n_classes, (Cs[best],))[0],
         Cs[best],
-        {C: totals[i, 0] / n_folds for i, C in enumerate(Cs)},
+        {C: totals[i, 0] / n_folds for i, C in enumerate(Cs) if np.isfinite(totals[i, 0])},
     )

@@ -45,6 +45,11 @@ RUN_FILES = (
     "recipe.json",
     "history.json",
     "history.csv",
+    # The evidence behind the choice, when the run was picked by `headstart auto`, and its report.
+    "compare.json",
+    "leakage.json",
+    "curve.json",
+    "report.html",
 )
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _REF = re.compile(r"^(?P<name>[^:@]+)(?::v?(?P<version>\d+)|@(?P<alias>[A-Za-z0-9._-]+))?$")

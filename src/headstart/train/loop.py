@@ -99,6 +99,9 @@ class Objective:
     """
 
     needs_features = False
+    # Whether the untrained starting point (e.g. the linear probe of LP-FT) may be kept as the best epoch. An
+    # objective whose gains do not show on the source validation split (domain adaptation) turns it off.
+    start_is_candidate = True
 
     def setup(self, trainer: Trainer, train: Split) -> None:
         """Called once before training (precompute targets, decode extra data)."""
@@ -390,7 +393,7 @@ class Trainer:
     # -- bookkeeping -------------------------------------------------------------------------------------
     def _score(self, val_loss: float, val_acc: float, train_loss: float) -> tuple[float, float]:
         if math.isnan(val_acc):  # no validation split: the best is the lowest training loss
-            return (0.0, -train_loss)
+            return (0.0, -train_loss if not math.isnan(train_loss) else -math.inf)
         return (val_acc, -val_loss)
 
     def _snapshot(self) -> dict[str, torch.Tensor]:
@@ -465,12 +468,15 @@ class Trainer:
                 break
             if not resumed_here or not phase_state.get("init_done"):
                 self._init_head(phase, train, val)
-                if phase.head_init != "keep" or phase.epochs == 0:
+                # A fresh zero head predicts one class everywhere: nothing to learn from evaluating it (and
+                # for a from-scratch network it would cost a full pass over train and val).
+                if phase.head_init == "probe" or (phase.head_init == "keep" and phase.epochs == 0):
                     t0 = time.perf_counter()
                     vl, va = self._metrics("val", val)
                     tl, ta = self._metrics("train", train)
                     self._record(phase, epoch, 0, tl, ta, vl, va, time.perf_counter() - t0, None, "init")
-                    self._consider(self._score(vl, va, tl), epoch)
+                    if self.objective.start_is_candidate:
+                        self._consider(self._score(vl, va, tl), epoch)
                 self._checkpoint({"phase": pi, "done_in_phase": 0, "epoch": epoch, "init_done": True})
             if phase.epochs == 0:
                 continue
@@ -550,6 +556,8 @@ class Trainer:
                         count += len(idx)
                         n_labeled += int(labeled.sum())
                         advance(1)
+                        if self._over_budget(t_start) and self.dist.world == 1:
+                            break  # mid-epoch: one long epoch must not overrun a time budget by minutes
                 t_train = time.perf_counter() - t0
                 if n > 0 and phase.recalibrate_bn:
                     self._recalibrate_bn(train, k, None if augment else self._states.get(("train", k)))
@@ -570,7 +578,7 @@ class Trainer:
                     bad += 1
                 self._consider(score, epoch)
                 self._check_gap()
-                over_budget = self.budget_s is not None and time.perf_counter() - t_start > self.budget_s
+                over_budget = self._over_budget(t_start)
                 stop_phase = phase.patience is not None and bad >= phase.patience
                 pos = {
                     "phase": pi,
@@ -624,6 +632,9 @@ class Trainer:
             self.backbone.forward_groups(h, k)
         for m, mom in zip(bns, saved, strict=True):
             m.momentum = mom
+
+    def _over_budget(self, t_start: float) -> bool:
+        return self.budget_s is not None and time.perf_counter() - t_start > self.budget_s
 
     def _record(
         self,

@@ -1,0 +1,89 @@
+"""`headstart auto`: leakage check, strategy comparison, evaluation, registration and report in one go."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from headstart.commands import console, print_json
+from headstart.commands.compare import parse_budget
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def cmd_auto(args: argparse.Namespace) -> int:
+    from rich.markup import escape
+
+    from headstart.pipeline import auto
+
+    con = console()
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
+    result = auto(
+        args.data,
+        backbone=args.backbone,
+        budget_s=args.budget,
+        out=args.out,
+        strategies=strategies,
+        store=args.store,
+        name=args.name,
+        alias=args.alias,
+        curve=not args.no_curve,
+        seed=args.seed,
+        progress=not args.json,
+        say=(lambda msg: None) if args.json else (lambda msg: con.print(f"[yellow]{escape(msg)}[/yellow]")),
+    )
+    if args.json:
+        print_json(result)
+        return 0
+    from rich.table import Table
+
+    rec = result["recommended"]
+    t = Table(title=f"{escape(str(args.data))} on {args.backbone}")
+    for col in ("strategy", "val acc", "test acc"):
+        t.add_column(col, justify="left" if col == "strategy" else "right")
+    for strategy, row in result["compare"].items():
+        mark = " (recommended)" if strategy == rec["strategy"] else ""
+        t.add_row(f"{strategy}{mark}", _f(row["val_accuracy"]), _f(row["test_accuracy"]))
+    con.print(t)
+    con.print(f"recommended: [bold]{rec['strategy']}[/bold]: {escape(str(rec.get('reason') or ''))}")
+    if result["flags"].get("negative_transfer"):
+        con.print("[yellow]negative transfer: training from scratch did as well as the pretrained weights[/]")
+    ev = result["evaluation"]
+    con.print(
+        f"calibration: ECE {_f(ev['ece_before'])} -> {_f(ev['ece_after'])} "
+        f"(temperature {_f(ev['temperature'], 2)})"
+    )
+    reg = result["registered"]
+    con.print(
+        f"registered as [bold]{reg['name']}:v{reg['version']}[/bold] (alias {reg['alias']}) in "
+        f"{escape(reg['store'])}; serve it with `headstart serve {reg['name']}@{reg['alias']}`"
+    )
+    con.print(f"report: [bold]{escape(result['report'])}[/bold]")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser(
+        "auto",
+        help="the whole job: leakage check, strategy comparison, calibrated evaluation, registration, report",
+        description="Check the splits for leakage, compare the probe, the from-scratch baseline and the "
+        "fine-tuning strategies under one time budget, evaluate and calibrate the recommended run, register "
+        "it in the model store and write its HTML report.",
+    )
+    a.add_argument("data", type=Path, help="dataset folder or manifest (images, text or audio)")
+    a.add_argument("--backbone", default="efficientnet_lite0")
+    a.add_argument("--budget", type=parse_budget, default=parse_budget("5m"), help="for the comparison (5m)")
+    a.add_argument("--strategies", help="comma-separated strategies instead of the automatic choice")
+    a.add_argument("--out", type=Path, default=Path("runs/auto"), help="output folder (runs/auto)")
+    a.add_argument(
+        "--store", type=Path, help="model store (default: $HEADSTART_MODELS or ./headstart-models)"
+    )
+    a.add_argument("--name", help="model name in the store (default: the data folder's name)")
+    a.add_argument("--alias", default="production", help="alias pointed at the new version")
+    a.add_argument("--no-curve", action="store_true", help="skip the label-efficiency curve")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_auto)

@@ -1,0 +1,120 @@
+"""`headstart distill RUN --student B`: knowledge distillation from a trained run into a smaller backbone."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from headstart.commands import console, print_json
+
+
+def _fmt_bytes(n: int | None) -> str:
+    return "-" if not n else f"{n / 1e6:.2f} MB"
+
+
+def _fmt_ms(side: dict[str, Any], key: str) -> str:
+    v = (side.get("latency") or {}).get(key)
+    return "-" if v is None else f"{v:.1f} ms"
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from headstart.train.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, distill
+
+    report = distill(
+        args.run,
+        student=args.student,
+        strategy=args.strategy,
+        unlabeled=args.unlabeled,
+        temperature=DEFAULT_TEMPERATURE if args.temperature is None else args.temperature,
+        alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha,
+        out=args.out,
+        seed=args.seed,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        augment=args.augment,
+        overwrite=args.overwrite,
+        progress=not args.json,
+        backend=args.backend,
+        latency_repeats=args.latency_repeats,
+    )
+    if args.json:
+        print_json(report.to_dict())
+        return 0
+    from rich.markup import escape
+    from rich.table import Table
+
+    t, s = report.teacher, report.student
+    tab = Table(title=f"distillation: {t['backbone']} -> {s['backbone']}")
+    for col in ("", "teacher", "student"):
+        tab.add_column(col, justify="right")
+    rows = [
+        ("backbone", t["backbone"], s["backbone"]),
+        (f"test accuracy (n={t['test_n']})", f"{t['test_accuracy']:.3f}", f"{s['test_accuracy']:.3f}"),
+        ("parameters", f"{t['params']:,}", f"{s['params']:,}"),
+        ("model size (float32)", _fmt_bytes(t["model_bytes"]), _fmt_bytes(s["model_bytes"])),
+        ("run folder stores", _fmt_bytes(t["stored_bytes"]), _fmt_bytes(s["stored_bytes"])),
+        ("latency, 1 item (p50)", _fmt_ms(t, "single_p50_ms"), _fmt_ms(s, "single_p50_ms")),
+        ("per item in a batch of 32", _fmt_ms(t, "batch32_per_item_ms"), _fmt_ms(s, "batch32_per_item_ms")),
+    ]
+    for tp in ("throughput_per_s",):
+        if t.get(tp) and s.get(tp):
+            rows.append(("throughput", f"{t[tp]:.0f} items/s", f"{s[tp]:.0f} items/s"))
+    for r in rows:
+        tab.add_row(*r)
+    con = console()
+    con.print(tab)
+    o = report.objective
+    con.print(
+        f"student agrees with the teacher on {report.agreement:.1%} of the test items; "
+        f"T={o['temperature']:g}, alpha={o['alpha']:g}, {o['n_unlabeled']} unlabeled inputs, "
+        f"strategy {report.fit['strategy']}, trained {report.fit['train_s']:.1f} s"
+    )
+    for w in report.warnings:
+        con.print(f"[yellow]warning:[/yellow] {escape(w)}")
+    con.print(f"student run saved to [bold]{escape(str(report.run_dir))}[/bold] (distill.json inside)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser(
+        "distill",
+        help="train a smaller student backbone on a trained run's softened outputs (knowledge distillation)",
+    )
+    d.add_argument("run", type=Path, help="the teacher: a run folder written by probe or fit")
+    d.add_argument("--student", required=True, help="student backbone, e.g. efficientnet_lite0")
+    d.add_argument(
+        "--strategy",
+        default="lp-ft",
+        help="how the student trains (as for fit); `head` trains the head by gradient on the soft targets",
+    )
+    d.add_argument(
+        "--unlabeled",
+        type=Path,
+        help="extra unlabeled inputs (a folder): the student learns the teacher's outputs on them",
+    )
+    d.add_argument("--temperature", type=float, help="softening temperature T (default 4)")
+    d.add_argument(
+        "--alpha", type=float, help="weight of the soft (teacher) loss, 1 - alpha on the labels (default 0.8)"
+    )
+    d.add_argument("--epochs", type=int, help="total epochs (the recipe's phases are scaled to it)")
+    d.add_argument("--lr", type=float, help="head learning rate; groups follow the recipe")
+    d.add_argument("--batch-size", type=int)
+    aug = d.add_mutually_exclusive_group()
+    aug.add_argument("--augment", dest="augment", action="store_true", default=None)
+    aug.add_argument(
+        "--no-augment",
+        dest="augment",
+        action="store_false",
+        help="no augmentation: the student sees exactly the inputs the teacher's targets were computed on",
+    )
+    d.add_argument("--out", type=Path, help="student run folder (default: runs/<time>-distill-<student>)")
+    d.add_argument("--overwrite", action="store_true")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
+    d.add_argument(
+        "--latency-repeats", type=int, default=20, help="timed single-item forwards per model (0: skip)"
+    )
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_distill)
