@@ -23,8 +23,10 @@ $(VENV)/.dev: $(VENV)/.installed
 install: $(VENV)/.installed
 dev: $(VENV)/.dev
 
+# The whole job on the bundled emoji example: leakage check, probe vs from-scratch vs fine-tuning under a
+# 3-minute budget, calibrated evaluation, registration in ./headstart-models, HTML report (path printed).
 demo: install
-	$(VENV)/bin/headstart probe examples/emoji/images --backbone efficientnet_lite0 --out runs/demo --overwrite
+	$(VENV)/bin/headstart auto examples/emoji/images --backbone efficientnet_lite0 --budget 3m --out runs/demo
 
 test: dev
 	$(PY) -m pytest -q

@@ -23,6 +23,7 @@ from typing import Any
 from headstart.errors import HeadstartError
 
 AUTO_FILE = "auto.json"
+CURVE_SEEDS = 2  # random subsets per curve point: enough for a spread, cheap next to the comparison
 # Data folders named like this say nothing about the model: it is named after their parent instead.
 GENERIC_FOLDER_NAMES = {"images", "data", "train", "dataset"}
 
@@ -103,7 +104,9 @@ def auto(
         from headstart.verdicts.curve import label_curve
 
         t0 = time.perf_counter()
-        label_curve(data, backbone, baseline="pixels", out=run_dir, seed=seed, progress=progress)
+        label_curve(
+            data, backbone, seeds=CURVE_SEEDS, baseline="pixels", out=run_dir, seed=seed, progress=progress
+        )
         timings["curve_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -70,12 +70,20 @@ def _ensure_loaded() -> None:
         _loaded = True
 
 
+def _on_disk() -> dict[str, BackboneSpec]:
+    """Backbones written by headstart itself (`headstart adapt`), found in their folders on every lookup so
+    one written after start-up is found too; registered names win."""
+    from headstart.backbones.adapted import adapted_specs
+
+    return {s.name: s for s in adapted_specs() if s.name not in _REGISTRY}
+
+
 def list_backbones(pattern: str = "*", *, include_test: bool = False) -> list[BackboneSpec]:
     """Registered backbones whose name matches a shell-style `pattern`, sorted by name."""
     _ensure_loaded()
     return [
         s
-        for name, s in sorted(_REGISTRY.items())
+        for name, s in sorted({**_REGISTRY, **_on_disk()}.items())
         if fnmatch.fnmatch(name, pattern) and (include_test or not s.is_test_model)
     ]
 
@@ -83,7 +91,10 @@ def list_backbones(pattern: str = "*", *, include_test: bool = False) -> list[Ba
 def get_spec(name: str) -> BackboneSpec:
     _ensure_loaded()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        found = _on_disk()
+        if name in found:
+            return found[name]
+        close = difflib.get_close_matches(name, [*_REGISTRY, *found], n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise HeadstartError(
             f"unknown backbone {name!r}",
@@ -111,9 +122,12 @@ def create_backbone(name: str, *, pretrained: bool = True, **kwargs: Any) -> Bac
         arch, _, weights = name.partition("@")
         return get_spec(arch).builder(pretrained=True, weights=Path(weights).expanduser(), **kwargs)
     if ("/" in name or name.startswith(".")) and Path(name).expanduser().is_dir():
+        from headstart.backbones.adapted import build_adapted, read_card
         from headstart.backbones.hf_text import create_hf_text_backbone, is_text_model
         from headstart.backbones.hf_vision import create_hf_backbone
 
+        if read_card(Path(name).expanduser()) is not None:  # written by `headstart adapt`: keep its card
+            return build_adapted(Path(name).expanduser(), pretrained=pretrained, ref=name, **kwargs)
         if is_text_model(name):
             return create_hf_text_backbone(name, pretrained=pretrained, **kwargs)
         return create_hf_backbone(name, pretrained=pretrained, **kwargs)
