@@ -600,6 +600,7 @@ class Trainer:
                     break
         if self.best["state"] is not None:
             self.net.load_state_dict(self.best["state"])  # early stopping: the best weights, not the last
+        self._warn_if_start_was_better()
         self._n_now = 0
         self.backbone.eval()
         self.net.eval()
@@ -632,6 +633,20 @@ class Trainer:
             self.backbone.forward_groups(h, k)
         for m, mom in zip(bns, saved, strict=True):
             m.momentum = mom
+
+    def _warn_if_start_was_better(self) -> None:
+        """When the starting point could not be kept (see Objective.start_is_candidate), say so if it scored
+        higher on validation than what training returns."""
+        if self.objective.start_is_candidate or self.best["score"] is None:
+            return
+        starts = [r["val_acc"] for r in self.history if r["kind"] == "init" and not math.isnan(r["val_acc"])]
+        if starts and max(starts) > self.best["score"][0]:
+            self.warnings.append(
+                f"the starting point scored higher on validation ({max(starts):.3f}) than the trained model "
+                f"({self.best['score'][0]:.3f}); {self.objective.describe()['name']} optimises for data the "
+                "validation split does not hold, so judge it on labeled data of that domain "
+                "(`headstart evaluate RUN DATA`)"
+            )
 
     def _over_budget(self, t_start: float) -> bool:
         return self.budget_s is not None and time.perf_counter() - t_start > self.budget_s
