@@ -84,8 +84,8 @@ def test_compare_end_to_end_runs_each_strategy_within_budget(data3: Path, tmp_pa
         assert r["val_accuracy"] is not None and r["test_accuracy"] is not None
         assert r["trainable_params"] > 0 and r["stored_bytes"] > 0
         assert Path(r["run_dir"]).is_dir()
-    # Budget: each fit stops after the epoch that crosses its share; allow one small overrun.
-    assert result["elapsed_s"] <= budget + 5, result["elapsed_s"]
+    # Budget: training stops at the step that crosses a fit's share; evaluating and saving come on top.
+    assert result["elapsed_s"] <= budget + 10, result["elapsed_s"]
     saved = json.loads((out / "compare.json").read_text())
     assert saved["rows"] == result["rows"] and saved["flags"] == result["flags"]
     assert saved["flags"]["negative_transfer"] == negative_transfer(saved["rows"])
@@ -149,7 +149,7 @@ def test_negative_transfer_end_to_end_when_pretrained_features_are_blind(
     data3: Path, blind_backbone: str, tmp_path: Path
 ) -> None:
     result = compare(
-        data3, blind_backbone, budget_s=6, strategies=["scratch", "head"], out=tmp_path / "c", progress=False
+        data3, blind_backbone, budget_s=15, strategies=["scratch", "head"], out=tmp_path / "c", progress=False
     )
     rows = {r["strategy"]: r for r in result["rows"]}
     assert set(rows) == {"probe", "scratch", "head"}
@@ -163,10 +163,10 @@ def test_cli_compare_json(data3: Path, tmp_path: Path, capsys: pytest.CaptureFix
 
     out = tmp_path / "cli"
     argv = [str(data3), "--backbone", TEST_BACKBONE, "--strategies", "head", "--out", str(out)]
-    assert main(["compare", *argv, "--budget", "4s", "--json"]) == 0
+    assert main(["compare", *argv, "--budget", "40s", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["strategy"] for r in result["rows"]] == ["probe", "head"]
-    assert result["budget_s"] == 4.0
+    assert result["budget_s"] == 40.0
     assert json.loads((out / "compare.json").read_text())["rows"] == result["rows"]
     assert main(["compare", *argv, "--budget", "1m"]) == 0  # the rich table
     text = capsys.readouterr().out
