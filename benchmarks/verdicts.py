@@ -12,12 +12,13 @@ Datasets: the bundled emoji example, plus, built offline into a temporary folder
 class, needs the Debian package dataset-fashion-mnist; left out if missing), scikit-learn's 8x8 digits
 (60 per class, upscaled) and crops of three installed photographs (examples/build_photo_crops.py).
 
-The fine-tuning side (`finetune_comparison`: measured fine-tune accuracy and time per backbone, then
-`rank_speedup` and Kendall's tau between the LogME order and the fine-tuned order) is left to fill in
-with headstart.train; until then it reports null.
+- `finetune`: every backbone fine-tuned with `full` (`--finetune-epochs`, no augmentation, same split):
+  measured test accuracy and wall time; `rank_speedup` = fine-tune seconds / rank seconds over all
+  datasets, `kendall_tau` (dataset -> tau) between the LogME order and the fine-tuned accuracies.
+- `compare_s`: `compare` on the emoji example against its `--compare-budget`.
 
     .venv/bin/python benchmarks/verdicts.py            # emoji + built datasets; several minutes on 2 cores
-    .venv/bin/python benchmarks/verdicts.py --quick    # emoji only, lite0 and lite1, no fine-tune estimate
+    .venv/bin/python benchmarks/verdicts.py --quick    # emoji only, lite0 and lite1, no fine-tunes
 
 The last line printed is one JSON object with the figures.
 """
@@ -34,7 +35,7 @@ from _common import EMOJI_ROOT, REPO, Timer, emit_json, isolated_cache, machine_
 sys.path.insert(0, str(REPO / "examples"))
 
 BACKBONES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
-KEYS = ("rank", "domain", "finetune")
+KEYS = ("rank_speedup", "kendall_tau", "compare_s", "compare_budget_s", "rank", "domain", "finetune")
 
 
 def build_datasets(root: Path, quick: bool) -> dict[str, Path]:
@@ -57,17 +58,55 @@ def build_datasets(root: Path, quick: bool) -> dict[str, Path]:
     return data
 
 
-def finetune_comparison(data: Path, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """Fine-tune every ranked backbone on `data` and compare with the ranking: to fill in with
-    headstart.train.fit (measured test accuracy and wall time per backbone, `rank_speedup` = total
-    fine-tune seconds / total rank seconds, `kendall_tau` between the LogME order and the fine-tuned
-    accuracy order). None until then."""
-    return None
+def kendall_tau(a: list[float], b: list[float]) -> float | None:
+    """Kendall's tau-b between two score lists (ties in either count as neither agreeing nor not)."""
+    from scipy.stats import kendalltau
+
+    if len(a) < 2:
+        return None
+    tau = kendalltau(a, b).statistic
+    return None if tau != tau else float(tau)  # NaN when one side is constant
+
+
+def finetune_comparison(data: Path, rows: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
+    """Fine-tune every ranked backbone (`full`, `epochs` epochs, no augmentation, same seed and split as the
+    ranking) and compare: measured test accuracy and wall time per backbone, `rank_speedup` = total
+    fine-tune seconds / total rank seconds, `kendall_tau` between LogME and fine-tuned test accuracy."""
+    from headstart.train import fit
+
+    out: dict[str, Any] = {"epochs": epochs, "backbones": {}}
+    for r in rows:
+        with Timer() as t:
+            rep = fit(
+                data,
+                backbone=r["backbone"],
+                strategy="full",
+                epochs=epochs,
+                augment=False,
+                save=False,
+                progress=False,
+            )
+        acc = rep.metrics["test"]["accuracy"]
+        print(f"  fine-tuned {r['backbone']:20} full x{epochs}: test {acc:.3f} in {t.s:.0f} s", flush=True)
+        out["backbones"][r["backbone"]] = {"test_accuracy": rnd(acc), "seconds": rnd(t.s, 1)}
+    ft_s = sum(v["seconds"] for v in out["backbones"].values())
+    rank_s = sum(r["rank_s"] for r in rows)
+    out["finetune_s"] = rnd(ft_s, 1)
+    out["rank_s"] = rnd(rank_s, 2)
+    out["rank_speedup"] = rnd(ft_s / rank_s, 1) if rank_s > 0 else None
+    accs = [out["backbones"][r["backbone"]]["test_accuracy"] for r in rows]
+    for score in ("logme", "knn_accuracy", "probe_cv_accuracy"):
+        out[f"kendall_tau_{score}"] = kendall_tau([r[score] for r in rows], accs)
+    out["kendall_tau"] = out["kendall_tau_logme"]
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--finetune-epochs", type=int, default=2, help="epochs of each measured `full` fine-tune")
+    ap.add_argument("--no-finetune", action="store_true", help="skip the measured fine-tunes (slow on CPU)")
+    ap.add_argument("--compare-budget", type=float, default=180, help="seconds for `compare` on emoji")
     args = ap.parse_args()
     from headstart.verdicts.domain import domain_distance
     from headstart.verdicts.rank import rank_backbones, ranking_summary
@@ -104,7 +143,8 @@ def main() -> None:
                 if summary["estimated_speedup"] is None
                 else rnd(summary["estimated_speedup"], 1),
             }
-            result["finetune"][name] = finetune_comparison(path, rows)
+            if not (args.quick or args.no_finetune):
+                result["finetune"][name] = finetune_comparison(path, rows, args.finetune_epochs)
         print()
         for name, path in datasets.items():
             with Timer() as t:
@@ -126,6 +166,30 @@ def main() -> None:
                 "n": d["n"],
                 "seconds": rnd(t.s, 1),
             }
+        if not args.quick:
+            from headstart.verdicts.compare import compare
+
+            with Timer() as t:
+                cmp = compare(
+                    EMOJI_ROOT,
+                    "efficientnet_lite0",
+                    budget_s=args.compare_budget,
+                    out=tmp / "compare",
+                    progress=False,
+                )
+            print(
+                f"compare on emoji: {t.s:.0f} s for a {args.compare_budget:.0f} s budget; rows "
+                f"{[(r['strategy'], rnd(r['test_accuracy'])) for r in cmp['rows']]}, skipped {cmp['skipped']}"
+            )
+            result["compare_s"] = rnd(t.s, 1)
+            result["compare_budget_s"] = args.compare_budget
+            result["compare_rows"] = {r["strategy"]: rnd(r["test_accuracy"]) for r in cmp["rows"]}
+    ft = [v for v in result["finetune"].values() if v]
+    ft_s, rank_s = sum(v["finetune_s"] for v in ft), sum(v["rank_s"] for v in ft)
+    result["rank_speedup"] = rnd(ft_s / rank_s, 1) if ft and rank_s > 0 else None
+    result["kendall_tau"] = {name: v["kendall_tau"] for name, v in result["finetune"].items() if v} or None
+    result.setdefault("compare_s", None)
+    result.setdefault("compare_budget_s", None)
     emit_json(result, KEYS)
 
 
