@@ -5,8 +5,9 @@ One training loop (headstart.train) runs any recipe. A phase says how many of th
 (discriminative rates: group lr = head lr x backbone_lr_ratio x decay^(depth from the top)), epochs,
 schedule, weight decay and early-stopping patience.
 
-Built in by name: head, partial:N, full, discriminative, gradual, lp-ft, scratch. Users write their own in
-YAML/JSON (same fields as `Recipe.to_dict()`) or Python.
+Built in by name: head, partial:N, full, discriminative, gradual, lp-ft, scratch, lora (lora:R). Users write
+their own in YAML/JSON (same fields as `Recipe.to_dict()`) or Python. A recipe with an `adapter` (LoraSpec)
+trains low-rank adapters inside the groups its phases train instead of the groups' own weights.
 """
 
 from __future__ import annotations
@@ -69,23 +70,72 @@ class Phase:
 
 
 @dataclass(frozen=True)
+class LoraSpec:
+    """LoRA (Hu et al. 2021): W x + (alpha / r) B A x with A (r, in), B (out, r), B starting at zero.
+
+    `target_modules`: names (suffixes) of the linear layers to adapt; None chooses them per architecture
+    (every attention projection: headstart.adapters.lora.default_targets), "all-linear" adapts every linear
+    layer inside the trained groups.
+    """
+
+    method: str = "lora"
+    r: int = 8  # rank of the update
+    alpha: float = 16.0  # the update is scaled by alpha / r
+    dropout: float = 0.05  # on the adapter's input, training only
+    target_modules: tuple[str, ...] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["target_modules"] = list(self.target_modules) if self.target_modules is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoraSpec:
+        d = dict(d)
+        if d.get("target_modules") is not None:
+            t = d["target_modules"]
+            d["target_modules"] = tuple(t.split(",")) if isinstance(t, str) else tuple(t)
+        spec = cls(**d)
+        spec.validate()
+        return spec
+
+    def validate(self) -> None:
+        if self.method != "lora":
+            raise HeadstartError(f"unknown adapter method {self.method!r}", fix="use method: lora")
+        if not isinstance(self.r, int) or self.r < 1:
+            raise HeadstartError(f"LoRA rank must be an integer >= 1, got {self.r!r}", fix="e.g. r: 8")
+        if self.alpha <= 0 or not 0 <= self.dropout < 1:
+            raise HeadstartError(
+                f"LoRA alpha must be > 0 and dropout in [0, 1), got {self.alpha}, {self.dropout}"
+            )
+        if self.target_modules is not None and not self.target_modules:
+            raise HeadstartError("LoRA target_modules is empty", fix="name modules, or leave it out")
+
+
+@dataclass(frozen=True)
 class Recipe:
     name: str
     phases: tuple[Phase, ...]
     pretrained: bool = True  # False: the same architecture from random init (the scratch baseline)
     batch_size: int = 32
     description: str = ""
+    # A parameter-efficient method: only its weights (and the head) train, the base weights stay frozen.
+    adapter: LoraSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["phases"] = [asdict(p) for p in self.phases]
+        d["adapter"] = self.adapter.to_dict() if self.adapter is not None else None
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Recipe:
         try:
             phases = tuple(Phase(**p) for p in d["phases"])
-            r = cls(**{**d, "phases": phases})
+            adapter = d.get("adapter")
+            if isinstance(adapter, dict):
+                adapter = LoraSpec.from_dict(adapter)
+            r = cls(**{**d, "phases": phases, "adapter": adapter})
         except (KeyError, TypeError) as e:
             raise HeadstartError(
                 f"not a valid recipe: {e}", fix="give name and phases (see `headstart recipes --json`)"
@@ -98,6 +148,8 @@ class Recipe:
             raise HeadstartError(f"recipe {self.name!r} has no phases")
         for p in self.phases:
             p.validate()
+        if self.adapter is not None:
+            self.adapter.validate()
 
     def with_overrides(
         self, *, epochs: int | None = None, lr: float | None = None, batch_size: int | None = None
@@ -124,7 +176,14 @@ class Recipe:
                 if p.train_top != "all"
                 else "all"
             )
+            if self.adapter is not None and p.train_top != 0:
+                where = "all groups" if p.train_top == "all" else f"the top {p.train_top} groups"
+                what = f"LoRA in {where} + head"
             parts.append(f"{p.name}: {what}, {p.epochs} ep, lr {p.lr:g}")
+        if self.adapter is not None:
+            a = self.adapter
+            targets = ",".join(a.target_modules) if a.target_modules else "per architecture"
+            parts.append(f"r {a.r}, alpha {a.alpha:g}, dropout {a.dropout:g}, targets {targets}")
         return "; ".join(parts)
 
 
@@ -204,7 +263,30 @@ def _scratch() -> Recipe:
     )
 
 
-BUILT_IN = ("head", "partial:N", "full", "discriminative", "gradual", "lp-ft", "scratch")
+def _lora(r: int = 8) -> Recipe:
+    # lr 1e-3 for adapters and head alike (backbone_lr_ratio 1): LoRA's B starts at zero and needs a rate
+    # near the head's (PEFT's classification examples use 3e-4..5e-3; Hu et al. 2021 used 4e-4..5e-4 with
+    # far more steps). alpha = 2r keeps the update's scale when the rank changes.
+    return Recipe(
+        "lora" if r == 8 else f"lora:{r}",
+        (
+            Phase(
+                "lora",
+                train_top="all",
+                epochs=8,
+                lr=1e-3,
+                backbone_lr_ratio=1.0,
+                weight_decay=0.01,
+                head_init="probe",
+            ),
+        ),
+        adapter=LoraSpec(r=r, alpha=2.0 * r),
+        description="LoRA adapters on the attention projections of every group + the probe-initialised "
+        "head; the base weights stay frozen and only the adapter is stored",
+    )
+
+
+BUILT_IN = ("head", "partial:N", "full", "discriminative", "gradual", "lp-ft", "scratch", "lora")
 
 
 def get_recipe(strategy: str | Recipe | dict[str, Any] | Path, n_groups: int) -> Recipe:
@@ -231,12 +313,18 @@ def get_recipe(strategy: str | Recipe | dict[str, Any] | Path, n_groups: int) ->
                 fix=f"use partial:1 .. partial:{n_groups}",
             )
         return _partial(int(n))
+    if s.startswith("lora:"):
+        r = s.partition(":")[2]
+        if not r.isdigit() or int(r) < 1:
+            raise HeadstartError(f"bad strategy {s!r}", fix="write lora:R with the rank R >= 1, e.g. lora:16")
+        return _lora(int(r))
     makers = {
         "full": _full,
         "discriminative": _discriminative,
         "gradual": lambda: _gradual(n_groups),
         "lp-ft": _lp_ft,
         "scratch": _scratch,
+        "lora": _lora,
     }
     if s not in makers:
         import difflib

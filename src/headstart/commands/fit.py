@@ -13,13 +13,44 @@ def _lr(v: str) -> float | str:
     return v if v == "auto" else float(v)
 
 
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+def _strategy(args: argparse.Namespace) -> Any:
+    """The strategy name, or its recipe with the --lora-* options applied."""
+    options = (args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets)
+    if all(v is None for v in options):
+        return args.strategy
+    from dataclasses import replace
+
+    from headstart.errors import HeadstartError
+    from headstart.recipes import get_recipe
+
+    recipe = get_recipe(args.strategy, 10_000)  # the group count only bounds partial:N
+    spec = recipe.adapter
+    if spec is None:
+        raise HeadstartError(
+            f"--lora-* options need a LoRA strategy, not {args.strategy!r}", fix="add --strategy lora"
+        )
+    r = args.lora_r if args.lora_r is not None else spec.r
+    alpha = args.lora_alpha if args.lora_alpha is not None else spec.alpha * r / spec.r  # same alpha/r
+    dropout = args.lora_dropout if args.lora_dropout is not None else spec.dropout
+    targets = spec.target_modules
+    if args.lora_targets:
+        targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
+    spec = replace(spec, r=r, alpha=alpha, dropout=dropout, target_modules=targets)
+    spec.validate()
+    return replace(recipe, adapter=spec)
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from headstart.train import fit
 
     report = fit(
         args.data,
         backbone=args.backbone,
-        strategy=args.strategy,
+        strategy=_strategy(args),
         out=args.out,
         seed=args.seed,
         val=args.val,
@@ -59,7 +90,22 @@ def cmd_fit(args: argparse.Namespace) -> int:
         f"best epoch {m['best_epoch']}; trained {m['train_s']:.1f} s; "
         f"trainable parameters {m['trainable_params']:,} of {m['backbone_params'] + m['trainable_params']:,}"
     )
-    if "stored_bytes" in m:
+    a = m.get("adapter")
+    if a:
+        con.print(
+            f"LoRA r={a['r']} alpha={a['alpha']:g} dropout={a['dropout']:g} on {a['n_modules']} layers: "
+            f"{escape(', '.join(a['target_modules']))} ({escape(a['targets_reason'])})"
+        )
+        con.print(
+            f"trainable: {m['trainable_params']:,} (adapter + head) vs {m['full_trainable_params']:,} for "
+            f"full fine-tuning ({m['trainable_params'] / m['full_trainable_params']:.2%})"
+        )
+    if "stored_bytes" in m and a:
+        con.print(
+            f"stored: {_size(m['stored_bytes'])} (adapter + head; the base is referenced) vs "
+            f"{_size(m['full_bytes'])} for a full fine-tune"
+        )
+    elif "stored_bytes" in m:
         con.print(f"stored: {m['stored_bytes'] / 1e6:.2f} MB (head + trained groups; the base is referenced)")
     for w in report.warnings:
         con.print(f"[yellow]warning:[/yellow] {escape(w)}")
@@ -131,7 +177,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument(
         "--strategy",
         default="lp-ft",
-        help="head | partial:N | full | discriminative | gradual | lp-ft | scratch | a recipe .json/.yaml",
+        help="head | partial:N | full | discriminative | gradual | lp-ft | scratch | lora | lora:R | "
+        "a recipe .json/.yaml",
+    )
+    f.add_argument("--lora-r", type=int, help="LoRA rank (strategy lora; default 8)")
+    f.add_argument("--lora-alpha", type=float, help="LoRA scale alpha (default 2 x rank)")
+    f.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (default 0.05)")
+    f.add_argument(
+        "--lora-targets",
+        help="comma-separated linear layer names to adapt (e.g. q_proj,v_proj), or all-linear; default: "
+        "every attention projection of the architecture",
     )
     f.add_argument("--out", type=Path, help="run folder (default: runs/<time>-fit-<backbone>)")
     f.add_argument("--overwrite", action="store_true")

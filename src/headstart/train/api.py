@@ -133,6 +133,14 @@ def fit(
         bb = create_backbone(backbone, pretrained=False)
     base_key = bb.key
     timings["load_backbone_s"] = time.perf_counter() - t0
+    adapter: dict[str, Any] | None = None
+    if recipe.adapter is not None:
+        from headstart.adapters import inject_adapter
+
+        # Before the Trainer exists; LoRA's B starts at zero, so the pristine cached embeddings (the probe
+        # head's init) stay exact. Adapters go into every group some phase trains.
+        top = max(p.n_trainable(len(bb.groups)) for p in recipe.phases)
+        adapter = inject_adapter(bb, recipe.adapter, top_groups=top, seed=seed)
 
     extra: list[str] = []
     if unlabeled is not None:
@@ -237,13 +245,21 @@ def fit(
     for s in ("train", "val", "test"):
         if len(splits[s]):
             z = trainer.logits(s, splits[s], k=len(bb.groups))
-            m = classification_metrics(splits[s].y.numpy(), z.argmax(1).numpy(), ds.classes)
-            m["loss"] = float(torch.nn.functional.cross_entropy(z, splits[s].y))
+            y = splits[s].y
+            labeled = y >= 0  # unlabeled inputs (distillation) join the training split with y = -1
+            z, y = z[labeled], y[labeled]
+            m = classification_metrics(y.numpy(), z.argmax(1).numpy(), ds.classes)
+            m["loss"] = float(torch.nn.functional.cross_entropy(z, y))
             metrics[s] = m
     timings["evaluate_s"] = time.perf_counter() - t0
     groups = trainer.trained_groups
     whole = not recipe.pretrained
-    delta = delta_state(bb, groups, whole=whole) if (groups or whole) else {}
+    if adapter is not None:
+        from headstart.adapters import adapter_state
+
+        delta = adapter_state(bb)  # the base weights never moved: only the adapter is stored
+    else:
+        delta = delta_state(bb, groups, whole=whole) if (groups or whole) else {}
     head_params = trainer.head.weight.numel() + trainer.head.bias.numel()
     metrics.update(
         {
@@ -260,6 +276,12 @@ def fit(
             "timings": timings,
         }
     )
+    if adapter is not None:  # what full fine-tuning would train and store, for comparison
+        base = {k: v for k, v in bb.state_dict().items() if ".lora_" not in k}
+        metrics["adapter"] = adapter
+        metrics["full_trainable_params"] = int(bb.card.num_params + head_params)
+        full = sum(v.numel() * v.element_size() for v in base.values()) + 4 * head_params
+        metrics["full_bytes"] = int(full)
     summary = ds.summary()
     dist = init_distributed()
     saved: Path | None = None
@@ -296,7 +318,12 @@ def fit(
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         tensors = {}
-        if delta:
+        if adapter is not None:
+            from headstart.adapters import ADAPTER_FILE
+
+            info["adapter"] = {"file": ADAPTER_FILE, **adapter}
+            tensors[ADAPTER_FILE] = delta
+        elif delta:
             info["delta"] = {"file": "delta.safetensors", "whole": whole}
             tensors["delta.safetensors"] = delta
         split_rows = [

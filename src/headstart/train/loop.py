@@ -315,21 +315,25 @@ class Trainer:
         key = (name, k)
         if key in self._states:
             return self._states[key]
+        if k == 0:
+            return None  # the inputs themselves: collated per batch, not copied
         if k >= self.n_groups and self.pristine and self.embed_pristine is not None:
             out: Any = torch.from_numpy(np.ascontiguousarray(self.embed_pristine(name)))
         else:
             was = [m.training for m in self.backbone.groups]
             self.backbone.eval()
-            parts = []
+            parts: list[torch.Tensor] | None = []
             for b in range(0, len(split), self.eval_batch_size):
-                parts.append(
-                    self._prefix(self._collate(split, range(b, min(b + self.eval_batch_size, len(split)))), k)
-                )
+                idx = range(b, min(b + self.eval_batch_size, len(split)))
+                part = self._prefix(self._collate(split, idx), k)
+                if not isinstance(part, torch.Tensor):  # per-batch padded states (text): computed per batch
+                    parts = None
+                    break
+                parts.append(part)  # type: ignore[union-attr]
             for m, t in zip(self.backbone.groups, was, strict=True):
                 m.train(t)
-            if not all(isinstance(p, torch.Tensor) for p in parts):
-                return None  # variable-shaped states (padded text): computed per batch instead
-            if len({tuple(p.shape[1:]) for p in parts}) > 1:
+            if parts is None or len({tuple(p.shape[1:]) for p in parts}) > 1:
+                self._states[key] = None  # remembered, so it is not attempted again
                 return None
             out = torch.cat(parts) if parts else torch.zeros(0)
             if out.dim() == 4:
@@ -345,7 +349,7 @@ class Trainer:
     @torch.no_grad()
     def logits(self, name: str, split: Split, k: int | None = None) -> torch.Tensor:
         """Logits for a whole split in eval mode, from cached activations at the lowest frozen boundary."""
-        k = self.n_groups - self._n_trainable_now if k is None else k
+        k = self._k_now if k is None else k
         self.net.eval()
         cached = self.states(name, split, k) if len(split) else None
         out = []
@@ -427,8 +431,9 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------------------
     @property
-    def _n_trainable_now(self) -> int:
-        return getattr(self, "_n_now", 0)
+    def _k_now(self) -> int:
+        """The lowest group that trains in the current phase (n_groups outside training)."""
+        return getattr(self, "_k", self.n_groups)
 
     def fit(self, train: Split, val: Split) -> Trainer:
         t_start = time.perf_counter()
@@ -461,9 +466,9 @@ class Trainer:
             resumed_here = resume_state is not None and pi == start_phase
             done = start_done if resumed_here else 0
             n = phase.n_trainable(self.n_groups)
-            self._n_now = n
             set_trainable(self.backbone, self.head, n)
             k = first_trainable_group(self.backbone, n)
+            self._k = k
             if stop_all:
                 break
             if not resumed_here or not phase_state.get("init_done"):
@@ -601,7 +606,7 @@ class Trainer:
         if self.best["state"] is not None:
             self.net.load_state_dict(self.best["state"])  # early stopping: the best weights, not the last
         self._warn_if_start_was_better()
-        self._n_now = 0
+        self._k = self.n_groups
         self.backbone.eval()
         self.net.eval()
         self.train_seconds = time.perf_counter() - t_start

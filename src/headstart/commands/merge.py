@@ -1,0 +1,112 @@
+"""`headstart merge RUN --out DIR`: fold a run's LoRA adapter into its base weights -> a plain fit run.
+
+The merged run stores the changed groups as an ordinary `delta.safetensors` (no adapter layers, nothing
+PEFT-specific), so `load_model`, `export --onnx` and `serve` treat it like any fine-tuned run. Its
+predictions equal the adapter run's up to float rounding (W + alpha/r B A is summed once instead of per
+call); run.json records the adapter it came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from headstart.commands import console, print_json
+
+DELTA_FILE = "delta.safetensors"
+# Files of the source run that describe the training and stay true of the merged model.
+_SKIP = {"run.json", "metrics.json", "data.json"}
+
+
+def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
+    """Write the merged copy of adapter run `run` to `out`; returns a summary."""
+    from headstart.adapters import merge_adapter
+    from headstart.errors import HeadstartError
+    from headstart.model import load_model
+    from headstart.runs import write_run
+    from headstart.train.api import delta_state
+
+    src, dest = Path(run), Path(out)
+    if src.resolve() == dest.resolve():
+        raise HeadstartError("--out must differ from the run being merged", fix="give a new folder")
+    model = load_model(src)
+    adapter = model.info.get("adapter")
+    if not adapter:
+        raise HeadstartError(
+            f"{src} has no adapter to merge (it already stores plain weights)",
+            fix="merge runs trained with --strategy lora",
+        )
+    bb = merge_adapter(model.backbone)
+    groups = set(bb.merged_groups)
+    delta = delta_state(bb, groups)
+    info = {k: v for k, v in model.info.items() if k not in ("adapter", "files", "head")}
+    info["delta"] = {"file": DELTA_FILE, "whole": False}
+    info["trained_groups"] = [bb.group_names[i] for i in sorted(groups)]
+    info["merged_from"] = {
+        "run": str(src),
+        "adapter": adapter,
+        "adapter_sha256": model.info["files"][adapter["file"]],
+    }
+    json_files: dict[str, Any] = {}
+    text_files: dict[str, str] = {}
+    for f in sorted(src.iterdir()):
+        if not f.is_file() or f.name in _SKIP:
+            continue
+        if f.suffix == ".json":
+            json_files[f.name] = json.loads(f.read_text())
+        elif f.suffix == ".csv":
+            text_files[f.name] = f.read_text(encoding="utf-8")
+    metrics = json.loads((src / "metrics.json").read_text()) if (src / "metrics.json").is_file() else {}
+    data = json.loads((src / "data.json").read_text()) if (src / "data.json").is_file() else None
+    saved = write_run(
+        dest,
+        run=info,
+        head=model.head,
+        metrics=metrics,
+        data=data,
+        tensors={DELTA_FILE: delta},
+        json_files=json_files,
+        text_files=text_files,
+        overwrite=overwrite,
+    )
+    return {
+        "run": str(src),
+        "out": str(saved),
+        "merged_groups": info["trained_groups"],
+        "adapter_bytes": (src / adapter["file"]).stat().st_size,
+        "delta_bytes": (saved / DELTA_FILE).stat().st_size,
+        "supports_onnx": bool(bb.supports_onnx),
+    }
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    summary = merge_run(args.run, args.out, overwrite=args.overwrite)
+    if args.json:
+        print_json(summary)
+        return 0
+    from rich.markup import escape
+
+    con = console()
+    con.print(
+        f"merged the adapter of {escape(summary['run'])} into {len(summary['merged_groups'])} groups: "
+        f"[bold]{escape(summary['out'])}[/bold]"
+    )
+    con.print(
+        f"adapter {summary['adapter_bytes'] / 1e6:.2f} MB -> plain weights of the changed groups "
+        f"{summary['delta_bytes'] / 1e6:.1f} MB"
+        + ("; `headstart export --onnx` takes it" if summary["supports_onnx"] else "")
+    )
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "merge", help="fold a LoRA run's adapter into the base weights: a plain run for export and serving"
+    )
+    p.add_argument("run", type=Path, help="a run folder trained with --strategy lora")
+    p.add_argument("--out", type=Path, required=True, help="the merged run folder to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_merge)
