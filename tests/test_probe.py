@@ -178,3 +178,18 @@ def test_explicit_train_test_layout_uses_cross_validation(tmp_path: Path) -> Non
     make_image_folder(tmp_path / "d" / "test", per_class=4, seed=3)
     r = probe(tmp_path / "d", backbone=TEST_BACKBONE, save=False, backend="torch", progress=False)
     assert "val" not in r.metrics and r.metrics["test"]["n"] == 8 and r.metrics["val_selection"]
+
+
+def test_a_nearly_constant_feature_gets_no_explosive_weight() -> None:
+    """Folding the standardisation into the weights must not divide by a near-zero spread: the weight of a
+    channel that barely varies on the training set would blow up once fine-tuning moves that channel."""
+    from headstart.head import fit_head
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 16)).astype(np.float32)
+    y = (X[:, 1] + X[:, 2] > 0).astype(int) + (X[:, 3] > 1).astype(int)
+    X[:, 0] = 1e-5 * rng.normal(size=90)  # a nearly dead channel: pure noise at a tiny scale
+    head, _, _ = fit_head(X, y, 3, cv=3)
+    assert np.abs(head.weight[:, 0]).max() < 10, head.weight[:, 0]
+    assert np.abs(head.weight[:, 1:]).max() < 10
+    assert (head.proba(X).argmax(1) == y).mean() > 0.8

@@ -74,10 +74,18 @@ def _fit_standardised(
     return x.detach()
 
 
+# Floor of a feature's standard deviation, relative to the median one. Folding the standardisation into the
+# weights divides by it: a feature that barely varies on the training set (a channel nearly dead after
+# ReLU6) would otherwise get a weight of hundreds, harmless on frozen features but explosive once the
+# backbone fine-tunes (batch statistics, augmentation) and that channel moves. Probe accuracy is unchanged.
+SD_FLOOR = 0.01
+
+
 class _Standardiser:
     def __init__(self, X: np.ndarray) -> None:
         self.mu = X.mean(axis=0)
-        self.sd = np.maximum(X.std(axis=0), 1e-6)
+        sd = X.std(axis=0)
+        self.sd = np.maximum(sd, max(1e-6, SD_FLOOR * float(np.median(sd)) if sd.size else 0.0))
 
     def __call__(self, X: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(((X - self.mu) / self.sd).astype(np.float32))
