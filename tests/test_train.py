@@ -92,6 +92,26 @@ def test_set_trainable_freezes_batchnorm_of_frozen_groups_only() -> None:
     assert all(p.grad is None for g in bb.groups[:-1] for p in g.parameters())
 
 
+def test_pretrained_fine_tuning_keeps_batchnorm_statistics_scratch_updates_them(data3: Path) -> None:
+    """Trained groups of a pretrained recipe normalise with (and keep) the pretrained running statistics;
+    from scratch, BatchNorm learns them."""
+    from headstart.backbones import create_backbone
+    from headstart.recipes import get_recipe
+    from headstart.train.loop import Trainer, set_trainable
+
+    bb = create_backbone(TEST_BACKBONE)
+    head = torch.nn.Linear(bb.embed_dim, 3)
+    before = {k: v.clone() for k, v in bb.state_dict().items() if "running" in k}
+    set_trainable(bb, head, len(bb.groups), freeze_batchnorm=True)
+    head(bb(torch.randn(8, 3, 32, 32) * 3)).sum().backward()
+    assert all(torch.equal(before[k], bb.state_dict()[k]) for k in before)
+    assert any(p.grad is not None for n, p in bb.named_parameters() if "bn" in n.lower())  # affine trains
+    n = len(bb.groups)
+    assert Trainer(bb, 3, get_recipe("full", n))._freeze_bn(get_recipe("full", n).phases[0])
+    scratch = get_recipe("scratch", n)
+    assert not Trainer(bb, 3, scratch)._freeze_bn(scratch.phases[0])
+
+
 def test_param_groups_follow_the_recipe() -> None:
     from headstart.backbones import create_backbone
 
@@ -120,9 +140,9 @@ def test_gradual_unfreezes_in_order(data3: Path, monkeypatch: pytest.MonkeyPatch
     seen: list[int] = []
     real = loop.set_trainable
 
-    def spy(backbone, head, n):  # type: ignore[no-untyped-def]
+    def spy(backbone, head, n, **kw):  # type: ignore[no-untyped-def]
         seen.append(n)
-        real(backbone, head, n)
+        real(backbone, head, n, **kw)
 
     monkeypatch.setattr(loop, "set_trainable", spy)
     r = _fit(data3, "gradual")

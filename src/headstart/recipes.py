@@ -45,6 +45,12 @@ class Phase:
     # Re-estimate trained BatchNorm statistics over the training set after each epoch ("precise BN"):
     # with few steps per epoch, running averages lag weights that move fast (from-scratch training).
     recalibrate_bn: bool = False
+    # BatchNorm in trained groups: "frozen" normalises with the pretrained running statistics and leaves
+    # them alone (only its scale and shift train), as Keras advises for fine-tuning: with a few dozen
+    # images per batch from another domain, batch statistics differ so much from the pretrained ones that
+    # the network trains on features it never shows at inference. "batch" uses batch statistics (needed
+    # from scratch). None: frozen for pretrained recipes, batch for scratch.
+    batchnorm: str | None = None
 
     def n_trainable(self, n_groups: int) -> int:
         return n_groups if self.train_top == "all" else min(int(self.train_top), n_groups)
@@ -64,6 +70,10 @@ class Phase:
         if self.head_init not in HEAD_INITS:
             raise HeadstartError(
                 f"phase {self.name!r}: unknown head_init {self.head_init!r}", fix=f"use {HEAD_INITS}"
+            )
+        if self.batchnorm not in (None, "frozen", "batch"):
+            raise HeadstartError(
+                f"phase {self.name!r}: unknown batchnorm {self.batchnorm!r}", fix="use 'frozen' or 'batch'"
             )
         if self.epochs < 0 or self.lr <= 0:
             raise HeadstartError(f"phase {self.name!r}: epochs must be >= 0 and lr > 0")

@@ -193,8 +193,13 @@ def param_groups(backbone: Backbone, head: nn.Linear, phase: Phase) -> list[dict
     return groups
 
 
-def set_trainable(backbone: Backbone, head: nn.Linear, n_trainable: int) -> None:
-    """requires_grad and train/eval mode per group: frozen groups stay in eval mode (BatchNorm frozen)."""
+def set_trainable(
+    backbone: Backbone, head: nn.Linear, n_trainable: int, *, freeze_batchnorm: bool = False
+) -> None:
+    """requires_grad and train/eval mode per group: frozen groups stay in eval mode (BatchNorm frozen).
+
+    `freeze_batchnorm`: BatchNorm layers of trained groups also stay in eval mode (running statistics
+    used and kept; their affine parameters still train)."""
     n_groups = len(backbone.groups)
     first = n_groups - n_trainable
     backbone.eval()
@@ -212,6 +217,10 @@ def set_trainable(backbone: Backbone, head: nn.Linear, n_trainable: int) -> None
         for g in backbone.groups:  # a group left with nothing to train runs as frozen (dropout off)
             if not any(p.requires_grad for p in g.parameters()):
                 g.train(False)
+    if freeze_batchnorm:
+        for m in backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
     head.requires_grad_(True)
     head.train()
 
@@ -466,7 +475,7 @@ class Trainer:
             resumed_here = resume_state is not None and pi == start_phase
             done = start_done if resumed_here else 0
             n = phase.n_trainable(self.n_groups)
-            set_trainable(self.backbone, self.head, n)
+            set_trainable(self.backbone, self.head, n, freeze_batchnorm=self._freeze_bn(phase))
             k = first_trainable_group(self.backbone, n)
             self._k = k
             if stop_all:
@@ -522,7 +531,7 @@ class Trainer:
                 gen = torch.Generator().manual_seed(seed)
                 perm = torch.randperm(len(train), generator=gen)[: n_local * self.dist.world]
                 perm = perm[self.dist.rank :: self.dist.world]
-                set_trainable(self.backbone, self.head, n)
+                set_trainable(self.backbone, self.head, n, freeze_batchnorm=self._freeze_bn(phase))
                 total, correct, count, n_labeled = 0.0, 0, 0, 0
                 from headstart.progress import progress_bar
 
@@ -652,6 +661,10 @@ class Trainer:
                 "validation split does not hold, so judge it on labeled data of that domain "
                 "(`headstart evaluate RUN DATA`)"
             )
+
+    def _freeze_bn(self, phase: Phase) -> bool:
+        mode = phase.batchnorm or ("frozen" if self.recipe.pretrained else "batch")
+        return mode == "frozen"
 
     def _over_budget(self, t_start: float) -> bool:
         return self.budget_s is not None and time.perf_counter() - t_start > self.budget_s
