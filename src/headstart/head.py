@@ -74,10 +74,11 @@ def _fit_standardised(
     return x.detach()
 
 
-# Floor of a feature's standard deviation, relative to the median one. Folding the standardisation into the
-# weights divides by it: a feature that barely varies on the training set (a channel nearly dead after
-# ReLU6) would otherwise get a weight of hundreds, harmless on frozen features but explosive once the
-# backbone fine-tunes (batch statistics, augmentation) and that channel moves. Probe accuracy is unchanged.
+# Features whose standard deviation is below this fraction of the median one are left out of the head
+# (weight 0). Folding the standardisation into the weights divides by the spread: a feature that barely
+# varies on the training set (a channel nearly dead after ReLU6) would otherwise get a weight in the
+# hundreds, harmless on frozen features but explosive once fine-tuning moves that channel. Dropping them
+# (rather than flooring their spread) keeps the standardised problem well conditioned for L-BFGS.
 SD_FLOOR = 0.01
 
 
@@ -85,14 +86,16 @@ class _Standardiser:
     def __init__(self, X: np.ndarray) -> None:
         self.mu = X.mean(axis=0)
         sd = X.std(axis=0)
-        self.sd = np.maximum(sd, max(1e-6, SD_FLOOR * float(np.median(sd)) if sd.size else 0.0))
+        floor = max(1e-6, SD_FLOOR * float(np.median(sd)) if sd.size else 0.0)
+        self.keep = (sd >= floor).astype(np.float32)
+        self.sd = np.maximum(sd, floor)
 
     def __call__(self, X: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(((X - self.mu) / self.sd).astype(np.float32))
+        return torch.from_numpy(((X - self.mu) / self.sd * self.keep).astype(np.float32))
 
     def fold(self, theta: torch.Tensor, n_classes: int) -> LinearHead:
         d = len(self.mu)
-        w = theta[: n_classes * d].numpy().reshape(n_classes, d) / self.sd
+        w = theta[: n_classes * d].numpy().reshape(n_classes, d) / self.sd * self.keep
         b = theta[n_classes * d :].numpy() - w @ self.mu
         return LinearHead(weight=w.astype(np.float32), bias=b.astype(np.float32))
 
