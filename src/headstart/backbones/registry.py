@@ -131,4 +131,27 @@ def create_backbone(name: str, *, pretrained: bool = True, **kwargs: Any) -> Bac
         if is_text_model(name):
             return create_hf_text_backbone(name, pretrained=pretrained, **kwargs)
         return create_hf_backbone(name, pretrained=pretrained, **kwargs)
-    return get_spec(name).builder(pretrained=pretrained, **kwargs)
+    spec = get_spec(name)
+    return _built(spec, pretrained, kwargs) or spec.builder(pretrained=pretrained, **kwargs)
+
+
+# The last few packaged backbones built in this process. Building one reads and hashes its weights file
+# and constructs the network (~0.5 s for EfficientNet-Lite0); a warm probe, `compare` and `auto` build the
+# same backbone several times. Callers get a deep copy (~0.08 s) and may change it freely (LoRA, deltas).
+_BUILT: dict[tuple[Any, ...], Backbone] = {}
+_BUILT_MAX = 2
+
+
+def _built(spec: BackboneSpec, pretrained: bool, kwargs: dict[str, Any]) -> Backbone | None:
+    import copy
+
+    weights = spec.weights_file() if pretrained and spec.name in _REGISTRY else None
+    if weights is None or kwargs:  # test models (cheap, random init), adapted folders, local weights
+        return None
+    st = weights.stat()
+    key = (spec.name, str(weights), st.st_size, st.st_mtime_ns)
+    if key not in _BUILT:
+        if len(_BUILT) >= _BUILT_MAX:
+            _BUILT.pop(next(iter(_BUILT)))
+        _BUILT[key] = spec.builder(pretrained=True)
+    return copy.deepcopy(_BUILT[key])
