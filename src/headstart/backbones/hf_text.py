@@ -373,6 +373,14 @@ class TextSource:
     sha256: str | None = None  # the published weights hash, checked at load
 
 
+def quiet_transformers() -> None:
+    """Loading is headstart's to report: no per-tensor progress bars or info chatter from transformers."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
 def create_hf_text_backbone(
     ref: str,
     *,
@@ -390,6 +398,7 @@ def create_hf_text_backbone(
 
     folder = Path(ref).expanduser() if Path(ref).expanduser().is_dir() else _hub_snapshot(ref)
     src = str(folder) if folder else ref
+    quiet_transformers()
     try:
         config = AutoConfig.from_pretrained(src)
         if config.model_type in DECODER_TYPES:

@@ -157,8 +157,11 @@ def create_hf_backbone(ref: str, *, pretrained: bool = True, **kwargs: Any) -> B
     except ImportError as e:
         raise HeadstartError("hf: backbones need transformers", fix="pip install transformers") from e
 
+    from headstart.backbones.hf_text import quiet_transformers
+
     folder = Path(ref).expanduser() if Path(ref).expanduser().is_dir() else None
     src = str(folder) if folder else ref
+    quiet_transformers()
     try:
         config = AutoConfig.from_pretrained(src)
         model = AutoModel.from_pretrained(src, **kwargs) if pretrained else AutoModel.from_config(config)

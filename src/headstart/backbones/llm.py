@@ -133,6 +133,9 @@ def dequantise_gguf(path: Path) -> tuple[nn.Module, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise HeadstartError("GGUF backbones need transformers", fix="pip install transformers gguf") from e
+    from headstart.backbones.hf_text import quiet_transformers
+
+    quiet_transformers()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(path.parent), gguf_file=path.name, dtype=torch.float32
@@ -183,6 +186,9 @@ def ensure_cached(name: str) -> Path:
 def load_folder_lm(folder: Path, *, pretrained: bool = True) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from headstart.backbones.hf_text import quiet_transformers
+
+    quiet_transformers()
     if pretrained:
         return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
     config = AutoConfig.from_pretrained(str(folder))
