@@ -140,18 +140,28 @@ def create_backbone(name: str, *, pretrained: bool = True, **kwargs: Any) -> Bac
 # same backbone several times. Callers get a deep copy (~0.08 s) and may change it freely (LoRA, deltas).
 _BUILT: dict[tuple[Any, ...], Backbone] = {}
 _BUILT_MAX = 2
+_UNCOPYABLE: set[str] = set()
 
 
 def _built(spec: BackboneSpec, pretrained: bool, kwargs: dict[str, Any]) -> Backbone | None:
     import copy
 
+    if spec.name in _UNCOPYABLE:
+        return None
     weights = spec.weights_file() if pretrained and spec.name in _REGISTRY else None
     if weights is None or kwargs:  # test models (cheap, random init), adapted folders, local weights
         return None
     st = weights.stat()
     key = (spec.name, str(weights), st.st_size, st.st_mtime_ns)
-    if key not in _BUILT:
-        if len(_BUILT) >= _BUILT_MAX:
-            _BUILT.pop(next(iter(_BUILT)))
-        _BUILT[key] = spec.builder(pretrained=True)
-    return copy.deepcopy(_BUILT[key])
+    if key in _BUILT:
+        return copy.deepcopy(_BUILT[key])
+    bb = spec.builder(pretrained=True)
+    try:
+        kept = copy.deepcopy(bb)
+    except (TypeError, copy.Error):  # holds something that cannot be copied (a tokenizer's lock)
+        _UNCOPYABLE.add(spec.name)
+        return bb
+    if len(_BUILT) >= _BUILT_MAX:
+        _BUILT.pop(next(iter(_BUILT)))
+    _BUILT[key] = kept
+    return bb
