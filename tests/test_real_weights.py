@@ -33,3 +33,17 @@ def test_lite0_separates_two_emoji_groups_far_better_than_chance(tmp_path: Path)
     assert test["n"] == 20
     assert test["accuracy"] >= 0.9  # chance is 0.5
     assert report.metrics["embed"]["backend"] == "onnx"
+
+
+def test_lp_ft_on_emoji_reaches_at_least_the_probe(tmp_path: Path) -> None:
+    """LP-FT starts from the probe and keeps the best validation epoch: with real weights on the bundled
+    example its test accuracy is at least the probe's, and its fine-tuning epochs ran sane (train-mode
+    accuracy near the eval-mode one: BatchNorm statistics and the head's init did not blow up)."""
+    from headstart.train import fit
+
+    p = probe(EMOJI, backbone="efficientnet_lite0", save=False, progress=False)
+    r = fit(EMOJI, backbone="efficientnet_lite0", strategy="lp-ft", epochs=2, save=False, progress=False)
+    assert r.metrics["test"]["accuracy"] >= p.metrics["test"]["accuracy"]
+    trained = [h for h in r.history if h["kind"] == "train"]
+    assert len(trained) == 2
+    assert all(h["train_acc"] > 0.6 and h["train_loss"] < 2.0 for h in trained), trained
