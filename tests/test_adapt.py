@@ -246,3 +246,34 @@ def test_causal_lm_loss_ignores_padding() -> None:
         alone = [clm_loss(lm, collate([c], pad_id=0)) for c in chunks]
     assert n == sum(k for _, k in alone) == 5 + 2
     torch.testing.assert_close(together, sum(v for v, _ in alone), rtol=1e-4, atol=1e-4)
+
+
+def test_compare_runs_adapt_then_fine_tune_on_the_training_texts_only(tmp_path: Path) -> None:
+    """`compare --strategies adapt+head`: continued pretraining on the train split's texts, then the
+    strategy on the adapted backbone, in the same table as the probe."""
+    import csv
+
+    from headstart.verdicts.compare import compare
+
+    data = tmp_path / "texts.csv"
+    rng = random.Random(0)
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(48):
+            label = i % 2
+            w.writerow([rng.choice(DOMAIN[:2] if label else DOMAIN[2:]), f"c{label}"])
+    out = tmp_path / "cmp"
+    result = compare(
+        data, "test_text_encoder", budget_s=120, strategies=["adapt+head"], out=out, progress=False
+    )
+    rows = {r["strategy"]: r for r in result["rows"]}
+    assert set(rows) == {"probe", "adapt+head"}
+    run = json.loads((Path(rows["adapt+head"]["run_dir"]) / "run.json").read_text())
+    assert run["backbone"]["card"]["parent"]["name"] == "test_text_encoder"
+    from headstart.data import load_dataset
+
+    train = {it.text for it in load_dataset(data, seed=0).split("train")}
+    texts_file = out / "adapted-backbones" / "adapt-head" / "adapt-train-texts.csv"
+    adapted_on = texts_file.read_text(encoding="utf-8").splitlines()[1:]
+    assert adapted_on and set(adapted_on) <= train  # never a val/test text

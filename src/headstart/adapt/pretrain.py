@@ -607,6 +607,9 @@ def adapt(
         from safetensors.torch import save_file
 
         model = bb.lm if obj.objective == "clm" else bb.hf_model
+        from headstart.backbones.hf_text import quiet_transformers
+
+        quiet_transformers()
         model.save_pretrained(str(tmp))
         if not (tmp / WEIGHTS_FILE).is_file():
             raise HeadstartError(f"saving {name} wrote no {WEIGHTS_FILE}", fix="save as one safetensors file")

@@ -107,7 +107,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--budget", type=parse_budget, default=600.0, help="total time: 600, 90s, 10m (default 10m)"
     )
-    p.add_argument("--strategies", help="comma-separated strategies to run instead of the automatic choice")
+    p.add_argument(
+        "--strategies",
+        help="comma-separated strategies to run instead of the automatic choice; adapt+S (text) continues "
+        "pretraining on the training texts, then runs S",
+    )
     p.add_argument("--out", help="output folder (default runs/compare-DATA-BACKBONE)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print compare.json instead of the table")

@@ -22,6 +22,8 @@ SMALL_DATA_STRATEGIES = ("head", "partial:2", "lp-ft")
 # Final train-minus-val accuracy above which a strategy is flagged as overfitting.
 OVERFIT_GAP = 0.2
 TRANSFER_BASELINE = "scratch"
+# `adapt+lp-ft`: continued pretraining on the training texts, then lp-ft on the adapted backbone.
+ADAPT_PREFIX = "adapt+"
 PROBE = "probe"
 
 
@@ -34,7 +36,28 @@ def choose_strategies(train_per_class: float) -> list[str]:
 
 
 def _dir_name(strategy: str) -> str:
-    return strategy.replace(":", "-")
+    return strategy.replace(":", "-").replace("+", "-")
+
+
+def _adapt_on_train(ds: Any, backbone: str, out: Path, seed: int, progress: bool) -> str:
+    """`headstart adapt` on the texts of the training split; the adapted backbone's folder."""
+    import csv
+
+    from headstart.adapt import adapt
+
+    if ds.modality != "text":
+        raise HeadstartError(
+            f"{ADAPT_PREFIX}<strategy> continues a text backbone's pretraining; this data is {ds.modality}",
+            fix="drop the adapt+ strategies",
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    texts = out / "adapt-train-texts.csv"
+    with open(texts, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["text"])
+        w.writerows([it.text] for it in ds.split("train"))
+    report = adapt(backbone, texts, out=out / "backbone", seed=seed, overwrite=True, progress=progress)
+    return str(report.folder)
 
 
 def overfitting(row: dict[str, Any]) -> bool:
@@ -179,10 +202,17 @@ def compare(
         share = left / (len(todo) - i)
         from_scratch = strategy == TRANSFER_BASELINE
         t0 = time.perf_counter()
+        fit_backbone, fit_strategy = backbone, strategy
+        if strategy.startswith(ADAPT_PREFIX):
+            # Continued pretraining on the training split's own texts (never val/test), then the strategy
+            # on the adapted backbone; the row's time counts both.
+            fit_strategy = strategy[len(ADAPT_PREFIX) :]
+            adapted = out_dir / "adapted-backbones" / _dir_name(strategy)  # outside the run folder
+            fit_backbone = _adapt_on_train(ds, backbone, adapted, seed, progress)
         r = fit(
             data,
-            backbone=backbone,
-            strategy=strategy,
+            backbone=fit_backbone,
+            strategy=fit_strategy,
             out=out_dir / _dir_name(strategy),
             seed=seed,
             # At least a quarter of the share trains, so an overhead estimate cannot starve a strategy.
