@@ -14,6 +14,8 @@ the same work):
   The hand loop runs before and after the engine (median of both), so a change in the machine's load
   does not land on one side only. Both exclude validation; the engine's epoch includes its bookkeeping
   (per-group optimizer groups, scheduler, progress; checkpoint writes are off, as in any `save=False` call).
+- `augmented_prefix_speedup`: `partial:2` with augmentation on (nothing can be cached), the frozen prefix
+  run by eager PyTorch (`prefix_cache=False`) vs by ONNX Runtime (the default), median epoch time.
 
 Data: the emoji example's classes as distinct augmented JPEGs (benchmarks/_common.py), 20 per class (180)
 by default, 6 per class with --quick. Run: `.venv/bin/python benchmarks/finetune.py [--quick]`.
@@ -94,6 +96,16 @@ def main() -> None:
         t_cached = statistics.median(_epoch_times(cached))
         t_plain = statistics.median(_epoch_times(plain))
         print(f"partial:2 epoch: {t_plain:.2f} s full forwards, {t_cached:.2f} s prefix cached", flush=True)
+        # With augmentation the prefix cannot be cached; ONNX Runtime runs it instead of eager PyTorch.
+        aug = {**common, "augment": True}
+        aug_fast = fit(data, strategy="partial:2", prefix_cache=True, **aug)
+        aug_eager = fit(data, strategy="partial:2", prefix_cache=False, **aug)
+        t_aug_fast = statistics.median(_epoch_times(aug_fast))
+        t_aug_eager = statistics.median(_epoch_times(aug_eager))
+        print(
+            f"partial:2 augmented epoch: {t_aug_eager:.2f} s eager prefix, {t_aug_fast:.2f} s ONNX prefix",
+            flush=True,
+        )
         # The hand loop runs before and after the engine, so drift in the machine's load hits both sides.
         hand = hand_loop_epoch_s(data, epochs)
         full = fit(data, strategy="full", **common)
@@ -106,6 +118,11 @@ def main() -> None:
         "prefix_cache_acc": rnd(cached.metrics["test"]["accuracy"]),
         "full_forward_acc": rnd(plain.metrics["test"]["accuracy"]),
         "full_vs_hand_ratio": rnd(t_full / t_hand, 3),
+        "augmented_prefix_speedup": rnd(t_aug_eager / t_aug_fast, 2),
+        "augmented_acc": {
+            "onnx_prefix": rnd(aug_fast.metrics["test"]["accuracy"]),
+            "eager_prefix": rnd(aug_eager.metrics["test"]["accuracy"]),
+        },
         "partial2_epoch_s": {"prefix_cache": rnd(t_cached), "full_forward": rnd(t_plain)},
         "full_epoch_s": {"engine": rnd(t_full), "hand": rnd(t_hand)},
         "n_train": cached.metrics["train"]["n"],

@@ -112,6 +112,28 @@ def test_pretrained_fine_tuning_keeps_batchnorm_statistics_scratch_updates_them(
     assert not Trainer(bb, 3, scratch)._freeze_bn(scratch.phases[0])
 
 
+def test_augmented_frozen_prefix_runs_through_onnx_runtime_and_matches_pytorch(data3: Path) -> None:
+    from headstart.backbones import create_backbone
+    from headstart.recipes import get_recipe
+    from headstart.train.augment import augment_images
+    from headstart.train.loop import Split, Trainer, set_trainable
+
+    bb = create_backbone(TEST_BACKBONE)
+    k = len(bb.groups) - 1
+    trainer = Trainer(bb, 3, get_recipe("partial:1", len(bb.groups)))
+    set_trainable(bb, trainer.head, 1, freeze_batchnorm=True)
+    files = sorted(str(f) for f in data3.rglob("*.png"))[:6]
+    split = Split(examples=[bb.load_item(f) for f in files], y=torch.zeros(6, dtype=torch.long))
+    idx = torch.arange(6)
+    fast, start = trainer.inputs("train", split, idx, k, augment=True, gen=torch.Generator().manual_seed(3))
+    assert start == k and trainer._onnx_prefixes[k] is not None  # ONNX Runtime ran the frozen groups
+    x = augment_images(trainer._collate(split, idx.tolist()), bb.preprocess, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(fast, trainer._prefix(x, k), atol=1e-4, rtol=1e-4)
+    # Once a group below k has trained, the prefix is no longer the exported network: PyTorch runs it.
+    trainer.trained_groups.add(0)
+    assert trainer._fast_prefix(k - 1) is None
+
+
 def test_param_groups_follow_the_recipe() -> None:
     from headstart.backbones import create_backbone
 

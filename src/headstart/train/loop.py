@@ -295,6 +295,7 @@ class Trainer:
         self.pristine = recipe.pretrained
         self.best: dict[str, Any] = {"score": None, "state": None, "epoch": None}
         self._states: dict[tuple[str, int], Any] = {}
+        self._onnx_prefixes: dict[int, Any] = {}
 
     # -- activations ------------------------------------------------------------------------------------
     def _collate(self, split: Split, idx: Sequence[int]) -> Any:
@@ -317,7 +318,25 @@ class Trainer:
         x = self._collate(split, idx.tolist())
         if augment:
             x = _channels_last(augment_images(x, self.backbone.preprocess, gen))
-        return (self._prefix(x, k), k) if k > 0 else (x, 0)
+        if k == 0:
+            return x, 0
+        fast = self._fast_prefix(k) if augment else None
+        return (fast(x) if fast is not None else self._prefix(x, k)), k
+
+    def _fast_prefix(self, k: int) -> Any:
+        """ONNX Runtime for the frozen groups [0, k) of an augmented phase, where it applies (else None)."""
+        if k not in self._onnx_prefixes:
+            usable = (
+                self.prefix_cache
+                and self.backbone.modality == "image"
+                and self.backbone.supports_onnx
+                and self.backbone.trainable_filter is None
+                and all(i >= k for i in self.trained_groups)  # the prefix holds only untouched weights
+            )
+            from headstart.train.onnx_prefix import onnx_prefix
+
+            self._onnx_prefixes[k] = onnx_prefix(self.backbone, k) if usable else None
+        return self._onnx_prefixes[k]
 
     def states(self, name: str, split: Split, k: int) -> Any | None:
         """Cached activations entering group k for every item of `split` (None when they cannot be cached)."""
