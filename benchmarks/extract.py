@@ -135,12 +135,23 @@ def rss_child(list_file: str, fc_root: str) -> None:
     feats = embed(bb, paths, cache=cache, backend="auto", progress=False)
     wall = time.perf_counter() - t0
     embed_peak = peak_rss_mb()
-    print(json.dumps({
-        "n": len(paths), "forwards": feats.stats["forwards"], "backend": feats.stats["backend"],
-        "load_peak_mb": load_peak, "rss_before_embed_mb": before, "peak_reset": reset_ok,
-        "embed_peak_mb": embed_peak, "peak_rss_mb": max(load_peak, embed_peak),
-        "ru_maxrss_mb": ru_maxrss_mb(), "img_s": len(paths) / wall, "x_mb": feats.X.nbytes / 2**20,
-    }))
+    print(
+        json.dumps(
+            {
+                "n": len(paths),
+                "forwards": feats.stats["forwards"],
+                "backend": feats.stats["backend"],
+                "load_peak_mb": load_peak,
+                "rss_before_embed_mb": before,
+                "peak_reset": reset_ok,
+                "embed_peak_mb": embed_peak,
+                "peak_rss_mb": max(load_peak, embed_peak),
+                "ru_maxrss_mb": ru_maxrss_mb(),
+                "img_s": len(paths) / wall,
+                "x_mb": feats.X.nbytes / 2**20,
+            }
+        )
+    )
 
 
 def run_rss(paths: list[str], root: Path, tag: str) -> dict[str, Any]:
@@ -177,8 +188,10 @@ def main() -> None:
         from headstart.features import FeatureCache, embed
 
         mode = "quick" if args.quick else "full"
-        print(f"extract benchmark ({mode}): {BACKBONE}, torch {torch.__version__}, "
-              f"{torch.get_num_threads()} torch threads; {machine_load()}")
+        print(
+            f"extract benchmark ({mode}): {BACKBONE}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch threads; {machine_load()}"
+        )
         with Timer() as t:
             paths = make_images(root / "imgs", n, size=320, quality=90)
         print(f"  wrote {n} distinct 320 px JPEGs in {t.s:.1f} s")
@@ -192,8 +205,10 @@ def main() -> None:
         # 2. ONNX Runtime pure forward (also creates the one-time ONNX export in this run's cache)
         bb_ort = create_backbone(BACKBONE)
         export_s, ort_img_s = ort_forward(bb_ort, paths)
-        print(f"  ONNX Runtime pure forward, pre-decoded ({n:>4}): {ort_img_s:7.1f} img/s   "
-              f"(one-time ONNX export + parity check took {export_s:.1f} s; in no rate)")
+        print(
+            f"  ONNX Runtime pure forward, pre-decoded ({n:>4}): {ort_img_s:7.1f} img/s   "
+            f"(one-time ONNX export + parity check took {export_s:.1f} s; in no rate)"
+        )
         with Timer() as t:
             for p in paths:
                 load_image_tensor(p, bb_ort.preprocess)
@@ -208,12 +223,16 @@ def main() -> None:
             feats = embed(bb_hs, paths, cache=cache, backend="auto", progress=False)
         hs_img_s = n / t.s
         st = feats.stats
-        print(f"  headstart embed(), cold feature cache ({n:>4}): {hs_img_s:7.1f} img/s   "
-              f"(backend {st['backend']}, {st['forwards']} forwards, {st['cache_hits']} hits; "
-              f"hash {st['hash_s']:.2f} s + embed {st['embed_s']:.2f} s)")
+        print(
+            f"  headstart embed(), cold feature cache ({n:>4}): {hs_img_s:7.1f} img/s   "
+            f"(backend {st['backend']}, {st['forwards']} forwards, {st['cache_hits']} hits; "
+            f"hash {st['hash_s']:.2f} s + embed {st['embed_s']:.2f} s)"
+        )
         diff = float(np.abs(feats.X[:n_hand] - hand_X).max())
-        print(f"  same embeddings as the hand loop? max |diff| = {diff:.1e} "
-              f"(largest |value| {np.abs(hand_X).max():.2f})")
+        print(
+            f"  same embeddings as the hand loop? max |diff| = {diff:.1e} "
+            f"(largest |value| {np.abs(hand_X).max():.2f})"
+        )
         del bb_hs, feats
 
         speedup = hs_img_s / hand_img_s
@@ -230,24 +249,34 @@ def main() -> None:
         label = {200: "0.2k", 1000: "1k", 10000: "10k"}
         lo, hi = label[rss_small], label[rss_large]
         for tag, r in ((lo, small), (hi, large)):
-            print(f"  peak RSS of a child embedding {r['n']:>5} images ({tag:>4}): "
-                  f"{r['peak_rss_mb']:6.1f} MB "
-                  f"({r['img_s']:.1f} img/s, {r['forwards']} forwards, {r['backend']})")
-            print(f"      imports + backbone peak {r['load_peak_mb']:.1f} MB; RSS before embed "
-                  f"{r['rss_before_embed_mb']:.1f} MB; peak during embed {r['embed_peak_mb']:.1f} MB"
-                  f"{'' if r['peak_reset'] else ' (peak reset unsupported: whole-process peak)'}; "
-                  f"returned X {r['x_mb']:.1f} MB; ru_maxrss {r['ru_maxrss_mb']:.1f} MB (inherits parent's)")
+            print(
+                f"  peak RSS of a child embedding {r['n']:>5} images ({tag:>4}): "
+                f"{r['peak_rss_mb']:6.1f} MB "
+                f"({r['img_s']:.1f} img/s, {r['forwards']} forwards, {r['backend']})"
+            )
+            print(
+                f"      imports + backbone peak {r['load_peak_mb']:.1f} MB; RSS before embed "
+                f"{r['rss_before_embed_mb']:.1f} MB; peak during embed {r['embed_peak_mb']:.1f} MB"
+                f"{'' if r['peak_reset'] else ' (peak reset unsupported: whole-process peak)'}; "
+                f"returned X {r['x_mb']:.1f} MB; ru_maxrss {r['ru_maxrss_mb']:.1f} MB (inherits parent's)"
+            )
         growth = large["peak_rss_mb"] / small["peak_rss_mb"]
         embed_growth = large["embed_peak_mb"] - small["embed_peak_mb"]
         per_img = embed_growth * 1024 / (rss_large - rss_small)
-        print(f"  peak RSS {hi}/{lo}: {growth:.2f}x; peak during embed grew {embed_growth:+.1f} MB for "
-              f"{rss_large - rss_small} more images ({per_img:.1f} KB/image; "
-              "the returned X alone is 5.0 KB/image)")
-        print(f"  goal: RSS does not grow with dataset size -> {verdict(growth < 1.1)} "
-              f"(criterion: {hi}/{lo} < 1.10)")
+        print(
+            f"  peak RSS {hi}/{lo}: {growth:.2f}x; peak during embed grew {embed_growth:+.1f} MB for "
+            f"{rss_large - rss_small} more images ({per_img:.1f} KB/image; "
+            "the returned X alone is 5.0 KB/image)"
+        )
+        print(
+            f"  goal: RSS does not grow with dataset size -> {verdict(growth < 1.1)} "
+            f"(criterion: {hi}/{lo} < 1.10)"
+        )
         if args.quick:
-            print(f"  note: --quick measured {lo}/{hi} images; "
-                  "the JSON keys peak_rss_mb_1k/_10k hold those figures")
+            print(
+                f"  note: --quick measured {lo}/{hi} images; "
+                "the JSON keys peak_rss_mb_1k/_10k hold those figures"
+            )
     total = time.perf_counter() - t_start
     print(f"  total wall time {total:.1f} s; {machine_load()}")
 

@@ -87,12 +87,22 @@ def fit_child(npz: str) -> None:
     path_s, (_, path_C, path_scores) = _median_time(lambda: fit_head(Xtr, ytr, k, X_val=Xte, y_val=yte))
     head_pred = h.proba(Xte).argmax(1)
     sk_pred = model.predict(scaler.transform(Xte))
-    print(json.dumps({
-        "head_fit_cold_s": t_cold.s, "head_fit_s": head_s, "sklearn_fit_s": sk_s, "head_path_s": path_s,
-        "path_C": path_C, "path_scores": {str(c): v for c, v in path_scores.items()},
-        "head_acc": float((head_pred == yte).mean()), "sklearn_acc": float((sk_pred == yte).mean()),
-        "agreement": float((head_pred == sk_pred).mean()), "sklearn_iters": int(np.max(model.n_iter_)),
-    }))
+    print(
+        json.dumps(
+            {
+                "head_fit_cold_s": t_cold.s,
+                "head_fit_s": head_s,
+                "sklearn_fit_s": sk_s,
+                "head_path_s": path_s,
+                "path_C": path_C,
+                "path_scores": {str(c): v for c, v in path_scores.items()},
+                "head_acc": float((head_pred == yte).mean()),
+                "sklearn_acc": float((sk_pred == yte).mean()),
+                "agreement": float((head_pred == sk_pred).mean()),
+                "sklearn_iters": int(np.max(model.n_iter_)),
+            }
+        )
+    )
 
 
 def stratified_split(y: np.ndarray, test: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,15 +149,19 @@ def main() -> None:
         e1, e2 = r1.metrics["embed"], r2.metrics["embed"]
         for tag, r, t, e in (("cold", r1, first_s, e1), ("warm", r2, second_s, e2)):
             tm = r.timings
-            print(f"  probe(), {tag} cache: {t:6.2f} s   ({e['n_files']} files: {e['forwards']} forwards, "
-                  f"{e['cache_hits']} cache hits, backend {e['backend']}; "
-                  f"load data {tm['load_data_s']:.2f} s, "
-                  f"backbone {tm['load_backbone_s']:.2f} s, hash+cache {tm['hash_and_cache_s']:.2f} s, "
-                  f"embed {tm['embed_s']:.2f} s, fit head {tm['fit_head_s']:.2f} s, "
-                  f"evaluate {tm['evaluate_s']:.2f} s)")
+            print(
+                f"  probe(), {tag} cache: {t:6.2f} s   ({e['n_files']} files: {e['forwards']} forwards, "
+                f"{e['cache_hits']} cache hits, backend {e['backend']}; "
+                f"load data {tm['load_data_s']:.2f} s, "
+                f"backbone {tm['load_backbone_s']:.2f} s, hash+cache {tm['hash_and_cache_s']:.2f} s, "
+                f"embed {tm['embed_s']:.2f} s, fit head {tm['fit_head_s']:.2f} s, "
+                f"evaluate {tm['evaluate_s']:.2f} s)"
+            )
         ok = e2["forwards"] == 0
-        print(f"  second call did no backbone work (forwards == 0): {'yes' if ok else 'NO'} "
-              f"(forwards = {e2['forwards']})")
+        print(
+            f"  second call did no backbone work (forwards == 0): {'yes' if ok else 'NO'} "
+            f"(forwards = {e2['forwards']})"
+        )
         cache_speedup = first_s / second_s
         print(f"  cache speedup (first/second): {cache_speedup:.1f}x")
         C = float(r1.metrics.get("C") or 0.01)
@@ -162,26 +176,39 @@ def main() -> None:
         feats = headstart.features.embed(bb, paths, progress=False)
         if feats.paths != paths:
             raise SystemExit(f"embed() skipped files: {feats.bad}")
-        print(f"  embeddings for the head fits: {feats.X.shape}, {feats.stats['cache_hits']} cache hits, "
-              f"{feats.stats['forwards']} forwards")
+        print(
+            f"  embeddings for the head fits: {feats.X.shape}, {feats.stats['cache_hits']} cache hits, "
+            f"{feats.stats['forwards']} forwards"
+        )
         tr, te = stratified_split(y, 0.3, seed=0)
         npz = root / "emb.npz"
         np.savez(npz, Xtr=feats.X[tr], ytr=y[tr], Xte=feats.X[te], yte=y[te], C=C, k=len(classes))
-        out = subprocess.run([sys.executable, __file__, "--fit-child", str(npz)], check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--fit-child", str(npz)], check=True, capture_output=True, text=True
+        )
         fit = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"  fit on {len(tr)} x {feats.X.shape[1]}, {len(classes)} classes, C = {C:g}; "
-              f"accuracy on the held-out {len(te)}:")
-        print(f"    headstart fit_head:         {fit['head_fit_s']:6.3f} s warm (median of {REPEATS}), "
-              f"{fit['head_fit_cold_s']:.3f} s cold (first call in a fresh process)   "
-              f"acc {fit['head_acc']:.3f}")
-        print(f"    sklearn StandardScaler+LR:  {fit['sklearn_fit_s']:6.3f} s (median of {REPEATS}, "
-              f"{fit['sklearn_iters']} lbfgs iterations)                        acc {fit['sklearn_acc']:.3f}")
-        print(f"    fit_head / sklearn time: {fit['head_fit_s'] / fit['sklearn_fit_s']:.2f}x; "
-              f"predictions agree on {fit['agreement']:.1%}")
+        print(
+            f"  fit on {len(tr)} x {feats.X.shape[1]}, {len(classes)} classes, C = {C:g}; "
+            f"accuracy on the held-out {len(te)}:"
+        )
+        print(
+            f"    headstart fit_head:         {fit['head_fit_s']:6.3f} s warm (median of {REPEATS}), "
+            f"{fit['head_fit_cold_s']:.3f} s cold (first call in a fresh process)   "
+            f"acc {fit['head_acc']:.3f}"
+        )
+        print(
+            f"    sklearn StandardScaler+LR:  {fit['sklearn_fit_s']:6.3f} s (median of {REPEATS}, "
+            f"{fit['sklearn_iters']} lbfgs iterations)                        acc {fit['sklearn_acc']:.3f}"
+        )
+        print(
+            f"    fit_head / sklearn time: {fit['head_fit_s'] / fit['sklearn_fit_s']:.2f}x; "
+            f"predictions agree on {fit['agreement']:.1%}"
+        )
         scores = ", ".join(f"{c}: {v:.3f}" for c, v in fit["path_scores"].items())
-        print(f"    fit_head over the default C path with X_val: {fit['head_path_s']:.3f} s "
-              f"(chose C = {fit['path_C']:g}; held-out acc by C: {scores})")
+        print(
+            f"    fit_head over the default C path with X_val: {fit['head_path_s']:.3f} s "
+            f"(chose C = {fit['path_C']:g}; held-out acc by C: {scores})"
+        )
     total = time.perf_counter() - t_start
     print(f"  total wall time {total:.1f} s; {machine_load()}")
 

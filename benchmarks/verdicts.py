@@ -38,7 +38,7 @@ BACKBONES = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 KEYS = ("rank_speedup", "kendall_tau", "compare_s", "compare_budget_s", "rank", "domain", "finetune")
 
 
-def build_datasets(root: Path, quick: bool) -> dict[str, Path]:
+def build_datasets(root: Path, quick: bool, per_class: int = 60) -> dict[str, Path]:
     import build_digits
     import build_fashion_mnist
     import build_photo_crops
@@ -47,11 +47,11 @@ def build_datasets(root: Path, quick: bool) -> dict[str, Path]:
     if quick:
         return data
     try:
-        build_fashion_mnist.build(root / "fashion_mnist", per_class=60)
+        build_fashion_mnist.build(root / "fashion_mnist", per_class=per_class)
         data["fashion_mnist"] = root / "fashion_mnist"
     except FileNotFoundError as e:
         print(f"skipping Fashion-MNIST: {e}")
-    build_digits.build(root / "digits", per_class=60)
+    build_digits.build(root / "digits", per_class=per_class)
     data["digits"] = root / "digits"
     build_photo_crops.build(root / "photo_crops", per_class=40)
     data["photo_crops"] = root / "photo_crops"
@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--finetune-epochs", type=int, default=2, help="epochs of each measured `full` fine-tune")
     ap.add_argument("--no-finetune", action="store_true", help="skip the measured fine-tunes (slow on CPU)")
+    ap.add_argument("--per-class", type=int, default=60, help="items per class of the built datasets")
     ap.add_argument("--compare-budget", type=float, default=180, help="seconds for `compare` on emoji")
     args = ap.parse_args()
     from headstart.verdicts.domain import domain_distance
@@ -115,7 +116,7 @@ def main() -> None:
     print(machine_load())
     result: dict[str, Any] = {"rank": {}, "domain": {}, "finetune": {}}
     with isolated_cache() as tmp:
-        datasets = build_datasets(tmp / "data", args.quick)
+        datasets = build_datasets(tmp / "data", args.quick, args.per_class)
         for name, path in datasets.items():
             if name == "photo_crops":
                 continue  # three scenes: a domain reference, not a classification task
