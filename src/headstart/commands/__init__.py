@@ -19,6 +19,13 @@ def register_all(sub: argparse._SubParsersAction) -> None:
             importlib.import_module(f"{__name__}.{info.name}").register(sub)
 
 
+def fmt(v: Any, digits: int = 3) -> str:
+    """A table cell: floats to `digits` places, None as "-", anything else as is."""
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from headstart.commands import console, print_json
+from headstart.commands import console, fmt, print_json
 from headstart.commands.compare import parse_budget
-
-
-def _f(v: Any, digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def cmd_auto(args: argparse.Namespace) -> int:
@@ -46,15 +41,15 @@ def cmd_auto(args: argparse.Namespace) -> int:
         t.add_column(col, justify="left" if col == "strategy" else "right")
     for strategy, row in result["compare"].items():
         mark = " (recommended)" if strategy == rec["strategy"] else ""
-        t.add_row(f"{strategy}{mark}", _f(row["val_accuracy"]), _f(row["test_accuracy"]))
+        t.add_row(f"{strategy}{mark}", fmt(row["val_accuracy"]), fmt(row["test_accuracy"]))
     con.print(t)
     con.print(f"recommended: [bold]{rec['strategy']}[/bold]: {escape(str(rec.get('reason') or ''))}")
     if result["flags"].get("negative_transfer"):
         con.print("[yellow]negative transfer: training from scratch did as well as the pretrained weights[/]")
     ev = result["evaluation"]
     con.print(
-        f"calibration: ECE {_f(ev['ece_before'])} -> {_f(ev['ece_after'])} "
-        f"(temperature {_f(ev['temperature'], 2)})"
+        f"calibration: ECE {fmt(ev['ece_before'])} -> {fmt(ev['ece_after'])} "
+        f"(temperature {fmt(ev['temperature'], 2)})"
     )
     reg = result["registered"]
     con.print(

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
-from headstart.commands import console, print_json
+from headstart.commands import console, fmt, print_json
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -21,10 +20,6 @@ def parse_budget(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: the budget must be positive")
     return value
-
-
-def _f(v: Any, digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
 
 
 def _size(n: int | None) -> str:
@@ -67,10 +62,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             label += f" [dim]({', '.join(marks)})[/dim]"
         t.add_row(
             label,
-            _f(r["val_accuracy"]),
-            _f(r["test_accuracy"]),
-            _f(r["test_macro_f1"]),
-            _f(r["train_s"], 1),
+            fmt(r["val_accuracy"]),
+            fmt(r["test_accuracy"]),
+            fmt(r["test_macro_f1"]),
+            fmt(r["train_s"], 1),
             f"{r['trainable_params']:,}" if r["trainable_params"] is not None else "-",
             _size(r["stored_bytes"]),
         )

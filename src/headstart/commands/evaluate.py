@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from headstart.commands import console, print_json
+from headstart.commands import console, fmt, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,10 +44,6 @@ def _run_folder(args: argparse.Namespace) -> tuple[Path, bool]:
     return store.verify(*store.resolve(args.run)), True
 
 
-def _f(v: Any, digits: int = 3) -> str:
-    return f"{v:.{digits}f}" if isinstance(v, float) else "-" if v is None else str(v)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from headstart.evaluate import evaluate_run
 
@@ -79,49 +74,49 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         con.print(
             f"[yellow]left out {res['unknown_labels']['n']} item(s) with unknown labels: {labels}[/yellow]"
         )
-    con.print(f"accuracy [bold]{_f(m['accuracy'])}[/bold]   macro-F1 [bold]{_f(m['macro_f1'])}[/bold]")
+    con.print(f"accuracy [bold]{fmt(m['accuracy'])}[/bold]   macro-F1 [bold]{fmt(m['macro_f1'])}[/bold]")
 
     t = Table(title="Per class")
     for col in ("class", "precision", "recall", "F1", "support"):
         t.add_column(col, justify="right" if col != "class" else "left")
     for c, r in m["per_class"].items():
-        t.add_row(escape(c), _f(r["precision"]), _f(r["recall"]), _f(r["f1"]), str(r["support"]))
+        t.add_row(escape(c), fmt(r["precision"]), fmt(r["recall"]), fmt(r["f1"]), str(r["support"]))
     con.print(t)
 
     fitted = f"fitted on {cal['n_fit']} val items" if cal["fitted_on"] else "no val split: not refitted"
     con.print(
-        f"calibration (ECE, 15 bins): {_f(cal['ece_before'])} -> [bold]{_f(cal['ece_after'])}[/bold] "
-        f"with T={_f(cal['temperature'], 2)} ({fitted})"
+        f"calibration (ECE, 15 bins): {fmt(cal['ece_before'])} -> [bold]{fmt(cal['ece_after'])}[/bold] "
+        f"with T={fmt(cal['temperature'], 2)} ({fitted})"
     )
     ood = res["ood"]
     if ood:
-        line = f"OOD {escape(ood['path'])} ({ood['n']} files): AUROC max-softmax {_f(ood['auroc_msp'])}, "
-        line += f"energy {_f(ood['auroc_energy'])}"
+        line = f"OOD {escape(ood['path'])} ({ood['n']} files): AUROC max-softmax {fmt(ood['auroc_msp'])}, "
+        line += f"energy {fmt(ood['auroc_energy'])}"
         if "accuracy" in ood:
-            line += f"; accuracy on its {ood['n_labeled']} labeled files {_f(ood['accuracy'])}"
+            line += f"; accuracy on its {ood['n_labeled']} labeled files {fmt(ood['accuracy'])}"
         con.print(line)
     lat = res["latency"]
     if lat:
         con.print(
             f"latency ({lat['backend']}, {lat['torch_threads']} thread(s)): one item p50 "
-            f"{_f(lat['single_p50_ms'], 1)} ms, p95 {_f(lat['single_p95_ms'], 1)} ms; "
-            f"batch 32 {_f(lat['batch32_per_item_ms'], 2)} ms/item; "
-            f"with decode {_f(lat['end_to_end_p50_ms'], 1)} ms"
+            f"{fmt(lat['single_p50_ms'], 1)} ms, p95 {fmt(lat['single_p95_ms'], 1)} ms; "
+            f"batch 32 {fmt(lat['batch32_per_item_ms'], 2)} ms/item; "
+            f"with decode {fmt(lat['end_to_end_p50_ms'], 1)} ms"
         )
         if "onnx_single_p50_ms" in lat:
             con.print(
                 f"latency (ONNX Runtime backbone, what predict uses): one item p50 "
-                f"{_f(lat['onnx_single_p50_ms'], 1)} ms, p95 {_f(lat['onnx_single_p95_ms'], 1)} ms; "
-                f"batch 32 {_f(lat['onnx_batch32_per_item_ms'], 2)} ms/item"
+                f"{fmt(lat['onnx_single_p50_ms'], 1)} ms, p95 {fmt(lat['onnx_single_p95_ms'], 1)} ms; "
+                f"batch 32 {fmt(lat['onnx_batch32_per_item_ms'], 2)} ms/item"
             )
-    con.print(f"peak memory (RSS): {_f(res['memory']['peak_rss_mb'], 0)} MB")
+    con.print(f"peak memory (RSS): {fmt(res['memory']['peak_rss_mb'], 0)} MB")
     if res["mistakes"]:
         w = Table(title=f"Most confident mistakes (top {len(res['mistakes'])})")
         for col in ("source", "label", "predicted", "confidence"):
             w.add_column(col)
         for x in res["mistakes"][:8]:
             w.add_row(
-                escape(str(x["source"])[-60:]), escape(x["label"]), escape(x["pred"]), _f(x["confidence"])
+                escape(str(x["source"])[-60:]), escape(x["label"]), escape(x["pred"]), fmt(x["confidence"])
             )
         con.print(w)
     if stored:

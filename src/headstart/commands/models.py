@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import console, print_json
+from headstart.commands import console, fmt, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,10 +64,6 @@ def _store(args: argparse.Namespace) -> Any:
     return ModelStore(args.store)
 
 
-def _f(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else "-" if v is None else str(v)
-
-
 def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
     models = store.list_models()
@@ -88,10 +84,10 @@ def cmd_list(args: argparse.Namespace) -> int:
                 m["name"],
                 f"v{v['version']}",
                 " ".join(f"@{a}" for a in v["aliases"]),
-                _f(v["base"]),
-                _f(v["kind"]),
-                _f(v["test_accuracy"]),
-                _f(v["created"]),
+                fmt(v["base"]),
+                fmt(v["kind"]),
+                fmt(v["test_accuracy"]),
+                fmt(v["created"]),
             )
     console().print(t)
     return 0
@@ -119,7 +115,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         f"data: {card['data']['root']} ({counts}); {len(card['data']['skipped'])} skipped", markup=False
     )
     con.print(f"kind: {card['kind']}, seed {card['seed']}, recipe {card['recipe']}", markup=False)
-    con.print("metrics: " + ", ".join(f"{k} {_f(v)}" for k, v in card["metrics"].items()), markup=False)
+    con.print("metrics: " + ", ".join(f"{k} {fmt(v)}" for k, v in card["metrics"].items()), markup=False)
     if card.get("temperature"):
         con.print(f"temperature: {card['temperature']:.3f}")
     for f, rec in info["manifest"]["files"].items():
@@ -178,7 +174,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         for col in ("", d["a"], d["b"]):
             t.add_column(col)
         for k, (va, vb) in d[section].items():
-            t.add_row(k, _f(va), _f(vb))
+            t.add_row(k, fmt(va), fmt(vb))
         con.print(t)
     files = d["files"]
     con.print(

@@ -6,13 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import console, print_json
-
-
-def _f(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+from headstart.commands import console, fmt, print_json
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
@@ -39,12 +33,12 @@ def cmd_rank(args: argparse.Namespace) -> int:
     for r in rows:
         t.add_row(
             r["backbone"],
-            _f(r["logme"], 4),
-            _f(r["knn_accuracy"]),
-            _f(r["probe_cv_accuracy"]),
-            _f(r["embed_s"], 1),
-            _f(r["score_s"], 1),
-            _f(r["finetune_estimate_s"], 0),
+            fmt(r["logme"], 4),
+            fmt(r["knn_accuracy"]),
+            fmt(r["probe_cv_accuracy"]),
+            fmt(r["embed_s"], 1),
+            fmt(r["score_s"], 1),
+            fmt(r["finetune_estimate_s"], 0),
         )
     con = console()
     con.print(t)
@@ -167,7 +161,7 @@ def cmd_domain(args: argparse.Namespace) -> int:
         f"[bold]{r['distance']:.3f}[/bold] (0 = alike, 1 = unrelated; n={r['n']})"
     )
     for k, v in r["terms"].items():
-        con.print(f"  {k}: {_f(v)}")
+        con.print(f"  {k}: {fmt(v)}")
     if r["classifier"]:
         c = r["classifier"]
         con.print(

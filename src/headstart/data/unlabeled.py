@@ -47,7 +47,6 @@ def load_unlabeled(path: str | Path, modality: str) -> Unlabeled:
 def _files(path: Path) -> Unlabeled:
     if path.is_file():
         return Unlabeled([str(path)])
-    files = sorted(
-        str(p) for p in path.rglob("*") if p.is_file() and not any(s.startswith(".") for s in p.parts[-1:])
-    )
-    return Unlabeled(files)
+    from headstart.data.dataset import _visible_files
+
+    return Unlabeled([str(p) for p in _visible_files(path)])
