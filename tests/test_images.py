@@ -90,3 +90,14 @@ def test_jpeg_draft_decodes_small_and_preprocessing_is_exact(tmp_path: Path) -> 
     x = load_image_tensor(tmp_path / "big.jpg", CFG)
     assert x.shape == (3, 16, 16) and x.dtype == np.float32
     np.testing.assert_allclose(x[:, 8, 8], [1.0, -1.0, -1.0], atol=0.03)  # (255/255-0.5)/0.5 = 1
+
+
+def test_normalize_matches_the_formula() -> None:
+    from headstart.data.images import normalize
+
+    cfg = PreprocessConfig(input_size=4, resize=4, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+    a = np.random.default_rng(0).integers(0, 256, (4, 5, 3), dtype=np.uint8)
+    got = normalize(Image.fromarray(a), cfg)
+    ref = (a / 255.0 - np.array(cfg.mean)) / np.array(cfg.std)
+    assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"] and got.shape == (3, 4, 5)
+    np.testing.assert_allclose(got, ref.transpose(2, 0, 1), atol=1e-5)

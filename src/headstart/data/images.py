@@ -105,7 +105,11 @@ def _decode(img: Image.Image, path: object, *, draft_to: int | None, max_pixels:
 
 
 def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
-    """Shorter side to `cfg.resize`, then the centre `cfg.input_size` square."""
+    """Shorter side to `cfg.resize`, then the centre `cfg.input_size` square.
+
+    Two steps on purpose: one resize of just the kept region (PIL's `box`) would be a quarter less work,
+    but PIL's vertical pass then differs from the full resize by up to 23/255 on portrait images.
+    """
     w, h = img.size
     scale = cfg.resize / min(w, h)
     nw, nh = max(cfg.input_size, round(w * scale)), max(cfg.input_size, round(h * scale))
@@ -116,11 +120,13 @@ def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
 
 
 def normalize(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """RGB image -> float32 CHW array, normalised as the weights expect."""
-    a = np.asarray(img, dtype=np.float32)
-    scale = 1.0 / (255.0 * np.asarray(cfg.std, dtype=np.float32))
-    a = (a - 255.0 * np.asarray(cfg.mean, dtype=np.float32)) * scale
-    return np.ascontiguousarray(a.transpose(2, 0, 1))
+    """RGB image -> float32 CHW array, normalised as the weights expect (one pass over the pixels)."""
+    a = np.asarray(img)
+    std, mean = np.asarray(cfg.std, dtype=np.float32), np.asarray(cfg.mean, dtype=np.float32)
+    out = np.empty((3, *a.shape[:2]), dtype=np.float32)
+    np.multiply(a.transpose(2, 0, 1), (1.0 / (255.0 * std))[:, None, None], out=out)
+    out += (-mean / std)[:, None, None]
+    return out
 
 
 def load_image_tensor(
