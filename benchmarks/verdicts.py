@@ -12,9 +12,12 @@ Datasets: the bundled emoji example, plus, built offline into a temporary folder
 class, needs the Debian package dataset-fashion-mnist; left out if missing), scikit-learn's 8x8 digits
 (60 per class, upscaled) and crops of three installed photographs (examples/build_photo_crops.py).
 
-- `finetune`: every backbone fine-tuned with `full` (`--finetune-epochs`, no augmentation, same split):
-  measured test accuracy and wall time; `rank_speedup` = fine-tune seconds / rank seconds over all
-  datasets, `kendall_tau` (dataset -> tau) between the LogME order and the fine-tuned accuracies.
+- `finetune`: every backbone fine-tuned with `full` as `headstart fit --strategy full` runs it: the same
+  recipe for every backbone (8 epochs from the probe's head, early stopping after 3 epochs without a
+  better val accuracy; `--finetune-epochs N` rescales it), no augmentation, the ranking's split and seed.
+  Measured test accuracy and wall time; `rank_speedup` = fine-tune seconds / rank seconds over all
+  datasets, `kendall_tau` (dataset -> tau) between the LogME order and the fine-tuned accuracies (tau for
+  the kNN and probe-CV scores too).
 - `compare_s`: `compare` on the emoji example against its `--compare-budget`.
 
     .venv/bin/python benchmarks/verdicts.py            # emoji + built datasets; several minutes on 2 cores
@@ -68,10 +71,11 @@ def kendall_tau(a: list[float], b: list[float]) -> float | None:
     return None if tau != tau else float(tau)  # NaN when one side is constant
 
 
-def finetune_comparison(data: Path, rows: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
-    """Fine-tune every ranked backbone (`full`, `epochs` epochs, no augmentation, same seed and split as the
-    ranking) and compare: measured test accuracy and wall time per backbone, `rank_speedup` = total
-    fine-tune seconds / total rank seconds, `kendall_tau` between LogME and fine-tuned test accuracy."""
+def finetune_comparison(data: Path, rows: list[dict[str, Any]], epochs: int | None) -> dict[str, Any]:
+    """Fine-tune every ranked backbone (`full`, its recipe's epochs unless `epochs`, no augmentation, same
+    seed and split as the ranking) and compare: measured test accuracy and wall time per backbone,
+    `rank_speedup` = total fine-tune seconds / total rank seconds, `kendall_tau` between LogME and the
+    fine-tuned test accuracies."""
     from headstart.train import fit
 
     out: dict[str, Any] = {"epochs": epochs, "backbones": {}}
@@ -87,10 +91,25 @@ def finetune_comparison(data: Path, rows: list[dict[str, Any]], epochs: int) -> 
                 progress=False,
             )
         acc = rep.metrics["test"]["accuracy"]
-        print(f"  fine-tuned {r['backbone']:20} full x{epochs}: test {acc:.3f} in {t.s:.0f} s", flush=True)
-        out["backbones"][r["backbone"]] = {"test_accuracy": rnd(acc), "seconds": rnd(t.s, 1)}
+        ran = sum(1 for h in rep.history if h.get("kind") == "train")
+        print(f"  fine-tuned {r['backbone']:20} full: {ran} epochs, test {acc:.3f}, {t.s:.0f} s", flush=True)
+        out["backbones"][r["backbone"]] = {"test_accuracy": rnd(acc), "seconds": rnd(t.s, 1), "epochs": ran}
     ft_s = sum(v["seconds"] for v in out["backbones"].values())
     rank_s = sum(r["rank_s"] for r in rows)
+    # The ranking's estimate prices the recipe's full length; the real runs may stop early. Per epoch:
+    est = sum(r["finetune_estimate_s"] or 0 for r in rows)
+    ran = sum(v["epochs"] for v in out["backbones"].values())
+    if est and ran:
+        from headstart.verdicts.rank import finetune_epochs
+
+        per_epoch_est = est / finetune_epochs()
+        per_epoch_real = ft_s / ran * len(rows)
+        out["estimate_per_epoch_s"] = rnd(per_epoch_est, 1)
+        out["measured_per_epoch_s"] = rnd(per_epoch_real, 1)
+        print(
+            f"  all {len(rows)} backbones, one epoch: estimated {per_epoch_est:.0f} s (training steps only), "
+            f"measured {per_epoch_real:.0f} s (with decoding and evaluation)"
+        )
     out["finetune_s"] = rnd(ft_s, 1)
     out["rank_s"] = rnd(rank_s, 2)
     out["rank_speedup"] = rnd(ft_s / rank_s, 1) if rank_s > 0 else None
@@ -101,10 +120,40 @@ def finetune_comparison(data: Path, rows: list[dict[str, Any]], epochs: int) -> 
     return out
 
 
+def step_timing(name: str = "efficientnet_lite0") -> dict[str, float]:
+    """rank's estimate of a step of 32 (16 items timed, scaled) against a median of steps of 32."""
+    import copy
+    import statistics
+    import time
+
+    import torch
+
+    from headstart.backbones import create_backbone
+    from headstart.train.loop import set_trainable
+    from headstart.verdicts.rank import FINETUNE_BATCH, finetune_step_seconds
+
+    bb = create_backbone(name)
+    est = finetune_step_seconds(bb, cache=False)
+    model, head = copy.deepcopy(bb), torch.nn.Linear(bb.embed_dim, 10)
+    set_trainable(model, head, len(model.groups), freeze_batchnorm=True)
+    opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=1e-3, momentum=0.9)
+    x, t = torch.randn(FINETUNE_BATCH, 3, 224, 224), torch.randint(0, 10, (FINETUNE_BATCH,))
+    times = []
+    for _ in range(4):
+        t0 = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(head(model(x)), t).backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    whole = statistics.median(times[1:])
+    print(f"{name}: rank's step estimate {est:.2f} s; steps of {FINETUNE_BATCH} timed whole {whole:.2f} s")
+    return {"estimate_s": rnd(est, 2), "whole_median_s": rnd(whole, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--finetune-epochs", type=int, default=2, help="epochs of each measured `full` fine-tune")
+    ap.add_argument("--finetune-epochs", type=int, default=None, help="rescale the `full` recipe to N epochs")
     ap.add_argument("--no-finetune", action="store_true", help="skip the measured fine-tunes (slow on CPU)")
     ap.add_argument("--per-class", type=int, default=60, help="items per class of the built datasets")
     ap.add_argument("--compare-budget", type=float, default=180, help="seconds for `compare` on emoji")
@@ -115,6 +164,8 @@ def main() -> None:
     backbones = BACKBONES[:2] if args.quick else BACKBONES
     print(machine_load())
     result: dict[str, Any] = {"rank": {}, "domain": {}, "finetune": {}}
+    if not args.quick:
+        result["step_timing"] = step_timing()
     with isolated_cache() as tmp:
         datasets = build_datasets(tmp / "data", args.quick, args.per_class)
         for name, path in datasets.items():
@@ -124,12 +175,13 @@ def main() -> None:
                 rows = rank_backbones(path, backbones, progress=False, estimate_finetune=not args.quick)
             summary = ranking_summary(rows)
             print(f"\n{name}: ranked {len(rows)} backbones in {t.s:.1f} s")
-            cols = ("LogME", "kNN", "probe", "embed s", "score s", "FT est s")
+            cols = ("LogME", "kNN", "probe", "embed s", "score s", "est. s", "FT est s")
             print(f"{'backbone':20} " + " ".join(f"{c:>8}" for c in cols))
             for r in rows:
                 est = r["finetune_estimate_s"]
                 scores = f"{r['logme']:8.4f} {r['knn_accuracy']:8.3f} {r['probe_cv_accuracy']:8.3f}"
-                times = f"{r['embed_s']:8.1f} {r['score_s']:8.1f} {'-' if est is None else f'{est:8.0f}'}"
+                times = f"{r['embed_s']:8.1f} {r['score_s']:8.1f} {r['estimate_s']:8.1f} "
+                times += "-" if est is None else f"{est:8.0f}"
                 print(f"{r['backbone']:20} {scores} {times}")
             result["rank"][name] = {
                 "rows": [

@@ -89,11 +89,33 @@ def test_rank_returns_finite_sorted_rows(three_class_folder: Path) -> None:
     assert row["n"] == 30  # train + val of 36 (test left out)
     assert 0 <= row["knn_accuracy"] <= 1 and 0 <= row["probe_cv_accuracy"] <= 1
     assert row["finetune_estimate_s"] == pytest.approx(row["finetune_step_s"] * row["finetune_steps"])
+    assert row["rank_s"] == pytest.approx(row["embed_s"] + row["score_s"] + row["estimate_s"])
     assert ranking_summary(rows)["rank_s"] == pytest.approx(row["rank_s"])
     # kNN leave-one-out never counts an item as its own neighbour: duplicated points of two classes.
     X = np.array([[1.0, 0], [1.0, 0.01], [0, 1.0], [0.01, 1.0]])
     assert knn_loo_accuracy(X, np.array([0, 0, 1, 1]), k=1) == 1.0
     assert knn_loo_accuracy(X, np.array([0, 1, 0, 1]), k=1) == 0.0
+
+
+def test_step_timing_is_remembered_per_backbone_and_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from headstart.backbones import create_backbone
+    from headstart.verdicts.rank import finetune_epochs, finetune_step_seconds
+
+    bb = create_backbone(TEST_BACKBONE)
+    first = finetune_step_seconds(bb)
+    assert first > 0
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("timed a step again")
+
+    monkeypatch.setattr(torch.optim, "SGD", no_training)
+    assert finetune_step_seconds(bb) == first  # from the cache's memo: no step run
+    assert finetune_step_seconds(bb, batch_size=64) == pytest.approx(2 * first)
+    with pytest.raises(AssertionError, match="timed a step again"):
+        finetune_step_seconds(bb, cache=False)
+    assert finetune_epochs() == 8  # the `full` recipe the estimate prices
 
 
 # -- leakage -------------------------------------------------------------------------------------------

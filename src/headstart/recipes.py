@@ -266,6 +266,10 @@ def _scratch() -> Recipe:
                 backbone_lr_ratio=1.0,
                 patience=5,
                 head_init="zeros",
+                # Precise BatchNorm: after each epoch, the running statistics are recomputed over the
+                # training set. From random init the weights move so fast that the running averages lag
+                # them: without this, a scratch model at 0.95 train accuracy scored chance in eval mode.
+                recalibrate_bn=True,
             ),
         ),
         pretrained=False,

@@ -244,10 +244,7 @@ def fit(
     metrics: dict[str, Any] = {}
     for s in ("train", "val", "test"):
         if len(splits[s]):
-            z = trainer.logits(s, splits[s], k=len(bb.groups))
-            y = splits[s].y
-            labeled = y >= 0  # unlabeled inputs (distillation) join the training split with y = -1
-            z, y = z[labeled], y[labeled]
+            z, y = trainer.labeled_logits(s, splits[s], k=len(bb.groups))
             m = classification_metrics(y.numpy(), z.argmax(1).numpy(), ds.classes)
             m["loss"] = float(torch.nn.functional.cross_entropy(z, y))
             metrics[s] = m

@@ -389,12 +389,18 @@ class Trainer:
                 out.append(self.net(self._collate(split, idx.tolist()), 0).float())
         return torch.cat(out) if out else torch.zeros(0, self.head.out_features)
 
-    def _metrics(self, name: str, split: Split) -> tuple[float, float]:
-        z = self.logits(name, split)
+    def labeled_logits(
+        self, name: str, split: Split, k: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) of the split's labeled items: unlabeled inputs (y = -1) have nothing to score."""
+        z = self.logits(name, split, k)
         labeled = split.y >= 0
-        if not bool(labeled.any()):
+        return z[labeled], split.y[labeled]
+
+    def _metrics(self, name: str, split: Split) -> tuple[float, float]:
+        z, y = self.labeled_logits(name, split)
+        if not len(y):
             return float("nan"), float("nan")
-        z, y = z[labeled], split.y[labeled]
         loss = float(F.cross_entropy(z, y))
         acc = float((z.argmax(1) == y).float().mean())
         return loss, acc
