@@ -471,6 +471,7 @@ class Trainer:
 
     def fit(self, train: Split, val: Split) -> Trainer:
         t_start = time.perf_counter()
+        step_s = tail_s = 0.0  # last step's and last epoch-end's seconds: the budget looks ahead by these
         self.objective.setup(self, train)
         resume_state = load_checkpoint(self.work_dir) if (self.resume and self.work_dir) else None
         start_phase, start_done, epoch = 0, 0, 0
@@ -566,6 +567,7 @@ class Trainer:
                     enabled=self.progress and self.dist.main,
                 ) as advance:
                     for si, b in enumerate(range(0, len(perm), local_bs)):
+                        t_step = time.perf_counter()
                         idx = perm[b : b + local_bs]
                         y = train.y[idx]
                         h, start = self.inputs("train", train, idx, k, augment=augment, gen=gen)
@@ -595,8 +597,11 @@ class Trainer:
                         count += len(idx)
                         n_labeled += int(labeled.sum())
                         advance(1)
-                        if self._over_budget(t_start) and self.dist.world == 1:
-                            break  # mid-epoch: one long epoch must not overrun a time budget by minutes
+                        step_s = time.perf_counter() - t_step
+                        # Mid-epoch, and ahead of time: stop when one more step and the epoch's closing
+                        # work (BatchNorm pass, validation) would end past the budget.
+                        if self._over_budget(t_start, ahead=step_s + tail_s) and self.dist.world == 1:
+                            break
                 t_train = time.perf_counter() - t0
                 if n > 0 and phase.recalibrate_bn:
                     self._recalibrate_bn(train, k, None if augment else self._states.get(("train", k)))
@@ -606,6 +611,7 @@ class Trainer:
                     self._forget_states(k)
                 tl, ta = total / max(1, count), correct / max(1, n_labeled)
                 vl, va = self._metrics("val", val)
+                tail_s = time.perf_counter() - t0 - t_train
                 lr_now = opt.param_groups[0]["lr"]
                 self._record(phase, epoch, e + 1, tl, ta, vl, va, time.perf_counter() - t0, lr_now, "train")
                 self.history[-1]["train_seconds"] = t_train
@@ -617,7 +623,7 @@ class Trainer:
                     bad += 1
                 self._consider(score, epoch)
                 self._check_gap()
-                over_budget = self._over_budget(t_start)
+                over_budget = self._over_budget(t_start, ahead=step_s + tail_s)
                 stop_phase = phase.patience is not None and bad >= phase.patience
                 pos = {
                     "phase": pi,
@@ -691,8 +697,9 @@ class Trainer:
         mode = phase.batchnorm or ("frozen" if self.recipe.pretrained else "batch")
         return mode == "frozen"
 
-    def _over_budget(self, t_start: float) -> bool:
-        return self.budget_s is not None and time.perf_counter() - t_start > self.budget_s
+    def _over_budget(self, t_start: float, ahead: float = 0.0) -> bool:
+        """Past the budget, or would be after `ahead` more seconds."""
+        return self.budget_s is not None and time.perf_counter() - t_start + ahead > self.budget_s
 
     def _record(
         self,

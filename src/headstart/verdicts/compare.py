@@ -128,19 +128,25 @@ def _row(strategy: str, metrics: dict[str, Any], run_dir: Path | None, warnings:
     }
 
 
-def _rule_based(
-    data: str | Path, backbone: str, per_class: float, rows: list[dict[str, Any]], seed: int, progress: bool
-) -> dict[str, Any] | None:
-    """The recommendation from data size, domain distance and probe accuracy, and whether it held up."""
+def _rule(
+    data: str | Path, backbone: str, per_class: float, probe_acc: float | None, seed: int, progress: bool
+) -> dict[str, Any]:
+    """The recommendation from data size, domain distance and probe accuracy, before any fine-tune."""
     from headstart.verdicts.domain import domain_distance
-    from headstart.verdicts.recommend import agree, recommend
+    from headstart.verdicts.recommend import recommend
 
     try:
         distance = domain_distance(data, backbone, seed=seed, progress=progress)["distance"]
     except HeadstartError:
         distance = None
-    probe_acc = next((r["val_accuracy"] for r in rows if r["strategy"] == PROBE), None)
-    rec = recommend(per_class, distance, probe_acc)
+    return {**recommend(per_class, distance, probe_acc), "domain_distance": distance}
+
+
+def _rule_verdict(rule: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rule's recommendation and whether the measured rows held it up."""
+    from headstart.verdicts.recommend import agree
+
+    rec = {k: v for k, v in rule.items() if k != "domain_distance"}
     # The rule's "head" is a linear head on frozen features: the probe stands in when "head" was not run.
     stand_in = not any(r["strategy"] == "head" for r in rows)
     if stand_in:
@@ -151,7 +157,7 @@ def _rule_based(
     if stand_in:  # name the probe as the probe again
         for k in ("best", "recommended_row"):
             verdict[k] = PROBE if verdict[k] == "head" else verdict[k]
-    return {**rec, "domain_distance": distance, **verdict}
+    return {**rule, **verdict}
 
 
 def compare(
@@ -189,6 +195,8 @@ def compare(
     row["train_s"] = time.perf_counter() - t0
     row["stored_bytes"] = (p.run_dir / "head.safetensors").stat().st_size if p.run_dir else None
     rows.append(row)
+    # The rule-based recommendation needs only the probe: worked out now, inside the budget.
+    rule = _rule(data, backbone, per_class, row["val_accuracy"], seed, progress)
 
     skipped: list[str] = []
     # Seconds a fit spends outside its training loop (decode, embed, evaluate, save), measured per kind:
@@ -238,7 +246,7 @@ def compare(
         "flags": flags(rows),
         "recommendation": recommend_measured(rows),
     }
-    result["rule_based"] = _rule_based(data, backbone, per_class, rows, seed, progress)
+    result["rule_based"] = _rule_verdict(rule, rows)
     result["elapsed_s"] = time.perf_counter() - t_start
     result["out"] = str(out_dir)
     atomic_write_json(out_dir / "compare.json", to_jsonable(result))
