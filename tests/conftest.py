@@ -73,3 +73,38 @@ def tiny_backbone():
     from headstart.backbones import create_backbone
 
     return create_backbone(TEST_BACKBONE, pretrained=False)
+
+
+def tiny_vit_folder(root: Path, with_processor: bool = True) -> Path:
+    """A random-init ViT (32 px, hidden 32, 2 layers) saved as a transformers folder (`hf:<folder>`)."""
+    import json
+
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    cfg = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ViTModel(cfg, add_pooling_layer=False).save_pretrained(root)
+    if with_processor:
+        (root / "preprocessor_config.json").write_text(
+            json.dumps(
+                {
+                    "do_resize": True,
+                    "size": {"height": 32, "width": 32},
+                    "do_normalize": True,
+                    "image_mean": [0.5, 0.5, 0.5],
+                    "image_std": [0.5, 0.5, 0.5],
+                    "resample": 2,
+                    "image_processor_type": "ViTImageProcessor",
+                }
+            )
+        )
+    return root

@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TEST_BACKBONE
+from conftest import TEST_BACKBONE, tiny_vit_folder
 from headstart.backbones import create_backbone, list_backbones
 from headstart.errors import HeadstartError
 
@@ -90,38 +89,8 @@ def test_checkpoint_with_pickled_objects_is_refused(tmp_path: Path) -> None:
         create_backbone(f"{TEST_BACKBONE}@{tmp_path / 'empty.safetensors'}")
 
 
-def _tiny_vit_folder(root: Path, with_processor: bool = True) -> Path:
-    from transformers import ViTConfig, ViTModel
-
-    torch.manual_seed(0)
-    cfg = ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=32,
-        patch_size=8,
-    )
-    ViTModel(cfg, add_pooling_layer=False).save_pretrained(root)
-    if with_processor:
-        (root / "preprocessor_config.json").write_text(
-            json.dumps(
-                {
-                    "do_resize": True,
-                    "size": {"height": 32, "width": 32},
-                    "do_normalize": True,
-                    "image_mean": [0.5, 0.5, 0.5],
-                    "image_std": [0.5, 0.5, 0.5],
-                    "resample": 2,
-                    "image_processor_type": "ViTImageProcessor",
-                }
-            )
-        )
-    return root
-
-
 def test_hf_vision_model_loads_from_a_local_folder(tmp_path: Path) -> None:
-    folder = _tiny_vit_folder(tmp_path / "vit")
+    folder = tiny_vit_folder(tmp_path / "vit")
     bb = create_backbone(f"hf:{folder}")
     assert bb.embed_dim == 32
     assert bb.group_names == ["embeddings", "layer0", "layer1"]
@@ -137,7 +106,7 @@ def test_hf_vision_model_loads_from_a_local_folder(tmp_path: Path) -> None:
 
 
 def test_hf_model_without_preprocessor_config_is_a_clear_error(tmp_path: Path) -> None:
-    folder = _tiny_vit_folder(tmp_path / "vit", with_processor=False)
+    folder = tiny_vit_folder(tmp_path / "vit", with_processor=False)
     with pytest.raises(HeadstartError, match=r"preprocessor_config\.json"):
         create_backbone(f"hf:{folder}")
     with pytest.raises(HeadstartError, match="cannot load transformers model"):

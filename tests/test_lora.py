@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_image_folder
+from conftest import make_image_folder, tiny_vit_folder
 from headstart.backbones import create_backbone
 from headstart.errors import HeadstartError
 from headstart.recipes import BUILT_IN, LoraSpec, Phase, Recipe, get_recipe
@@ -21,30 +21,9 @@ from test_text import animal_vehicle_rows, write_csv
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-def tiny_vit(root: Path) -> str:
-    """A random-init ViT (32 px, hidden 32, 2 layers) saved as a transformers folder: `hf:<folder>`."""
-    from transformers import ViTConfig, ViTImageProcessorPil, ViTModel
-
-    folder = root / "tiny-vit"
-    if not (folder / "config.json").is_file():
-        config = ViTConfig(
-            image_size=32,
-            patch_size=8,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-        )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            ViTModel(config, add_pooling_layer=False).save_pretrained(str(folder))
-        ViTImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(str(folder))
-    return f"hf:{folder}"
-
-
 @pytest.fixture(scope="module")
 def vit_name(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return tiny_vit(tmp_path_factory.mktemp("vit"))
+    return f"hf:{tiny_vit_folder(tmp_path_factory.mktemp('vit') / 'tiny-vit')}"
 
 
 @pytest.fixture(scope="module")
