@@ -122,30 +122,14 @@ def finetune_comparison(data: Path, rows: list[dict[str, Any]], epochs: int | No
 
 def step_timing(name: str = "efficientnet_lite0") -> dict[str, float]:
     """rank's estimate of a step of 32 (16 items timed, scaled) against a median of steps of 32."""
-    import copy
     import statistics
-    import time
-
-    import torch
 
     from headstart.backbones import create_backbone
-    from headstart.train.loop import set_trainable
-    from headstart.verdicts.rank import FINETUNE_BATCH, finetune_step_seconds
+    from headstart.verdicts.rank import FINETUNE_BATCH, finetune_step_seconds, train_step_seconds
 
     bb = create_backbone(name)
     est = finetune_step_seconds(bb, cache=False)
-    model, head = copy.deepcopy(bb), torch.nn.Linear(bb.embed_dim, 10)
-    set_trainable(model, head, len(model.groups), freeze_batchnorm=True)
-    opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=1e-3, momentum=0.9)
-    x, t = torch.randn(FINETUNE_BATCH, 3, 224, 224), torch.randint(0, 10, (FINETUNE_BATCH,))
-    times = []
-    for _ in range(4):
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(head(model(x)), t).backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    whole = statistics.median(times[1:])
+    whole = statistics.median(train_step_seconds(bb, [FINETUNE_BATCH] * 4)[1:])  # the first: allocations
     print(f"{name}: rank's step estimate {est:.2f} s; steps of {FINETUNE_BATCH} timed whole {whole:.2f} s")
     return {"estimate_s": rnd(est, 2), "whole_median_s": rnd(whole, 2)}
 

@@ -66,18 +66,11 @@ def probe_cv_accuracy(
     return (float(scores[C]) if scores else float("nan")), float(C)
 
 
-def finetune_step_seconds(
-    backbone: Any, batch_size: int = FINETUNE_BATCH, timed_batch: int = TIMED_BATCH, *, cache: bool = True
-) -> float:
-    """Estimated wall time of one training step of `batch_size` items of the `full` recipe (forward,
-    backward through every layer, SGD update; BatchNorm statistics frozen, as pretrained recipes keep
-    them) of `backbone` plus a linear head, on random input at its input size (decoding not included).
-
-    Measured on `timed_batch` items and scaled; remembered per backbone, machine and thread count in the
-    headstart cache, so ranking other data with the same backbone does not time it again."""
+def train_step_seconds(backbone: Any, batch_sizes: list[int]) -> list[float]:
+    """Wall time of training steps as the `full` recipe runs them (forward, backward through every layer,
+    SGD update; BatchNorm statistics frozen, as pretrained recipes keep them) of a copy of `backbone` plus
+    a linear head, one step per batch size, on random input at its input size (decoding not included)."""
     import copy
-    import os
-    import platform
 
     import torch
 
@@ -85,25 +78,45 @@ def finetune_step_seconds(
 
     if backbone.modality != "image":
         raise HeadstartError(f"step timing supports image backbones, not {backbone.modality}")
-    machine = (platform.machine(), os.cpu_count(), torch.get_num_threads())
-    key = "|".join(map(str, (backbone.key, *machine, timed_batch)))
-    memo = _step_memo() if cache else {}
-    if key in memo:
-        return float(memo[key]) * batch_size / timed_batch
     model = copy.deepcopy(backbone)
     head = torch.nn.Linear(backbone.embed_dim, 10)
     set_trainable(model, head, len(model.groups), freeze_batchnorm=True)
     opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=1e-3, momentum=0.9)
     shape = backbone.example_input(1).shape[1:]
-    for n in (WARMUP_BATCH, timed_batch):  # the first is untimed: one-time allocations
+    times = []
+    for n in batch_sizes:
         x, t = torch.randn(n, *shape), torch.randint(0, 10, (n,))
         t0 = time.perf_counter()
         opt.zero_grad()
         torch.nn.functional.cross_entropy(head(model(x)), t).backward()
         opt.step()
-        seconds = time.perf_counter() - t0
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def finetune_step_seconds(
+    backbone: Any, batch_size: int = FINETUNE_BATCH, timed_batch: int = TIMED_BATCH, *, cache: bool = True
+) -> float:
+    """Estimated wall time of one `full`-recipe training step of `batch_size` items (see
+    train_step_seconds): one step of `timed_batch` items after an untimed warm-up step, scaled.
+
+    Remembered per backbone, machine and thread count in the headstart cache, so ranking other data with
+    the same backbone does not time it again."""
+    import os
+    import platform
+
+    import torch
+
+    from headstart.fileio import atomic_write_json
+
+    machine = (platform.machine(), os.cpu_count(), torch.get_num_threads())
+    key = "|".join(map(str, (backbone.key, *machine, timed_batch)))
+    memo = _step_memo() if cache else {}
+    if key in memo:
+        return float(memo[key]) * batch_size / timed_batch
+    seconds = train_step_seconds(backbone, [WARMUP_BATCH, timed_batch])[-1]  # the first: one-time allocations
     if cache:
-        _save_step_memo({**_step_memo(), key: seconds})
+        atomic_write_json(_step_memo_path(), {**_step_memo(), key: seconds})
     return seconds * batch_size / timed_batch
 
 
@@ -121,13 +134,6 @@ def _step_memo() -> dict[str, float]:
     except (OSError, ValueError):
         return {}
     return memo if isinstance(memo, dict) else {}
-
-
-def _save_step_memo(memo: dict[str, float]) -> None:
-    from headstart.fileio import atomic_write_json
-
-    _step_memo_path().parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(_step_memo_path(), memo)
 
 
 def rank_backbones(
