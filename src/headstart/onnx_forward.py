@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,17 @@ def _session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def check_parity(module: torch.nn.Module, session: Any, input_shape: Sequence[int]) -> dict[str, Any]:
+    """ONNX Runtime against PyTorch (`module` in eval mode) on 3 seeded random inputs:
+    {"max_abs_diff", "ok"}, ok when the difference is float rounding (PARITY_ATOL, relative to the scale)."""
+    x = torch.randn(3, *input_shape, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = module(x).numpy()
+    got = session.run(None, {"input": x.contiguous().numpy()})[0]
+    diff = float(np.abs(ref - got).max())
+    return {"max_abs_diff": diff, "ok": diff <= PARITY_ATOL * max(1.0, float(np.abs(ref).max()))}
+
+
 class OnnxForward:
     """Callable float32 NCHW array -> embeddings, backed by a cached ONNX export of `backbone`."""
 
@@ -74,12 +86,7 @@ class OnnxForward:
         self.session = _session(self.path, threads or torch.get_num_threads())
 
     def _parity(self, backbone: Backbone) -> dict[str, Any]:
-        x = torch.randn(3, *backbone.example_input(1).shape[1:], generator=torch.Generator().manual_seed(0))
-        with torch.inference_mode():
-            ref = backbone(x).numpy()
-        got = _session(self.path, 1).run(None, {"input": x.numpy()})[0]
-        diff = float(np.abs(ref - got).max())
-        return {"max_abs_diff": diff, "ok": diff <= PARITY_ATOL * max(1.0, float(np.abs(ref).max()))}
+        return check_parity(backbone, _session(self.path, 1), backbone.example_input(1).shape[1:])
 
     def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         if isinstance(batch, torch.Tensor):

@@ -14,12 +14,11 @@ import logging
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from headstart.backbones.base import Backbone
-from headstart.onnx_forward import PARITY_ATOL, _session, export_onnx
+from headstart.onnx_forward import _session, check_parity, export_onnx
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +47,12 @@ class OnnxPrefix:
             example = backbone.example_input(2)
             export_onnx(module, example, path)
             self.session = _session(path, threads or torch.get_num_threads())
-            x = torch.randn(3, *example.shape[1:], generator=torch.Generator().manual_seed(0))
-            with torch.inference_mode():
-                ref = module(x).numpy()
-            got = self.session.run(None, {"input": x.contiguous().numpy()})[0]
+            parity = check_parity(module, self.session, example.shape[1:])
         finally:
             for m, t in zip(backbone.modules(), was, strict=True):
                 m.train(t)
-        self.max_abs_diff = float(np.abs(ref - got).max())
-        if self.max_abs_diff > PARITY_ATOL * max(1.0, float(np.abs(ref).max())):
+        self.max_abs_diff = parity["max_abs_diff"]
+        if not parity["ok"]:
             raise RuntimeError(f"ONNX prefix disagrees with PyTorch (max abs diff {self.max_abs_diff:.2e})")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
