@@ -26,6 +26,13 @@ def fmt(v: Any, digits: int = 3) -> str:
     return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
+def fmt_bytes(n: int | None) -> str:
+    """A stored size: MB from 100 kB up, kB below, None as "-"."""
+    if n is None:
+        return "-"
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
 def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from headstart.commands import console, fmt, print_json
+from headstart.commands import console, fmt, fmt_bytes, print_json
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -20,12 +20,6 @@ def parse_budget(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text!r}: the budget must be positive")
     return value
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -67,7 +61,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             fmt(r["test_macro_f1"]),
             fmt(r["train_s"], 1),
             f"{r['trainable_params']:,}" if r["trainable_params"] is not None else "-",
-            _size(r["stored_bytes"]),
+            fmt_bytes(r["stored_bytes"]),
         )
     con = console()
     con.print(t)

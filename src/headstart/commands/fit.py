@@ -6,15 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import console, print_json
+from headstart.commands import console, fmt_bytes, print_json
 
 
 def _lr(v: str) -> float | str:
     return v if v == "auto" else float(v)
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
 def _strategy(args: argparse.Namespace) -> Any:
@@ -102,8 +98,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         )
     if "stored_bytes" in m and a:
         con.print(
-            f"stored: {_size(m['stored_bytes'])} (adapter + head; the base is referenced) vs "
-            f"{_size(m['full_bytes'])} for a full fine-tune"
+            f"stored: {fmt_bytes(m['stored_bytes'])} (adapter + head; the base is referenced) vs "
+            f"{fmt_bytes(m['full_bytes'])} for a full fine-tune"
         )
     elif "stored_bytes" in m:
         con.print(f"stored: {m['stored_bytes'] / 1e6:.2f} MB (head + trained groups; the base is referenced)")
