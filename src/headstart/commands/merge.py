@@ -15,7 +15,6 @@ from typing import Any
 
 from headstart.commands import console, print_json
 
-DELTA_FILE = "delta.safetensors"
 # Files of the source run that describe the training and stay true of the merged model.
 _SKIP = {"run.json", "metrics.json", "data.json"}
 
@@ -26,7 +25,7 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> d
     from headstart.errors import HeadstartError
     from headstart.model import load_model
     from headstart.runs import write_run
-    from headstart.train.api import delta_state
+    from headstart.train.api import DELTA_FILE, delta_state
 
     src, dest = Path(run), Path(out)
     if src.resolve() == dest.resolve():

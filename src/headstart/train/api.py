@@ -25,6 +25,10 @@ if TYPE_CHECKING:
 WORK_SUFFIX = ".training"  # checkpoints live beside the run folder until the run is written
 
 
+# The trained groups' weights a run stores beside its head (the base backbone is only referenced).
+DELTA_FILE = "delta.safetensors"
+
+
 @dataclass
 class FitReport:
     run_dir: Path | None
@@ -321,8 +325,8 @@ def fit(
             info["adapter"] = {"file": ADAPTER_FILE, **adapter}
             tensors[ADAPTER_FILE] = delta
         elif delta:
-            info["delta"] = {"file": "delta.safetensors", "whole": whole}
-            tensors["delta.safetensors"] = delta
+            info["delta"] = {"file": DELTA_FILE, "whole": whole}
+            tensors[DELTA_FILE] = delta
         split_rows = [
             (it.source, it.label, it.split or "", "") for s in ("train", "val", "test") for it in ds.split(s)
         ]
