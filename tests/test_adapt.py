@@ -262,7 +262,8 @@ def test_compare_runs_adapt_then_fine_tune_on_the_training_texts_only(tmp_path: 
         w.writerow(["text", "label"])
         for i in range(48):
             label = i % 2
-            w.writerow([rng.choice(DOMAIN[:2] if label else DOMAIN[2:]), f"c{label}"])
+            # Numbered: identical texts in one class are one item (the loader keeps one copy).
+            w.writerow([f"{rng.choice(DOMAIN[:2] if label else DOMAIN[2:])} ({i})", f"c{label}"])
     out = tmp_path / "cmp"
     result = compare(
         data, "test_text_encoder", budget_s=120, strategies=["adapt+head"], out=out, progress=False

@@ -105,7 +105,7 @@ def test_evaluate_run_writes_evaluation_and_calibration_and_load_model_applies_t
     cal = json.loads((run / "calibration.json").read_text())
     assert cal["fitted_on"] == "val" and cal["n"] == 6
     T = cal["temperature"]
-    assert saved["calibration"]["temperature"] == T and 0.01 <= T <= 100
+    assert saved["calibration"]["temperature"] == T and 0.25 <= T <= 10
     rb = saved["calibration"]["reliability_before"]
     assert len(rb["confidence"]) == len(rb["accuracy"]) == len(rb["count"]) == 15 and sum(rb["count"]) == 6
 

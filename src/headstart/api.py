@@ -187,18 +187,13 @@ class ProbeClassifier:
     def load(cls, path: str | Path) -> ProbeClassifier:
         """Rebuild a fitted probe from a run folder; refuses a base whose weights differ from the run's."""
         from headstart.backbones import create_backbone
-        from headstart.runs import load_run
+        from headstart.runs import check_base, load_run
 
         run = load_run(path)
         ref = run.info["backbone"]
         clf = cls(ref["name"], C=run.info["params"]["C"], seed=run.info["params"].get("seed", 0))
         bb = create_backbone(ref["name"])
-        if bb.key != ref["key"]:
-            raise HeadstartError(
-                f"the base backbone {ref['name']} on this machine is not the one {path} was trained on "
-                f"(weights {bb.card.weights_sha256} vs {ref['weights_sha256']})",
-                fix="install the exact base weights recorded in run.json",
-            )
+        check_base(run.info, bb, run.path)
         clf.backbone_ = bb
         clf.classes_ = run.classes
         clf.head_ = run.head
@@ -233,7 +228,7 @@ class ProbeReport:
 
 def _split_metrics(clf: ProbeClassifier, E: np.ndarray, t: np.ndarray, k: int) -> dict[str, Any]:
     pred = clf.head_.proba(E).argmax(axis=1)
-    m = classification_metrics(t, pred, clf.classes_)
+    m = classification_metrics(t, pred, clf.classes_, predictions=True)
     knn = knn_predict(clf.train_embeddings_, clf.train_targets_, E, len(clf.classes_), k=k)
     m["knn_accuracy"] = float((knn == t).mean())
     return m
@@ -262,8 +257,16 @@ def probe(
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.features import embed
-    from headstart.runs import default_run_dir, to_jsonable
+    from headstart.fileio import ensure_writable_dir
+    from headstart.runs import default_run_dir, make_split_rows, to_jsonable
 
+    if save:  # an unusable --out is refused before any embedding work
+        target = ensure_writable_dir(out if out else "runs", flag="--out")
+        if out and target.is_dir() and any(target.iterdir()) and not overwrite:
+            raise HeadstartError(
+                f"{target} already exists and is not empty (nothing was changed)",
+                fix="choose another --out, or --overwrite to replace it",
+            )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ds = load_dataset(data, seed=seed, val=val, test=test)
@@ -277,6 +280,7 @@ def probe(
             f"{data} holds {ds.modality} data but {bb.name} is a backbone for {bb.modality}",
             fix=f"pick a {ds.modality} backbone (`headstart backbones` lists them)",
         )
+    ds = ds.note_cuts(bb)  # clips longer than the backbone's window: each cut is listed
 
     feats = embed(
         bb,
@@ -320,10 +324,12 @@ def probe(
 
     t0 = time.perf_counter()
     metrics: dict[str, Any] = {"C": clf.C_, "val_selection": clf.selection_scores_}
-    for s in ("val", "test"):
+    for s in ("train", "val", "test"):
         if by_split[s]:
             E, t = arrays(by_split[s])
             metrics[s] = _split_metrics(clf, E, t, knn_k)
+    # Training accuracy is kept only as a score (for the same overfitting check every fine-tune gets).
+    metrics["train"] = {k: v for k, v in metrics.get("train", {}).items() if k in ("n", "accuracy")}
     timings["evaluate_s"] = time.perf_counter() - t0
     metrics["trainable_params"] = clf.head_.num_params
     metrics["backbone_params"] = bb.card.num_params
@@ -334,11 +340,8 @@ def probe(
     run_dir = None
     if save:
         run_dir = Path(out) if out else default_run_dir("probe", bb.name)
-        split_rows = [
-            (it.source, it.label, it.split or "", feats.hashes[row[it.source]])
-            for s in ("train", "val", "test")
-            for it in by_split[s]
-        ]
+        hashes = {p: feats.hashes[i] for p, i in row.items()}
+        split_rows = make_split_rows([it for s in ("train", "val", "test") for it in by_split[s]], hashes)
         clf.save(
             run_dir,
             metrics=to_jsonable(metrics),

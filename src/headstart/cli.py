@@ -9,16 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from headstart import __version__
+from headstart.commands import console, print_data_notes
 
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
-
-
-def _console() -> Any:
-    from rich.console import Console
-
-    return Console(highlight=False)
 
 
 def cmd_backbones(args: argparse.Namespace) -> int:
@@ -40,21 +35,23 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="Backbones (also: hf:<model-id-or-folder>, timm:<name> with the \\[timm] extra)")
     for col in ("name", "embed dim", "weights MB", "license", "installed", "description"):
-        table.add_column(col)
+        # A name is what the user types next: in a narrow terminal it wraps, it is never cut to "…".
+        table.add_column(col, overflow="fold" if col == "name" else "ellipsis")
     for r in rows:
         table.add_row(
-            r["name"],
+            escape(r["name"]),
             str(r["embed_dim"]),
             str(r["size_mb"] or "-"),
-            r["license"],
+            escape(r["license"]),
             "yes" if r["installed"] else "no",
-            r["description"],
+            escape(r["description"]),
         )
-    _console().print(table)
+    console().print(table)
     return 0
 
 
@@ -87,7 +84,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    con = _console()
+    con = console()
     m, d = report.metrics, report.data
     counts = d["counts"]
     t = Table(title=f"Data: {d['root']} ({d['layout']}, {d['n_items']} items, {len(report.classes)} classes)")
@@ -97,10 +94,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     for c in report.classes:
         t.add_row(c, *[str(counts[s].get(c, 0)) for s in counts])
     con.print(t)
-    if d["skipped"]:
-        con.print(f"[yellow]skipped {len(d['skipped'])} unreadable file(s):[/yellow]")
-        for p, r in sorted(d["skipped"].items()):
-            con.print(f"  {p}: {r}", markup=False)
+    print_data_notes(con, d)
     r = Table(title=f"Linear probe on {report.backbone} (L2: C={m['C']})")
     for col in ("split", "n", "accuracy", "macro-F1", "kNN accuracy"):
         r.add_column(col, justify="right")
@@ -121,39 +115,111 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stdin_texts() -> list[str]:
+    """`-`: one text per non-blank line of stdin, read as UTF-8 whatever the locale."""
+    from headstart.data.text import NotUTF8, decode_utf8
+    from headstart.errors import HeadstartError
+
+    try:
+        text = decode_utf8(sys.stdin.buffer.read())
+    except NotUTF8 as e:
+        raise HeadstartError(
+            f"stdin (-) is {e}", fix="pipe UTF-8 text (e.g. through `iconv -f latin1 -t utf-8`)"
+        ) from None
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _shown(text: str, width: int = 60) -> str:
+    """A text as one short line for the plain output (the --json output keeps it whole)."""
+    one = " ".join(text.split())
+    if not one:
+        return repr(text)  # an empty or blank --text still shows as something
+    return one if len(one) <= width else one[: width - 1] + "…"
+
+
+def _predict_inputs(args: argparse.Namespace, model: Any) -> list[tuple[dict[str, Any], Any]]:
+    """(how each input is named in the output, what the backbone reads or the BadInput why not).
+
+    Positional inputs are always files: for a text model each file is read as one text (never its name
+    classified); literal texts come only through --text or `-` (stdin lines), so nothing is guessed."""
+    from headstart.errors import HeadstartError
+
+    modality = model.modality
+    if modality != "text" and (args.text or "-" in args.files):
+        raise HeadstartError(
+            f"--text and - (texts from stdin) are for text models; {args.run} is a {modality} model",
+            fix=f"pass the {modality} files to label",
+        )
+    inputs: list[tuple[dict[str, Any], Any]] = []
+    for f in args.files:
+        if f == "-":
+            inputs += [({"text": t, "line": n}, t) for n, t in enumerate(_stdin_texts(), 1)]
+        else:
+            inputs.append(({"file": f}, model.read_files([f])[0]))
+    inputs += [({"text": t}, t) for t in args.text]
+    return inputs
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from headstart.commands import run_folder
+    from headstart.errors import BadInput, HeadstartError
     from headstart.model import load_model
 
-    model = load_model(args.run)
+    if not args.files and not args.text:
+        raise HeadstartError(
+            f"nothing to label: no FILE given for {args.run}",
+            fix="headstart predict RUN FILE... (text models also take --text TEXT, or - for stdin lines)",
+        )
+    if args.top < 1:
+        raise HeadstartError(f"--top {args.top} lists no class", fix="give --top 1 or more")
+    run, _ = run_folder(args.run, args.store)
+    model = load_model(run)
     classes = model.classes
-    proba, kept, bad = model.predict_proba([str(f) for f in args.files], backend=args.backend)
+    inputs = _predict_inputs(args, model)
+    usable = [i for i, (_, src) in enumerate(inputs) if isinstance(src, str)]
+    sources = [inputs[i][1] for i in usable]
+    proba, kept, bad = model.predict_proba(sources, backend=args.backend) if sources else (None, [], {})
+    by_index = {usable[k]: p for k, p in zip(kept, proba if proba is not None else [], strict=True)}
     results: list[dict[str, Any]] = []
-    by_index = dict(zip(kept, proba, strict=True))
-    for i, f in enumerate(args.files):
+    for i, (named, src) in enumerate(inputs):
         if i in by_index:
             p = by_index[i]
             top = np.argsort(-p)[: args.top]
             results.append(
                 {
-                    "file": str(f),
+                    **named,
                     "label": classes[top[0]],
                     "probability": float(p[top[0]]),
                     "top": [{"label": classes[j], "probability": float(p[j])} for j in top],
                 }
             )
         else:
-            results.append({"file": str(f), "error": bad.get(str(f), "unreadable")})
+            reason = src.reason if isinstance(src, BadInput) else bad.get(src, "unreadable")
+            results.append({**named, "error": reason})
+    n_bad = sum("error" in r for r in results)
     if args.json:
         _print_json(results)
     else:
         for r in results:
+            shown = r["file"] if "file" in r else _shown(r["text"])
             if "error" in r:
-                print(f"{r['file']}\tERROR\t{r['error']}")
+                print(f"{shown}\tERROR\t{r['error']}")
             else:
-                print(f"{r['file']}\t{r['label']}\t{r['probability']:.3f}")
-    return 1 if bad else 0
+                print(f"{shown}\t{r['label']}\t{r['probability']:.3f}")
+        if n_bad:
+            fix = (
+                "give existing UTF-8 text files (one file = one text); pass literal texts with --text TEXT, "
+                "or - for one text per line of stdin"
+                if model.modality == "text"
+                else "check the files listed with ERROR"
+            )
+            print(
+                f"error: {n_bad} of {len(results)} input(s) not labeled (ERROR lines)\n  fix: {fix}",
+                file=sys.stderr,
+            )
+    return 1 if n_bad else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,10 +265,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.set_defaults(func=cmd_probe)
 
-    pd = sub.add_parser("predict", help="label files with a saved run")
-    pd.add_argument("run", type=Path, help="a run folder written by probe or fit")
-    pd.add_argument("files", type=Path, nargs="+")
-    pd.add_argument("--top", type=int, default=3, help="classes listed per file in --json output")
+    pd = sub.add_parser(
+        "predict",
+        help="label files (or texts, for a text model) with a saved run",
+        description="Label each input with a run's classes. FILEs are always files: for a text model each "
+        "one is read as one UTF-8 text (as training reads .txt class folders). Literal texts go in --text "
+        "TEXT (repeatable), or - reads one text per non-blank line of stdin. An input that cannot be read "
+        "gets an ERROR line with the reason and the exit code is 1.",
+    )
+    pd.add_argument("run", help="a run folder (probe or fit), or a stored model: NAME, NAME:v2, NAME@alias")
+    pd.add_argument(
+        "files", nargs="*", metavar="FILE", help="files to label (text models: - reads texts from stdin)"
+    )
+    pd.add_argument(
+        "--text", action="append", default=[], metavar="TEXT", help="a text to label as given (text models)"
+    )
+    pd.add_argument("--top", type=int, default=3, help="classes listed per input in --json output")
+    pd.add_argument("--store", type=Path, help="model store for NAME references (default: $HEADSTART_MODELS)")
     pd.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
     pd.add_argument("--json", action="store_true", help="machine-readable output")
     pd.set_defaults(func=cmd_predict)

@@ -1,8 +1,9 @@
 """Evaluate a run: metrics, calibration (temperature fitted on val), out-of-distribution scores,
-latency and memory. Writes calibration.json and evaluation.json into the run folder.
+latency and memory. On the run's own split, writes calibration.json and evaluation.json into the run
+folder; on other data (`data` given) writes nothing into the run, only to `out` when given.
 
     result = evaluate_run("runs/demo")                       # the run's own test split
-    result = evaluate_run("runs/demo", "new-photos/")        # every file of another labeled folder
+    result = evaluate_run("runs/demo", "new-photos/", out="new-photos-eval.json")  # another folder
     result = evaluate_run("runs/demo", ood="other-pictures/")
 
 What gets evaluated:
@@ -11,7 +12,10 @@ What gets evaluated:
 - `data` given: a folder with class sub-folders is evaluated whole (every file, however few per class); a
   folder with `train/ val/ test/`, or a manifest with a `split` column, gives its `split` rows; a
   manifest without one is evaluated whole. Labels the run does not know are counted and left out.
-The temperature is always fitted on the run's own validation rows, never on what is being evaluated.
+The temperature is fitted on the run's own validation rows only when its own split is evaluated
+(`calibrate_temperature` decides whether to apply it: too few val errors, or no gain on held-out val
+folds, keep T = 1 with the reason). Evaluating other data uses the T in the run's calibration.json as
+it stands: foreign data never refits it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.calibration import ece, fit_temperature, reliability, softmax
+from headstart.calibration import applied_temperature, calibrate_temperature, ece, reliability, softmax
 from headstart.errors import HeadstartError
 from headstart.fileio import atomic_write_json
 from headstart.metrics import classification_metrics
@@ -37,29 +41,15 @@ N_MISTAKES = 16
 
 
 # -- ranking ---------------------------------------------------------------------------------------------
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing their mean rank."""
-    order = np.argsort(x, kind="mergesort")
-    sx = x[order]
-    ranks = np.empty(len(x), dtype=np.float64)
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def auroc(positive: Sequence[float] | np.ndarray, negative: Sequence[float] | np.ndarray) -> float:
     """P(score of a random positive > score of a random negative), ties counted half (Mann-Whitney U)."""
+    from sklearn.metrics import roc_auc_score
+
     pos, neg = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    ranks = _average_ranks(np.concatenate([pos, neg]))
-    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2
-    return float(u / (len(pos) * len(neg)))
+    truth = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
+    return float(roc_auc_score(truth, np.concatenate([pos, neg])))
 
 
 def energy_score(logits: np.ndarray) -> np.ndarray:
@@ -240,27 +230,41 @@ def measure_latency(
 
 
 # -- the evaluation --------------------------------------------------------------------------------------
-def _calibrate(
-    model: Any, run_dir: Path, *, backend: str, progress: bool
-) -> tuple[float, dict[str, Any] | None]:
-    """Fit T on the run's validation rows; (T, calibration.json content) or (current T, None)."""
+def _calibrate(model: Any, run_dir: Path, *, backend: str, progress: bool) -> dict[str, Any] | None:
+    """Fit T on the run's validation rows: calibration.json's content, or None without val rows."""
     sources, labels = _run_rows(run_dir, "val", model.modality)
     t, known = _targets(labels, model.classes)
     if not sources or not known.any():
-        return model.temperature, None
+        return None
     z, kept, _ = model.logits([sources[i] for i in np.flatnonzero(known)], backend=backend, progress=progress)
     y = t[np.flatnonzero(known)][kept]
     if len(y) == 0:
-        return model.temperature, None
-    T = fit_temperature(z, y)
-    return T, {
-        "temperature": T,
-        "ece_before": ece(softmax(z), y),
-        "ece_after": ece(softmax(z / T), y),
-        "fitted_on": "val",
-        "n": len(y),
-        "method": "temperature scaling (NLL, golden-section over log T)",
-    }
+        return None
+    return calibrate_temperature(z, y)
+
+
+def _recorded_calibration(run_dir: Path) -> dict[str, Any]:
+    """The run's calibration.json as it stands (used, never rewritten, when evaluating other data)."""
+    from headstart.model import CALIBRATION_FILE
+
+    f = run_dir / CALIBRATION_FILE
+    if not f.is_file():
+        return {
+            "temperature": 1.0,
+            "status": "skipped",
+            "reason": "the run has no calibration.json (evaluate its own split, without DATA, to fit T)",
+        }
+    try:
+        record = json.loads(f.read_text())
+    except (OSError, ValueError):
+        record = None
+    if not isinstance(record, dict):
+        record = {"temperature": None}
+    T, warning = applied_temperature(record)
+    if warning:
+        return {**record, "temperature": 1.0, "status": "skipped", "reason": warning}
+    status = record.get("status") or "applied"  # written before statuses existed: it was applied
+    return {**record, "temperature": T, "status": status, "reason": record.get("reason", "")}
 
 
 def _ood(
@@ -292,17 +296,23 @@ def evaluate_run(
     latency: bool = True,
     backend: str = "auto",
     save: bool = True,
+    out: str | Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a run folder; write calibration.json and evaluation.json into it (unless save=False)."""
+    """Evaluate a run folder. On its own split (`data=None`) write calibration.json and evaluation.json
+    into it (unless save=False); on other data write nothing into it. `out`: also write the result there.
+    """
     from headstart.model import CALIBRATION_FILE, load_model
 
     run_dir = Path(run_dir)
-    if save and (run_dir / "manifest.json").is_file() and (run_dir / "card.json").is_file():
+    own_split = data is None
+    writes_run = save and own_split  # other data never overwrites what describes the run's own split
+    if writes_run and (run_dir / "manifest.json").is_file() and (run_dir / "card.json").is_file():
         raise HeadstartError(
             f"{run_dir} is a stored model version, which is never modified",
             fix="evaluate the run folder before registering it, or pass save=False",
         )
+    out_path = _check_out(out, run_dir, own_split) if out is not None else None
     t_start = time.perf_counter()
     model = load_model(run_dir)
     classes = model.classes
@@ -330,9 +340,12 @@ def evaluate_run(
     pred = z.argmax(axis=1)
     metrics = classification_metrics(y, pred, classes)
 
-    T, cal = _calibrate(model, run_dir, backend=backend, progress=progress)
-    if cal is not None and save:
-        atomic_write_json(run_dir / CALIBRATION_FILE, cal)
+    cal = _calibrate(model, run_dir, backend=backend, progress=progress) if own_split else None
+    new_calibration = cal  # written with evaluation.json at the end, so a failure later changes neither
+    if cal is None:  # other data, or no val rows: the run's calibration.json as it stands
+        cal = {**_recorded_calibration(run_dir), "fitted_on": None, "n": 0}
+        cal["source"] = f"{run_dir / CALIBRATION_FILE} (not refitted)"
+    T = float(cal["temperature"])
     p_before, p_after = softmax(z), softmax(z / T)
     conf = p_after.max(axis=1)
     wrong = np.flatnonzero(pred != y)
@@ -350,8 +363,13 @@ def evaluate_run(
             "ece_before": ece(p_before, y),
             "ece_after": ece(p_after, y),
             "temperature": T,
-            "fitted_on": cal["fitted_on"] if cal else None,
-            "n_fit": cal["n"] if cal else 0,
+            "applied_temperature": T,
+            "fitted_temperature": cal.get("fitted_temperature"),
+            "status": cal["status"],
+            "reason": cal["reason"],
+            "fitted_on": cal.get("fitted_on"),
+            "n_fit": cal.get("n", 0),
+            "source": cal.get("source", f"fitted now on {run_dir}/split.csv val rows"),
             "reliability_before": reliability(p_before, y),
             "reliability_after": reliability(p_after, y),
         },
@@ -374,6 +392,30 @@ def evaluate_run(
     }
     result["memory"] = {"peak_rss_mb": round(peak_rss_mb(), 1)}
     result["seconds"] = time.perf_counter() - t_start
-    if save:
+    if writes_run:
+        if new_calibration is not None:
+            atomic_write_json(run_dir / CALIBRATION_FILE, new_calibration)
         atomic_write_json(run_dir / EVALUATION_FILE, result)
+    if out_path is not None:
+        atomic_write_json(out_path, result)
     return result
+
+
+def _check_out(out: str | Path, run_dir: Path, own_split: bool) -> Path:
+    """Refuse, before any work, an `out` that cannot be written or would replace the run's own files."""
+    from headstart.model import CALIBRATION_FILE
+
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise HeadstartError(f"--out {path} is a folder", fix="give a file name, e.g. evaluation-other.json")
+    if not path.parent.is_dir():
+        raise HeadstartError(
+            f"--out {path}: its folder {path.parent} does not exist", fix="create it, or give another path"
+        )
+    own = {(run_dir / f).resolve() for f in (EVALUATION_FILE, CALIBRATION_FILE)}
+    if not own_split and path.resolve() in own:
+        raise HeadstartError(
+            f"--out {path} would replace the run's own {path.name}, which describes its own split",
+            fix="write other data's evaluation elsewhere, e.g. --out evaluation-other.json",
+        )
+    return path

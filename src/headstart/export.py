@@ -7,6 +7,9 @@ The graph is the whole classifier (backbone + trained delta + linear head) with 
 feed it correctly (input size, resize, mean/std, interpolation, classes, base card) travels with it: in a
 model card JSON beside the .onnx and in the ONNX metadata_props. The export is refused unless ONNX
 Runtime and PyTorch agree on the top-1 class of every check input (the run's own test/val files).
+
+A text model's graph takes `input_ids` and `attention_mask` (int64, batch x length); its tokenizer is
+written beside the .onnx (`model.tokenizer.json`), and its check inputs are the texts of its split.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ import torch
 from torch import nn
 
 from headstart.errors import BadInput, HeadstartError
-from headstart.fileio import atomic_write, atomic_write_bytes, atomic_write_json, sha256_file
+from headstart.fileio import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_file,
+    sha256_file,
+)
 from headstart.model import TrainedModel, load_model, softmax
 
 log = logging.getLogger(__name__)
@@ -43,14 +53,19 @@ CARD_KEY = "headstart.card"
 
 
 class _WithProbabilities(nn.Module):
-    """Classifier -> (logits, softmax(logits / T)): calibrated probabilities come out of the graph."""
+    """Classifier -> (logits, softmax(logits / T)): calibrated probabilities come out of the graph.
 
-    def __init__(self, classifier: nn.Module, temperature: float) -> None:
+    The graph's inputs are the batch's tensors by name: one `input` (images, audio), or a text model's
+    `input_ids` and `attention_mask`, handed to the classifier as the dict its backbone collates."""
+
+    def __init__(self, classifier: nn.Module, temperature: float, names: Sequence[str] = ("input",)) -> None:
         super().__init__()
         self.classifier = classifier
         self.temperature = float(temperature)
+        self.names = list(names)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x: Any = inputs[0] if self.names == ["input"] else dict(zip(self.names, inputs, strict=True))
         logits = self.classifier(x)
         return logits, torch.softmax(logits / self.temperature, dim=1)
 
@@ -59,6 +74,12 @@ def card_path(onnx_path: str | Path) -> Path:
     """The model card written beside `model.onnx`: `model.card.json`."""
     p = Path(onnx_path)
     return p.with_name(p.stem + ".card.json")
+
+
+def tokenizer_path(onnx_path: str | Path) -> Path:
+    """A text model's tokenizer, written beside `model.onnx`: `model.tokenizer.json`."""
+    p = Path(onnx_path)
+    return p.with_name(p.stem + ".tokenizer.json")
 
 
 def quantized_path(onnx_path: str | Path) -> Path:
@@ -93,8 +114,10 @@ def split_items(model: TrainedModel, splits: Sequence[str] = ("test", "val")) ->
     unchanged (sha256 as recorded). Relative paths are tried from the working directory, then the run's."""
     if model.path is None or not (model.path / "split.csv").is_file():
         return []
-    with open(model.path / "split.csv", newline="") as f:
+    with open(model.path / "split.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    if model.modality == "text":
+        return _split_texts(model, rows, splits)
     out: list[tuple[str, str]] = []
     for split in splits:
         for r in rows:
@@ -106,6 +129,25 @@ def split_items(model: TrainedModel, splits: Sequence[str] = ("test", "val")) ->
                 if c.is_file() and (not r.get("sha256") or sha256_file(c) == r["sha256"]):
                     out.append((str(c), r["label"]))
                     break
+    return out
+
+
+def _split_texts(
+    model: TrainedModel, rows: list[dict[str, str]], splits: Sequence[str]
+) -> list[tuple[str, str]]:
+    """A text run's split.csv lists the texts themselves, never file paths (older runs list row ids, read
+    back through the run's data); a recorded sha256 that differs from the text's leaves the row out."""
+    from headstart.evaluate import _text_sources
+
+    texts = _text_sources(model.path, "text") if model.path is not None else {}
+    out: list[tuple[str, str]] = []
+    for split in splits:
+        for r in rows:
+            if r.get("split") != split:
+                continue
+            text = texts.get(r["path"], r["path"])
+            if not r.get("sha256") or model.backbone.item_hash(text) == r["sha256"]:
+                out.append((text, r["label"]))
     return out
 
 
@@ -130,40 +172,75 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _run_onnx(session: Any, batch: torch.Tensor, chunk: int = 32) -> np.ndarray:
-    x = batch.numpy()
+def _named(batch: Any) -> dict[str, torch.Tensor]:
+    """A collated batch as the graph's named inputs: `input`, or a dict batch's own keys."""
+    return dict(batch) if isinstance(batch, dict) else {"input": batch}
+
+
+def _rows(batch: Any, start: int, stop: int) -> Any:
+    """Rows start:stop of a batch (a tensor, or each tensor of a dict batch)."""
+    if isinstance(batch, dict):
+        return {k: v[start:stop] for k, v in batch.items()}
+    return batch[start:stop]
+
+
+def _n_rows(batch: Any) -> int:
+    return len(next(iter(_named(batch).values())))
+
+
+def onnx_feed(batch: Any) -> dict[str, np.ndarray]:
+    """What an exported graph is fed for a collated batch: {input name: array}."""
+    return {k: v.numpy() for k, v in _named(batch).items()}
+
+
+def _run_onnx(session: Any, batch: Any, chunk: int = 32) -> np.ndarray:
+    n = _n_rows(batch)
     return np.concatenate(
-        [session.run(["logits"], {"input": x[i : i + chunk]})[0] for i in range(0, len(x), chunk)]
+        [session.run(["logits"], onnx_feed(_rows(batch, i, i + chunk)))[0] for i in range(0, n, chunk)]
     )
 
 
-def _torch_logits(module: nn.Module, batch: torch.Tensor, chunk: int = 32) -> np.ndarray:
+def _torch_logits(module: nn.Module, batch: Any, chunk: int = 32) -> np.ndarray:
+    n = _n_rows(batch)
     with torch.inference_mode():
-        return np.concatenate([module(batch[i : i + chunk]).numpy() for i in range(0, len(batch), chunk)])
+        return np.concatenate([module(_rows(batch, i, i + chunk)).numpy() for i in range(0, n, chunk)])
 
 
 def _check_exportable(model: TrainedModel, batch: Any) -> None:
-    if not isinstance(batch, torch.Tensor):
+    # Text models collate to a dict of tensors (token ids, mask): exported as named inputs.
+    text_batch = (
+        model.modality == "text"
+        and isinstance(batch, dict)
+        and all(isinstance(v, torch.Tensor) for v in batch.values())
+    )
+    if not isinstance(batch, torch.Tensor) and not text_batch:
         kind = type(batch).__name__
         keys = f" with keys {sorted(batch)}" if isinstance(batch, dict) else ""
         raise HeadstartError(
             f"{model.modality} models are not exportable to ONNX yet: {model.backbone.name} takes a "
-            f"{kind}{keys} per batch, and the export takes one tensor",
+            f"{kind}{keys} per batch, and the export takes one tensor (or a text model's token tensors)",
             fix="serve the run folder with `headstart serve` (PyTorch) instead",
         )
 
 
 def _build_card(
-    model: TrainedModel, batch: torch.Tensor, *, quantized: bool = False, parity: dict[str, Any] | None = None
+    model: TrainedModel, batch: Any, *, quantized: bool = False, parity: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     info = model.info
-    shape: list[Any] = ["batch", *list(batch.shape[1:])]
+    inputs = [
+        {
+            "name": name,
+            "dtype": str(x.dtype).removeprefix("torch."),
+            "shape": ["batch", "length"] if model.modality == "text" else ["batch", *list(x.shape[1:])],
+        }
+        for name, x in _named(batch).items()
+    ]
     card: dict[str, Any] = {
         "format": "onnx",
         "opset": OPSET,
         "quantized": "dynamic-int8" if quantized else None,
         "modality": model.modality,
-        "inputs": [{"name": "input", "dtype": str(batch.dtype).removeprefix("torch."), "shape": shape}],
+        "inputs": inputs,
         "outputs": [
             {"name": "logits", "shape": ["batch", len(model.classes)]},
             {
@@ -192,15 +269,26 @@ def _build_card(
                 "x/255; (x - mean) / std per channel"
             ),
         }
+    elif model.modality == "text":
+        bb: Any = model.backbone
+        card["preprocess"] = {
+            **bb.preprocess.to_dict(),
+            "pad_id": bb.pad_id,
+            "steps": (
+                "tokenize with the tokenizer saved beside the model (*.tokenizer.json: special tokens added, "
+                f"truncated to {bb.max_length} tokens); pad right with pad_id to the longest of the batch; "
+                "attention_mask 1 on real tokens, 0 on padding; both int64"
+            ),
+        }
     if parity is not None:
         card["parity"] = parity
     return card
 
 
 def _export(
-    wrapper: nn.Module, example: torch.Tensor, path: Path, card: dict[str, Any], dynamic: dict
+    wrapper: nn.Module, example: dict[str, torch.Tensor], path: Path, card: dict[str, Any], dynamic: dict
 ) -> None:
-    """torch.onnx.export + metadata_props, written atomically."""
+    """torch.onnx.export of the named inputs + metadata_props, written atomically."""
     import onnx
 
     def write(tmp: Path) -> None:
@@ -208,11 +296,15 @@ def _export(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapper,
-                (example,),
+                tuple(example.values()),
                 str(tmp),
-                input_names=["input"],
+                input_names=list(example),
                 output_names=["logits", "probabilities"],
-                dynamic_axes={"input": dynamic, "logits": {0: "batch"}, "probabilities": {0: "batch"}},
+                dynamic_axes={
+                    **{name: dynamic for name in example},
+                    "logits": {0: "batch"},
+                    "probabilities": {0: "batch"},
+                },
                 opset_version=OPSET,
                 dynamo=False,
             )
@@ -279,8 +371,8 @@ def _op_counts(path: Path, ops: Sequence[str]) -> dict[str, int]:
     return {op: sum(n.op_type == op for n in nodes) for op in ops}
 
 
-def _p50_ms(session: Any, x: torch.Tensor, repeats: int = 10) -> float:
-    feed = {"input": x.numpy()}
+def _p50_ms(session: Any, x: Any, repeats: int = 10) -> float:
+    feed = onnx_feed(x)
     session.run(["logits"], feed)
     times = []
     for _ in range(repeats):
@@ -290,9 +382,15 @@ def _p50_ms(session: Any, x: torch.Tensor, repeats: int = 10) -> float:
     return float(np.median(times))
 
 
-def _accuracy(session: Any, batch: torch.Tensor, labels: list[str], classes: list[str]) -> float:
+def _accuracy(session: Any, batch: Any, labels: list[str], classes: list[str]) -> float:
     pred = _run_onnx(session, batch).argmax(1)
     return float(np.mean([classes[int(p)] == y for p, y in zip(pred, labels, strict=True)]))
+
+
+def _check_out(out: Path) -> Path:
+    if out.suffix != ".onnx":
+        raise HeadstartError(f"{out} does not end in .onnx", fix="name the output file *.onnx")
+    return ensure_writable_file(out, flag="--out")
 
 
 def export_onnx_model(
@@ -311,39 +409,58 @@ def export_onnx_model(
     conv nets this quantises the MatMul/Gemm layers only) and reports its accuracy on the run's test split
     against the float export.
     """
+    if out_path is not None:  # an unusable --out is refused before the model is loaded
+        _check_out(Path(out_path))
     model = run_dir_or_model if isinstance(run_dir_or_model, TrainedModel) else load_model(run_dir_or_model)
     if out_path is None:
         if model.path is None:
             raise HeadstartError("the model has no run folder to export into", fix="pass out_path")
         out_path = model.path / ONNX_FILE
-    out = Path(out_path)
-    if out.suffix != ".onnx":
-        raise HeadstartError(f"{out} does not end in .onnx", fix="name the output file *.onnx")
+    out = _check_out(Path(out_path))
 
-    # Real inputs for the parity check: the caller's, else the run's own held-out files.
+    # Real inputs for the parity check: the caller's files (a text model reads each as one text), else the
+    # run's own held-out items.
+    unread: dict[str, str] = {}
     if check_inputs:
-        sources = [str(s) for s in check_inputs][:MAX_CHECK]
+        files = [str(s) for s in check_inputs][:MAX_CHECK]
+        read = model.read_files(files)
+        sources = [s for s in read if isinstance(s, str)]
+        unread = {f: r.reason for f, r in zip(files, read, strict=True) if isinstance(r, BadInput)}
     else:
         sources = [s for s, _ in split_items(model)[:MAX_CHECK]]
     batch, kept, bad = _load_batch(model, sources)
+    bad = {**unread, **bad}
     if batch is None:
         where = "check_inputs" if check_inputs else f"the test/val files listed in {model.path}/split.csv"
         raise HeadstartError(
-            f"no usable inputs to check the export against PyTorch ({where}: {len(sources)} found, "
-            f"{len(bad)} unreadable)",
+            f"no usable inputs to check the export against PyTorch ({where}: {len(sources) + len(unread)} "
+            f"found, {len(bad)} unreadable)",
             fix="run from the folder the run was made in (its split.csv paths are relative to it), "
             "or pass inputs to check with --check FILE...",
         )
     _check_exportable(model, batch)
-    if not batch.dtype.is_floating_point and model.modality == "image":
+    if model.modality == "image" and not batch.dtype.is_floating_point:
         raise HeadstartError(f"{model.backbone.name} collates images to {batch.dtype}, not float")
 
     classifier = model.module()
-    wrapper = _WithProbabilities(classifier, model.temperature).eval()
+    named = _named(batch)
+    wrapper = _WithProbabilities(classifier, model.temperature, list(named)).eval()
     dynamic = {0: "batch"} if model.modality == "image" else {0: "batch", 1: "length"}
     t0 = time.perf_counter()
     card = _build_card(model, batch)
-    _export(wrapper, batch[:2], out, card, dynamic)
+    if model.modality == "text":
+        card["preprocess"]["tokenizer_file"] = tokenizer_path(out).name
+    try:
+        _export(wrapper, _named(_rows(batch, 0, 2)), out, card, dynamic)
+    except (RuntimeError, TypeError, ValueError) as e:  # torch.onnx's errors are RuntimeErrors
+        if model.modality == "image":
+            raise
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise HeadstartError(
+            f"{model.path or model.backbone.name} ({model.modality}, {model.backbone.name}) cannot be "
+            f"exported to ONNX: {why}",
+            fix="serve the run folder with `headstart serve` (PyTorch) instead",
+        ) from e
     export_s = time.perf_counter() - t0
 
     session = _session(out)
@@ -352,7 +469,7 @@ def export_onnx_model(
     diff = float(np.abs(ref - got).max())
     scale = max(1.0, float(np.abs(ref).max()))
     agree = float((ref.argmax(1) == got.argmax(1)).mean())
-    proba_onnx = session.run(["probabilities"], {"input": batch[:1].numpy()})[0]
+    proba_onnx = session.run(["probabilities"], onnx_feed(_rows(batch, 0, 1)))[0]
     proba_diff = float(np.abs(proba_onnx - softmax(ref[:1] / model.temperature)).max())
     parity = {
         "n": len(kept),
@@ -386,6 +503,10 @@ def export_onnx_model(
             fix="report this with the run folder; serve the run with PyTorch meanwhile",
         )
     card["parity"] = parity
+    if model.modality == "text":  # what a consumer tokenizes with (truncation to max_length included)
+        tokenizer: Any = model.backbone._tokenizer  # a tokenizers.Tokenizer (TextBackbone)
+        atomic_write_text(tokenizer_path(out), tokenizer.to_str())
+        report["tokenizer"] = str(tokenizer_path(out))
     atomic_write_json(card_path(out), card)
     _write_metadata(out, card)  # the card inside the .onnx gets the parity figures too
 
@@ -400,7 +521,7 @@ def _quantize(
     session: Any,
     card: dict[str, Any],
     *,
-    check_batch: torch.Tensor,
+    check_batch: Any,
     ref_logits: np.ndarray,
 ) -> dict[str, Any]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -416,7 +537,7 @@ def _quantize(
         )
     qsession = _session(qpath)
     got = _run_onnx(qsession, check_batch)
-    one = check_batch[:1]
+    one = _rows(check_batch, 0, 1)
     result: dict[str, Any] = {
         "onnx": str(qpath),
         "bytes": qpath.stat().st_size,

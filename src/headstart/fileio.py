@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from headstart.errors import HeadstartError
+
 _CHUNK = 1 << 20
 
 
@@ -70,6 +72,68 @@ def sha256_file_memo(path: str | Path) -> str:
     if key not in _sha_memo:
         _sha_memo[key] = sha256_file(path)
     return _sha_memo[key]
+
+
+def _nearest_existing(path: Path) -> Path:
+    """`path` or its closest existing ancestor (a file among them stops the walk: nothing goes below it)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _check_can_create_in(folder: Path, path: Path, flag: str) -> None:
+    """A temp file made and removed in `folder`: the one test that holds as root, where os.access lies."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".headstart-write-check-", dir=folder)
+    except OSError as e:
+        raise HeadstartError(
+            f"{flag} {path}: cannot write in {folder} ({e.strerror or e})",
+            fix=f"give {flag} a folder you can write to (not a read-only mount)",
+        ) from e
+    os.close(fd)
+    os.unlink(name)
+
+
+def ensure_writable_dir(path: str | Path, *, flag: str = "--out") -> Path:
+    """Refuse, before any expensive work, an output folder that cannot be made or written.
+
+    An existing file where the folder should be, a path below a file, or a read-only parent raise a
+    HeadstartError naming `path` and the fix. Checks both the folder (written into) and its parent (runs are
+    written in a temp folder beside `path` and renamed into place). Nothing is left behind.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise HeadstartError(
+            f"{flag} {path} is an existing file, not a folder",
+            fix=f"give {flag} a folder path (a new or existing folder), or move the file away",
+        )
+    for target in dict.fromkeys([path, path.parent]):
+        base = _nearest_existing(target)
+        if not base.is_dir():
+            raise HeadstartError(
+                f"{flag} {path} lies below {base}, which is a file, so no folder can be made there",
+                fix=f"give {flag} a path whose parent folders are folders, not files",
+            )
+        _check_can_create_in(base, path, flag)
+    return path
+
+
+def ensure_writable_file(path: str | Path, *, flag: str = "--out") -> Path:
+    """Refuse, before any expensive work, an output file that cannot be written (see ensure_writable_dir)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise HeadstartError(
+            f"{flag} {path} is an existing folder, not a file",
+            fix=f"give {flag} a file path (e.g. {path / 'model.onnx'})",
+        )
+    base = _nearest_existing(path.parent)
+    if not base.is_dir():
+        raise HeadstartError(
+            f"{flag} {path} lies below {base}, which is a file, so it cannot be written",
+            fix=f"give {flag} a path whose parent folders are folders, not files",
+        )
+    _check_can_create_in(base, path, flag)
+    return path
 
 
 def cache_dir() -> Path:

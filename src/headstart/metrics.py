@@ -11,8 +11,14 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
     return cm
 
 
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, object]:
-    """Accuracy, macro-F1 over classes present, per-class precision/recall/F1/support, confusion matrix."""
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], *, predictions: bool = False
+) -> dict[str, object]:
+    """Accuracy and macro-F1 (over classes present) with their 95 % intervals, per-class
+    precision/recall/F1/support, confusion matrix; with `predictions`, each item's predicted class index
+    too (in the split's order), so two runs on the same items can be compared pair by pair."""
+    from headstart.intervals import score_intervals
+
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     k = len(classes)
     cm = confusion(y_true, y_pred, k)
@@ -38,6 +44,8 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
             for i, c in enumerate(classes)
         },
         "confusion": cm.tolist(),
+        **score_intervals(y_true, y_pred, k),
+        **({"pred": y_pred.astype(int).tolist(), "true": y_true.astype(int).tolist()} if predictions else {}),
     }
 
 

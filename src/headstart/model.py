@@ -10,6 +10,7 @@ export, serve, the store and the report never need to know how the model was tra
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from headstart.backbones.base import Backbone
-from headstart.errors import HeadstartError
+from headstart.errors import BadInput, HeadstartError
 from headstart.head import LinearHead
 
 CALIBRATION_FILE = "calibration.json"
@@ -86,6 +87,26 @@ class TrainedModel:
         """The whole model as one eval-mode torch module (collated batch -> logits, uncalibrated)."""
         return Classifier(self.backbone, linear_from_head(self.head)).eval()
 
+    def read_files(self, files: Sequence[str | Path]) -> list[str | BadInput]:
+        """What the backbone reads for each of `files`, in order: the path itself (images, audio), or for a
+        text model the file's text (UTF-8, one file = one text, as training reads `.txt` class folders), so
+        a file name is never classified as if it were the text. An unusable text file gives its BadInput."""
+        if self.modality != "text":
+            return [str(f) for f in files]
+        from headstart.data.text import TABLE_SUFFIXES, read_text_file
+
+        out: list[str | BadInput] = []
+        for f in files:
+            suffix = Path(f).suffix.lower()
+            if suffix in TABLE_SUFFIXES:  # many texts, not one: labeled whole it would be a wrong answer
+                out.append(BadInput(f, f"a {suffix} table, not one text (pass its texts one per line to -)"))
+                continue
+            try:
+                out.append(read_text_file(f))
+            except BadInput as e:
+                out.append(e)
+        return out
+
     def embed(
         self,
         sources: Sequence[str | Path],
@@ -147,19 +168,14 @@ def apply_delta(backbone: Backbone, state: dict[str, torch.Tensor], sha256: str)
 def load_model(path: str | Path) -> TrainedModel:
     """Rebuild any run folder (probe or fit) into a TrainedModel, verifying every recorded hash."""
     from headstart.backbones import create_backbone
-    from headstart.runs import load_run, load_tensors
+    from headstart.runs import check_base, load_run, load_tensors
 
     run = load_run(path)
     info = run.info
     ref = info["backbone"]
     pretrained = bool(info.get("pretrained", True))
     bb = create_backbone(ref["name"], pretrained=pretrained)
-    if pretrained and bb.key != ref["key"]:
-        raise HeadstartError(
-            f"the base backbone {ref['name']} on this machine is not the one {path} was trained on "
-            f"(weights {bb.card.weights_sha256} vs {ref.get('weights_sha256')})",
-            fix="install the exact base weights recorded in run.json",
-        )
+    check_base(info, bb, run.path)  # recorded vs loaded base weights: every verb loads runs here
     delta = info.get("delta")
     if delta:
         apply_delta(bb, load_tensors(run.path / delta["file"]), info["files"][delta["file"]])
@@ -170,7 +186,18 @@ def load_model(path: str | Path) -> TrainedModel:
         bb = load_adapter(bb, run.path, adapter)
     temperature = 1.0
     cal = run.path / CALIBRATION_FILE
-    if cal.is_file():
-        temperature = float(json.loads(cal.read_text()).get("temperature", 1.0))
+    if cal.is_file():  # the *applied* T: 1.0 where calibration was skipped or T is out of bounds
+        from headstart.calibration import applied_temperature
+
+        try:
+            record = json.loads(cal.read_text())
+        except (OSError, ValueError) as e:
+            raise HeadstartError(
+                f"{cal} is not readable JSON ({e})",
+                fix="delete it (predictions then use T = 1), then `headstart evaluate RUN` refits it",
+            ) from e
+        temperature, warning = applied_temperature(record if isinstance(record, dict) else {})
+        if warning:
+            print(f"warning: {cal}: {warning}", file=sys.stderr)
     bb.eval()
     return TrainedModel(path=run.path, info=info, backbone=bb, head=run.head, temperature=temperature)

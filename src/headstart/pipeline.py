@@ -2,14 +2,23 @@
 
     result = auto("examples/emoji/images", backbone="efficientnet_lite0", budget_s=180, out="runs/demo")
 
-1. leakage: exact and near copies across train/val/test (warned about, never silently kept);
+1. leakage: exact and near copies across train/val/test, moved so each group of copies sits in one split
+   (`keep_duplicates` keeps them where they were, with a warning); the probe's score on both splits says
+   how much the copies inflated it;
 2. compare: the linear probe, the from-scratch baseline and the fine-tuning strategies that suit the data
    size, under one time budget, and the recommended one;
-3. label-efficiency curve of the probe against a pixel baseline (cheap: cached embeddings);
+3. label-efficiency curve of the probe against the data's no-backbone baseline (pixels for images, TF-IDF
+   for text, log-mel statistics for audio; cheap: cached embeddings);
 4. evaluate the recommended run: metrics, temperature scaling on val, latency and memory;
 5. register it in the model store under an alias (`production` by default);
 6. write its HTML report. The comparison, curve and leakage files are copied into the recommended run's
    folder, so the run, the stored version and the report all carry the evidence for the choice.
+
+Everything that can fail cheaply is checked before the first backbone pass (`preflight`): the data loads
+with two classes or more, the backbone exists and reads the data's modality, the output folder and the
+store are writable, the model name and alias are valid. A step that cannot run on this data (the curve
+without a baseline or a split to measure on) is planned as skipped, with its reason in auto.json's
+"skipped", instead of failing after the budget is spent.
 """
 
 from __future__ import annotations
@@ -26,6 +35,53 @@ AUTO_FILE = "auto.json"
 CURVE_SEEDS = 2  # random subsets per curve point: enough for a spread, cheap next to the comparison
 # Data folders named like this say nothing about the model: it is named after their parent instead.
 GENERIC_FOLDER_NAMES = {"images", "data", "train", "dataset"}
+CURVE_OFF = "turned off (--no-curve)"
+
+
+def preflight(
+    data: str | Path,
+    *,
+    backbone: str,
+    out: Path,
+    store: str | Path | None,
+    name: str | None,
+    alias: str,
+    curve: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """The cheap checks, in seconds: raises HeadstartError for what stops the whole job, and returns the plan
+    {"store", "name", "curve_baseline" (None when skipped), "skipped": [{"step", "reason"}]}."""
+    from headstart.backbones import create_backbone
+    from headstart.data import load_dataset
+    from headstart.fileio import ensure_writable_dir
+    from headstart.store import ModelStore, check_name, default_name
+    from headstart.verdicts.curve import check_backbone_modality, resolve_baseline
+
+    ds = load_dataset(data, seed=seed)  # missing path, bad manifest, fewer than two classes
+    bb = create_backbone(backbone)  # unknown name (with close matches); built once, reused by compare
+    check_backbone_modality(bb, ds.modality, data)
+    ensure_writable_dir(out, flag="--out")
+    model_store = ModelStore(store)
+    ensure_writable_dir(model_store.root, flag="--store")
+    folder = Path(data).resolve()
+    if folder.name in GENERIC_FOLDER_NAMES:
+        folder = folder.parent
+    model_name = check_name(name) if name else default_name(folder)
+    check_name(alias)
+    skipped: list[dict[str, str]] = []
+    baseline = None
+    if not curve:
+        skipped.append({"step": "curve", "reason": CURVE_OFF})
+    elif not (ds.split("test") or ds.split("val")):
+        skipped.append(
+            {"step": "curve", "reason": f"{data} has no test or val split to measure the curve on"}
+        )
+    else:
+        try:
+            baseline = resolve_baseline("auto", ds.modality, data)
+        except HeadstartError as e:
+            skipped.append({"step": "curve", "reason": e.message})
+    return {"store": model_store, "name": model_name, "curve_baseline": baseline, "skipped": skipped}
 
 
 def auto(
@@ -40,17 +96,15 @@ def auto(
     alias: str = "production",
     curve: bool = True,
     seed: int = 0,
+    keep_duplicates: bool = False,
     progress: bool = True,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> dict[str, Any]:
     """Run the steps of the module docstring; returns (and writes to OUT/auto.json) what each produced."""
-    from headstart.data import load_dataset
-    from headstart.data.leakage import find_leaks
     from headstart.evaluate import evaluate_run
     from headstart.fileio import atomic_write_json
     from headstart.report import write_report
     from headstart.runs import to_jsonable
-    from headstart.store import ModelStore, default_name
     from headstart.verdicts.compare import compare
 
     out_dir = Path(out)
@@ -63,21 +117,40 @@ def auto(
     }
 
     t0 = time.perf_counter()
-    ds = load_dataset(data, seed=seed)  # the split every later step uses (same data, same seed)
-    leaks = find_leaks(ds)
-    atomic_write_json(out_dir / "leakage.json", to_jsonable(leaks))
-    timings["leakage_s"] = time.perf_counter() - t0
-    result["leakage"] = {"n_exact": leaks["n_exact"], "n_near": leaks["n_near"]}
-    if leaks["n_exact"] or leaks["n_near"]:
-        say(
-            f"warning: {leaks['n_exact']} exact and {leaks['n_near']} near copies across splits inflate the "
-            f"held-out scores; see {out_dir / 'leakage.json'} and `headstart leakage {data} --dedupe FILE`"
-        )
+    plan = preflight(
+        data, backbone=backbone, out=out_dir, store=store, name=name, alias=alias, curve=curve, seed=seed
+    )
+    result["skipped"] = plan["skipped"]
+    for step in plan["skipped"]:
+        if step["reason"] != CURVE_OFF:  # the user's own choice needs no warning
+            say(f"skipping the {step['step']}: {step['reason']}")
+    timings["checks_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    # compare finds copies across splits first and, unless keep_duplicates, moves each group of copies into
+    # one split; every later step reads the split it used (cmp["data_used"]).
     cmp = compare(
-        data, backbone, budget_s=budget_s, strategies=strategies, seed=seed, out=out_dir, progress=progress
+        data,
+        backbone,
+        budget_s=budget_s,
+        strategies=strategies,
+        seed=seed,
+        out=out_dir,
+        keep_duplicates=keep_duplicates,
+        progress=progress,
     )
+    result["leakage"] = cmp["leakage"]
+    leaks = cmp["leakage"]
+    if (leaks["n_exact"] or leaks["n_near"]) and not leaks["regrouped"]:
+        say(
+            f"warning: {leaks['n_exact']} exact and {leaks['n_near']} near copies across splits inflate the "
+            f"held-out scores (--keep-duplicates); see {out_dir / 'leakage.json'}"
+        )
+    elif leaks["regrouped"]:
+        say(
+            f"{leaks['n_exact']} exact and {leaks['n_near']} near copies across splits: {leaks['moved']} "
+            f"item(s) moved so each group of copies sits in one split (see {out_dir / 'leakage.json'})"
+        )
     timings["compare_s"] = time.perf_counter() - t0
     rec = cmp["recommendation"]
     chosen = next((r for r in cmp["rows"] if r["strategy"] == rec.get("strategy")), None)
@@ -97,16 +170,27 @@ def auto(
         for r in cmp["rows"]
     }
     result["flags"] = cmp["flags"]
+    result["comparison"] = cmp
     for f in ("compare.json", "leakage.json"):
         shutil.copy2(out_dir / f, run_dir / f)
 
-    if curve:
+    if plan["curve_baseline"]:
         from headstart.verdicts.curve import label_curve
 
         t0 = time.perf_counter()
-        label_curve(
-            data, backbone, seeds=CURVE_SEEDS, baseline="pixels", out=run_dir, seed=seed, progress=progress
-        )
+        try:
+            label_curve(
+                cmp["data_used"],
+                backbone,
+                seeds=CURVE_SEEDS,
+                baseline=plan["curve_baseline"],
+                out=run_dir,
+                seed=seed,
+                progress=progress,
+            )
+        except HeadstartError as e:  # after the budget is spent: keep the comparison, skip the curve
+            plan["skipped"].append({"step": "curve", "reason": e.message})
+            say(f"skipping the curve: {e.message}")
         timings["curve_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -118,6 +202,8 @@ def auto(
         "ece_before": cal.get("ece_before"),
         "ece_after": cal.get("ece_after"),
         "temperature": cal.get("temperature"),
+        "calibration_status": cal.get("status"),
+        "calibration_reason": cal.get("reason"),
         "latency": ev.get("latency"),
     }
 
@@ -126,11 +212,7 @@ def auto(
     timings["report_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    model_store = ModelStore(store)
-    folder = Path(data).resolve()
-    if folder.name in GENERIC_FOLDER_NAMES:
-        folder = folder.parent
-    model_name = name or default_name(folder)
+    model_store, model_name = plan["store"], plan["name"]
     version = model_store.register(run_dir, model_name, alias=alias)
     timings["register_s"] = time.perf_counter() - t0
     result["registered"] = {

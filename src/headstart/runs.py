@@ -21,6 +21,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,13 @@ from typing import Any
 import numpy as np
 
 from headstart.errors import HeadstartError
-from headstart.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, sha256_file
+from headstart.fileio import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_dir,
+    sha256_file,
+)
 from headstart.head import LinearHead
 
 RUN_FILE = "run.json"
@@ -94,6 +101,41 @@ def load_tensors(path: Path) -> dict[str, Any]:
         raise HeadstartError(f"cannot read weights {path}: {e}", fix="the run folder is damaged") from e
 
 
+def make_split_rows(items: Any, hashes: Mapping[str, str]) -> list[tuple[str, str, str, str]]:
+    """split.csv rows (path, label, split, sha256) of dataset items; `hashes`: source -> content hash
+    (the backbone's item_hash, the key the feature cache and the changed-file checks use)."""
+    return [(it.source, it.label, it.split or "", hashes.get(it.source, "")) for it in items]
+
+
+def check_base(info: dict[str, Any], backbone: Any, run_dir: str | Path) -> None:
+    """The base weights a run was trained on must be the ones loaded, or its head reads other features.
+
+    Compares run.json's recorded weights sha256 (then the backbone key: weights + preprocessing) with the
+    backbone actually built; a from-scratch run (pretrained false) references no base weights.
+    """
+    if not info.get("pretrained", True):
+        return
+    ref = info.get("backbone", {})
+    run_file = Path(run_dir) / RUN_FILE
+    recorded, actual = ref.get("weights_sha256"), backbone.card.weights_sha256
+    if recorded != actual:
+        raise HeadstartError(
+            f"the base weights of {ref.get('name')} loaded here are not the ones {run_file} records: "
+            f"recorded sha256 {recorded or 'none (random init)'}, "
+            f"loaded sha256 {actual or 'none (random init, no weights file)'}",
+            fix="install the exact base weights recorded in run.json; if run.json was edited, restore it "
+            "(or re-run)",
+        )
+    if backbone.key != ref.get("key"):
+        raise HeadstartError(
+            f"the base backbone {ref.get('name')} loaded here is not the one {run_file} records "
+            f"(same weights sha256 {actual or 'none'}, but other preprocessing or name): "
+            f"recorded key {ref.get('key')}, loaded key {backbone.key}",
+            fix="use the headstart version and backbone files the run was made with; if run.json was "
+            "edited, restore it (or re-run)",
+        )
+
+
 def write_run(
     out: str | Path,
     *,
@@ -108,7 +150,7 @@ def write_run(
     overwrite: bool = False,
 ) -> Path:
     """Write the whole run into a temp folder beside `out`, then move it into place in one rename."""
-    out = Path(out)
+    out = ensure_writable_dir(out, flag="--out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise HeadstartError(
             f"{out} already exists and is not empty", fix="choose another --out, or --overwrite"

@@ -5,7 +5,8 @@
 POST /predict          one input: multipart field "file" (images, audio), a raw image/audio body, or
                        JSON {"text": ...} for text models -> {"label", "probability", "top": [...]}
 POST /predict/batch    several "file" fields, or JSON {"texts": [...]} -> {"results": [...]}, where an
-                       unreadable item gets {"error": reason} and the others still get their prediction
+                       unreadable item (also an image over --max-pixels) gets {"error": reason} and the
+                       others still get their prediction
 GET  /health           liveness and what is loaded;  GET /model  the model card;  GET /  a drop-a-file page
 
 The model loads once. Uploads are decoded from memory (no temp files for images) with exactly the
@@ -13,6 +14,10 @@ preprocessing the backbone's own loader applies; the forward runs under a lock (
 are better used by one batch than by two competing ones), through ONNX Runtime when an export of this
 very model (`headstart export RUN --onnx`) sits in the run folder, else PyTorch in inference mode.
 Every bad request gets a 4xx with a JSON {"error", "fix"}: the server never crashes on input.
+
+Slow inputs do not hold up the others: decoding and the forward run in worker threads, never on the
+event loop, and a text is tokenized only as far as the model reads it (`encode_head`): a 10 MB text
+would otherwise keep the Rust tokenizer, which holds the GIL, busy for seconds.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request is imported
@@ -24,12 +29,14 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from headstart.data.images import ImageTooLarge
 from headstart.errors import BadInput, HeadstartError
 from headstart.model import TrainedModel, softmax
 
@@ -40,6 +47,8 @@ DEFAULT_MAX_BATCH = 64
 DEFAULT_TOP = 5
 #: Uploads are untrusted: a small PNG can claim a huge canvas. 40 MP is larger than any phone photo.
 SERVE_MAX_PIXELS = 40_000_000
+#: Characters of a text tokenized at first, per token the model reads: tokens average 3-5 characters.
+CHARS_PER_TOKEN = 16
 
 
 class HTTPError(Exception):
@@ -125,15 +134,23 @@ class Predictor:
             return bb.load_item(f.name)
 
     def decode_text(self, text: str) -> Any:
-        return self.model.backbone.load_item(text)
+        bb = self.model.backbone
+        encode, max_length = getattr(bb, "encode", None), getattr(bb, "max_length", None)
+        if encode is None or not max_length:
+            return bb.load_item(text)
+        # Not load_item: that also remembers every truncated text (in full) for a run's report, which
+        # in a server would only grow.
+        return encode_head(encode, text, int(max_length))
 
     def predict(self, examples: list[Any]) -> np.ndarray:
         """Preprocessed examples -> calibrated probabilities (N, K)."""
         batch = self.model.backbone.collate(examples)
         with self.lock:
             if self.session is not None:
-                x = batch.numpy() if hasattr(batch, "numpy") else np.asarray(batch)
-                return self.session.run(["probabilities"], {"input": x})[0]
+                from headstart.export import onnx_feed
+
+                # The export's own input names: `input`, or a text model's token ids and mask.
+                return self.session.run(["probabilities"], onnx_feed(batch))[0]
             import torch
 
             with torch.inference_mode():
@@ -173,6 +190,41 @@ class Predictor:
         if self.onnx_path is not None:
             card["onnx"] = str(self.onnx_path)
         return card
+
+
+def encode_head(encode: Callable[[str], Any], text: str, max_length: int) -> Any:
+    """`encode(text)`, which truncates to `max_length` tokens, at the cost of a prefix of a long text.
+
+    A tokenizer reads a whole text even though only `max_length` tokens are kept. A prefix cut at
+    whitespace gives the same first tokens (the pre-tokenizers split at whitespace) as soon as it
+    overflows `max_length` itself (`truncated`); when it does not (say, mostly spaces), a 4x longer
+    prefix is tried, so the work stays within about 1.3x that of the shortest prefix that overflows.
+    A run of over `n / 2` characters without whitespace is cut inside the word: only that word's tokens
+    can then differ, and only if the word reaches into the first `max_length` tokens.
+    """
+    n = max(4096, CHARS_PER_TOKEN * max_length)
+    while n < len(text):
+        cut = max(text.rfind(c, n // 2, n) for c in " \n\t")
+        head = text[: cut if cut > 0 else n]
+        if head.strip():  # an all-blank prefix would be refused as an empty text
+            ids = encode(head)
+            if getattr(ids, "truncated", False):
+                return ids
+        n *= 4
+    return encode(text)
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body's JSON, through FastAPI's own Rust parser when it is there (pydantic-core).
+
+    It holds the GIL as json does, but ~3x shorter: ~8 ms for a 10 MB text instead of ~25 ms, during
+    which the event loop and every other request wait.
+    """
+    try:
+        from pydantic_core import from_json
+    except ImportError:  # pydantic 1
+        return json.loads(body)
+    return from_json(body)
 
 
 def matching_export(model: TrainedModel) -> Path | None:
@@ -398,12 +450,13 @@ def create_app(
                     raise too_big
             except ValueError:
                 raise HTTPError(400, f"bad Content-Length {declared!r}") from None
-        buf = bytearray()
+        chunks, size = [], 0
         async for chunk in request.stream():
-            buf.extend(chunk)
-            if len(buf) > max_bytes:
+            size += len(chunk)
+            if size > max_bytes:
                 raise too_big
-        return bytes(buf)
+            chunks.append(chunk)
+        return b"".join(chunks)  # one copy at the end, not a buffer regrown on the event loop
 
     def top_k(request: Request) -> int:
         raw = request.query_params.get("top", str(DEFAULT_TOP))
@@ -427,8 +480,8 @@ def create_app(
                     fix="send the file as multipart/form-data field 'file'",
                 )
             try:
-                obj = json.loads(await read_body(request))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                obj = parse_json(await read_body(request))
+            except (ValueError, RecursionError) as e:  # also bad UTF-8, and nesting too deep
                 raise HTTPError(400, f"body is not valid JSON ({e})") from e
             key = "texts" if batch else "text"
             if not isinstance(obj, dict) or set(obj) != {key}:
@@ -465,22 +518,27 @@ def create_app(
             fix="send multipart/form-data with the field 'file' (or a raw image/* body to /predict)",
         )
 
-    def run(items: list[tuple[str, Any]], top: int) -> list[dict[str, Any]]:
-        """Decode every item (bad ones get their reason), then one forward for the good ones."""
-        examples, where, results = [], [], []
+    def run(items: list[tuple[str, Any]], top: int) -> tuple[list[dict[str, Any]], list[BadInput | None]]:
+        """Decode every item (bad ones get their reason), then one forward for the good ones.
+
+        Also returns each item's BadInput (None when it was usable), for /predict's status code.
+        """
+        examples, where, results, bad = [], [], [], []
         for name, raw in items:
             try:
                 ex = predictor.decode_text(raw) if isinstance(raw, str) else predictor.decode(raw, name)
                 examples.append(ex)
                 where.append(len(results))
                 results.append({"file": name})
+                bad.append(None)
             except BadInput as e:
                 results.append({"file": name, "error": e.reason})
+                bad.append(e)
         if examples:
             proba = predictor.predict(examples)
             for i, p in zip(where, proba, strict=True):
                 results[i].update(predictor.result(p, top))
-        return results
+        return results, bad
 
     async def guarded(fn: Any, *args: Any) -> Any:
         try:
@@ -499,7 +557,13 @@ def create_app(
         items = await inputs(request, batch=False)
         if len(items) != 1:
             raise HTTPError(422, "no input: send one file as the form field 'file'")
-        (res,) = await guarded(run, items, top)
+        (res,), (exc,) = await guarded(run, items, top)
+        if isinstance(exc, ImageTooLarge):
+            raise HTTPError(
+                413,
+                f"cannot use {res['file']}: {res['error']}",
+                fix="send a smaller image, or start the server with a larger --max-pixels",
+            )
         if "error" in res:
             raise HTTPError(422, f"cannot use {res['file']}: {res['error']}", fix="send a readable file")
         res.pop("file")
@@ -515,7 +579,8 @@ def create_app(
             raise HTTPError(422, "no inputs in the request")
         if len(items) > max_batch:
             raise HTTPError(413, f"{len(items)} inputs: over the batch limit of {max_batch}")
-        return JSONResponse({"results": await guarded(run, items, top)})
+        results, _ = await guarded(run, items, top)
+        return JSONResponse({"results": results})
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

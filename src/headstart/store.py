@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.errors import HeadstartError
-from headstart.fileio import atomic_write_json, sha256_file
+from headstart.fileio import atomic_write_json, ensure_writable_dir, sha256_file
 
 DEFAULT_STORE = "headstart-models"
 INDEX_FILE = "index.json"
@@ -67,6 +67,11 @@ def _check_name(name: str) -> str:
     return name
 
 
+def check_name(name: str) -> str:
+    """A model or alias name the store accepts, or a HeadstartError naming it (for checks before work)."""
+    return _check_name(name)
+
+
 def _version_number(version: int | str) -> int:
     m = re.fullmatch(r"v?(\d+)", str(version).strip())
     if not m:
@@ -77,6 +82,7 @@ def _version_number(version: int | str) -> int:
 @contextlib.contextmanager
 def _locked(root: Path) -> Iterator[None]:
     """Exclusive lock on <store>/.lock for one write (released even if the writer dies)."""
+    ensure_writable_dir(root, flag="--store")
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "a+") as fh:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
@@ -261,11 +267,14 @@ class ModelStore:
         mlflow_uri: str | None = None,
     ) -> int:
         """Copy a run's own files into <name>/v<N> with a model card and a manifest; returns N."""
-        from headstart.runs import load_run
+        from headstart.model import load_model
 
+        ensure_writable_dir(self.root, flag="--store")  # before the run is loaded
         mlflow = _import_mlflow() if mlflow_uri else None  # fail before writing anything
-        run = load_run(run_dir)  # checks the head's and every listed file's sha256
-        name = _check_name(name or default_name(run.path))
+        # Loads it as every verb does: the head's and every listed file's sha256, and the base weights'.
+        name = _check_name(name or default_name(Path(run_dir)))
+        run = load_model(run_dir)
+        assert run.path is not None
         files = _run_files(run.path, run.info)
         model_dir = self._model_dir(name)
         with _locked(self.root):
@@ -384,8 +393,10 @@ def _promote_in(index: dict[str, Any], n: int, alias: str) -> None:
     index["events"].append(_event("promote", n, alias=alias))
 
 
-def default_name(run_dir: Path) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", run_dir.resolve().name).strip("-._")
+def default_name(path: Path) -> str:
+    """A model name from a run folder's or data folder's name; a data file (`data.csv`) gives its stem."""
+    path = Path(path).resolve()
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem if path.is_file() else path.name).strip("-._")
     return safe or "model"
 
 

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import pkgutil
+from pathlib import Path
 from typing import Any
 
 
@@ -17,6 +18,28 @@ def register_all(sub: argparse._SubParsersAction) -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
             importlib.import_module(f"{__name__}.{info.name}").register(sub)
+
+
+def run_folder(ref: str | Path, store: str | Path | None = None) -> tuple[Path, bool]:
+    """(folder, is a stored version) of a verb's RUN argument: a run folder as given, or a model-store
+    reference (NAME, NAME:v2, NAME@alias) verified against its manifest first. Every verb that reads a
+    run resolves it here, so each accepts the same references."""
+    from headstart.errors import HeadstartError
+    from headstart.store import CARD_FILE, MANIFEST_FILE, ModelStore
+
+    text = str(ref)
+    path = Path(text)
+    if path.is_dir():
+        return path, (path / MANIFEST_FILE).is_file() and (path / CARD_FILE).is_file()
+    if "/" in text or path.suffix:
+        return path, False  # looks like a path: loading it says it is missing
+    model_store = ModelStore(store)
+    try:
+        return model_store.verify(*model_store.resolve(text)), True
+    except HeadstartError as e:
+        raise HeadstartError(
+            f"{text!r} is not a run folder, and not usable as a stored model: {e.message}", fix=e.fix
+        ) from e
 
 
 def fmt(v: Any, digits: int = 3) -> str:
@@ -37,7 +60,37 @@ def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+# Width for output that is not a terminal (piped, redirected, captured): rich would fit it to 80 columns and
+# cut backbone, model and alias names to "…"; a reader of a pipe (grep, a file, `less -S`) wants whole lines.
+PIPED_WIDTH = 10_000
+
+
 def console() -> Any:
+    """The one rich console of the CLI: fitted to the terminal, or as wide as each line when piped."""
     from rich.console import Console
 
-    return Console(highlight=False)
+    con = Console(highlight=False)
+    if not con.is_terminal:
+        con.width = PIPED_WIDTH
+    return con
+
+
+def print_data_notes(con: Any, data: dict[str, Any], limit: int = 50) -> None:
+    """What the data reader left out or changed, as probe and fit show it (a run's data.json has it all):
+    skipped files and folders with the reason, inputs used only in part, warnings about the data."""
+    from rich.markup import escape
+
+    for title, listed in (
+        ("skipped {n} file(s) or folder(s)", data.get("skipped") or {}),
+        ("{n} input(s) used only in part", data.get("notes") or {}),
+    ):
+        if not listed:
+            continue
+        con.print(f"[yellow]{title.format(n=len(listed))}:[/yellow]")
+        rows = sorted(listed.items())
+        for p, r in rows[:limit]:
+            con.print(f"  {p}: {r}", markup=False)
+        if len(rows) > limit:
+            con.print(f"  ... and {len(rows) - limit} more (all in the run's data.json)")
+    for w in data.get("warnings") or []:
+        con.print(f"[yellow]warning:[/yellow] {escape(w)}")

@@ -27,30 +27,27 @@ def cmd_auto(args: argparse.Namespace) -> int:
         alias=args.alias,
         curve=not args.no_curve,
         seed=args.seed,
+        keep_duplicates=args.keep_duplicates,
         progress=not args.json,
         say=(lambda msg: None) if args.json else (lambda msg: con.print(f"[yellow]{escape(msg)}[/yellow]")),
     )
     if args.json:
         print_json(result)
         return 0
-    from rich.table import Table
+    from headstart.commands.compare import print_compare
 
-    rec = result["recommended"]
-    t = Table(title=f"{escape(str(args.data))} on {args.backbone}")
-    for col in ("strategy", "val acc", "test acc"):
-        t.add_column(col, justify="left" if col == "strategy" else "right")
-    for strategy, row in result["compare"].items():
-        mark = " (recommended)" if strategy == rec["strategy"] else ""
-        t.add_row(f"{strategy}{mark}", fmt(row["val_accuracy"]), fmt(row["test_accuracy"]))
-    con.print(t)
-    con.print(f"recommended: [bold]{rec['strategy']}[/bold]: {escape(str(rec.get('reason') or ''))}")
-    if result["flags"].get("negative_transfer"):
-        con.print("[yellow]negative transfer: training from scratch did as well as the pretrained weights[/]")
+    print_compare(result["comparison"], str(args.data), args.budget)
     ev = result["evaluation"]
-    con.print(
-        f"calibration: ECE {fmt(ev['ece_before'])} -> {fmt(ev['ece_after'])} "
-        f"(temperature {fmt(ev['temperature'], 2)})"
-    )
+    if ev.get("calibration_status") == "skipped":
+        con.print(
+            f"[yellow]calibration not applied (T = 1):[/yellow] {escape(str(ev.get('calibration_reason')))}; "
+            f"ECE {fmt(ev['ece_before'])}"
+        )
+    else:
+        con.print(
+            f"calibration: ECE {fmt(ev['ece_before'])} -> {fmt(ev['ece_after'])} "
+            f"(temperature {fmt(ev['temperature'], 2)})"
+        )
     reg = result["registered"]
     con.print(
         f"registered as [bold]{reg['name']}:v{reg['version']}[/bold] (alias {reg['alias']}) in "
@@ -80,5 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--alias", default="production", help="alias pointed at the new version")
     a.add_argument("--no-curve", action="store_true", help="skip the label-efficiency curve")
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="keep exact and near copies where the split put them (default: moved into one split)",
+    )
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_auto)

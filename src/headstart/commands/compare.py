@@ -33,19 +33,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
         strategies=strategies,
         seed=args.seed,
         out=args.out,
+        keep_duplicates=args.keep_duplicates,
         progress=not args.json,
     )
     if args.json:
         print_json(result)
         return 0
+    print_compare(result, f"{args.data}", args.budget)
+    return 0
+
+
+def print_compare(result: dict, data: str, budget: float) -> None:
+    """The comparison table (every score with its 95 % interval, each row's paired difference from the
+    probe) and the verdicts under it; `compare` and `auto` print the same."""
     from rich.markup import escape
     from rich.table import Table
 
+    from headstart.intervals import fmt_ci
+
     rec = result["recommendation"]
+    tests = (result.get("selection") or {}).get("tests") or {}
     overfit = set(result["flags"]["overfitting"])
-    title = f"Strategies for {escape(str(args.data))} on {args.backbone} (budget {args.budget:.0f} s)"
+    title = f"Strategies for {escape(data)} on {result['backbone']} (budget {budget:.0f} s, 95% intervals)"
     t = Table(title=title)
-    for col in ("strategy", "val acc", "test acc", "test macro-F1", "time s", "trainable params", "stored"):
+    cols = ("strategy", "val acc", "vs probe (paired)", "test acc", "test macro-F1", "epochs", "time s")
+    for col in (*cols, "trainable params", "stored"):
         t.add_column(col, justify="left" if col == "strategy" else "right")
     for r in result["rows"]:
         name = r["strategy"]
@@ -54,33 +66,59 @@ def cmd_compare(args: argparse.Namespace) -> int:
         label = f"[bold]{name}[/bold]" if name == rec["strategy"] else name
         if marks:
             label += f" [dim]({', '.join(marks)})[/dim]"
+        d = tests.get(name)
+        vs = "-" if d is None else f"{d['diff']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] p={d['p']:.2g}"
+        epochs = "-" if r.get("epochs_run") is None else f"{r['epochs_run']}/{r['epochs_planned']}"
         t.add_row(
             label,
-            fmt(r["val_accuracy"]),
-            fmt(r["test_accuracy"]),
-            fmt(r["test_macro_f1"]),
+            fmt_ci(r["val_accuracy"], r.get("val_accuracy_ci")),
+            vs,
+            fmt_ci(r["test_accuracy"], r.get("test_accuracy_ci")),
+            fmt_ci(r["test_macro_f1"], r.get("test_macro_f1_ci")),
+            epochs,
             fmt(r["train_s"], 1),
             f"{r['trainable_params']:,}" if r["trainable_params"] is not None else "-",
             fmt_bytes(r["stored_bytes"]),
         )
     con = console()
     con.print(t)
+    probe_cv = (result["rows"][0].get("cv") or {}) if result["rows"] else {}
+    if probe_cv.get("probe"):
+        pr, kn = probe_cv["probe"], probe_cv["knn"]
+        con.print(
+            f"probe by {probe_cv['scheme']}: {fmt_ci(pr['accuracy'], pr['accuracy_ci'])}; "
+            f"kNN {fmt_ci(kn['accuracy'], kn['accuracy_ci'])}",
+            markup=False,
+        )
+    lk = result.get("leakage") or {}
+    if lk.get("regrouped"):
+        raw, grouped = lk.get("probe_raw") or {}, lk.get("probe_grouped") or {}
+        con.print(
+            f"[yellow]copies across splits:[/yellow] {lk['n_exact']} exact, {lk['n_near']} near; "
+            f"{lk['moved']} item(s) in {lk['groups']} group(s) moved into one split. Probe test accuracy "
+            f"{fmt(raw.get('test'))} on the raw split, {fmt(grouped.get('test'))} regrouped."
+        )
     if result["skipped"]:
         con.print(f"[yellow]not run (budget spent):[/yellow] {', '.join(result['skipped'])}")
-    if result["flags"]["negative_transfer"]:
-        con.print(
-            "[red]negative transfer:[/red] training from scratch matches or beats every use of the "
-            "pretrained weights on val; this backbone does not suit the data."
-        )
+    flags = result["flags"]
+    transfer = flags.get("transfer")
+    if flags["negative_transfer"]:
+        con.print(f"[red]negative transfer:[/red] {escape(transfer)}; this backbone does not suit the data.")
+    elif transfer:
+        con.print(f"transfer: {escape(transfer)}", markup=False)
     if overfit:
-        con.print(f"[yellow]overfitting:[/yellow] {', '.join(sorted(overfit))} (train-val gap)")
+        con.print(f"[yellow]overfitting:[/yellow] {', '.join(sorted(overfit))} (train-val gap beyond noise)")
     con.print(f"recommended: [bold]{rec['strategy']}[/bold]. {escape(rec['reason'])}")
     rb = result.get("rule_based")
     if rb:
-        verdict = {True: "agrees", False: "disagrees", None: "was not measured"}[rb["agrees"]]
-        con.print(f"rule-based recommendation {rb['strategy']} {verdict}: {rb['reason']}", markup=False)
+        if rb.get("untested"):
+            con.print(
+                f"rule-based recommendation {rb['strategy']}: untested ({rb['untested']})", markup=False
+            )
+        else:
+            verdict = {True: "agrees", False: "disagrees", None: "was not measured"}[rb["agrees"]]
+            con.print(f"rule-based recommendation {rb['strategy']} {verdict}: {rb['reason']}", markup=False)
     con.print(f"took {result['elapsed_s']:.0f} s; runs and compare.json in {escape(result['out'])}")
-    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -103,5 +141,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", help="output folder (default runs/compare-DATA-BACKBONE)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="keep exact and near copies where the split put them (default: moved into one split)",
+    )
     p.add_argument("--json", action="store_true", help="print compare.json instead of the table")
     p.set_defaults(func=cmd_compare)

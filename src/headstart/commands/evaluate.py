@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from headstart.commands import console, fmt, print_json
+from headstart.commands import console, fmt, print_json, run_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="metrics, calibration (temperature on val), OOD AUROC, latency and memory of a run",
-        description="Evaluate a run folder and write calibration.json and evaluation.json into it. "
-        "Without DATA the run's own split (split.csv) is used; a class-folder DATA is evaluated whole; "
-        "DATA with train/ val/ test/ (or a manifest with a split column) gives its --split.",
+        description="Evaluate a run. Without DATA the run's own split (split.csv) is used: the "
+        "temperature is refitted on its val rows (kept at T = 1, with a warning and the reason, when val has "
+        "too few errors or scaling does not help on held-out val folds) and calibration.json and "
+        "evaluation.json are written into the run. With DATA (a class-folder DATA is evaluated whole; DATA "
+        "with train/ val/ test/, or a manifest with a split column, gives its --split) the run's own T is "
+        "used as it stands and nothing is written into the run: the result is printed, and written to "
+        "--out FILE when given.",
     )
     p.add_argument(
         "run", help="a run folder (probe or fit), or a stored model: NAME, NAME:v2, NAME@alias (read-only)"
@@ -27,27 +32,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
     p.add_argument("--store", type=Path, help="model store for NAME references (default: $HEADSTART_MODELS)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="also write the evaluation JSON to FILE (the only file written when DATA is given)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_evaluate)
-
-
-def _run_folder(args: argparse.Namespace) -> tuple[Path, bool]:
-    """(folder, is a stored version): a run folder as given, or a store reference verified first."""
-    from headstart.store import CARD_FILE, MANIFEST_FILE, ModelStore
-
-    path = Path(args.run)
-    if path.is_dir():
-        return path, (path / MANIFEST_FILE).is_file() and (path / CARD_FILE).is_file()
-    if "/" in args.run or path.suffix:
-        return path, False  # looks like a path: let evaluate_run say it is missing
-    store = ModelStore(args.store)
-    return store.verify(*store.resolve(args.run)), True
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from headstart.evaluate import evaluate_run
 
-    run, stored = _run_folder(args)
+    run, stored = run_folder(args.run, args.store)
     res = evaluate_run(
         run,
         args.data,
@@ -56,9 +54,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         latency=not args.no_latency,
         backend=args.backend,
         save=not stored,
+        out=args.out,
         progress=not args.json,
     )
     if args.json:
+        if res["calibration"]["status"] == "skipped":  # stdout is the JSON; the warning goes beside it
+            print(
+                f"warning: temperature scaling not applied (T=1): {res['calibration']['reason']}",
+                file=sys.stderr,
+            )
         print_json(res)
         return 0
     from rich.markup import escape
@@ -83,11 +87,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         t.add_row(escape(c), fmt(r["precision"]), fmt(r["recall"]), fmt(r["f1"]), str(r["support"]))
     con.print(t)
 
-    fitted = f"fitted on {cal['n_fit']} val items" if cal["fitted_on"] else "no val split: not refitted"
-    con.print(
-        f"calibration (ECE, 15 bins): {fmt(cal['ece_before'])} -> [bold]{fmt(cal['ece_after'])}[/bold] "
-        f"with T={fmt(cal['temperature'], 2)} ({fitted})"
-    )
+    fitted = f"fitted on {cal['n_fit']} val items" if cal["fitted_on"] else "the run's own T, not refitted"
+    if cal["status"] == "skipped":
+        con.print(
+            f"[yellow]warning: temperature scaling not applied (T=1): {escape(cal['reason'])}[/yellow]\n"
+            f"calibration (ECE, 15 bins): {fmt(cal['ece_before'])} without scaling"
+        )
+    else:
+        con.print(
+            f"calibration (ECE, 15 bins): {fmt(cal['ece_before'])} -> [bold]{fmt(cal['ece_after'])}[/bold] "
+            f"with T={fmt(cal['temperature'], 2)} ({fitted})"
+        )
     ood = res["ood"]
     if ood:
         line = f"OOD {escape(ood['path'])} ({ood['n']} files): AUROC max-softmax {fmt(ood['auroc_msp'])}, "
@@ -111,16 +121,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             )
     con.print(f"peak memory (RSS): {fmt(res['memory']['peak_rss_mb'], 0)} MB")
     if res["mistakes"]:
-        w = Table(title=f"Most confident mistakes (top {len(res['mistakes'])})")
+        # Every recorded mistake is shown, and the title counts them against all wrong predictions.
+        shown = res["mistakes"]
+        conf_matrix = m.get("confusion") or []
+        n_wrong = m["n"] - sum(row[i] for i, row in enumerate(conf_matrix)) if conf_matrix else len(shown)
+        of = f"top {len(shown)} of {n_wrong}" if n_wrong > len(shown) else f"all {len(shown)}"
+        w = Table(title=f"Most confident mistakes ({of})")
         for col in ("source", "label", "predicted", "confidence"):
-            w.add_column(col)
-        for x in res["mistakes"][:8]:
-            w.add_row(
-                escape(str(x["source"])[-60:]), escape(x["label"]), escape(x["pred"]), fmt(x["confidence"])
-            )
+            w.add_column(col, overflow="fold")
+        for x in shown:
+            w.add_row(escape(str(x["source"])), escape(x["label"]), escape(x["pred"]), fmt(x["confidence"]))
         con.print(w)
-    if stored:
-        con.print("stored versions are never modified: nothing written (use --json to keep the results)")
+    written = [str(args.out)] if args.out else []
+    if not stored and args.data is None:
+        written.insert(0, str(Path(res["run"]) / "evaluation.json"))
+    if written:
+        con.print(f"written: {escape(', '.join(written))}")
+    elif stored:
+        con.print("stored versions are never modified: nothing written (use --out FILE or --json to keep it)")
     else:
-        con.print(f"written: {escape(str(Path(res['run']) / 'evaluation.json'))}")
+        con.print("other data: nothing written into the run (use --out FILE or --json to keep the results)")
     return 0

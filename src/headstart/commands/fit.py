@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import console, fmt_bytes, print_json
+from headstart.commands import console, fmt_bytes, print_data_notes, print_json
 
 
 def _lr(v: str) -> float | str:
@@ -72,6 +72,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     con = console()
+    print_data_notes(con, report.data)
     m = report.metrics
     t = Table(title=f"{report.strategy} on {report.backbone}")
     for col in ("split", "n", "accuracy", "macro-F1", "loss"):
@@ -185,8 +186,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every attention projection of the architecture",
     )
     f.add_argument("--out", type=Path, help="run folder (default: runs/<time>-fit-<backbone>)")
-    f.add_argument("--overwrite", action="store_true")
-    f.add_argument("--resume", action="store_true", help="continue from the last checkpoint of this --out")
+    f.add_argument(
+        "--overwrite", action="store_true", help="replace the run in --out, or start an interrupted one over"
+    )
+    f.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out from its last checkpoint (same data and options; "
+        "refused for a finished run)",
+    )
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--val", type=float, default=0.15)
     f.add_argument("--test", type=float, default=0.15)

@@ -70,21 +70,23 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"store": str(store.root), "models": models})
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     if not models:
         console().print(f"no models in {store.root}", markup=False)
         return 0
-    t = Table(title=f"Models in {store.root}")
+    t = Table(title=escape(f"Models in {store.root}"))
     for col in ("model", "version", "aliases", "base", "kind", "test accuracy", "created"):
-        t.add_column(col)
+        # Names are what the user types next: in a narrow terminal they wrap, they are never cut to "…".
+        t.add_column(col, overflow="fold" if col in ("model", "aliases", "base") else "ellipsis")
     for m in models:
         for v in m["versions"]:
             t.add_row(
-                m["name"],
+                escape(m["name"]),
                 f"v{v['version']}",
-                " ".join(f"@{a}" for a in v["aliases"]),
-                fmt(v["base"]),
+                escape(" ".join(f"@{a}" for a in v["aliases"])),
+                escape(fmt(v["base"])),
                 fmt(v["kind"]),
                 fmt(v["test_accuracy"]),
                 fmt(v["created"]),
@@ -163,6 +165,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     if args.json:
         print_json(d)
         return 0
+    from rich.markup import escape
     from rich.table import Table
 
     con = console()
@@ -172,9 +175,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
             continue
         t = Table(title=section)
         for col in ("", d["a"], d["b"]):
-            t.add_column(col)
+            t.add_column(escape(col), overflow="fold")
         for k, (va, vb) in d[section].items():
-            t.add_row(k, fmt(va), fmt(vb))
+            t.add_row(escape(k), escape(fmt(va)), escape(fmt(vb)))
         con.print(t)
     files = d["files"]
     con.print(

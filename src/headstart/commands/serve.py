@@ -23,6 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-mb", type=float, default=10.0, help="largest request body accepted, in MB")
     p.add_argument("--max-batch", type=int, default=64, help="most files in one /predict/batch request")
     p.add_argument(
+        "--max-pixels",
+        type=int,
+        help="refuse images whose canvas is larger than this (default 40,000,000; guards against "
+        "decompression bombs: a 100 kB PNG can claim 900 megapixels)",
+    )
+    p.add_argument(
         "--engine",
         choices=("auto", "onnx", "torch"),
         default="auto",
@@ -44,14 +50,21 @@ def _is_loopback(host: str) -> bool:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from headstart.serve import create_app
+    from headstart.errors import HeadstartError
+    from headstart.serve import SERVE_MAX_PIXELS, create_app
 
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise HeadstartError(
+            f"--max-pixels {args.max_pixels} would refuse every image",
+            fix=f"give a positive pixel count (default {SERVE_MAX_PIXELS:,})",
+        )
     app = create_app(
         args.model,
         token=args.token,
         max_bytes=int(args.max_mb * 1024 * 1024),
         max_batch=args.max_batch,
         engine=args.engine,
+        max_pixels=args.max_pixels or SERVE_MAX_PIXELS,
     )
     pred = app.state.predictor
     summary = {

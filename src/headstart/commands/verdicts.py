@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import console, fmt, print_json
+from headstart.commands import console, fmt, print_data_notes, print_json
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
@@ -27,15 +27,18 @@ def cmd_rank(args: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    t = Table(title=f"Backbones ranked for {args.data} (LogME; kNN and probe on train+val)")
+    from headstart.intervals import fmt_ci
+
+    t = Table(title=f"Backbones ranked for {args.data} (LogME; kNN and probe on train+val, 95% intervals)")
     for col in ("backbone", "LogME", "kNN LOO acc", "probe CV acc", "embed s", "score s", "fine-tune est. s"):
         t.add_column(col, justify="left" if col == "backbone" else "right", no_wrap=col == "backbone")
     for r in rows:
         t.add_row(
             r["backbone"],
             fmt(r["logme"], 4),
-            fmt(r["knn_accuracy"]),
-            fmt(r["probe_cv_accuracy"]),
+            fmt_ci(r["knn_accuracy"], r.get("knn_accuracy_ci")),
+            fmt_ci(r["probe_cv_accuracy"], r.get("probe_cv_accuracy_ci"))
+            + (" (tie with best)" if r.get("probe_cv_tied_with_best") and len(rows) > 1 else ""),
             fmt(r["embed_s"], 1),
             fmt(r["score_s"], 1),
             fmt(r["finetune_estimate_s"], 0),
@@ -99,7 +102,7 @@ def cmd_leakage(args: argparse.Namespace) -> int:
     if args.dedupe:
         written = _write_split_manifest(dedupe(ds, report), args.dedupe)
     if args.json:
-        print_json({**report, "deduped_manifest": str(written) if written else None})
+        print_json({**report, "deduped_manifest": str(written) if written else None, "skipped": ds.skipped})
         return 0
     from rich.table import Table
 
@@ -108,6 +111,7 @@ def cmd_leakage(args: argparse.Namespace) -> int:
         f"{len(ds.items)} items: {report['n_exact']} exact and {report['n_near']} near copies across splits",
         markup=False,
     )
+    print_data_notes(con, {"skipped": ds.skipped})  # copies within a split were kept once: listed here
     for kind in ("exact", "near"):
         if report[kind]:
             t = Table(title=f"{kind} copies (b is the later-split copy)")
@@ -200,10 +204,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--sizes", help="comma-separated labels per class (default 5,10,20,50,... up to the data)")
     c.add_argument(
         "--baseline",
-        choices=("auto", "scratch", "pixels", "none"),
+        choices=("auto", "pixels", "tfidf", "logmel", "scratch", "none"),
         default="auto",
-        help="scratch: train the architecture from random init (slow); pixels: logistic "
-        "regression on 16x16 pixels; auto: scratch when the trainer is installed",
+        help="auto (default): the data's no-backbone baseline, pixels for images (logistic regression on "
+        "16x16 pixels), tfidf for text (TF-IDF + logistic regression), logmel for audio (log-mel "
+        "statistics + logistic regression); scratch: train the architecture from random init (slow)",
     )
     c.add_argument("--scratch-epochs", type=int, help="epochs of each from-scratch run")
     c.add_argument("--out", type=Path, help="folder for curve.json and curve.png")

@@ -5,6 +5,7 @@ What happens to awkward files:
 - silent (mono peak below -80 dBFS): `BadInput("silent ...")`: an embedding of nothing is noise;
 - longer than `max_seconds` (Whisper sees 30 s): the first `max_seconds` are kept, and the clip reports
   its original length in `truncated_from` (only that much is decoded, so a 2-hour file costs 30 s);
+  `long_clips` finds such clips from their headers alone, so datasets note every cut (`Dataset.note_cuts`);
 - clipped (samples at full scale): kept; `clipped_fraction` says how much, with a warning above 0.1 %;
 - any rate or channel count: averaged to mono, resampled to `sample_rate` (polyphase, anti-aliased).
 """
@@ -62,6 +63,23 @@ class AudioClip:
     @property
     def seconds(self) -> float:
         return len(self.samples) / self.sample_rate
+
+
+def long_clips(paths: list[str], max_seconds: float) -> dict[str, float]:
+    """{path: length in seconds} of the clips longer than `max_seconds`, from the headers (no decoding).
+
+    Files whose header cannot be read are left out: decoding them later skips them with the reason."""
+    import soundfile as sf
+
+    out: dict[str, float] = {}
+    for p in paths:
+        try:
+            info = sf.info(p)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, OSError):
+            continue
+        if info.samplerate > 0 and info.frames > max_seconds * info.samplerate:
+            out[p] = info.frames / info.samplerate
+    return out
 
 
 def resample(x: np.ndarray, src: int, dst: int) -> np.ndarray:

@@ -3,12 +3,21 @@
 EXIF orientation is applied, every mode (L, LA, P, RGBA, CMYK, I;16, I, F) becomes RGB (transparency
 over white), JPEGs decode at reduced size when the target is smaller (draft mode), and files that are
 empty, truncated, not images or too large raise `BadImage` with the reason.
+
+The pixel limit is this module's one guard against decompression bombs (a 100 kB PNG can claim a
+900-megapixel canvas): every reader (probe, fit, predict, evaluate, serve) decodes through `open_image`
+or `open_image_bytes`, and a canvas over `max_pixels` is refused from its header, before any pixel is
+decoded, as `ImageTooLarge` naming its size. PIL's own process-wide check (`Image.MAX_IMAGE_PIXELS`)
+can fire first, inside `Image.open`; it becomes the same refusal.
 """
 
 from __future__ import annotations
 
 import io
+import re
+import struct
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -30,6 +39,80 @@ _INTERP = {
 
 class BadImage(BadInput):
     """A file that cannot be used as an image; `reason` is short and names the problem."""
+
+
+class ImageTooLarge(BadImage):
+    """An image whose canvas is over the pixel limit (a decompression bomb, or just too big to decode)."""
+
+    def __init__(self, path: object, size: tuple[int, int] | None, pixels: int, max_pixels: int) -> None:
+        what = f"{size[0]}x{size[1]}" if size else f"{pixels:,} pixels"
+        super().__init__(
+            path, f"{what} is over the {max_pixels:,}-pixel limit (raise --max-pixels to allow it)"
+        )
+        self.size, self.pixels, self.max_pixels = size, pixels, max_pixels
+
+
+_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)  # the warning: under -W error
+
+
+def _let_pil_allow(max_pixels: int) -> None:
+    """Raise PIL's process-wide limit to `max_pixels` when a caller allows more than it does.
+
+    PIL checks first (inside `Image.open`), warns over MAX_IMAGE_PIXELS and refuses over twice that;
+    without this, --max-pixels could never be raised past PIL's default. Only ever raised, never
+    lowered (threads may race here harmlessly), and left alone if someone set it to None (no limit).
+    """
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def _claimed_size(fp: IO[bytes]) -> tuple[int, int] | None:
+    """The canvas size an image's header claims, read by the same plugin `Image.open` would pick.
+
+    Only for the message after PIL's own bomb check refused the file (its error gives a pixel count,
+    not the size). None when that plugin cannot tell.
+    """
+    Image.init()
+    fp.seek(0)
+    prefix = fp.read(16)
+    for fmt in Image.ID:  # Image.open's own order and acceptance rule
+        factory, accept = Image.OPEN[fmt]
+        ok = accept(prefix) if accept else True
+        if not ok or isinstance(ok, str):
+            continue
+        fp.seek(0)
+        try:
+            w, h = factory(fp, "").size
+            return int(w), int(h)
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # not this format: Image.open tries the next one too
+        except Exception:
+            return None
+    return None
+
+
+def _too_large(path: object, e: Exception, max_pixels: int, fp: IO[bytes] | None = None) -> ImageTooLarge:
+    """PIL's bomb error or warning (raised before our own check could run) -> our refusal, with the size."""
+    size = _claimed_size(fp) if fp is not None else None
+    if size:
+        return ImageTooLarge(path, size, size[0] * size[1], max_pixels)
+    m = re.search(r"\((\d+) pixels\)", str(e))  # PIL's message: "Image size (N pixels) exceeds ..."
+    return ImageTooLarge(path, None, int(m.group(1)) if m else 0, max_pixels)
+
+
+def _open(fp: IO[bytes], path: object, max_pixels: int) -> Image.Image:
+    """`Image.open` on a readable binary file, every failure a `BadImage` with its reason."""
+    _let_pil_allow(max_pixels)
+    try:
+        return Image.open(fp)
+    except UnidentifiedImageError as e:
+        raise BadImage(path, "not an image (unrecognised format)") from e
+    except _BOMB as e:
+        raise _too_large(path, e, max_pixels, fp) from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+        # A header cut short or full of nonsense: plugins raise all of these (a PNG cut inside its
+        # header: ValueError "Truncated IHDR chunk").
+        raise BadImage(path, f"truncated or corrupt ({e})") from e
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -62,12 +145,11 @@ def open_image(
     if size == 0:
         raise BadImage(path, "empty file (0 bytes)")
     try:
-        img = Image.open(path)
-    except UnidentifiedImageError as e:
-        raise BadImage(path, "not an image (unrecognised format)") from e
+        f = path.open("rb")
     except OSError as e:
-        raise BadImage(path, f"truncated or corrupt ({e})") from e
-    return _decode(img, path, draft_to=draft_to, max_pixels=max_pixels)
+        raise BadImage(path, f"cannot read ({e.strerror or e})") from e
+    with f:  # our own handle: closed on every path, also when PIL refuses the file
+        return _decode(_open(f, path, max_pixels), path, draft_to=draft_to, max_pixels=max_pixels)
 
 
 def open_image_bytes(
@@ -76,22 +158,15 @@ def open_image_bytes(
     """`open_image` for bytes already in memory (an upload): same checks and decoding, no temp file."""
     if not data:
         raise BadImage(name, "empty file (0 bytes)")
-    try:
-        img = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as e:
-        raise BadImage(name, "not an image (unrecognised format)") from e
-    except OSError as e:
-        raise BadImage(name, f"truncated or corrupt ({e})") from e
+    img = _open(io.BytesIO(data), name, max_pixels)
     return _decode(img, name, draft_to=draft_to, max_pixels=max_pixels)
 
 
 def _decode(img: Image.Image, path: object, *, draft_to: int | None, max_pixels: int) -> Image.Image:
     try:
         w, h = img.size
-        if w * h > max_pixels:
-            raise BadImage(
-                path, f"{w}x{h} is over the {max_pixels:,}-pixel limit (raise --max-pixels to allow it)"
-            )
+        if w * h > max_pixels:  # from the header: nothing decoded yet
+            raise ImageTooLarge(path, (w, h), w * h, max_pixels)
         if draft_to and img.format == "JPEG":
             # Decode at the smallest power-of-two scale that still covers the target (much less work).
             img.draft("RGB", (draft_to, draft_to))
@@ -100,7 +175,9 @@ def _decode(img: Image.Image, path: object, *, draft_to: int | None, max_pixels:
         return _to_rgb(img)
     except BadImage:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except _BOMB as e:  # a frame or tile bigger than the canvas (GIF, TIFF): PIL's check in load
+        raise _too_large(path, e, max_pixels) from e
+    except (OSError, SyntaxError, ValueError) as e:
         raise BadImage(path, f"truncated or corrupt ({e})") from e
 
 

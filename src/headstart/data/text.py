@@ -7,8 +7,9 @@ Accepted layouts (found by `is_text_data`, or forced with `load_dataset(..., mod
 Each text becomes `Item(path=Path("<file>:<row>"), label, split, text=...)` (a `.txt` file's item path is
 the file itself). Empty and whitespace-only texts are skipped and listed in `Dataset.skipped` with the
 reason. A table that is not UTF-8 is an error naming the file and line; a `.txt` file that is not UTF-8 is
-skipped with the reason. Texts longer than the backbone's token limit are truncated by its tokenizer, which
-counts them (`backbone.input_notes["truncated"]`, `backbone.truncated_count`).
+skipped with the reason (`read_text_file`: predict and export read the files given to a text model with
+it too, one file = one text). Texts longer than the backbone's token limit are truncated by its tokenizer,
+which counts them (`backbone.input_notes["truncated"]`, `backbone.truncated_count`).
 """
 
 from __future__ import annotations
@@ -19,24 +20,38 @@ import json
 from pathlib import Path
 from typing import Any
 
-from headstart.data.dataset import SPLITS, Dataset, Item, assemble_dataset
-from headstart.errors import HeadstartError
+from headstart.data.dataset import SPLITS, TABLE_COLUMNS, Dataset, Item, assemble_dataset, class_folders
+from headstart.errors import BadInput, HeadstartError
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 TEXT_FILE_SUFFIX = ".txt"
 _SNIFF_FILES = 200  # files looked at to decide whether a folder holds texts
 
 
-def _decode_utf8(path: Path) -> str:
-    data = path.read_bytes()
+class NotUTF8(ValueError):
+    """Bytes that are not UTF-8: `line` (1-based), `byte` (the first bad one) and `offset`."""
+
+    def __init__(self, line: int, byte: int, offset: int) -> None:
+        super().__init__(f"not UTF-8 text (line {line}, byte 0x{byte:02x})")
+        self.line, self.byte, self.offset = line, byte, offset
+
+
+def decode_utf8(data: bytes) -> str:
+    """UTF-8 text (a BOM is dropped); NotUTF8 says where it is not, for a message that names the place."""
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
+        raise NotUTF8(data[: e.start].count(b"\n") + 1, data[e.start], e.start) from None
+
+
+def _decode_utf8(path: Path) -> str:
+    try:
+        return decode_utf8(path.read_bytes())
+    except NotUTF8 as e:
         raise HeadstartError(
-            f"{path}:{line} is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start})",
+            f"{path}:{e.line} is not UTF-8 text (byte 0x{e.byte:02x} at offset {e.offset})",
             fix="save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)",
-        ) from e
+        ) from None
 
 
 def _table_columns(path: Path) -> list[str]:
@@ -140,8 +155,8 @@ def read_text_table(path: Path) -> tuple[list[Item], dict[str, str]]:
     missing = {"text", "label"} - columns
     if missing:
         raise HeadstartError(
-            f"{path} lacks column(s) {sorted(missing)} (has {sorted(columns)})",
-            fix="name the columns `text,label` (and optionally `split`)",
+            f"{path} lacks column(s) {sorted(missing)} (has {sorted(columns)}): {TABLE_COLUMNS}",
+            fix="rename its columns: the texts to `text`, the classes to `label`",
         )
     items: list[Item] = []
     skipped: dict[str, str] = {}
@@ -177,24 +192,40 @@ def _empty_reason(text: object) -> str | None:
 
 def _read_txt_folder(folder: Path, split: str | None, skipped: dict[str, str]) -> list[Item]:
     items = []
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for class_dir, files in class_folders(folder, skipped):  # junk, links, nested folders: as for files
+        for f in files:
             if f.suffix.lower() != TEXT_FILE_SUFFIX:
                 skipped[str(f)] = "not a .txt file"
                 continue
-            data = f.read_bytes()
             try:
-                text = data.decode("utf-8-sig")
-            except UnicodeDecodeError as e:
-                line = data[: e.start].count(b"\n") + 1
-                skipped[str(f)] = f"not UTF-8 text (line {line}, byte 0x{data[e.start]:02x})"
-                continue
-            reason = _empty_reason(text)
-            if reason:
-                skipped[str(f)] = reason
+                text = read_text_file(f)
+            except BadInput as e:
+                skipped[str(f)] = e.reason
                 continue
             items.append(Item(f, class_dir.name, split, text=text))
     return items
+
+
+def read_text_file(path: str | Path) -> str:
+    """One file as one text (UTF-8, a BOM dropped): how training reads `.txt` class folders, and how predict
+    and export read the files given to a text model. Raises BadInput with the reason when unusable."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise BadInput(path, "file not found") from None
+    except IsADirectoryError:
+        raise BadInput(path, "a folder, not a text file") from None
+    except OSError as e:
+        raise BadInput(path, f"cannot read ({e.strerror or e})") from None
+    try:
+        text = decode_utf8(data)
+    except NotUTF8 as e:
+        raise BadInput(path, str(e)) from None
+    reason = _empty_reason(text)
+    if reason:
+        raise BadInput(path, reason)
+    return text
 
 
 # -- the dataset ------------------------------------------------------------------------------------------

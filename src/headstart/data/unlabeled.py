@@ -1,6 +1,7 @@
 """Unlabeled inputs (distillation transfer sets, domain-adversarial target data, continued pretraining).
 
-Images and audio: a folder (searched recursively; unreadable files are skipped later, when decoded).
+Images and audio: a folder, searched recursively (OS junk, hidden names, broken links and symlink loops are
+listed in `Unlabeled.skipped`; unreadable files are skipped later, when decoded).
 Text: as `headstart.data.unlabeled_text` reads it (a `.txt` file of lines or paragraphs, a folder of `.txt`
 files, or a CSV / JSONL / Parquet table with a `text` column); empty texts are skipped and counted.
 """
@@ -47,6 +48,7 @@ def load_unlabeled(path: str | Path, modality: str) -> Unlabeled:
 def _files(path: Path) -> Unlabeled:
     if path.is_file():
         return Unlabeled([str(path)])
-    from headstart.data.dataset import _visible_files
+    from headstart.data.dataset import list_files
 
-    return Unlabeled([str(p) for p in _visible_files(path)])
+    skipped: dict[str, str] = {}  # junk, hidden names, broken links, loops: listed, never read
+    return Unlabeled([str(p) for p in list_files(path, skipped)], skipped)

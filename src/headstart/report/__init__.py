@@ -250,7 +250,9 @@ def _kpis(files: RunFiles) -> Html:
     metrics, split, _source = _test_metrics(files)
     cards: list[tuple[str, str, bool]] = []
     if metrics:
-        cards.append((num(metrics.get("accuracy")), f"{split} accuracy", True))
+        ci = metrics.get("accuracy_ci")
+        interval = f" (95%: {num(ci[0])}–{num(ci[1])})" if ci and None not in ci else ""
+        cards.append((num(metrics.get("accuracy")), f"{split} accuracy{interval}", True))
         cards.append((num(metrics.get("macro_f1")), f"{split} macro-F1", False))
         if metrics.get("knn_accuracy") is not None:
             cards.append((num(metrics.get("knn_accuracy")), f"{split} kNN accuracy", False))
@@ -258,7 +260,11 @@ def _kpis(files: RunFiles) -> Html:
         cards.append((num(1 / len(files.classes)), "chance (1 / classes)", False))
     cal = (files.evaluation or {}).get("calibration") or {}
     if cal.get("ece_after") is not None:
-        cards.append((num(cal["ece_after"]), "ECE after scaling", False))
+        if _calibration_applied(cal)[0]:
+            gain = _float(cal["ece_after"]) < _float(cal.get("ece_before"))
+            cards.append((num(cal["ece_after"]), "ECE after scaling" + ("" if gain else " (no gain)"), False))
+        else:
+            cards.append((num(cal.get("ece_before")), "ECE (not scaled)", False))
     lat = (files.evaluation or {}).get("latency") or {}
     if lat.get("single_p50_ms") is not None:
         cards.append((f"{num(lat['single_p50_ms'], 1)} ms", "forward, one item (p50)", False))
@@ -292,15 +298,15 @@ def _overview(files: RunFiles) -> tuple[Html, bool]:
                     [
                         s,
                         num(m.get("n")),
-                        num(m.get("accuracy")),
-                        num(m.get("macro_f1")),
+                        _ci(m, "accuracy"),
+                        _ci(m, "macro_f1"),
                         num(m.get("knn_accuracy")),
                     ]
                 )
         if rows:
             parts.append(
                 table(
-                    ["split", "n", "accuracy", "macro-F1", "kNN accuracy"],
+                    ["split", "n", "accuracy (95%)", "macro-F1 (95%)", "kNN accuracy"],
                     rows,
                     numeric=(1, 2, 3, 4),
                 )
@@ -410,6 +416,14 @@ def _data(files: RunFiles) -> tuple[Html, bool]:
     return join(parts), True
 
 
+def _ci(r: dict[str, Any], key: str) -> str:
+    """A score with its 95 % interval, as every table of the report shows it."""
+    from headstart.intervals import fmt_ci
+
+    v = r.get(key)
+    return fmt_ci(v, r.get(f"{key}_ci")) if v is not None else "–"
+
+
 def _compare(files: RunFiles) -> tuple[Html, bool]:
     c = files.compare
     if not c:
@@ -420,8 +434,8 @@ def _compare(files: RunFiles) -> tuple[Html, bool]:
     rec = c.get("recommendation") or {}
     best = rec.get("strategy")
     flags = c.get("flags") or {}
+    tests = (c.get("selection") or {}).get("tests") or {}
     overfit = set(map(str, flags.get("overfitting") or []))
-    top_test = max((_float(r.get("test_accuracy")) for r in rows_in), default=math.nan)
     rows, classes = [], []
     for r in rows_in:
         name = str(r.get("strategy", "?"))
@@ -433,16 +447,19 @@ def _compare(files: RunFiles) -> tuple[Html, bool]:
             marks.append("overfits")
         if marks:
             label = join([name, tag("span", " · " + ", ".join(marks), class_="muted")])
-        test_acc = _float(r.get("test_accuracy"))
-        test_cell: Any = num(test_acc)
-        if not math.isnan(test_acc) and test_acc == top_test:
-            test_cell = tag("b", num(test_acc))
+        d = tests.get(name)
+        vs = (
+            "–" if d is None else f"{d['diff']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}], p = {d['p']:.2g}"
+        )
+        ran = r.get("epochs_run")
         rows.append(
             [
                 label,
-                num(r.get("val_accuracy")),
-                test_cell,
-                num(r.get("test_macro_f1")),
+                _ci(r, "val_accuracy"),
+                vs,
+                _ci(r, "test_accuracy"),
+                _ci(r, "test_macro_f1"),
+                "–" if ran is None else f"{ran} / {r.get('epochs_planned')}",
                 num(r.get("train_s"), 1),
                 num(r.get("trainable_params")),
                 size_bytes(r.get("stored_bytes")),
@@ -453,20 +470,45 @@ def _compare(files: RunFiles) -> tuple[Html, bool]:
     if best:
         parts.append(note(join(["Recommendation: ", tag("b", best), f". {rec.get('reason', '')}"]), "good"))
     if flags.get("negative_transfer"):
-        parts.append(note("Negative transfer: training from scratch beat the pretrained starts.", "warn"))
+        parts.append(note(f"Negative transfer: {flags.get('transfer', '')}.", "warn"))
+    elif flags.get("transfer"):
+        parts.append(tag("p", f"Transfer: {flags['transfer']}."))
+    leak = c.get("leakage") or {}
+    if leak.get("regrouped"):
+        raw, grouped = leak.get("probe_raw") or {}, leak.get("probe_grouped") or {}
+        parts.append(
+            note(
+                f"{leak.get('n_exact', 0)} exact and {leak.get('n_near', 0)} near copies across splits: "
+                f"{leak.get('moved', 0)} item(s) in {leak.get('groups', 0)} group(s) were moved so each "
+                f"group sits in one split. The probe's test accuracy was {num(raw.get('test'))} on the raw "
+                f"split and is {num(grouped.get('test'))} on the grouped one.",
+                "warn",
+            )
+        )
+    rb = c.get("rule_based") or {}
+    if rb.get("untested"):
+        parts.append(
+            tag(
+                "p",
+                f"Rule-based recommendation {rb.get('strategy')}: untested ({rb['untested']}).",
+                class_="muted",
+            )
+        )
     parts.append(
         table(
             [
                 "strategy",
-                "val accuracy",
-                "test accuracy",
-                "test macro-F1",
+                "val accuracy (95%)",
+                "vs probe, paired",
+                "test accuracy (95%)",
+                "test macro-F1 (95%)",
+                "epochs run / planned",
                 "train s",
                 "trainable params",
                 "stored",
             ],
             rows,
-            numeric=range(1, 7),
+            numeric=range(1, 9),
             row_class=classes,
         )
     )
@@ -569,30 +611,70 @@ def _confusion(files: RunFiles) -> tuple[Html, bool]:
     return join(parts), True
 
 
+def _calibration_applied(cal: dict[str, Any]) -> tuple[bool, str]:
+    """(whether predictions use the fitted T, why not). Evaluations written before calibration had a
+    status count as applied unless their T is outside the bounds load_model now enforces."""
+    from headstart.calibration import applied_temperature
+
+    if cal.get("status") == "skipped":
+        return False, str(cal.get("reason") or "no reason recorded")
+    if cal.get("temperature") is None:
+        return False, "no temperature was fitted"
+    _t, warning = applied_temperature(cal)
+    return (False, warning) if warning else (True, "")
+
+
 def _calibration(files: RunFiles) -> tuple[Html, bool]:
     cal = (files.evaluation or {}).get("calibration")
     if not cal:
         return not_computed("no calibration measured", _eval_cmd(files)), False
     from headstart.report import plots
 
-    parts: list[Any] = [
-        key_value(
-            [
-                ("temperature", num(cal.get("temperature"))),
-                ("ECE before scaling", num(cal.get("ece_before"))),
-                ("ECE after scaling", num(cal.get("ece_after"))),
-            ]
-        )
-    ]
+    applied, why = _calibration_applied(cal)
     before, after = cal.get("reliability_before"), cal.get("reliability_after")
+    e0, e1 = _float(cal.get("ece_before")), _float(cal.get("ece_after"))
+    fitted = cal.get("fitted_temperature")
+    parts: list[Any] = []
+    if not applied:
+        parts.append(note(f"Temperature scaling not applied: {why}", "warn"))
+        rows = [("temperature", "1 (not scaled)")]
+        if fitted is not None:
+            rows.append(("fitted temperature (not used)", num(fitted)))
+        rows.append(("ECE (no scaling)", num(cal.get("ece_before"))))
+        parts.append(key_value(rows))
+        after = None  # there is no "after": predictions are the unscaled ones
+    else:
+        parts.append(
+            key_value(
+                [
+                    ("temperature", num(cal.get("temperature"))),
+                    ("ECE before scaling", num(cal.get("ece_before"))),
+                    ("ECE after scaling", num(cal.get("ece_after"))),
+                ]
+            )
+        )
+        if not e1 < e0:  # also NaN: never present a non-improvement as a success
+            parts.append(
+                note(
+                    f"Scaling did not lower ECE on the evaluated split ({num(e0)} \u2192 {num(e1)}): it was "
+                    "fitted and checked on val, and this split disagrees; treat the probabilities with care.",
+                    "warn",
+                )
+            )
     if before:
         uri = plots.reliability(before, after, (cal.get("ece_before"), cal.get("ece_after")))
+        alt = (
+            "Reliability diagrams: accuracy per confidence bin before "
+            f"(ECE {num(cal.get('ece_before'))}) and after (ECE {num(cal.get('ece_after'))}) "
+            "temperature scaling"
+            if after
+            else f"Reliability diagram: accuracy per confidence bin (ECE {num(cal.get('ece_before'))}), "
+            "no temperature scaling applied"
+        )
         parts.append(
             figure(
                 uri,
-                alt="Reliability diagrams: accuracy per confidence bin before "
-                f"(ECE {num(cal.get('ece_before'))}) and after (ECE {num(cal.get('ece_after'))}) "
-                "temperature scaling",
+                alt=alt,
                 caption="Bars: accuracy of the predictions in each confidence bin; dots: their mean "
                 "confidence. On the dashed diagonal, a confidence of 0.8 is right 80\u00a0% of the time.",
             )
@@ -759,14 +841,7 @@ def _card(files: RunFiles) -> tuple[Html, bool]:
         rows.append(("backbone parameters", num(card["num_params"])))
     if bb.get("key"):
         rows.append(("backbone key", code(bb["key"])))
-    if isinstance(run.get("delta"), dict):
-        d = run["delta"]
-        rows.append(
-            (
-                "trained delta",
-                join([code(d.get("file", "?")), " groups: ", ", ".join(map(str, d.get("groups", [])))]),
-            )
-        )
+    rows.append(("trained", _what_trained(run)))
     parts: list[Any] = [tag("h3", "Base backbone"), key_value(rows)]
 
     pre = run.get("preprocess") or {}
@@ -793,6 +868,38 @@ def _card(files: RunFiles) -> tuple[Html, bool]:
     if versions:
         parts += [tag("h3", "Library versions"), key_value(versions.items())]
     return join(parts), True
+
+
+_ADAPTER_NAMES = {"lora": "LoRA"}
+
+
+def _what_trained(run: dict[str, Any]) -> Any:
+    """What the run changed, from run.json: the head always, and the backbone groups that moved, the LoRA
+    adapters, or every layer. A probe and the `head` strategy train the head only (no `trained_groups`
+    or an empty list); fit records the group names in `trained_groups`, LoRA in `adapter.groups`."""
+    adapter, groups = run.get("adapter"), run.get("trained_groups")
+    if isinstance(adapter, dict):
+        method = str(adapter.get("method", "lora"))
+        in_groups = ", ".join(map(str, adapter.get("groups") or [])) or "–"
+        return join(
+            [
+                f"the head and {_ADAPTER_NAMES.get(method, method)} adapters "
+                f"(r = {adapter.get('r', '?')}) in groups {in_groups}; the base weights stay frozen (",
+                code(adapter.get("file", "?")),
+                ")",
+            ]
+        )
+    if run.get("pretrained") is False:
+        return "every layer and the head, from random initialisation (no pretrained weights)"
+    if groups:
+        delta = run.get("delta") or {}
+        text = f"the head and backbone groups {', '.join(map(str, groups))}"
+        if run.get("merged_from"):
+            text += " (LoRA adapters merged into their weights)"
+        return join([text, " (", code(delta.get("file", "?")), ")"]) if delta else text
+    if groups == [] or run.get("kind") == "probe":
+        return "the head only (a linear classifier on the frozen backbone's embeddings)"
+    return "not recorded in run.json"
 
 
 def _performance(files: RunFiles) -> tuple[Html, bool]:

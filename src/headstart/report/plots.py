@@ -7,8 +7,10 @@ no files and no network. Matplotlib is imported here only, when a chart is drawn
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import math
+import unicodedata
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -18,8 +20,12 @@ SPLIT_COLOURS = {"train": "#4c78a8", "val": "#f58518", "test": "#54a24b"}
 SERIES = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#9d755d", "#eeca3b"]
 INK, MUTED, GRID = "#1f2328", "#656d76", "#e6e8eb"
 
+# Font families in the order matplotlib falls back along them per character. DejaVu Sans comes with
+# matplotlib; the others are monochrome fonts with emoji and symbols, used when installed. Colour-emoji fonts
+# (Noto Color Emoji: fixed-size bitmap strikes) are left out: matplotlib cannot draw them at a chosen size.
+FONTS = ("DejaVu Sans", "Noto Emoji", "Noto Sans Symbols 2", "Noto Sans Symbols", "Symbola")
+
 _STYLE = {
-    "font.family": "DejaVu Sans",
     "font.size": 9.5,
     "axes.edgecolor": "#9aa1a9",
     "axes.labelcolor": INK,
@@ -60,7 +66,7 @@ def _styled(draw: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> str:
         import matplotlib
 
-        with matplotlib.rc_context(_STYLE):
+        with matplotlib.rc_context({**_STYLE, "font.family": list(_fonts()[0])}):
             return draw(*args, **kwargs)
 
     wrapper.__doc__, wrapper.__name__ = draw.__doc__, draw.__name__
@@ -77,7 +83,7 @@ def class_counts(classes: Sequence[str], counts: dict[str, dict[str, int]]) -> s
     for split, per_class in counts.items():
         values = [float(per_class.get(c, 0)) for c in classes]
         colour = SPLIT_COLOURS.get(split, SERIES[len(SPLIT_COLOURS) % len(SERIES)])
-        ax.barh(ys, values, left=left, color=colour, label=split, height=0.7)
+        ax.barh(ys, values, left=left, color=colour, label=_short(split), height=0.7)
         left = [a + b for a, b in zip(left, values, strict=True)]
     ax.set_yticks(ys, [_short(c) for c in classes])
     ax.set_xlabel("items")
@@ -224,5 +230,47 @@ def _fmt(v: Any) -> str:
 
 
 def _short(text: str, limit: int = 28) -> str:
-    text = str(text)
+    """A label from the data (class, phase, method), drawable and at most `limit` characters."""
+    text = _drawable(str(text))
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@functools.cache
+def _fonts() -> tuple[tuple[str, ...], frozenset[int]]:
+    """The installed families of FONTS, and every code point one of them can draw."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    files: dict[str, str] = {}
+    for entry in font_manager.fontManager.ttflist:
+        files.setdefault(entry.name, entry.fname)
+    families: list[str] = []
+    covered: set[int] = set()
+    for name in FONTS:
+        if name not in files:
+            continue
+        try:
+            covered.update(FT2Font(files[name]).get_charmap())
+        except (OSError, RuntimeError, ValueError):  # a font file FreeType cannot read: not a fallback
+            continue
+        families.append(name)
+    return tuple(families) or ("DejaVu Sans",), frozenset(covered)
+
+
+def _drawable(text: str) -> str:
+    """`text` with every character no available font can draw spelled out by its Unicode name ("🦊 fox" ->
+    "[fox face] fox"): matplotlib would draw an empty box and warn, and two emoji classes would look alike.
+    Invisible format characters the fonts lack (zero-width joiner, variation selectors) are dropped."""
+    covered = _fonts()[1]
+    if all(ord(ch) in covered or ch == "\n" for ch in text):
+        return text
+    out: list[str] = []
+    for ch in text:
+        if ord(ch) in covered or ch == "\n":
+            out.append(ch)
+        elif unicodedata.category(ch) == "Cf" or unicodedata.name(ch, "").startswith("VARIATION SELECTOR"):
+            continue
+        else:
+            name = unicodedata.name(ch, "").lower()
+            out.append(f"[{name or f'U+{ord(ch):04X}'}]")
+    return "".join(out)

@@ -6,8 +6,10 @@ report = fit("examples/emoji/images", backbone="efficientnet_lite0", strategy="l
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +29,127 @@ WORK_SUFFIX = ".training"  # checkpoints live beside the run folder until the ru
 
 # The trained groups' weights a run stores beside its head (the base backbone is only referenced).
 DELTA_FILE = "delta.safetensors"
+# In the work folder: what the run was started with (data, backbone, strategy, options), for --resume.
+STARTED_FILE = "started.json"
+
+
+def work_dir_of(run_dir: Path) -> Path:
+    """Where a run's checkpoints live until it is written: `.NAME.training` beside the run folder."""
+    return run_dir.parent / f".{run_dir.name}{WORK_SUFFIX}"
+
+
+def _strategy_name(strategy: str | Recipe | dict[str, Any]) -> str | None:
+    if isinstance(strategy, str):
+        return strategy
+    if isinstance(strategy, dict):
+        return strategy.get("name")
+    return strategy.name
+
+
+def _split_digest(items: Any) -> tuple[str, int]:
+    """sha256 of the (source, label, split) rows: the same data gives the same split, so the same digest."""
+    h = hashlib.sha256()
+    for it in sorted((it.source, it.label, it.split or "") for it in items):
+        h.update(json.dumps(it).encode("utf-8", errors="surrogatepass"))
+    return h.hexdigest(), len(items)
+
+
+def _item_hashes(bb: Any, sources: list[str]) -> dict[str, str]:
+    out = {}
+    for src in sources:
+        try:
+            out[src] = bb.item_hash(src)
+        except OSError:  # gone since it was decoded: recorded without a hash (later checks skip it)
+            out[src] = ""
+    return out
+
+
+def _refuse_changes(
+    run_dir: Path, started: dict[str, Any], request: dict[str, Any], keys: tuple[str, ...]
+) -> None:
+    """--resume with other data, backbone, strategy or options than the interrupted run was started with."""
+    diff = [k for k in keys if k in started and started[k] != request.get(k)]
+    if not diff:
+        return
+    listed = "; ".join(f"{k}: the run has {started[k]!r}, this command {request.get(k)!r}" for k in diff)
+    if set(diff) <= {"n_items", "split_sha256"}:
+        listed = (
+            f"the data at {request['data']} gives another split than the run was started on "
+            f"({started.get('n_items')} items then, {request.get('n_items')} now)"
+        )
+    raise HeadstartError(
+        f"cannot resume the interrupted run {run_dir}: {listed}",
+        fix="resume with the options and data it was started with (see "
+        f"{work_dir_of(run_dir) / STARTED_FILE}), or --overwrite to start over, or another --out",
+    )
+
+
+def check_out(
+    out: str | Path | None, *, resume: bool, overwrite: bool, request: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Refuse, before any work, what would lose a run or resume the wrong one; deletes nothing.
+
+    Returns what the interrupted run was started with when it is resumed (None for a fresh start).
+    """
+    from headstart.fileio import ensure_writable_dir
+    from headstart.runs import RUN_FILE
+    from headstart.train.checkpoint import CHECKPOINT_FILE
+
+    if out is None:
+        if resume:
+            raise HeadstartError(
+                "--resume needs the --out folder of the interrupted run", fix="add --out RUN_FOLDER"
+            )
+        ensure_writable_dir("runs", flag="--out")  # where the default run folder goes
+        return None
+    run_dir = ensure_writable_dir(out, flag="--out")
+    work_dir = work_dir_of(run_dir)
+    finished = (run_dir / RUN_FILE).is_file()
+    interrupted = (work_dir / CHECKPOINT_FILE).is_file() and not finished
+    not_empty = run_dir.is_dir() and any(run_dir.iterdir())
+    if resume:
+        if finished:
+            raise HeadstartError(
+                f"{run_dir} holds a finished run: there is nothing to resume (nothing was changed)",
+                fix="drop --resume and add --overwrite to replace it, or choose another --out",
+            )
+        if not interrupted:
+            raise HeadstartError(
+                f"no interrupted run to resume at {run_dir} (no checkpoint in {work_dir})",
+                fix="drop --resume to start the run, or give the --out of the interrupted run",
+            )
+        if not_empty and not overwrite:
+            raise HeadstartError(
+                f"{run_dir} is not empty and is not a headstart run (resuming would write into it)",
+                fix="choose another --out, or --overwrite",
+            )
+        started_file = work_dir / STARTED_FILE
+        started: dict[str, Any] = {}
+        if started_file.is_file():  # checkpoints of older versions have none: the recipe check remains
+            try:
+                started = json.loads(started_file.read_text())
+            except (OSError, json.JSONDecodeError):
+                started = {}
+        keys = tuple(k for k in request if k not in ("n_items", "split_sha256"))
+        _refuse_changes(run_dir, started, request, keys)
+        return started
+    if overwrite:
+        return None
+    if interrupted:
+        raise HeadstartError(
+            f"an interrupted run is there: {run_dir} (its checkpoint is in {work_dir}); nothing was changed",
+            fix="add --resume to continue it or --overwrite to start over (or choose another --out)",
+        )
+    if finished:
+        raise HeadstartError(
+            f"{run_dir} already holds a finished run (nothing was changed)",
+            fix="choose another --out, or --overwrite to replace it",
+        )
+    if not_empty:
+        raise HeadstartError(
+            f"{run_dir} already exists and is not empty", fix="choose another --out, or --overwrite"
+        )
+    return None
 
 
 @dataclass
@@ -120,15 +243,38 @@ def fit(
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.features import embed
+    from headstart.fileio import atomic_write_json
     from headstart.metrics import classification_metrics
-    from headstart.runs import default_run_dir, library_versions, to_jsonable, write_run
+    from headstart.runs import default_run_dir, library_versions, make_split_rows, to_jsonable, write_run
     from headstart.train.data import decode_all
     from headstart.train.loop import Split, Trainer, init_distributed
+
+    # The output folder's state and writability are checked before any data is read or model loaded.
+    request = {
+        "data": str(Path(data).expanduser().resolve()),
+        "backbone": backbone,
+        "strategy": _strategy_name(strategy),
+        "seed": seed,
+        "val": val,
+        "test": test,
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "augment": augment,
+        "unlabeled": str(unlabeled) if unlabeled is not None else None,
+        "target_unlabeled": str(target_unlabeled) if target_unlabeled is not None else None,
+    }
+    started: dict[str, Any] | None = None
+    if save:
+        started = check_out(out, resume=resume, overwrite=overwrite, request=request)
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     ds = load_dataset(data, seed=seed, val=val, test=test)
     timings["load_data_s"] = time.perf_counter() - t0
+    request["split_sha256"], request["n_items"] = _split_digest(ds.items)
+    if started is not None:
+        _refuse_changes(Path(out or ""), started, request, keys=("n_items", "split_sha256"))
 
     t0 = time.perf_counter()
     bb = create_backbone(backbone)
@@ -136,6 +282,7 @@ def fit(
     if not recipe.pretrained:
         bb = create_backbone(backbone, pretrained=False)
     base_key = bb.key
+    ds = ds.note_cuts(bb)  # clips longer than the backbone's window: each cut is listed
     timings["load_backbone_s"] = time.perf_counter() - t0
     adapter: dict[str, Any] | None = None
     if recipe.adapter is not None:
@@ -170,6 +317,9 @@ def fit(
     labeled_sources = {it.source for it in ds.items}  # never learn from val/test inputs, even unlabeled
     extra = [s for s in dict.fromkeys(extra) if s in good and s not in labeled_sources]
     ds = ds.drop(bad)
+    # Content hashes of what was decoded, for split.csv (as probe records them): later verbs skip files
+    # that changed since. Memoised per (path, size, mtime), so files the feature cache saw cost nothing.
+    item_hashes = _item_hashes(bb, [it.source for it in ds.items])
     timings["decode_s"] = time.perf_counter() - t0
     index = {c: i for i, c in enumerate(ds.classes)}
     splits: dict[str, Split] = {}
@@ -218,13 +368,13 @@ def fit(
     recipe = recipe.with_overrides(epochs=epochs, lr=lr, batch_size=batch_size)
 
     run_dir = Path(out) if out else default_run_dir("fit", bb.name)
-    work_dir = run_dir.parent / f".{run_dir.name}{WORK_SUFFIX}" if save else None
-    if save and run_dir.exists() and any(run_dir.iterdir()) and not overwrite and not resume:
-        raise HeadstartError(
-            f"{run_dir} already exists and is not empty", fix="choose another --out, or --overwrite"
-        )
-    if work_dir is not None:
+    work_dir = work_dir_of(run_dir) if save else None
+    if work_dir is not None and init_distributed().main:  # only the main process checkpoints
+        if not resume:  # a fresh start (check_out refused an interrupted run unless --overwrite)
+            shutil.rmtree(work_dir, ignore_errors=True)
         work_dir.mkdir(parents=True, exist_ok=True)
+        if started is None:  # what this run is, so a later --resume can refuse other options or data
+            atomic_write_json(work_dir / STARTED_FILE, request)
 
     trainer = Trainer(
         bb,
@@ -249,7 +399,7 @@ def fit(
     for s in ("train", "val", "test"):
         if len(splits[s]):
             z, y = trainer.labeled_logits(s, splits[s], k=len(bb.groups))
-            m = classification_metrics(y.numpy(), z.argmax(1).numpy(), ds.classes)
+            m = classification_metrics(y.numpy(), z.argmax(1).numpy(), ds.classes, predictions=s != "train")
             m["loss"] = float(torch.nn.functional.cross_entropy(z, y))
             metrics[s] = m
     timings["evaluate_s"] = time.perf_counter() - t0
@@ -271,7 +421,8 @@ def fit(
             ),
             "backbone_params": bb.card.num_params,
             "train_s": trainer.train_seconds,
-            "unlabeled": len(extra),
+            # transfer-set items in the training split + what the objective brought (DANN's target inputs)
+            "unlabeled": len(extra) + trainer.objective.n_extra_unlabeled,
             "objective": trainer.objective.describe(),
             "warnings": trainer.warnings,
             "timings": timings,
@@ -327,9 +478,9 @@ def fit(
         elif delta:
             info["delta"] = {"file": DELTA_FILE, "whole": whole}
             tensors[DELTA_FILE] = delta
-        split_rows = [
-            (it.source, it.label, it.split or "", "") for s in ("train", "val", "test") for it in ds.split(s)
-        ]
+        split_rows = make_split_rows(
+            [it for s in ("train", "val", "test") for it in ds.split(s)], item_hashes
+        )
         history = {
             "epochs": trainer.history,
             "best_epoch": trainer.best["epoch"],
@@ -345,16 +496,12 @@ def fit(
             tensors=tensors,
             json_files={"history.json": to_jsonable(history), "recipe.json": recipe.to_dict()},
             text_files={"history.csv": history_csv(trainer.history)},
-            overwrite=overwrite or resume,
+            overwrite=overwrite,
         )
         stored = sum((saved / f).stat().st_size for f in ["head.safetensors", *tensors])
         metrics["stored_bytes"] = stored
-        from headstart.fileio import atomic_write_json
-
         atomic_write_json(saved / "metrics.json", to_jsonable(metrics))
         if work_dir is not None:
-            import shutil
-
             shutil.rmtree(work_dir, ignore_errors=True)
     return FitReport(
         run_dir=saved,

@@ -115,6 +115,7 @@ class DomainAdversarial(Objective):
         self.target = Split(
             examples=[good[s] for s in kept], y=torch.full((len(kept),), -1, dtype=torch.long), sources=kept
         )
+        self.n_extra_unlabeled = len(kept)
         with torch.random.fork_rng(devices=[]):  # seeded init that leaves the global stream untouched
             torch.manual_seed(trainer.seed)
             self.classifier = DomainClassifier(trainer.backbone.embed_dim, self.hidden)

@@ -102,6 +102,9 @@ class Objective:
     # Whether the untrained starting point (e.g. the linear probe of LP-FT) may be kept as the best epoch. An
     # objective whose gains do not show on the source validation split (domain adaptation) turns it off.
     start_is_candidate = True
+    # Unlabeled inputs the objective learns from beyond the training split (DANN's target domain): the run
+    # records them with the transfer-set items as metrics["unlabeled"].
+    n_extra_unlabeled = 0
 
     def setup(self, trainer: Trainer, train: Split) -> None:
         """Called once before training (precompute targets, decode extra data)."""

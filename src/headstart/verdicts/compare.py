@@ -14,17 +14,24 @@ from pathlib import Path
 from typing import Any
 
 from headstart.errors import HeadstartError
+from headstart.verdicts.select import PROBE, SCRATCH, overfitting, select, transfer_verdict
+
+# Below this many validation items, the cheap rows (probe, kNN) are also scored by repeated stratified
+# k-fold over train+val on cached embeddings: at 300 items a Wilson interval around 0.75 is +-0.05 wide,
+# about the gain a fine-tune buys over a probe; below it one split's noise swamps that gain.
+CV_BELOW_VAL_ITEMS = 300
+CV_FOLDS, CV_REPEATS = 5, 3
+# The budget is a plan, not a stopwatch: each fine-tune gets epochs from measured step times before it
+# starts; the wall clock stops it only past this multiple of its share (a safety net the row reports).
+HARD_CAP = 2.0
 
 # Below this many training examples per class (the median), full fine-tuning of every weight is left out:
 # it has too few labels to move millions of weights without overfitting (see verdicts.recommend).
 FULL_MIN_PER_CLASS = 20
 SMALL_DATA_STRATEGIES = ("head", "partial:2", "lp-ft")
-# Final train-minus-val accuracy above which a strategy is flagged as overfitting.
-OVERFIT_GAP = 0.2
-TRANSFER_BASELINE = "scratch"
+TRANSFER_BASELINE = SCRATCH
 # `adapt+lp-ft`: continued pretraining on the training texts, then lp-ft on the adapted backbone.
 ADAPT_PREFIX = "adapt+"
-PROBE = "probe"
 
 
 def choose_strategies(train_per_class: float) -> list[str]:
@@ -60,72 +67,50 @@ def _adapt_on_train(ds: Any, backbone: str, out: Path, seed: int, progress: bool
     return str(report.folder)
 
 
-def overfitting(row: dict[str, Any]) -> bool:
-    """A widening train-val gap during training (the trainer's warning) or a final gap above OVERFIT_GAP."""
-    if any(str(w).startswith("overfitting") for w in row.get("warnings") or []):
-        return True
-    tr, va = row.get("train_accuracy"), row.get("val_accuracy")
-    return tr is not None and va is not None and tr - va > OVERFIT_GAP
-
-
-def negative_transfer(rows: list[dict[str, Any]]) -> bool:
-    """Does training from scratch do at least as well on val as the best use of the pretrained weights?
-
-    A tie at 100% is not counted: when every method is perfect, the data cannot tell them apart.
-    """
-    scratch = [r for r in rows if r["strategy"] == TRANSFER_BASELINE and r.get("val_accuracy") is not None]
-    transfer = [r for r in rows if r["strategy"] != TRANSFER_BASELINE and r.get("val_accuracy") is not None]
-    if not scratch or not transfer:
-        return False
-    best = max(r["val_accuracy"] for r in transfer)
-    return scratch[0]["val_accuracy"] >= best and best < 1.0
-
-
-def recommend_measured(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best val accuracy; ties go to fewer trainable parameters (cheaper to train and store)."""
-    scored = [r for r in rows if r.get("val_accuracy") is not None]
-    if not scored:
-        return {"strategy": None, "reason": "no strategy finished within the budget"}
-    best = max(scored, key=lambda r: (r["val_accuracy"], -(r.get("trainable_params") or 0)))
-    tied = [r for r in scored if r is not best and r["val_accuracy"] == best["val_accuracy"]]
-    reason = f"{best['strategy']} has the best validation accuracy ({best['val_accuracy']:.1%})"
-    if tied:
-        reason += (
-            f", tied with {', '.join(r['strategy'] for r in tied)}, and the fewest trainable parameters "
-            f"({best.get('trainable_params') or 0:,})"
-        )
-    else:
-        runner = max((r for r in scored if r is not best), key=lambda r: r["val_accuracy"], default=None)
-        if runner is not None:
-            reason += f", ahead of {runner['strategy']} ({runner['val_accuracy']:.1%})"
-    return {"strategy": best["strategy"], "reason": reason + "."}
-
-
-def flags(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "negative_transfer": negative_transfer(rows),
-        "overfitting": [r["strategy"] for r in rows if overfitting(r)],
-    }
-
-
 def _row(strategy: str, metrics: dict[str, Any], run_dir: Path | None, warnings: list[str]) -> dict[str, Any]:
-    def acc(split: str, key: str = "accuracy") -> float | None:
+    def get(split: str, key: str = "accuracy") -> Any:
         m = metrics.get(split)
-        return None if not m else float(m[key])
+        return None if not m or m.get(key) is None else m[key]
 
     return {
         "strategy": strategy,
-        "train_accuracy": acc("train"),
-        "val_accuracy": acc("val"),
-        "val_macro_f1": acc("val", "macro_f1"),
-        "test_accuracy": acc("test"),
-        "test_macro_f1": acc("test", "macro_f1"),
+        "train_accuracy": get("train"),
+        "val_accuracy": get("val"),
+        "val_accuracy_ci": get("val", "accuracy_ci"),
+        "val_macro_f1": get("val", "macro_f1"),
+        "val_macro_f1_ci": get("val", "macro_f1_ci"),
+        "n_val": get("val", "n"),
+        "test_accuracy": get("test"),
+        "test_accuracy_ci": get("test", "accuracy_ci"),
+        "test_macro_f1": get("test", "macro_f1"),
+        "test_macro_f1_ci": get("test", "macro_f1_ci"),
+        "n_test": get("test", "n"),
         "train_s": None,
         "trainable_params": metrics.get("trainable_params"),
         "stored_bytes": metrics.get("stored_bytes"),
         "run_dir": str(run_dir) if run_dir else None,
         "warnings": list(warnings),
     }
+
+
+def _correct(metrics: dict[str, Any], expected: list[int]) -> Any:
+    """Per-item correctness on val, when the run's val items are exactly the expected ones (same labels in
+    the same order); None otherwise (e.g. a run that skipped an unreadable file), so nothing is mispaired."""
+    import numpy as np
+
+    val = metrics.get("val") or {}
+    pred, true = val.get("pred"), val.get("true")
+    if pred is None or true is None or list(true) != expected:
+        return None
+    return np.asarray(pred) == np.asarray(true)
+
+
+def _epochs_run(history: list[dict[str, Any]]) -> int:
+    return sum(1 for h in history if h.get("kind") == "train")
+
+
+def _budget_stopped(warnings: list[str]) -> bool:
+    return any(str(w).startswith("stopped after epoch") for w in warnings)
 
 
 def _rule(
@@ -142,10 +127,18 @@ def _rule(
     return {**recommend(per_class, distance, probe_acc), "domain_distance": distance}
 
 
-def _rule_verdict(rule: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The rule's recommendation and whether the measured rows held it up."""
+def _rule_verdict(rule: dict[str, Any], rows: list[dict[str, Any]], separated: bool) -> dict[str, Any]:
+    """The rule's recommendation and whether the measured rows held it up. When no row separated from the
+    probe beyond noise, any rule would "agree": that is reported as untested, not as agreement."""
     from headstart.verdicts.recommend import agree
 
+    if not separated:
+        return {
+            **rule,
+            "agrees": None,
+            "untested": "no measured row separated from the probe beyond noise, so the rows cannot confirm "
+            "or refute the rule",
+        }
     rec = {k: v for k, v in rule.items() if k != "domain_distance"}
     # The rule's "head" is a linear head on frozen features: the probe stands in when "head" was not run.
     stand_in = not any(r["strategy"] == "head" for r in rows)
@@ -160,6 +153,24 @@ def _rule_verdict(rule: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str,
     return {**rule, **verdict}
 
 
+def _leakage(ds: Any, data: str | Path, out_dir: Path, keep: bool) -> tuple[str | Path, Any, dict[str, Any]]:
+    """Copies across splits, regrouped into one split unless `keep`: (data to use, dataset, summary)."""
+    from headstart.data.grouped_split import regroup, write_manifest
+    from headstart.data.leakage import find_leaks
+    from headstart.fileio import atomic_write_json
+    from headstart.runs import to_jsonable
+
+    leaks = find_leaks(ds)
+    atomic_write_json(out_dir / "leakage.json", to_jsonable(leaks))
+    summary: dict[str, Any] = {"n_exact": leaks["n_exact"], "n_near": leaks["n_near"], "regrouped": False}
+    if keep or not (leaks["n_exact"] or leaks["n_near"]):
+        return data, ds, summary
+    ds, moved = regroup(ds, leaks)
+    path = write_manifest(ds, out_dir / "split-grouped")
+    summary.update(regrouped=True, manifest=str(path), **moved)
+    return path, ds, summary
+
+
 def compare(
     data: str | Path,
     backbone: str,
@@ -168,35 +179,57 @@ def compare(
     strategies: list[str] | None = None,
     seed: int = 0,
     out: str | Path | None = None,
+    keep_duplicates: bool = False,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Probe, then the scratch baseline and fine-tuning strategies, each with an even share of what is left
-    of `budget_s`. Strategies not started because the budget ran out are listed under "skipped"."""
+    """Probe, then the scratch baseline and fine-tuning strategies, each with an epoch plan fitted to an
+    even share of what is left of `budget_s`; strategies not started because the budget ran out are
+    listed under "skipped". Copies across splits are first regrouped into one split (unless
+    `keep_duplicates`), and the recommendation follows verdicts.select's rule."""
+
     from headstart.api import probe
+    from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.fileio import atomic_write_json
     from headstart.runs import to_jsonable
     from headstart.train import fit
+    from headstart.verdicts.plan import epoch_plan
 
     if budget_s <= 0:
         raise HeadstartError(f"budget {budget_s} s: must be positive", fix="give e.g. --budget 10m")
     t_start = time.perf_counter()
     out_dir = Path(out) if out else Path("runs") / f"compare-{Path(data).name}-{_dir_name(backbone)}"
     ds = load_dataset(data, seed=seed)
+    data_used, ds, leakage = _leakage(ds, data, out_dir, keep_duplicates)
     counts = [sum(1 for it in ds.split("train") if it.label == c) for c in ds.classes]
     per_class = float(statistics.median(counts)) if counts else 0.0
     # The probe always runs first, as the reference every other row is read against.
     todo = [s for s in strategies if s != PROBE] if strategies else choose_strategies(per_class)
 
     rows: list[dict[str, Any]] = []
+    correct: dict[str, Any] = {}
     t0 = time.perf_counter()
-    p = probe(data, backbone=backbone, out=out_dir / PROBE, seed=seed, overwrite=True, progress=progress)
+    if leakage["regrouped"]:  # how much the copies inflated the probe: the same probe on the raw split
+        raw = probe(data, backbone=backbone, seed=seed, save=False, progress=progress)
+        leakage["probe_raw"] = {s: (raw.metrics.get(s) or {}).get("accuracy") for s in ("val", "test")}
+    p = probe(data_used, backbone=backbone, out=out_dir / PROBE, seed=seed, overwrite=True, progress=progress)
     row = _row(PROBE, p.metrics, p.run_dir, [])
     row["train_s"] = time.perf_counter() - t0
     row["stored_bytes"] = (p.run_dir / "head.safetensors").stat().st_size if p.run_dir else None
+    expected = list((p.metrics.get("val") or {}).get("true") or [])
+    c = _correct(p.metrics, expected)
+    if c is not None:
+        correct[PROBE] = c
+    if leakage["regrouped"]:
+        leakage["probe_grouped"] = {"val": row["val_accuracy"], "test": row["test_accuracy"]}
+    if (row.get("n_val") or 0) < CV_BELOW_VAL_ITEMS:
+        row["cv"] = _cheap_cv(p, data_used, backbone, seed)
     rows.append(row)
     # The rule-based recommendation needs only the probe: worked out now, inside the budget.
-    rule = _rule(data, backbone, per_class, row["val_accuracy"], seed, progress)
+    rule = _rule(data_used, backbone, per_class, row["val_accuracy"], seed, progress)
+    bb = create_backbone(backbone) if todo else None
+    n_train = len(ds.split("train"))
+    n_eval = len(ds.split("val"))
 
     skipped: list[str] = []
     # Seconds a fit spends outside its training loop (decode, embed, evaluate, save), measured per kind:
@@ -217,14 +250,22 @@ def compare(
             fit_strategy = strategy[len(ADAPT_PREFIX) :]
             adapted = out_dir / "adapted-backbones" / _dir_name(strategy)  # outside the run folder
             fit_backbone = _adapt_on_train(ds, backbone, adapted, seed, progress)
+        plan = epoch_plan(
+            bb,
+            fit_strategy,
+            n_train=n_train,
+            n_eval=n_eval,
+            share_s=share - (time.perf_counter() - t0),
+            overhead_s=overhead.get(from_scratch, 0.0),
+        )
         r = fit(
-            data,
+            data_used,
             backbone=fit_backbone,
             strategy=fit_strategy,
             out=out_dir / _dir_name(strategy),
             seed=seed,
-            # At least a quarter of the share trains, so an overhead estimate cannot starve a strategy.
-            budget_s=max(share - overhead.get(from_scratch, 0.0), share / 4),
+            epochs=plan["epochs"] or None,
+            budget_s=HARD_CAP * share,  # the safety net: the plan, not the clock, sets the epochs
             overwrite=True,
             progress=progress,
         )
@@ -233,21 +274,67 @@ def compare(
             overhead.get(from_scratch, 0.0), wall - float(r.metrics.get("train_s") or 0.0)
         )
         row = _row(strategy, r.metrics, r.run_dir, r.warnings)
-        row["train_s"] = wall
+        row.update(
+            train_s=wall,
+            epochs_planned=plan["epochs"] if plan["epochs"] is not None else plan["recipe_epochs"],
+            recipe_epochs=plan["recipe_epochs"],
+            epochs_run=_epochs_run(r.history),
+            budget_stopped=_budget_stopped(r.warnings),
+            plan=plan["why"],
+        )
+        c = _correct(r.metrics, expected)
+        if c is not None:
+            correct[strategy] = c
+        else:
+            row["warnings"].append("not paired with the probe: its validation items differ (skipped files?)")
         rows.append(row)
 
+    for row in rows:
+        row["overfitting"] = overfitting(row)
+    selection = select(rows, correct, n_classes=len(ds.classes))
+    transfer = transfer_verdict(rows, correct)
     result: dict[str, Any] = {
         "data": str(data),
+        "data_used": str(data_used),
         "backbone": backbone,
         "train_per_class": per_class,
+        "n_val": len(expected),
         "budget_s": budget_s,
+        "leakage": leakage,
         "rows": rows,
         "skipped": skipped,
-        "flags": flags(rows),
-        "recommendation": recommend_measured(rows),
+        "flags": {
+            "negative_transfer": transfer["negative_transfer"],
+            "transfer": transfer["reason"],
+            "overfitting": [r["strategy"] for r in rows if r["overfitting"]],
+        },
+        "recommendation": {k: selection[k] for k in ("strategy", "reason", "separated") if k in selection},
+        "selection": {k: v for k, v in selection.items() if k not in ("strategy", "reason")},
     }
-    result["rule_based"] = _rule_verdict(rule, rows)
+    result["rule_based"] = _rule_verdict(rule, rows, bool(selection.get("separated")))
     result["elapsed_s"] = time.perf_counter() - t_start
     result["out"] = str(out_dir)
     atomic_write_json(out_dir / "compare.json", to_jsonable(result))
     return result
+
+
+def _cheap_cv(p: Any, data: str | Path, backbone: str, seed: int) -> dict[str, Any]:
+    """Repeated k-fold of the probe and kNN over train+val, on the embeddings the probe just cached."""
+    import numpy as np
+
+    from headstart.backbones import create_backbone
+    from headstart.data import load_dataset
+    from headstart.features import embed
+    from headstart.verdicts.cheap_cv import repeated_cv
+
+    ds = load_dataset(data, seed=seed)
+    items = [it for it in ds.items if it.split in ("train", "val")]
+    feats = embed(create_backbone(backbone), [it.source for it in items], progress=False)
+    row = {src: i for i, src in enumerate(feats.paths)}
+    items = [it for it in items if it.source in row]
+    index = {c: i for i, c in enumerate(ds.classes)}
+    X = feats.X[[row[it.source] for it in items]]
+    y = np.array([index[it.label] for it in items], dtype=np.int64)
+    return repeated_cv(
+        X, y, len(ds.classes), C=float(p.metrics["C"]), folds=CV_FOLDS, repeats=CV_REPEATS, seed=seed
+    )

@@ -2,9 +2,15 @@
 
 The probe is fitted on cached embeddings (one backbone pass for the whole curve) from k seeded labels per
 class of the training split, with its L2 strength chosen by cross-validation on those k labels only (the
-validation split is not used, so small k is not flattered). The baseline on the same axes is either a
-network trained from scratch with headstart.train (`strategy="scratch"`, the honest comparison, slow on a
-CPU) or, labelled as such, logistic regression on raw downsampled pixels, "pixels (no backbone)".
+validation split is not used, so small k is not flattered). The baseline on the same axes and the same
+subsets is, by default (`auto`), the modality's no-backbone model, what one would try before any pretrained
+weights, each labelled "(no backbone)":
+- images: "pixels", logistic regression on the images reduced to 16x16 RGB;
+- text: "tfidf", TF-IDF of word 1-2 grams and character 2-4 grams (fitted on the k labelled texts only),
+  logistic regression with C chosen by the same cross-validation;
+- audio: "logmel", the mean and standard deviation over time of 64 log-mel bands, logistic regression.
+Or "scratch": the backbone's architecture trained from random init with headstart.train (slow on a CPU),
+or "none". A baseline that does not fit the data's modality is refused before any backbone work.
 """
 
 from __future__ import annotations
@@ -21,8 +27,18 @@ from headstart.errors import HeadstartError
 LADDER = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 PROBE = "probe"
 PIXELS = "pixels (no backbone)"
+TFIDF = "tfidf (no backbone)"
+LOGMEL = "log-mel (no backbone)"
 SCRATCH = "scratch"
+# The no-backbone baseline `auto` picks for each modality, and the method name its points carry.
+BASELINES = {"image": "pixels", "text": "tfidf", "audio": "logmel"}
+BASELINE_METHODS = {"pixels": PIXELS, "tfidf": TFIDF, "logmel": LOGMEL}
+BASELINE_CHOICES = ("auto", *BASELINE_METHODS, "scratch", "none")
 PIXEL_SIDE = 16  # pixels baseline: images reduced to 16x16 RGB (768 numbers)
+# log-mel baseline: 25 ms Hann windows every 10 ms at 16 kHz, 64 mel bands up to 8 kHz
+LOGMEL_RATE, LOGMEL_WINDOW, LOGMEL_HOP, LOGMEL_BANDS = 16_000, 400, 160, 64
+# Inverse L2 strengths tried for the TF-IDF baseline (its rows are unit length, so C is larger than a probe's)
+TFIDF_CS = (1.0, 10.0, 100.0)
 # Folds choosing C on the k labels per class (3, not 5: the curve fits dozens of probes)
 CURVE_FOLDS = 3
 
@@ -52,6 +68,125 @@ def _pixels(paths: list[str]) -> np.ndarray:
         img = open_image(p, draft_to=PIXEL_SIDE * 2).resize((PIXEL_SIDE, PIXEL_SIDE), Image.Resampling.BOX)
         out[i] = np.asarray(img, np.float32).ravel() / 255.0
     return out
+
+
+def check_baseline_name(baseline: str) -> None:
+    if baseline not in BASELINE_CHOICES:
+        raise HeadstartError(
+            f"unknown curve baseline {baseline!r}", fix=f"use one of {', '.join(BASELINE_CHOICES)}"
+        )
+
+
+def resolve_baseline(baseline: str, modality: str, data: str | Path) -> str:
+    """The baseline `baseline` means for `modality` data ("auto": the modality's no-backbone one).
+
+    Raises HeadstartError, naming the baseline and the data, when it cannot run on them: callers call this
+    before any backbone work, so a wrong choice costs nothing.
+    """
+    check_baseline_name(baseline)
+    fits = BASELINES.get(modality)
+    if baseline == "auto":
+        if fits is None:
+            raise HeadstartError(
+                f"no no-backbone curve baseline for {modality} data ({data})",
+                fix="use --baseline scratch or none",
+            )
+        return fits
+    if baseline in BASELINE_METHODS and baseline != fits:
+        needs = next(m for m, b in BASELINES.items() if b == baseline)
+        raise HeadstartError(
+            f"the {baseline} curve baseline needs {needs} data; {data} holds {modality} data",
+            fix=f"use --baseline {fits or 'scratch'} (or auto, which picks it), scratch or none",
+        )
+    return baseline
+
+
+def check_backbone_modality(backbone: Any, modality: str, data: str | Path) -> None:
+    """Refuse a backbone that reads another modality than the data holds (before embedding anything)."""
+    if backbone.modality != modality:
+        raise HeadstartError(
+            f"{data} holds {modality} data but {backbone.name} is a backbone for {backbone.modality}",
+            fix=f"pick a {modality} backbone (`headstart backbones` lists them)",
+        )
+
+
+def _mel_filters(n_fft: int, rate: int, bands: int) -> np.ndarray:
+    """(bands, n_fft // 2 + 1) triangular filters, evenly spaced on the HTK mel scale from 0 to rate / 2."""
+    mel = np.linspace(0.0, 2595.0 * np.log10(1.0 + rate / 2 / 700.0), bands + 2)
+    edges = 700.0 * (10 ** (mel / 2595.0) - 1.0)
+    freqs = np.linspace(0.0, rate / 2, n_fft // 2 + 1)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    up, down = (freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)
+    return np.maximum(0.0, np.minimum(up, down)).astype(np.float32)
+
+
+def logmel_stats(path: str) -> np.ndarray:
+    """Mean and standard deviation over time of each log-mel band of a clip (2 * LOGMEL_BANDS numbers)."""
+    from headstart.data.audio import read_audio
+
+    x = read_audio(path, sample_rate=LOGMEL_RATE).samples
+    if len(x) < LOGMEL_WINDOW:  # a clip shorter than one window is one zero-padded frame
+        x = np.pad(x, (0, LOGMEL_WINDOW - len(x)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, LOGMEL_WINDOW)[::LOGMEL_HOP]
+    power = np.abs(np.fft.rfft(frames * np.hanning(LOGMEL_WINDOW).astype(np.float32), axis=1)) ** 2
+    logmel = np.log10(np.maximum(power @ _mel_filters(LOGMEL_WINDOW, LOGMEL_RATE, LOGMEL_BANDS).T, 1e-10))
+    return np.concatenate([logmel.mean(axis=0), logmel.std(axis=0)]).astype(np.float32)
+
+
+def _file_features(baseline: str, sources: list[str], progress: bool) -> np.ndarray:
+    """Per-item features of the file-based baselines (pixels, logmel), read once for the whole curve."""
+    from headstart.errors import BadInput
+    from headstart.progress import progress_bar
+
+    if baseline == "pixels":
+        return _pixels(sources)
+    out = np.zeros((len(sources), 2 * LOGMEL_BANDS), np.float32)
+    with progress_bar(len(sources), "curve baseline: log-mel", enabled=progress) as advance:
+        for i, src in enumerate(sources):
+            try:
+                out[i] = logmel_stats(src)
+            except BadInput as e:  # the backbone read it, so this is rare: name the clip
+                raise HeadstartError(
+                    f"log-mel baseline: {e}", fix="remove the clip or use --baseline none"
+                ) from e
+            advance(1)
+    return out
+
+
+def _tfidf_accuracy(
+    texts: list[str], y: np.ndarray, test_texts: list[str], yt: np.ndarray, k: int, seed: int
+) -> float:
+    """TF-IDF (word 1-2 grams + character 2-4 grams) fitted on the k labelled texts per class, then logistic
+    regression with C chosen by stratified CV on them, as the probe's is."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+    from threadpoolctl import threadpool_limits
+
+    words = TfidfVectorizer(ngram_range=(1, 2)).build_analyzer()
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4)).build_analyzer()
+    vec = TfidfVectorizer(analyzer=lambda t: [*words(t), *chars(t)], sublinear_tf=True)
+    try:
+        X = vec.fit_transform(texts)
+    except ValueError as e:  # "empty vocabulary": nothing but whitespace in the subset
+        raise HeadstartError(f"tfidf baseline: {e}", fix="use --baseline none") from e
+    Xt = vec.transform(test_texts)
+
+    def fitted(C: float, rows: np.ndarray) -> LogisticRegression:
+        return LogisticRegression(C=C, max_iter=1000).fit(X[rows], y[rows])
+
+    # One BLAS thread: these fits are small, and on a busy machine extra threads made them 3-10x slower.
+    with threadpool_limits(1):
+        C = 10.0
+        folds = min(CURVE_FOLDS, k)
+        if folds >= 2:
+            split = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y))
+            scores = [
+                np.mean([(fitted(c, tr).predict(X[te]) == y[te]).mean() for tr, te in split])
+                for c in TFIDF_CS
+            ]
+            C = TFIDF_CS[int(np.argmax(scores))]  # ties go to the stronger regularisation
+        return float((fitted(C, np.arange(len(y))).predict(Xt) == yt).mean())
 
 
 def _probe_accuracy(X: np.ndarray, y: np.ndarray, Xt: np.ndarray, yt: np.ndarray, k: int, seed: int) -> float:
@@ -101,28 +236,26 @@ def label_curve(
 ) -> dict[str, Any]:
     """Compute the curve (and write curve.json + curve.png into `out` when given).
 
-    baseline: "scratch" (headstart.train), "pixels" (logistic regression on raw 16x16 pixels), "none",
-    or "auto" (scratch when headstart.train is installed, else pixels). Returns the curve.json object:
+    baseline: "auto" (the data's no-backbone baseline: pixels for images, tfidf for text, logmel for audio),
+    one of those by name, "scratch" (headstart.train) or "none"; one that does not fit the data is refused
+    before the backbone pass. Returns the curve.json object:
     {"labels_per_class": [...], "points": [{"method", "labels_per_class", "seed", "test_accuracy"}],
     "backbone", "baseline", "n_test", "chance"}.
     """
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.features import embed
+    from headstart.progress import progress_bar
 
-    if baseline == "auto":
-        try:
-            import headstart.train  # noqa: F401
+    check_baseline_name(baseline)  # before reading the data
+    if out is not None:
+        from headstart.fileio import ensure_writable_dir
 
-            baseline = "scratch"
-        except ImportError:
-            baseline = "pixels"
-    if baseline not in ("scratch", "pixels", "none"):
-        raise HeadstartError(f"unknown baseline {baseline!r}", fix="use scratch, pixels, none or auto")
+        ensure_writable_dir(out)
     ds = load_dataset(data, seed=seed)
-    if baseline == "pixels" and ds.modality != "image":
-        raise HeadstartError("the pixels baseline needs images", fix="use --baseline scratch or none")
+    baseline = resolve_baseline(baseline, ds.modality, data)
     bb = create_backbone(backbone)
+    check_backbone_modality(bb, ds.modality, data)
     feats = embed(bb, [it.source for it in ds.items], backend=backend, progress=progress)
     ds = ds.drop(feats.bad)
     row = {p: i for i, p in enumerate(feats.paths)}
@@ -146,28 +279,30 @@ def label_curve(
             fix=f"use sizes up to {present.min()}",
         )
     P = Pt = None
-    if baseline == "pixels":
-        P, Pt = _pixels([it.source for it in train]), _pixels([it.source for it in test])
+    if baseline in ("pixels", "logmel"):
+        P = _file_features(baseline, [it.source for it in train], progress)
+        Pt = _file_features(baseline, [it.source for it in test], progress)
+    texts = [it.source for it in train]
+    test_texts = [it.source for it in test]
     points = []
-    for k in sizes:
-        for s in range(seed, seed + seeds):
-            idx = subsample(y, k, s)
-            points.append(
-                {
-                    "method": PROBE,
-                    "labels_per_class": k,
-                    "seed": s,
-                    "test_accuracy": _probe_accuracy(X[idx], y[idx], Xt, yt, k, s),
-                }
-            )
-            if P is not None and Pt is not None:
-                acc = _probe_accuracy(P[idx], y[idx], Pt, yt, k, s)
-                points.append({"method": PIXELS, "labels_per_class": k, "seed": s, "test_accuracy": acc})
-            elif baseline == "scratch":
-                acc = _scratch_accuracy(
-                    [train[i] for i in idx], ds.split("val"), test, backbone, s, scratch_epochs
-                )
-                points.append({"method": SCRATCH, "labels_per_class": k, "seed": s, "test_accuracy": acc})
+    with progress_bar(len(sizes) * seeds, f"curve: {bb.name} vs {baseline}", enabled=progress) as advance:
+        for k in sizes:
+            for s in range(seed, seed + seeds):
+                idx = subsample(y, k, s)
+                acc = _probe_accuracy(X[idx], y[idx], Xt, yt, k, s)
+                points.append({"method": PROBE, "labels_per_class": k, "seed": s, "test_accuracy": acc})
+                if P is not None and Pt is not None:
+                    acc = _probe_accuracy(P[idx], y[idx], Pt, yt, k, s)
+                elif baseline == "tfidf":
+                    acc = _tfidf_accuracy([texts[i] for i in idx], y[idx], test_texts, yt, k, s)
+                elif baseline == "scratch":
+                    acc = _scratch_accuracy(
+                        [train[i] for i in idx], ds.split("val"), test, backbone, s, scratch_epochs
+                    )
+                if baseline != "none":
+                    method = BASELINE_METHODS.get(baseline, SCRATCH)
+                    points.append({"method": method, "labels_per_class": k, "seed": s, "test_accuracy": acc})
+                advance(1)
     curve = {
         "labels_per_class": sizes,
         "points": points,

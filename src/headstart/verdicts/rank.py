@@ -151,13 +151,15 @@ def rank_backbones(
 ) -> list[dict[str, Any]]:
     """One row per backbone, best LogME first. See the module docstring for what each score means.
 
-    Row keys: backbone, logme, knn_accuracy, probe_cv_accuracy, probe_C, n, dim, embed_s, forwards,
-    score_s, estimate_s, rank_s (= embed_s + score_s + estimate_s: all the ranking's own work),
-    finetune_step_s, finetune_steps, finetune_estimate_s.
+    Row keys: backbone, logme, knn_accuracy, probe_cv_accuracy (each with a 95 % Wilson interval, `_ci`,
+    on the n items; probe_cv_tied_with_best: its interval reaches the best one's), probe_C, n, dim,
+    embed_s, forwards, score_s, estimate_s, rank_s (= embed_s + score_s + estimate_s: all the ranking's
+    own work), finetune_step_s, finetune_steps, finetune_estimate_s.
     """
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.features import embed
+    from headstart.intervals import wilson
     from headstart.verdicts.logme import logme
 
     if not backbones:
@@ -198,7 +200,9 @@ def rank_backbones(
                 "backbone": bb.name,
                 "logme": score,
                 "knn_accuracy": knn,
+                "knn_accuracy_ci": list(wilson(round(knn * len(y)), len(y))),
                 "probe_cv_accuracy": probe_acc,
+                "probe_cv_accuracy_ci": list(wilson(round(probe_acc * len(y)), len(y))),
                 "probe_C": C,
                 "n": len(y),
                 "dim": int(feats.X.shape[1]),
@@ -213,7 +217,14 @@ def rank_backbones(
                 "skipped": feats.bad,
             }
         )
-    return sorted(rows, key=lambda r: -r["logme"])
+    rows.sort(key=lambda r: -r["logme"])
+    # Within the noise of the top probe score: the intervals overlap, so the data cannot order them.
+    top = max(rows, key=lambda r: r["probe_cv_accuracy"])
+    for r in rows:
+        r["probe_cv_tied_with_best"] = (
+            r is top or r["probe_cv_accuracy_ci"][1] >= top["probe_cv_accuracy_ci"][0]
+        )
+    return rows
 
 
 def ranking_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:

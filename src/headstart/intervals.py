@@ -1,0 +1,158 @@
+"""Uncertainty of every score: 95 % intervals for one model, paired tests for two on the same items.
+
+Which interval, and why:
+- **Accuracy: Wilson score interval.** Accuracy is a proportion of n independent items; Wilson's interval
+  keeps close to its nominal coverage down to a few dozen items and near 0 or 1, where the normal
+  (Wald) interval collapses to zero width (Brown, Cai & DasGupta, Statistical Science 2001). It is closed
+  form: no resampling noise, the same every run.
+- **Macro-F1: percentile bootstrap over items** (1,000 resamples, seeded). It has no closed form; the
+  bootstrap resamples items exactly as a new test set of the same size would.
+- **Two models on the same items: exact McNemar test** (binomial test on the items only one of them got
+  right) decides; the difference in accuracy is shown with a **paired bootstrap** interval. Pairing
+  removes the items' shared difficulty, so it separates two models far sooner than two unpaired
+  intervals would. Several challengers against one reference are Holm-corrected, so trying five
+  fine-tunes does not give five chances to win by luck.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+ALPHA = 0.05
+N_BOOT = 1000
+
+
+def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for `correct` successes in `n` trials; (nan, nan) when n == 0."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (float(max(0.0, centre - half)), float(min(1.0, centre + half)))
+
+
+def _confusions(y_true: np.ndarray, y_pred: np.ndarray, k: int, idx: np.ndarray) -> np.ndarray:
+    """Confusion matrices of each bootstrap resample: idx is (B, n) item indices -> (B, k, k)."""
+    b = idx.shape[0]
+    flat = (np.arange(b)[:, None] * k * k + y_true[idx] * k + y_pred[idx]).ravel()
+    return np.bincount(flat, minlength=b * k * k).reshape(b, k, k)
+
+
+def macro_f1_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """Macro-F1 over the classes present (support > 0) of one (k, k) or many (B, k, k) confusion matrices."""
+    cm = np.asarray(cm, dtype=float)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    support, predicted = cm.sum(axis=-1), cm.sum(axis=-2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(support + predicted > 0, 2 * tp / (support + predicted), 0.0)
+    present = support > 0
+    return np.where(present.any(-1), (f1 * present).sum(-1) / np.maximum(present.sum(-1), 1), np.nan)
+
+
+def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def macro_f1_interval(
+    y_true: Sequence[int], y_pred: Sequence[int], n_classes: int, *, n_boot: int = N_BOOT, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap (2.5 %, 97.5 %) of macro-F1 over items."""
+    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if len(t) == 0:
+        return (float("nan"), float("nan"))
+    idx = bootstrap_indices(len(t), n_boot, seed)
+    # In chunks of 100 resamples: (100, n) indices and (100, k, k) counts stay small for large test sets.
+    scores = np.concatenate(
+        [
+            macro_f1_from_confusion(_confusions(t, p, n_classes, idx[i : i + 100]))
+            for i in range(0, n_boot, 100)
+        ]
+    )
+    lo, hi = np.nanpercentile(scores, [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
+def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> float:
+    """Two-sided exact McNemar p-value: a binomial test on the discordant items (1.0 when there are none)."""
+    from scipy.stats import binomtest
+
+    a, b = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    if only_a + only_b == 0:
+        return 1.0
+    return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
+
+
+def paired_difference(
+    a_correct: Sequence[bool], b_correct: Sequence[bool], *, n_boot: int = N_BOOT, seed: int = 0
+) -> dict[str, Any]:
+    """Accuracy of a minus accuracy of b on the same items: the difference, its paired bootstrap 95 %
+    interval, the exact McNemar p-value and the discordant counts."""
+    a, b = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores need the same items: {a.shape} vs {b.shape}")
+    n = len(a)
+    if n == 0:
+        nan = float("nan")
+        return {"diff": nan, "ci": [nan, nan], "p": 1.0, "n": 0, "only_a": 0, "only_b": 0}
+    d = a.astype(np.int8) - b.astype(np.int8)
+    boot = d[bootstrap_indices(n, n_boot, seed)].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {
+        "diff": float(d.mean()),
+        "ci": [float(lo), float(hi)],
+        "p": mcnemar_exact(a, b),
+        "n": n,
+        "only_a": int((a & ~b).sum()),
+        "only_b": int((~a & b).sum()),
+    }
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given), for several tests against one reference."""
+    p = np.asarray(pvalues, dtype=float)
+    m = len(p)
+    order = np.argsort(p)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+def score_intervals(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> dict[str, Any]:
+    """The intervals that go with an accuracy and a macro-F1 computed on these items."""
+    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    n = len(t)
+    return {
+        "accuracy_ci": list(wilson(int((t == p).sum()), n)),
+        "macro_f1_ci": list(macro_f1_interval(t, p, n_classes)),
+        "interval": "95%: Wilson (accuracy), item bootstrap x1000 (macro-F1)",
+    }
+
+
+def fmt_ci(value: float | None, ci: Sequence[float] | None, pct: bool = False) -> str:
+    """'0.704 [0.57, 0.81]' (or percentages): how every score with its interval is printed."""
+    if value is None:
+        return "-"
+    if not ci or any(c is None or c != c for c in ci):
+        return f"{value:.1%}" if pct else f"{value:.3f}"
+    if pct:
+        return f"{value:.1%} [{ci[0]:.0%}, {ci[1]:.0%}]"
+    return f"{value:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def items_to_settle(diff: float, ci: Sequence[float], n: int) -> int | None:
+    """Roughly how many paired items would make an observed difference `diff` (95 % interval `ci` on `n`
+    items) significant, assuming the difference stays as observed: the interval narrows as 1/sqrt(n)."""
+    half = (ci[1] - ci[0]) / 2
+    if not diff or half <= 0 or n <= 0:
+        return None
+    return int(np.ceil(n * (half / abs(diff)) ** 2))

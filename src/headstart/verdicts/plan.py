@@ -1,0 +1,47 @@
+"""Budgets as epoch plans: a share of seconds becomes a number of epochs before training starts.
+
+The step time is measured once per backbone, machine and thread count (verdicts.rank's memo in the
+headstart cache) on a `full`-recipe step, the most expensive kind; every phase of every strategy is priced
+at it, so a plan errs on the short side and the wall-clock cap (a safety net) rarely fires. With the memo
+in place, the same data, seed, budget and machine give the same epochs, hence the same rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from headstart.errors import HeadstartError
+
+# A forward pass (validation, prefix cache, final scoring) costs about a third of a training step.
+FORWARD_SHARE = 1 / 3
+
+
+def epoch_plan(
+    backbone: Any, strategy: str, *, n_train: int, n_eval: int, share_s: float, overhead_s: float
+) -> dict[str, Any]:
+    """{"epochs": E or None (no plan: the clock decides), "recipe_epochs", "epoch_s", "why"}."""
+    from headstart.recipes import get_recipe
+    from headstart.verdicts.rank import FINETUNE_BATCH, finetune_step_seconds
+
+    recipe = get_recipe(strategy, len(backbone.groups))
+    total = sum(p.epochs for p in recipe.phases)
+    if total == 0:
+        return {"epochs": 0, "recipe_epochs": 0, "epoch_s": 0.0, "why": "no training epochs"}
+    try:
+        step = finetune_step_seconds(backbone) * recipe.batch_size / FINETUNE_BATCH
+    except HeadstartError as e:  # a family without a timed step: the clock decides, and the row says so
+        return {"epochs": None, "recipe_epochs": total, "epoch_s": None, "why": f"no step timing: {e}"}
+    batches = math.ceil(n_train / recipe.batch_size)
+    forward = step * FORWARD_SHARE / recipe.batch_size  # seconds per item
+    # Each epoch: the steps, the validation pass, and for from-scratch the BatchNorm pass over train.
+    epoch_s = batches * step + forward * (n_eval + (n_train if not recipe.pretrained else 0))
+    fixed = overhead_s + forward * (n_train + n_eval) * len(recipe.phases)  # prefix caches, final scores
+    fits = int((share_s - fixed) // epoch_s) if epoch_s > 0 else total
+    epochs = max(1, min(total, fits))
+    return {
+        "epochs": epochs,
+        "recipe_epochs": total,
+        "epoch_s": epoch_s,
+        "why": f"{epochs} of {total} epochs fit {share_s:.0f} s at ~{epoch_s:.1f} s per epoch",
+    }

@@ -1,0 +1,180 @@
+"""Which measured strategy to recommend, and which flags to raise, when every score carries noise.
+
+The rule (see docs/verdicts.md):
+1. The probe is the reference: it is the cheapest use of the backbone and the score every other row is
+   read against.
+2. A challenger *beats the probe* only when it is better on the same validation items beyond noise: exact
+   McNemar test, Holm-corrected over all challengers, at 5 %.
+3. Among the probe and the challengers that beat it, the best by validation accuracy sets the bar; the
+   recommendation is the cheapest of them (trainable parameters, then stored bytes, then training time)
+   that is not significantly worse than that best one.
+4. When nothing separates, the probe stays and the reason says so in plain words, with roughly how many
+   validation items (and labels per class) would settle the closest call.
+
+Flags are computed the same way for every row: overfitting is a train-minus-val gap above OVERFIT_GAP even
+at the top of the val interval; negative transfer needs the from-scratch row better than the best transfer
+row beyond noise, and a scratch row cut short by its budget makes that verdict "inconclusive".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from headstart.intervals import ALPHA, holm, items_to_settle, paired_difference
+
+PROBE = "probe"
+SCRATCH = "scratch"
+# Train-minus-val accuracy gap (beyond the val interval's upper end) above which a row overfits.
+OVERFIT_GAP = 0.2
+
+
+def cost_key(row: dict[str, Any]) -> tuple[float, float, float]:
+    """Cheaper first: fewer trainable parameters, fewer stored bytes, less training time."""
+    return (
+        float(row.get("trainable_params") or 0),
+        float(row.get("stored_bytes") or 0),
+        float(row.get("train_s") or 0),
+    )
+
+
+def _paired(correct: dict[str, np.ndarray], a: str, b: str) -> dict[str, Any] | None:
+    if a not in correct or b not in correct or correct[a].shape != correct[b].shape:
+        return None
+    return paired_difference(correct[a], correct[b])
+
+
+def select(
+    rows: list[dict[str, Any]],
+    correct: dict[str, np.ndarray],
+    *,
+    n_classes: int | None = None,
+    val_fraction: float = 0.15,
+) -> dict[str, Any]:
+    """{"strategy", "reason", "separated", "tests", "settle"} from compare's rows and each row's per-item
+    validation correctness (`correct[strategy]`, aligned on the same items)."""
+    scored = [r for r in rows if r.get("val_accuracy") is not None and r["strategy"] != SCRATCH]
+    if not scored:
+        return {"strategy": None, "reason": "no strategy finished within the budget", "separated": False}
+    ref = next((r for r in scored if r["strategy"] == PROBE), None) or min(scored, key=cost_key)
+    challengers = [r for r in scored if r is not ref and r["strategy"] in correct]
+    tests: dict[str, dict[str, Any]] = {}
+    for r in challengers:
+        t = _paired(correct, r["strategy"], ref["strategy"])
+        if t is not None:
+            tests[r["strategy"]] = t
+    for name, p in zip(tests, holm([t["p"] for t in tests.values()]), strict=True):
+        tests[name]["p_holm"] = p
+        tests[name]["beats_reference"] = bool(tests[name]["diff"] > 0 and p < ALPHA)
+    winners = [r for r in challengers if tests.get(r["strategy"], {}).get("beats_reference")]
+    n_val = len(correct.get(ref["strategy"], ()))
+    if not winners:
+        reason = (
+            f"no strategy beat the {ref['strategy']} beyond noise on {n_val} validation items, so the "
+            f"{ref['strategy']} (the cheapest) is recommended"
+        )
+        settle = _settle(tests, n_val, n_classes, val_fraction)
+        if settle:
+            per_class = settle["labels_per_class"]
+            reason += (
+                f"; the closest call, {settle['strategy']} ({settle['diff']:+.1%}), would need about "
+                f"{settle['val_items']:,} validation items"
+                + (f" (about {per_class:,} labels per class at this split)" if per_class else "")
+                + " to be told from noise, if the difference held"
+            )
+        return {
+            "strategy": ref["strategy"],
+            "reason": reason + ".",
+            "separated": False,
+            "reference": ref["strategy"],
+            "tests": tests,
+            "settle": settle,
+        }
+    pool = [ref, *winners]
+    best = max(pool, key=lambda r: (r["val_accuracy"], [-c for c in cost_key(r)]))
+    chosen = best
+    for r in sorted(pool, key=cost_key):
+        if r is best:
+            break
+        vs_best = _paired(correct, best["strategy"], r["strategy"])
+        if vs_best is not None and not (vs_best["diff"] > 0 and vs_best["p"] < ALPHA):
+            chosen = r
+            break
+    t = tests[chosen["strategy"]]  # a winner: only winners are more accurate than the reference
+    reason = (
+        f"{chosen['strategy']} beats the {ref['strategy']} beyond noise on {n_val} validation items "
+        f"({t['diff']:+.1%}, 95% interval [{t['ci'][0]:+.1%}, {t['ci'][1]:+.1%}], "
+        f"McNemar p={t['p_holm']:.3g} Holm-corrected)"
+    )
+    if chosen is not best:
+        reason += (
+            f"; it is the cheapest strategy not significantly worse than the best, {best['strategy']} "
+            f"({best['val_accuracy']:.1%} vs {chosen['val_accuracy']:.1%} on validation)"
+        )
+    return {
+        "strategy": chosen["strategy"],
+        "reason": reason + ".",
+        "separated": True,
+        "reference": ref["strategy"],
+        "best": best["strategy"],
+        "tests": tests,
+    }
+
+
+def _settle(
+    tests: dict[str, dict[str, Any]], n_val: int, n_classes: int | None, val_fraction: float
+) -> dict[str, Any] | None:
+    """The challenger closest to significance, and how many items would settle it at its difference."""
+    if not tests:
+        return None
+    name, t = min(tests.items(), key=lambda kv: kv[1]["p"])
+    need = items_to_settle(t["diff"], t["ci"], n_val)
+    if need is None:
+        return None
+    per_class = int(np.ceil(need / val_fraction / n_classes)) if n_classes else None
+    return {"strategy": name, "diff": t["diff"], "val_items": need, "labels_per_class": per_class}
+
+
+def overfitting(row: dict[str, Any]) -> bool:
+    """Train accuracy above the top of the val interval by more than OVERFIT_GAP: the same test for every
+    row (the probe's too), so a row is never flagged where its twin is not."""
+    tr, ci = row.get("train_accuracy"), row.get("val_accuracy_ci")
+    if tr is None or not ci or ci[1] is None:
+        return False
+    return tr - ci[1] > OVERFIT_GAP
+
+
+def transfer_verdict(rows: list[dict[str, Any]], correct: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Negative transfer: from-scratch beats the best transfer row beyond noise, and ran its epochs.
+
+    {"negative_transfer": bool | None (None: inconclusive), "reason"}."""
+    scratch = next((r for r in rows if r["strategy"] == SCRATCH and r.get("val_accuracy") is not None), None)
+    transfer = [r for r in rows if r["strategy"] != SCRATCH and r.get("val_accuracy") is not None]
+    if scratch is None or not transfer:
+        return {"negative_transfer": None, "reason": "no from-scratch baseline was measured"}
+    best = max(transfer, key=lambda r: r["val_accuracy"])
+    t = _paired(correct, SCRATCH, best["strategy"])
+    ran, planned = scratch.get("epochs_run"), scratch.get("epochs_planned")
+    cut = scratch.get("budget_stopped") and ran is not None and planned is not None and ran < planned
+    if t is not None and t["diff"] > 0 and t["p"] < ALPHA:
+        if cut:
+            return {
+                "negative_transfer": True,
+                "reason": f"scratch beat {best['strategy']} beyond noise even though it ran only {ran} of "
+                f"its {planned} epochs",
+            }
+        return {
+            "negative_transfer": True,
+            "reason": f"scratch beat {best['strategy']} beyond noise ({t['diff']:+.1%}, p={t['p']:.3g})",
+        }
+    if cut:
+        return {
+            "negative_transfer": None,
+            "reason": f"inconclusive: scratch ran {ran} of its {planned} epochs within its budget share",
+        }
+    diff = "" if t is None else f" ({t['diff']:+.1%}, p={t['p']:.3g})"
+    return {
+        "negative_transfer": False,
+        "reason": f"scratch did not beat {best['strategy']} beyond noise{diff}",
+    }

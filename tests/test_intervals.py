@@ -1,0 +1,80 @@
+"""Interval and paired-test arithmetic against textbook values and scipy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from headstart.intervals import (
+    holm,
+    items_to_settle,
+    macro_f1_interval,
+    mcnemar_exact,
+    paired_difference,
+    wilson,
+)
+from headstart.metrics import classification_metrics
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "lo", "hi"),
+    [
+        # Brown, Cai & DasGupta (2001) / Newcombe (1998) worked values.
+        (0, 10, 0.0, 0.2775),
+        (8, 10, 0.4902, 0.9433),
+        (81, 263, 0.2553, 0.3662),
+    ],
+)
+def test_wilson_interval_matches_textbook_values(k: int, n: int, lo: float, hi: float) -> None:
+    got = wilson(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-4)
+
+
+def test_wilson_of_nothing_is_undefined_not_certain() -> None:
+    assert all(np.isnan(wilson(0, 0)))
+
+
+def test_exact_mcnemar_is_the_binomial_test_on_discordant_items() -> None:
+    from scipy.stats import binomtest
+
+    a = np.array([1] * 9 + [0] * 1 + [1] * 20, bool)  # a alone right on 9, b alone right on 1
+    b = np.array([0] * 9 + [1] * 1 + [1] * 20, bool)
+    assert mcnemar_exact(a, b) == pytest.approx(binomtest(9, 10, 0.5).pvalue)
+    assert mcnemar_exact(a, b) == pytest.approx(0.021484375)  # 2 * 11 / 1024
+    assert mcnemar_exact(a, a) == 1.0  # no discordant items: no evidence either way
+
+
+def test_paired_difference_interval_covers_the_difference_and_is_paired() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.random(400) < 0.8
+    b = a.copy()
+    flip = rng.choice(400, 20, replace=False)
+    b[flip] = False  # b is a minus 20 items it got right: a paired difference of +5 points
+    d = paired_difference(a, b)
+    assert d["diff"] == pytest.approx((a.sum() - b.sum()) / 400)
+    assert d["ci"][0] < d["diff"] < d["ci"][1]
+    assert d["ci"][0] > 0  # paired: the shared items cancel, so +5 points on 400 items is clear
+    assert d["only_a"] == int((a & ~b).sum()) and d["only_b"] == 0
+    assert d["p"] < 1e-4
+
+
+def test_holm_adjustment_textbook_case() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == [0.5]
+
+
+def test_macro_f1_interval_brackets_the_score_and_is_reproducible() -> None:
+    rng = np.random.default_rng(1)
+    t = rng.integers(0, 3, 90)
+    p = np.where(rng.random(90) < 0.7, t, rng.integers(0, 3, 90))
+    m = classification_metrics(t, p, ["a", "b", "c"])
+    lo, hi = m["macro_f1_ci"]
+    assert lo < m["macro_f1"] < hi
+    assert (lo, hi) == macro_f1_interval(t, p, 3)
+    assert m["accuracy_ci"] == list(wilson(int((t == p).sum()), 90))
+
+
+def test_items_to_settle_scales_with_the_square_of_the_interval() -> None:
+    # An interval twice as wide as the difference needs four times the items.
+    assert items_to_settle(0.05, [-0.05, 0.15], 100) == 400
+    assert items_to_settle(0.0, [-0.1, 0.1], 100) is None
