@@ -94,11 +94,11 @@ def test_scratch_cut_short_is_inconclusive_and_a_tie_is_no_negative_transfer() -
     scratch = _items(60, 22, seed=3)
     rows = [
         _row("probe", probe),
-        _row("scratch", scratch, epochs_run=1, epochs_planned=15, budget_stopped=True),
+        _row("scratch", scratch, epochs_run=1, epochs_planned=1, recipe_epochs=15, cut_short=True),
     ]
     v = transfer_verdict(rows, {"probe": probe, "scratch": scratch})
     assert v["negative_transfer"] is None and v["reason"].startswith("inconclusive: scratch ran 1 of its 15")
-    rows[1].update(epochs_run=15, budget_stopped=False)
+    rows[1].update(epochs_run=15, epochs_planned=15, cut_short=False)
     v = transfer_verdict(rows, {"probe": probe, "scratch": scratch})
     assert v["negative_transfer"] is False  # near chance both: a tie is no verdict of negative transfer
     clearly = probe | _items(60, 50, seed=4)

@@ -56,7 +56,15 @@ def print_compare(result: dict, data: str, budget: float) -> None:
     overfit = set(result["flags"]["overfitting"])
     title = f"Strategies for {escape(data)} on {result['backbone']} (budget {budget:.0f} s, 95% intervals)"
     t = Table(title=title)
-    cols = ("strategy", "val acc", "vs probe (paired)", "test acc", "test macro-F1", "epochs", "time s")
+    cols = (
+        "strategy",
+        "val acc",
+        "vs probe (paired)",
+        "test acc",
+        "test macro-F1",
+        "epochs run/plan",
+        "time s",
+    )
     for col in (*cols, "trainable params", "stored"):
         t.add_column(col, justify="left" if col == "strategy" else "right")
     for r in result["rows"]:
@@ -69,6 +77,8 @@ def print_compare(result: dict, data: str, budget: float) -> None:
         d = tests.get(name)
         vs = "-" if d is None else f"{d['diff']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] p={d['p']:.2g}"
         epochs = "-" if r.get("epochs_run") is None else f"{r['epochs_run']}/{r['epochs_planned']}"
+        if r.get("recipe_epochs") and r.get("epochs_planned") and r["epochs_planned"] < r["recipe_epochs"]:
+            epochs += f" of {r['recipe_epochs']}"
         t.add_row(
             label,
             fmt_ci(r["val_accuracy"], r.get("val_accuracy_ci")),

@@ -459,7 +459,14 @@ def _compare(files: RunFiles) -> tuple[Html, bool]:
                 vs,
                 _ci(r, "test_accuracy"),
                 _ci(r, "test_macro_f1"),
-                "–" if ran is None else f"{ran} / {r.get('epochs_planned')}",
+                "–"
+                if ran is None
+                else f"{ran} / {r.get('epochs_planned')}"
+                + (
+                    f" of {r['recipe_epochs']}"
+                    if r.get("recipe_epochs") and (r.get("epochs_planned") or 0) < r["recipe_epochs"]
+                    else ""
+                ),
                 num(r.get("train_s"), 1),
                 num(r.get("trainable_params")),
                 size_bytes(r.get("stored_bytes")),
@@ -502,7 +509,7 @@ def _compare(files: RunFiles) -> tuple[Html, bool]:
                 "vs probe, paired",
                 "test accuracy (95%)",
                 "test macro-F1 (95%)",
-                "epochs run / planned",
+                "epochs run / planned (of recipe)",
                 "train s",
                 "trainable params",
                 "stored",

@@ -282,6 +282,7 @@ def compare(
             budget_stopped=_budget_stopped(r.warnings),
             plan=plan["why"],
         )
+        row["cut_short"] = row["budget_stopped"] or row["epochs_planned"] < row["recipe_epochs"]
         c = _correct(r.metrics, expected)
         if c is not None:
             correct[strategy] = c

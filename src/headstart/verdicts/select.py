@@ -125,10 +125,13 @@ def select(
 def _settle(
     tests: dict[str, dict[str, Any]], n_val: int, n_classes: int | None, val_fraction: float
 ) -> dict[str, Any] | None:
-    """The challenger closest to significance, and how many items would settle it at its difference."""
+    """The challenger furthest ahead of the reference, and how many items would settle it at that gap."""
     if not tests:
         return None
-    name, t = min(tests.items(), key=lambda kv: kv[1]["p"])
+    better = {k: t for k, t in tests.items() if t["diff"] > 0}
+    if not better:
+        return None
+    name, t = max(better.items(), key=lambda kv: (kv[1]["diff"], -kv[1]["p"]))
     need = items_to_settle(t["diff"], t["ci"], n_val)
     if need is None:
         return None
@@ -155,8 +158,9 @@ def transfer_verdict(rows: list[dict[str, Any]], correct: dict[str, np.ndarray])
         return {"negative_transfer": None, "reason": "no from-scratch baseline was measured"}
     best = max(transfer, key=lambda r: r["val_accuracy"])
     t = _paired(correct, SCRATCH, best["strategy"])
-    ran, planned = scratch.get("epochs_run"), scratch.get("epochs_planned")
-    cut = scratch.get("budget_stopped") and ran is not None and planned is not None and ran < planned
+    # Cut short: its plan gave it fewer epochs than its recipe asks for, or the safety cap stopped it.
+    ran, planned = scratch.get("epochs_run"), scratch.get("recipe_epochs") or scratch.get("epochs_planned")
+    cut = bool(scratch.get("cut_short")) and ran is not None and planned is not None and ran < planned
     if t is not None and t["diff"] > 0 and t["p"] < ALPHA:
         if cut:
             return {
