@@ -108,8 +108,9 @@ def print_compare(result: dict, data: str, budget: float) -> None:
             f"{lk['moved']} item(s) in {lk['groups']} group(s) moved into one split. Probe test accuracy "
             f"{fmt(raw.get('test'))} on the raw split, {fmt(grouped.get('test'))} regrouped."
         )
-    if result["skipped"]:
-        con.print(f"[yellow]not run (budget spent):[/yellow] {', '.join(result['skipped'])}")
+    reasons = result.get("skip_reasons") or {}
+    for name in result["skipped"]:
+        con.print(f"not run: {name} ({reasons.get(name, 'budget spent')})", markup=False)
     flags = result["flags"]
     transfer = flags.get("transfer")
     if flags["negative_transfer"]:

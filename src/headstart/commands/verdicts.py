@@ -56,7 +56,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_curve(args: argparse.Namespace) -> int:
-    from headstart.verdicts.curve import label_curve, summarise
+    from headstart.verdicts.curve import intervals, label_curve, summarise
 
     sizes = [int(k) for k in args.sizes.split(",")] if args.sizes else None
     out = args.out or Path("runs") / f"curve-{Path(args.data).name}-{args.backbone.replace(':', '_')}"
@@ -73,17 +73,26 @@ def cmd_curve(args: argparse.Namespace) -> int:
         progress=not args.json,
     )
     if args.json:
-        print_json({**curve, "out": str(out)})
+        print_json({**curve, "intervals": intervals(curve), "out": str(out)})
         return 0
     from rich.table import Table
 
-    summ = summarise(curve)
-    t = Table(title=f"Test accuracy vs labels per class (mean ± std over {args.seeds} seeds)")
+    summ, ci = summarise(curve), intervals(curve)
+    t = Table(
+        title=f"Test accuracy vs labels per class: mean [95% interval on {curve.get('n_test')} test items] "
+        f"± std over {args.seeds} seeds"
+    )
     t.add_column("labels/class", justify="right")
     for m in summ:
         t.add_column(m if m != "probe" else f"probe ({curve['backbone']})", justify="right")
     for i, k in enumerate(curve["labels_per_class"]):
-        t.add_row(str(k), *[f"{summ[m][i][1]:.3f} ± {summ[m][i][2]:.3f}" for m in summ])
+        t.add_row(
+            str(k),
+            *[
+                f"{summ[m][i][1]:.3f} [{ci[m][i][1]:.2f}, {ci[m][i][2]:.2f}] ± {summ[m][i][2]:.3f}"
+                for m in summ
+            ],
+        )
     con = console()
     con.print(t)
     con.print(f"curve.json and curve.png written to {out}", markup=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +172,136 @@ def _leakage(ds: Any, data: str | Path, out_dir: Path, keep: bool) -> tuple[str 
     return path, ds, summary
 
 
+@dataclass
+class _Comparison:
+    """The state one comparison builds up: its rows, each row's per-item val correctness (for the paired
+    tests), what was not run and why, and the measured time a fit spends outside its loop."""
+
+    data: str | Path
+    backbone: str
+    seed: int
+    out_dir: Path
+    progress: bool
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    correct: dict[str, Any] = field(default_factory=dict)
+    expected: list[int] = field(default_factory=list)  # the probe's val labels: what every row pairs on
+    skipped: list[str] = field(default_factory=list)
+    skip_reasons: dict[str, str] = field(default_factory=dict)
+    # From-scratch runs evaluate the whole network, transfer runs reuse cached frozen features: measured
+    # per kind (decode, embed, evaluate, save).
+    overhead: dict[bool, float] = field(default_factory=dict)
+
+    def add(self, row: dict[str, Any], metrics: dict[str, Any]) -> None:
+        c = _correct(metrics, self.expected)
+        if c is not None:
+            self.correct[row["strategy"]] = c
+        elif row["strategy"] != PROBE:
+            row["warnings"].append("not paired with the probe: its validation items differ (skipped files?)")
+        self.rows.append(row)
+
+    def run_probe(self, leakage: dict[str, Any], raw_data: str | Path) -> dict[str, Any]:
+        from headstart.api import probe
+
+        t0 = time.perf_counter()
+        if leakage["regrouped"]:  # how much the copies inflated the probe: the same probe on the raw split
+            raw = probe(raw_data, backbone=self.backbone, seed=self.seed, save=False, progress=self.progress)
+            leakage["probe_raw"] = {s: (raw.metrics.get(s) or {}).get("accuracy") for s in ("val", "test")}
+        p = probe(
+            self.data,
+            backbone=self.backbone,
+            out=self.out_dir / PROBE,
+            seed=self.seed,
+            overwrite=True,
+            progress=self.progress,
+        )
+        row = _row(PROBE, p.metrics, p.run_dir, [])
+        row["train_s"] = time.perf_counter() - t0
+        row["stored_bytes"] = (p.run_dir / "head.safetensors").stat().st_size if p.run_dir else None
+        self.expected = list((p.metrics.get("val") or {}).get("true") or [])
+        if leakage["regrouped"]:
+            leakage["probe_grouped"] = {"val": row["val_accuracy"], "test": row["test_accuracy"]}
+        if (row.get("n_val") or 0) < CV_BELOW_VAL_ITEMS:
+            row["cv"] = _cheap_cv(p, self.data, self.backbone, self.seed)
+        self.add(row, p.metrics)
+        return row
+
+    def run_strategy(self, strategy: str, share: float, bb: Any, ds: Any) -> None:
+        """One fine-tune (or scratch) with the epochs its share buys; skipped when one epoch cannot fit."""
+        from headstart.train import fit
+        from headstart.verdicts.plan import epoch_plan
+
+        from_scratch = strategy == TRANSFER_BASELINE
+        t0 = time.perf_counter()
+        fit_backbone, fit_strategy = self.backbone, strategy
+        if strategy.startswith(ADAPT_PREFIX):
+            # Continued pretraining on the training split's own texts (never val/test), then the strategy
+            # on the adapted backbone; the row's time counts both.
+            fit_strategy = strategy[len(ADAPT_PREFIX) :]
+            adapted = self.out_dir / "adapted-backbones" / _dir_name(strategy)  # outside the run folder
+            fit_backbone = _adapt_on_train(ds, self.backbone, adapted, self.seed, self.progress)
+        plan = epoch_plan(
+            bb,
+            fit_strategy,
+            n_train=len(ds.split("train")),
+            n_eval=len(ds.split("val")),
+            share_s=share - (time.perf_counter() - t0),
+            overhead_s=self.overhead.get(from_scratch, 0.0),
+        )
+        if plan.get("one_epoch_s", 0.0) > HARD_CAP * share:  # it could not run one epoch before the cap
+            self.skipped.append(strategy)
+            self.skip_reasons[strategy] = (
+                f"one epoch needs about {plan['one_epoch_s']:.0f} s; its share of the budget is {share:.0f} s"
+            )
+            return
+        r = fit(
+            self.data,
+            backbone=fit_backbone,
+            strategy=fit_strategy,
+            out=self.out_dir / _dir_name(strategy),
+            seed=self.seed,
+            epochs=plan["epochs"] or None,
+            budget_s=HARD_CAP * share,  # the safety net: the plan, not the clock, sets the epochs
+            overwrite=True,
+            progress=self.progress,
+        )
+        wall = time.perf_counter() - t0
+        spent_outside = wall - float(r.metrics.get("train_s") or 0.0)
+        self.overhead[from_scratch] = max(self.overhead.get(from_scratch, 0.0), spent_outside)
+        row = _row(strategy, r.metrics, r.run_dir, r.warnings)
+        planned = plan["epochs"] if plan["epochs"] is not None else plan["recipe_epochs"]
+        row.update(
+            train_s=wall,
+            epochs_planned=planned,
+            recipe_epochs=plan["recipe_epochs"],
+            epochs_run=_epochs_run(r.history),
+            budget_stopped=_budget_stopped(r.warnings),
+            plan=plan["why"],
+        )
+        row["cut_short"] = row["budget_stopped"] or planned < plan["recipe_epochs"]
+        self.add(row, r.metrics)
+
+    def verdicts(self, n_classes: int, rule: dict[str, Any]) -> dict[str, Any]:
+        for row in self.rows:
+            row["overfitting"] = overfitting(row)
+        selection = select(self.rows, self.correct, n_classes=n_classes)
+        transfer = transfer_verdict(self.rows, self.correct)
+        return {
+            "rows": self.rows,
+            "skipped": self.skipped,
+            "skip_reasons": self.skip_reasons,
+            "flags": {
+                "negative_transfer": transfer["negative_transfer"],
+                "transfer": transfer["reason"],
+                "overfitting": [r["strategy"] for r in self.rows if r["overfitting"]],
+            },
+            "recommendation": {
+                k: selection[k] for k in ("strategy", "reason", "separated") if k in selection
+            },
+            "selection": {k: v for k, v in selection.items() if k not in ("strategy", "reason")},
+            "rule_based": _rule_verdict(rule, self.rows, bool(selection.get("separated"))),
+        }
+
+
 def compare(
     data: str | Path,
     backbone: str,
@@ -183,17 +314,13 @@ def compare(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Probe, then the scratch baseline and fine-tuning strategies, each with an epoch plan fitted to an
-    even share of what is left of `budget_s`; strategies not started because the budget ran out are
-    listed under "skipped". Copies across splits are first regrouped into one split (unless
-    `keep_duplicates`), and the recommendation follows verdicts.select's rule."""
-
-    from headstart.api import probe
+    even share of what is left of `budget_s`; strategies not started (budget spent, or one epoch would not
+    fit their share) are listed under "skipped" with "skip_reasons". Copies across splits are first
+    regrouped into one split (unless `keep_duplicates`); the recommendation follows verdicts.select."""
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.fileio import atomic_write_json
     from headstart.runs import to_jsonable
-    from headstart.train import fit
-    from headstart.verdicts.plan import epoch_plan
 
     if budget_s <= 0:
         raise HeadstartError(f"budget {budget_s} s: must be positive", fix="give e.g. --budget 10m")
@@ -205,116 +332,30 @@ def compare(
     per_class = float(statistics.median(counts)) if counts else 0.0
     # The probe always runs first, as the reference every other row is read against.
     todo = [s for s in strategies if s != PROBE] if strategies else choose_strategies(per_class)
-
-    rows: list[dict[str, Any]] = []
-    correct: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    if leakage["regrouped"]:  # how much the copies inflated the probe: the same probe on the raw split
-        raw = probe(data, backbone=backbone, seed=seed, save=False, progress=progress)
-        leakage["probe_raw"] = {s: (raw.metrics.get(s) or {}).get("accuracy") for s in ("val", "test")}
-    p = probe(data_used, backbone=backbone, out=out_dir / PROBE, seed=seed, overwrite=True, progress=progress)
-    row = _row(PROBE, p.metrics, p.run_dir, [])
-    row["train_s"] = time.perf_counter() - t0
-    row["stored_bytes"] = (p.run_dir / "head.safetensors").stat().st_size if p.run_dir else None
-    expected = list((p.metrics.get("val") or {}).get("true") or [])
-    c = _correct(p.metrics, expected)
-    if c is not None:
-        correct[PROBE] = c
-    if leakage["regrouped"]:
-        leakage["probe_grouped"] = {"val": row["val_accuracy"], "test": row["test_accuracy"]}
-    if (row.get("n_val") or 0) < CV_BELOW_VAL_ITEMS:
-        row["cv"] = _cheap_cv(p, data_used, backbone, seed)
-    rows.append(row)
+    cmp = _Comparison(data_used, backbone, seed, out_dir, progress)
+    probe_row = cmp.run_probe(leakage, data)
     # The rule-based recommendation needs only the probe: worked out now, inside the budget.
-    rule = _rule(data_used, backbone, per_class, row["val_accuracy"], seed, progress)
+    rule = _rule(data_used, backbone, per_class, probe_row["val_accuracy"], seed, progress)
     bb = create_backbone(backbone) if todo else None
-    n_train = len(ds.split("train"))
-    n_eval = len(ds.split("val"))
-
-    skipped: list[str] = []
-    # Seconds a fit spends outside its training loop (decode, embed, evaluate, save), measured per kind:
-    # from-scratch runs evaluate the whole network, transfer runs reuse cached frozen features.
-    overhead: dict[bool, float] = {}
     for i, strategy in enumerate(todo):
         left = budget_s - (time.perf_counter() - t_start)
         if left <= 0:
-            skipped.extend(todo[i:])
+            cmp.skipped.extend(todo[i:])
+            cmp.skip_reasons.update({s: "the budget was spent before it could start" for s in todo[i:]})
             break
-        share = left / (len(todo) - i)
-        from_scratch = strategy == TRANSFER_BASELINE
-        t0 = time.perf_counter()
-        fit_backbone, fit_strategy = backbone, strategy
-        if strategy.startswith(ADAPT_PREFIX):
-            # Continued pretraining on the training split's own texts (never val/test), then the strategy
-            # on the adapted backbone; the row's time counts both.
-            fit_strategy = strategy[len(ADAPT_PREFIX) :]
-            adapted = out_dir / "adapted-backbones" / _dir_name(strategy)  # outside the run folder
-            fit_backbone = _adapt_on_train(ds, backbone, adapted, seed, progress)
-        plan = epoch_plan(
-            bb,
-            fit_strategy,
-            n_train=n_train,
-            n_eval=n_eval,
-            share_s=share - (time.perf_counter() - t0),
-            overhead_s=overhead.get(from_scratch, 0.0),
-        )
-        r = fit(
-            data_used,
-            backbone=fit_backbone,
-            strategy=fit_strategy,
-            out=out_dir / _dir_name(strategy),
-            seed=seed,
-            epochs=plan["epochs"] or None,
-            budget_s=HARD_CAP * share,  # the safety net: the plan, not the clock, sets the epochs
-            overwrite=True,
-            progress=progress,
-        )
-        wall = time.perf_counter() - t0
-        overhead[from_scratch] = max(
-            overhead.get(from_scratch, 0.0), wall - float(r.metrics.get("train_s") or 0.0)
-        )
-        row = _row(strategy, r.metrics, r.run_dir, r.warnings)
-        row.update(
-            train_s=wall,
-            epochs_planned=plan["epochs"] if plan["epochs"] is not None else plan["recipe_epochs"],
-            recipe_epochs=plan["recipe_epochs"],
-            epochs_run=_epochs_run(r.history),
-            budget_stopped=_budget_stopped(r.warnings),
-            plan=plan["why"],
-        )
-        row["cut_short"] = row["budget_stopped"] or row["epochs_planned"] < row["recipe_epochs"]
-        c = _correct(r.metrics, expected)
-        if c is not None:
-            correct[strategy] = c
-        else:
-            row["warnings"].append("not paired with the probe: its validation items differ (skipped files?)")
-        rows.append(row)
-
-    for row in rows:
-        row["overfitting"] = overfitting(row)
-    selection = select(rows, correct, n_classes=len(ds.classes))
-    transfer = transfer_verdict(rows, correct)
+        cmp.run_strategy(strategy, left / (len(todo) - i), bb, ds)
     result: dict[str, Any] = {
         "data": str(data),
         "data_used": str(data_used),
         "backbone": backbone,
         "train_per_class": per_class,
-        "n_val": len(expected),
+        "n_val": len(cmp.expected),
         "budget_s": budget_s,
         "leakage": leakage,
-        "rows": rows,
-        "skipped": skipped,
-        "flags": {
-            "negative_transfer": transfer["negative_transfer"],
-            "transfer": transfer["reason"],
-            "overfitting": [r["strategy"] for r in rows if r["overfitting"]],
-        },
-        "recommendation": {k: selection[k] for k in ("strategy", "reason", "separated") if k in selection},
-        "selection": {k: v for k, v in selection.items() if k not in ("strategy", "reason")},
+        **cmp.verdicts(len(ds.classes), rule),
+        "elapsed_s": time.perf_counter() - t_start,
+        "out": str(out_dir),
     }
-    result["rule_based"] = _rule_verdict(rule, rows, bool(selection.get("separated")))
-    result["elapsed_s"] = time.perf_counter() - t_start
-    result["out"] = str(out_dir)
     atomic_write_json(out_dir / "compare.json", to_jsonable(result))
     return result
 

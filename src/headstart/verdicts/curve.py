@@ -316,6 +316,17 @@ def label_curve(
     return curve
 
 
+def intervals(curve: dict[str, Any]) -> dict[str, list[list[float]]]:
+    """{method: [[labels per class, lo, hi]]}: the 95 % Wilson interval of each point's mean accuracy on the
+    n_test items (the test set's noise; the spread over seeds is the subsets' noise, shown beside it)."""
+    from headstart.intervals import wilson
+
+    n = int(curve.get("n_test") or 0)
+    return {
+        m: [[k, *wilson(round(mean * n), n)] for k, mean, _std in pts] for m, pts in summarise(curve).items()
+    }
+
+
 def summarise(curve: dict[str, Any]) -> dict[str, list[tuple[int, float, float]]]:
     """{method: [(labels per class, mean accuracy, std over seeds)]}."""
     out: dict[str, list[tuple[int, float, float]]] = {}
@@ -343,7 +354,7 @@ def write_curve(curve: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     from headstart.fileio import atomic_write_bytes, atomic_write_json
 
     folder = Path(out)
-    json_path = atomic_write_json(folder / "curve.json", curve)
+    json_path = atomic_write_json(folder / "curve.json", {**curve, "intervals": intervals(curve)})
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for method, pts in summarise(curve).items():
         ks, mean, std = (np.array(v) for v in zip(*pts, strict=True))

@@ -43,5 +43,6 @@ def epoch_plan(
         "epochs": epochs,
         "recipe_epochs": total,
         "epoch_s": epoch_s,
+        "one_epoch_s": fixed + epoch_s,
         "why": f"{epochs} of {total} epochs fit {share_s:.0f} s at ~{epoch_s:.1f} s per epoch",
     }
