@@ -275,3 +275,25 @@ def test_compare_regroups_copies_by_default_and_keeps_them_on_request(tmp_path: 
         progress=False,
     )
     assert not kept["leakage"]["regrouped"] and kept["data_used"] == str(data)
+
+
+def test_same_data_seed_and_budget_give_the_same_rows(
+    data3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The budget is an epoch plan from the remembered step time, not a stopwatch: a second run plans the
+    same epochs, so it trains the same models and recommends the same strategy."""
+    from headstart.verdicts import rank
+
+    # As if a training step took 6 s (the tiny test network takes milliseconds): the budget binds.
+    monkeypatch.setattr(rank, "finetune_step_seconds", lambda bb, *a, **k: 6.0)
+    kw = {"budget_s": 45, "strategies": ["partial:2", "scratch"], "progress": False}
+    a = compare(data3, TEST_BACKBONE, out=tmp_path / "a", **kw)
+    b = compare(data3, TEST_BACKBONE, out=tmp_path / "b", **kw)
+    keys = ("strategy", "val_accuracy", "test_accuracy", "epochs_planned", "epochs_run")
+    assert [[r.get(k) for k in keys] for r in a["rows"]] == [[r.get(k) for k in keys] for r in b["rows"]]
+    assert a["recommendation"] == b["recommendation"]
+    tuned = a["rows"][1:]
+    assert [r["strategy"] for r in tuned] == ["partial:2", "scratch"]
+    for r in tuned:  # the plan, not the clock or the cap, set how long each trained
+        assert r["epochs_planned"] < r["recipe_epochs"] and r["epochs_run"] <= r["epochs_planned"]
+        assert r["cut_short"] and not r["budget_stopped"]

@@ -187,9 +187,6 @@ class _Comparison:
     expected: list[int] = field(default_factory=list)  # the probe's val labels: what every row pairs on
     skipped: list[str] = field(default_factory=list)
     skip_reasons: dict[str, str] = field(default_factory=dict)
-    # From-scratch runs evaluate the whole network, transfer runs reuse cached frozen features: measured
-    # per kind (decode, embed, evaluate, save).
-    overhead: dict[bool, float] = field(default_factory=dict)
 
     def add(self, row: dict[str, Any], metrics: dict[str, Any]) -> None:
         c = _correct(metrics, self.expected)
@@ -230,7 +227,6 @@ class _Comparison:
         from headstart.train import fit
         from headstart.verdicts.plan import epoch_plan
 
-        from_scratch = strategy == TRANSFER_BASELINE
         t0 = time.perf_counter()
         fit_backbone, fit_strategy = self.backbone, strategy
         if strategy.startswith(ADAPT_PREFIX):
@@ -244,8 +240,7 @@ class _Comparison:
             fit_strategy,
             n_train=len(ds.split("train")),
             n_eval=len(ds.split("val")),
-            share_s=share - (time.perf_counter() - t0),
-            overhead_s=self.overhead.get(from_scratch, 0.0),
+            share_s=share,
         )
         if plan.get("one_epoch_s", 0.0) > HARD_CAP * share:  # it could not run one epoch before the cap
             self.skipped.append(strategy)
@@ -265,8 +260,6 @@ class _Comparison:
             progress=self.progress,
         )
         wall = time.perf_counter() - t0
-        spent_outside = wall - float(r.metrics.get("train_s") or 0.0)
-        self.overhead[from_scratch] = max(self.overhead.get(from_scratch, 0.0), spent_outside)
         row = _row(strategy, r.metrics, r.run_dir, r.warnings)
         planned = plan["epochs"] if plan["epochs"] is not None else plan["recipe_epochs"]
         row.update(
@@ -321,6 +314,7 @@ def compare(
     from headstart.data import load_dataset
     from headstart.fileio import atomic_write_json
     from headstart.runs import to_jsonable
+    from headstart.verdicts.plan import probe_seconds
 
     if budget_s <= 0:
         raise HeadstartError(f"budget {budget_s} s: must be positive", fix="give e.g. --budget 10m")
@@ -337,13 +331,17 @@ def compare(
     # The rule-based recommendation needs only the probe: worked out now, inside the budget.
     rule = _rule(data_used, backbone, per_class, probe_row["val_accuracy"], seed, progress)
     bb = create_backbone(backbone) if todo else None
+    # Shares are worked out once, from the budget and the priced probe, never from the clock, so the same
+    # data, seed, budget and machine give the same plans (see verdicts.plan).
+    share = (budget_s - probe_seconds(bb, len(ds.items))) / len(todo) if todo else 0.0
     for i, strategy in enumerate(todo):
-        left = budget_s - (time.perf_counter() - t_start)
-        if left <= 0:
+        over = time.perf_counter() - t_start > HARD_CAP * budget_s
+        if share <= 0 or over:
+            why = "the safety cap (twice the budget) was reached" if over else "the probe takes the budget"
             cmp.skipped.extend(todo[i:])
-            cmp.skip_reasons.update({s: "the budget was spent before it could start" for s in todo[i:]})
+            cmp.skip_reasons.update({s: why for s in todo[i:]})
             break
-        cmp.run_strategy(strategy, left / (len(todo) - i), bb, ds)
+        cmp.run_strategy(strategy, share, bb, ds)
     result: dict[str, Any] = {
         "data": str(data),
         "data_used": str(data_used),

@@ -17,19 +17,36 @@ from headstart.errors import HeadstartError
 FORWARD_SHARE = 1 / 3
 
 
+def _step_seconds(backbone: Any, batch_size: int) -> float:
+    """One `full`-recipe training step of `batch_size` items (the memoised timing); HeadstartError for a
+    family without one."""
+    from headstart.verdicts.rank import FINETUNE_BATCH, finetune_step_seconds
+
+    return finetune_step_seconds(backbone) * batch_size / FINETUNE_BATCH
+
+
+def probe_seconds(backbone: Any, n_items: int) -> float:
+    """The priced cost of the probe's pass over every item (0 without a timed step, or without a backbone)."""
+    if backbone is None:
+        return 0.0
+    try:
+        return _step_seconds(backbone, 1) * FORWARD_SHARE * n_items
+    except HeadstartError:
+        return 0.0
+
+
 def epoch_plan(
-    backbone: Any, strategy: str, *, n_train: int, n_eval: int, share_s: float, overhead_s: float
+    backbone: Any, strategy: str, *, n_train: int, n_eval: int, share_s: float, overhead_s: float = 0.0
 ) -> dict[str, Any]:
     """{"epochs": E or None (no plan: the clock decides), "recipe_epochs", "epoch_s", "why"}."""
     from headstart.recipes import get_recipe
-    from headstart.verdicts.rank import FINETUNE_BATCH, finetune_step_seconds
 
     recipe = get_recipe(strategy, len(backbone.groups))
     total = sum(p.epochs for p in recipe.phases)
     if total == 0:
         return {"epochs": 0, "recipe_epochs": 0, "epoch_s": 0.0, "why": "no training epochs"}
     try:
-        step = finetune_step_seconds(backbone) * recipe.batch_size / FINETUNE_BATCH
+        step = _step_seconds(backbone, recipe.batch_size)
     except HeadstartError as e:  # a family without a timed step: the clock decides, and the row says so
         return {"epochs": None, "recipe_epochs": total, "epoch_s": None, "why": f"no step timing: {e}"}
     batches = math.ceil(n_train / recipe.batch_size)
