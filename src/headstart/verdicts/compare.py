@@ -255,7 +255,8 @@ class _Comparison:
             out=self.out_dir / _dir_name(strategy),
             seed=self.seed,
             epochs=plan["epochs"] or None,
-            budget_s=HARD_CAP * share,  # the safety net: the plan, not the clock, sets the epochs
+            # With a plan the clock is only a safety net; without one (no timed step) it is the budget.
+            budget_s=HARD_CAP * share if plan["epochs"] else share,
             overwrite=True,
             progress=self.progress,
         )
