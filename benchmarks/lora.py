@@ -4,7 +4,7 @@ What is measured (CPU, float32, one process per mode so neither sees the other's
 
 - `lora_step_ratio`: median training-step time with `--strategy lora` (r 8 on q/k/v/o of all 30 layers)
   divided by the same step of full fine-tuning. Same batch (fortunes texts cut to the same token length),
-  same head, AdamW over the recipe's parameter groups (headstart.train.loop.param_groups after
+  same head, AdamW over the recipe's parameter groups (headstart.train.groups.param_groups after
   set_trainable), forward + cross-entropy + backward + optimizer step. As in the training loop, the LoRA
   step runs the frozen embeddings group without autograd and enters at the first group with adapters.
 - `lora_peak_mb` / `full_peak_mb`: the process's peak resident set (Linux VmHWM) over the timed steps,
@@ -66,7 +66,7 @@ def run_mode(mode: str, batch: int, tokens: int, steps: int) -> dict[str, Any]:
 
     from headstart.backbones import create_backbone
     from headstart.recipes import get_recipe
-    from headstart.train.loop import Net, first_trainable_group, param_groups, set_trainable
+    from headstart.train.groups import Net, first_trainable_group, param_groups, set_trainable
 
     torch.manual_seed(0)
     bb = create_backbone(BACKBONE)

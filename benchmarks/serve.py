@@ -248,7 +248,7 @@ def _print_soak(name: str, s: dict[str, Any]) -> None:
 def _text_run(root: Path) -> Path:
     """A probe run of the tiny test text encoder on a generated animals-vs-vehicles CSV."""
     from headstart.api import probe
-    from headstart.backbones.hf_text import TEST_WORDS
+    from headstart.testing import TEST_WORDS
 
     rng = random.Random(0)
     animals = TEST_WORDS[TEST_WORDS.index("cat") :][:17]
@@ -264,7 +264,7 @@ def _text_run(root: Path) -> Path:
 
 
 def _huge_text_body(seed: int) -> bytes:
-    from headstart.backbones.hf_text import TEST_WORDS
+    from headstart.testing import TEST_WORDS
 
     rng = random.Random(seed)
     head = " ".join(rng.choice(TEST_WORDS) for _ in range(200))
@@ -302,7 +302,7 @@ def main() -> None:
 
     from headstart.api import probe
     from headstart.data.images import load_image_bytes
-    from headstart.export import _session, export_onnx_model
+    from headstart.export import export_onnx_model, ort_session
     from headstart.model import load_model
     from headstart.serve import DEFAULT_TOP, Predictor
 
@@ -333,7 +333,7 @@ def main() -> None:
         cfg = model.backbone.preprocess
         x1 = load_image_bytes(data, cfg)[None]
         x32 = np.stack([load_image_bytes(Path(p).read_bytes(), cfg) for p in paths])
-        sess = _session(root / "run" / "model.onnx")
+        sess = ort_session(root / "run" / "model.onnx")
         module = model.module()
         predictor = Predictor(model)
         if predictor.engine != "onnx":

@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated cache, tiny synthetic image datasets, the tiny test backbone."""
+"""Shared fixtures: an isolated cache, tiny synthetic image datasets, the tiny test backbones."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from PIL import Image, ImageDraw
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The tiny test backbones (headstart.testing) plug into the registry like any family: named here, so a
+# `headstart` subprocess of a test (fit, torchrun) registers them too.
+_families = [m for m in os.environ.get("HEADSTART_BACKBONE_MODULES", "").split(",") if m]
+os.environ["HEADSTART_BACKBONE_MODULES"] = ",".join(dict.fromkeys([*_families, "headstart.testing"]))
 
 TEST_BACKBONE = "test_efficientnet_lite"
 

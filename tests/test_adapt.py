@@ -168,7 +168,7 @@ def test_bad_unlabeled_input_is_a_clear_error(
 def test_a_failed_write_leaves_no_folder_and_keeps_the_previous_backbone(
     tmp_path: Path, backbones_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import headstart.adapt.pretrain as pretrain
+    import headstart.adapt.folder as folder
 
     data = write_lines(tmp_path / "domain.txt", DOMAIN, 40)
     kwargs = {"epochs": 1, "head_epochs": 1, "progress": False}
@@ -177,19 +177,19 @@ def test_a_failed_write_leaves_no_folder_and_keeps_the_previous_backbone(
         (dest / "partial.json").write_text("{}")
         raise OSError("disk full")
 
-    copy_parent_files = pretrain._copy_parent_files
-    monkeypatch.setattr(pretrain, "_copy_parent_files", crash)
+    copy_parent_files = folder.copy_parent_files
+    monkeypatch.setattr(folder, "copy_parent_files", crash)
     with pytest.raises(OSError, match="disk full"):
         adapt("test_text_encoder", data, name="enc", **kwargs)
     assert list(backbones_home.iterdir()) == []  # no backbone, no temp folder left behind
     assert "enc" not in {s.name for s in list_backbones()}
 
-    monkeypatch.setattr(pretrain, "_copy_parent_files", copy_parent_files)
+    monkeypatch.setattr(folder, "copy_parent_files", copy_parent_files)
     first = adapt("test_text_encoder", data, name="enc", **kwargs)
     sha = first.card["weights_sha256"]
     with pytest.raises(HeadstartError, match="already exists"):  # refused before any training
         adapt("test_text_encoder", data, name="enc", **kwargs)
-    monkeypatch.setattr(pretrain, "_copy_parent_files", crash)
+    monkeypatch.setattr(folder, "copy_parent_files", crash)
     with pytest.raises(OSError):
         adapt("test_text_encoder", data, name="enc", overwrite=True, seed=1, **kwargs)
     assert [p.name for p in backbones_home.iterdir()] == ["enc"]

@@ -77,12 +77,12 @@ def test_whisper_mapping_reproduces_transformers_encoder() -> None:
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
     from headstart.backbones.ct2_format import write_ct2
-    from headstart.backbones.whisper_ct2 import (
+    from headstart.backbones.whisper_ct2 import hidden_states
+    from headstart.backbones.whisper_weights import (
         SPEC_NAME,
         WhisperDims,
         _hf_config,
         hf_encoder_to_ct2,
-        hidden_states,
         load_whisper_encoder,
     )
 
@@ -152,7 +152,7 @@ def test_pool_covers_the_frames_that_hold_audio(tiny_whisper, tmp_path: Path) ->
 
 def test_local_model_bin_by_name_at_path(tmp_path: Path) -> None:
     from headstart.backbones import create_backbone
-    from headstart.backbones.whisper_ct2 import WhisperDims, random_whisper_ct2
+    from headstart.backbones.whisper_weights import WhisperDims, random_whisper_ct2
     from headstart.fileio import sha256_file
 
     path = tmp_path / "m" / "model.bin"

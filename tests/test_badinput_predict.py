@@ -26,7 +26,7 @@ import pytest
 
 from badinput import assert_refused, run_cli, tree_digest
 from conftest import TEST_BACKBONE, make_image_folder
-from headstart.backbones.hf_text import TEST_WORDS
+from headstart.testing import TEST_WORDS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -307,7 +307,7 @@ def test_serve_uses_a_text_runs_export_and_answers_as_pytorch(world: dict[str, A
 def test_a_text_model_the_exporter_cannot_trace_is_a_clear_error(
     world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import headstart.export as export
+    import headstart.export.graph as export
 
     def fail(*a: Any, **k: Any) -> None:
         raise RuntimeError("Exporting the operator 'aten::scaled_dot_product_attention' is not supported")

@@ -100,9 +100,9 @@ def test_model_card_lists_the_groups_that_trained(dann_run: Path) -> None:
     ],
 )
 def test_model_card_says_what_each_strategy_trained(run: dict, expected: str) -> None:
-    from headstart.report import _what_trained
+    from headstart.report.sections.card import what_trained
 
-    assert expected in str(_what_trained(run))
+    assert expected in str(what_trained(run))
 
 
 def _glyph_warnings(caught: list[warnings.WarningMessage]) -> list[str]:

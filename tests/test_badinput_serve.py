@@ -30,7 +30,7 @@ from PIL import Image
 
 from badinput import assert_refused, run_cli
 from conftest import TEST_BACKBONE, draw_item, make_image_folder
-from headstart.backbones.hf_text import TEST_WORDS
+from headstart.testing import TEST_WORDS
 from test_badinput_decode import BAD, CORPUS, png_bomb
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

@@ -17,8 +17,8 @@ import soundfile as sf
 
 from badinput import assert_refused, run_cli, tree_digest
 from conftest import TEST_BACKBONE, make_image_folder
-from headstart.backbones.hf_text import TEST_WORDS
 from headstart.errors import HeadstartError
+from headstart.testing import TEST_WORDS
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

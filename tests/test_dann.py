@@ -22,7 +22,8 @@ from headstart.backbones.base import Backbone, BackboneCard, PreprocessConfig
 from headstart.errors import HeadstartError
 from headstart.recipes import Phase, Recipe
 from headstart.train.dann import DomainAdversarial, ganin_lambda, reverse_gradient
-from headstart.train.loop import Split, Trainer
+from headstart.train.data import Split
+from headstart.train.loop import Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

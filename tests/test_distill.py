@@ -15,8 +15,10 @@ import torch
 from conftest import TEST_BACKBONE, make_image_folder
 from headstart.errors import HeadstartError
 from headstart.recipes import Phase, Recipe
+from headstart.train.data import Split
 from headstart.train.distill import Distillation, distill, distillation_loss
-from headstart.train.loop import Split, Step, Trainer
+from headstart.train.loop import Trainer
+from headstart.train.objective import Step
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

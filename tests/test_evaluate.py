@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -11,8 +12,10 @@ from conftest import TEST_BACKBONE, make_image_folder
 from headstart.calibration import ece, fit_temperature, nll, reliability, softmax
 from headstart.cli import main
 from headstart.errors import HeadstartError
-from headstart.evaluate import auroc, energy_score, evaluate_run, read_split_csv
+from headstart.evaluate import evaluate_run
 from headstart.model import load_model
+from headstart.ood import auroc, energy_score
+from headstart.runs import read_split_rows
 
 
 # -- calibration and ranking on constructed numbers ------------------------------------------------------
@@ -112,7 +115,7 @@ def test_evaluate_run_writes_evaluation_and_calibration_and_load_model_applies_t
     # load_model picks the temperature up, and predict_proba applies it to the logits.
     model = load_model(run)
     assert model.temperature == pytest.approx(T)
-    sources = [r["path"] for r in read_split_csv(run) if r["split"] == "test"]
+    sources = [r["path"] for r in read_split_rows(run) if r["split"] == "test"]
     z, _, _ = model.logits(sources, backend="torch")
     p, _, _ = model.predict_proba(sources, backend="torch")
     np.testing.assert_allclose(p, softmax(z / T), atol=1e-6)
@@ -122,7 +125,7 @@ def test_evaluate_run_writes_evaluation_and_calibration_and_load_model_applies_t
         (
             z.argmax(1)
             != np.array(
-                [model.classes.index(r["label"]) for r in read_split_csv(run) if r["split"] == "test"]
+                [model.classes.index(r["label"]) for r in read_split_rows(run) if r["split"] == "test"]
             )
         ).sum()
     )
@@ -161,6 +164,34 @@ def test_evaluate_reports_unreadable_split_paths(run: Path, base_run: Path) -> N
     (run / "split.csv").write_text(rows)
     with pytest.raises(HeadstartError, match="could be read"):
         evaluate_run(run, latency=False, backend="torch")
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [
+        ("no_label_column", r"lacks column\(s\) \['label'\]"),
+        ("latin1", "is not UTF-8 CSV"),
+        ("short_row", r"split\.csv:3 has too few fields"),
+        ("missing", "has no split.csv"),
+    ],
+)
+def test_a_damaged_split_csv_is_a_clear_error(
+    run: Path, capsys: pytest.CaptureFixture[str], damage: str, said: str
+) -> None:
+    """split.csv is read by one reader (runs.read_split_rows): damage is named, never a traceback."""
+    f = run / "split.csv"
+    lines = f.read_text().splitlines()
+    if damage == "no_label_column":
+        f.write_text("\n".join([lines[0].replace("label", "class"), *lines[1:]]) + "\n")
+    elif damage == "latin1":
+        f.write_bytes(f.read_bytes() + "caf\xe9,red,test,\n".encode("latin-1"))
+    elif damage == "short_row":
+        f.write_text("\n".join([lines[0], lines[1], "only-a-path"]) + "\n")
+    else:
+        f.unlink()
+    assert main(["evaluate", str(run), "--no-latency", "--backend", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(said, err) and str(run) in err and "Traceback" not in err
 
 
 def test_evaluate_cli(run: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -69,7 +69,8 @@ def test_export_matches_pytorch_on_the_runs_own_files(run_dir: Path, tmp_path: P
 
 def test_probabilities_use_the_calibration_temperature(run_dir: Path, tmp_path: Path) -> None:
     from headstart.export import export_onnx_model
-    from headstart.model import CALIBRATION_FILE, softmax
+    from headstart.model import softmax
+    from headstart.runs import CALIBRATION_FILE
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
@@ -104,9 +105,10 @@ def test_refuses_an_export_that_disagrees(
     run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import headstart.export as export
+    from headstart.export import parity
 
-    real = export._run_onnx
-    monkeypatch.setattr(export, "_run_onnx", lambda s, b, chunk=32: -real(s, b, chunk))
+    real = parity.run_onnx
+    monkeypatch.setattr(parity, "run_onnx", lambda s, b, chunk=32: -real(s, b, chunk))
     with pytest.raises(HeadstartError, match="disagrees with PyTorch"):
         export.export_onnx_model(run_dir, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.card.json").exists()

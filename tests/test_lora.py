@@ -287,7 +287,7 @@ def test_text_merge_parity(fitted, tmp_path: Path) -> None:  # type: ignore[no-u
 def test_recipe_cli_options_and_listing(tmp_path: Path) -> None:
     import argparse
 
-    from headstart.commands.fit import _strategy
+    from headstart.train.api import lora_strategy as _strategy
 
     assert "lora" in BUILT_IN
     r = get_recipe("lora", 7)

@@ -99,7 +99,7 @@ def test_estimator_contract_and_save_load_roundtrip(three_class_folder: Path, tm
     with pytest.raises(HeadstartError, match="not fitted"):
         clf.predict(files[:1])
     assert clf.fit(files[::2], labels[::2]) is clf
-    assert clf.classes_ == ["blue", "green", "red"] and clf.C_ == 0.1
+    assert clf.classes_.tolist() == ["blue", "green", "red"] and clf.C_ == 0.1
     proba = clf.predict_proba(files[1::2])
     assert proba.shape == (len(files[1::2]), 3) and np.allclose(proba.sum(1), 1)
     assert clf.score(files[1::2], labels[1::2]) > 0.6
@@ -193,3 +193,31 @@ def test_a_nearly_constant_feature_gets_no_explosive_weight() -> None:
     assert np.abs(head.weight[:, 0]).max() < 10, head.weight[:, 0]
     assert np.abs(head.weight[:, 1:]).max() < 10
     assert (head.proba(X).argmax(1) == y).mean() > 0.8
+
+
+def test_head_only_runs_of_either_kind_load_and_fine_tuned_ones_are_refused(
+    image_folder: Path, tmp_path: Path
+) -> None:
+    """Run folders from before probe and `fit --strategy head` were one pipeline still load: a "probe"
+    run, and a "fit" run of the head strategy (no C recorded). A fine-tuned run is refused: its head on
+    the untouched base would answer wrongly."""
+    from headstart.model import load_model
+
+    probe(image_folder, backbone=TEST_BACKBONE, out=tmp_path / "run", backend="torch", progress=False)
+    files = sorted(image_folder.rglob("*.png"))[:4]
+    expected = ProbeClassifier.load(tmp_path / "run").predict_proba(files)
+    info_file = tmp_path / "run" / "run.json"
+    info = json.loads(info_file.read_text())
+    for key in ("strategy", "recipe", "modality", "pretrained", "trained_groups", "objective"):
+        info.pop(key)  # what a probe run of the earlier layout did not record
+    info_file.write_text(json.dumps(info))
+    np.testing.assert_array_equal(ProbeClassifier.load(tmp_path / "run").predict_proba(files), expected)
+    params = {"seed": 0, "batch_size": 32, "augment": None, "prefix_cache": True, "bf16": False}
+    old_fit = {**info, "kind": "fit", "strategy": "head", "trained_groups": [], "params": params}
+    info_file.write_text(json.dumps(old_fit))
+    np.testing.assert_array_equal(ProbeClassifier.load(tmp_path / "run").predict_proba(files), expected)
+    proba, _, _ = load_model(tmp_path / "run").predict_proba(files)
+    np.testing.assert_allclose(proba, expected, atol=1e-6)
+    info_file.write_text(json.dumps({**old_fit, "delta": {"file": "delta.safetensors", "whole": False}}))
+    with pytest.raises(HeadstartError, match="fine-tuned run"):
+        ProbeClassifier.load(tmp_path / "run")

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from headstart.backbones import create_backbone
-from headstart.backbones.hf_text import TEST_WORDS, TextBackbone
+from headstart.backbones.text import TextBackbone
 from headstart.data import load_dataset
 from headstart.errors import HeadstartError
 from headstart.features import by_size, embed
+from headstart.testing import TEST_WORDS
 
 ANIMALS = TEST_WORDS[TEST_WORDS.index("cat") : TEST_WORDS.index("paw") + 1]
 VEHICLES = TEST_WORDS[TEST_WORDS.index("car") : TEST_WORDS.index("ride") + 1]
@@ -97,7 +98,7 @@ def test_groups_compose_to_the_whole_model_and_padding_does_not_change_a_text(
 def test_hf_folder_of_a_text_encoder_routes_to_the_text_family(tmp_path: Path, family: str) -> None:
     from transformers import AutoConfig, AutoModel
 
-    from headstart.backbones.hf_text import build_test_text_folder
+    from headstart.testing import build_test_text_folder
 
     tok_folder = build_test_text_folder(tmp_path / "tok")
     sizes = {"vocab_size": 200, "max_position_embeddings": 70, "pad_token_id": 0}
@@ -277,8 +278,9 @@ def test_gguf_models_are_dequantised_once_then_read_from_the_cache(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from headstart.backbones import llm
-    from headstart.backbones.llm import GGUFSource, build_test_llama_folder
+    from headstart.backbones.llm import GGUFSource
     from headstart.fileio import sha256_file
+    from headstart.testing import build_test_llama_folder
 
     tiny = build_test_llama_folder(tmp_path / "tiny")
     fake = tmp_path / "pkg" / "fake.gguf"

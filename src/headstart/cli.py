@@ -10,6 +10,7 @@ from typing import Any
 
 from headstart import __version__
 from headstart.commands import console, print_data_notes
+from headstart.config import ProbeConfig, add_options, from_args
 
 
 def _print_json(obj: Any) -> None:
@@ -60,24 +61,9 @@ def _fmt(v: Any) -> str:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from headstart.api import probe
+    from headstart.api import run_probe
 
-    report = probe(
-        args.data,
-        backbone=args.backbone,
-        out=args.out,
-        seed=args.seed,
-        val=args.val,
-        test=args.test,
-        C=args.C,
-        backend=args.backend,
-        batch_size=args.batch_size,
-        cache=not args.no_cache,
-        strict=args.strict,
-        max_pixels=args.max_pixels,
-        overwrite=args.overwrite,
-        progress=not args.json,
-    )
+    report = run_probe(from_args(ProbeConfig, args, progress=not args.json))
     if args.json:
         _print_json(report.to_dict())
         return 0
@@ -240,28 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser(
         "probe", help="linear probe on frozen embeddings (cached): what the backbone is worth"
     )
-    pr.add_argument(
-        "data",
-        type=Path,
-        help="image folder (one sub-folder per class, or train/ val/ test/) "
-        "or a CSV/JSONL manifest with path,label[,split]",
-    )
-    pr.add_argument(
-        "--backbone", default="efficientnet_lite0", help="registered name, hf:<id-or-dir>, timm:<name>"
-    )
-    pr.add_argument("--out", type=Path, help="run folder (default: runs/<time>-probe-<backbone>)")
-    pr.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
-    pr.add_argument("--seed", type=int, default=0)
-    pr.add_argument("--val", type=float, default=0.15, help="validation fraction when splitting")
-    pr.add_argument("--test", type=float, default=0.15, help="test fraction when splitting")
-    pr.add_argument("--C", type=float, help="fix the inverse L2 strength (default: chosen on val)")
-    pr.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
-    pr.add_argument("--batch-size", type=int, default=32)
-    pr.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
-    pr.add_argument(
-        "--strict", action="store_true", help="fail on any unreadable file instead of skipping it"
-    )
-    pr.add_argument("--max-pixels", type=int, help="skip images larger than this (default 64,000,000)")
+    add_options(pr, ProbeConfig)  # the options, their defaults and help: headstart.config
     pr.add_argument("--json", action="store_true", help="machine-readable output")
     pr.set_defaults(func=cmd_probe)
 

@@ -8,7 +8,6 @@ thread pool ahead of the forward, so it overlaps compute instead of adding to it
 from __future__ import annotations
 
 import logging
-import os
 import sqlite3
 import threading
 import time
@@ -24,26 +23,11 @@ import numpy as np
 from headstart.backbones.base import Backbone
 from headstart.data.images import DEFAULT_MAX_PIXELS
 from headstart.errors import BadInput, HeadstartError
-from headstart.fileio import cache_dir, sha256_file
+from headstart.fileio import cache_dir
+from headstart.modality import Modality
 from headstart.progress import progress_bar
 
 log = logging.getLogger(__name__)
-
-_hash_memo: dict[tuple[str, int, int], str] = {}
-_hash_lock = threading.Lock()
-
-
-def content_hash(path: str | Path) -> str:
-    """sha256 of a file's bytes, memoised per (path, size, mtime) for this process."""
-    st = os.stat(path)
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    with _hash_lock:
-        if key in _hash_memo:
-            return _hash_memo[key]
-    h = sha256_file(path)
-    with _hash_lock:
-        _hash_memo[key] = h
-    return h
 
 
 class FeatureCache:
@@ -101,7 +85,7 @@ def _torch_forward(backbone: Backbone) -> Callable[[Any], np.ndarray]:
     import torch
 
     backbone.eval()  # BatchNorm uses its running statistics, dropout is off
-    if backbone.modality == "image":
+    if backbone.modality == Modality.IMAGE:
         backbone.to(memory_format=torch.channels_last)
 
     def run(batch: Any) -> np.ndarray:

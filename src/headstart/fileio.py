@@ -47,6 +47,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def read_json_memo(path: str | Path) -> dict[str, Any]:
+    """A memo kept as a JSON object in the cache (timings and the like): {} when it is missing, unreadable
+    or not an object, so a damaged memo is measured again, never an error."""
+    try:
+        memo = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return memo if isinstance(memo, dict) else {}
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

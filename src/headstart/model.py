@@ -22,8 +22,7 @@ from torch import nn
 from headstart.backbones.base import Backbone
 from headstart.errors import BadInput, HeadstartError
 from headstart.head import LinearHead
-
-CALIBRATION_FILE = "calibration.json"
+from headstart.runs import CALIBRATION_FILE, check_base, load_run, load_tensors
 
 
 class Classifier(nn.Module):
@@ -82,6 +81,12 @@ class TrainedModel:
     @property
     def kind(self) -> str:
         return str(self.info.get("kind", "probe"))
+
+    def targets(self, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(class index of each label, -1 where the model has no such class; mask of the known ones)."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        t = np.array([index.get(str(lab), -1) for lab in labels], dtype=np.int64)
+        return t, t >= 0
 
     def module(self) -> Classifier:
         """The whole model as one eval-mode torch module (collated batch -> logits, uncalibrated)."""
@@ -168,7 +173,6 @@ def apply_delta(backbone: Backbone, state: dict[str, torch.Tensor], sha256: str)
 def load_model(path: str | Path) -> TrainedModel:
     """Rebuild any run folder (probe or fit) into a TrainedModel, verifying every recorded hash."""
     from headstart.backbones import create_backbone
-    from headstart.runs import check_base, load_run, load_tensors
 
     run = load_run(path)
     info = run.info

@@ -6,42 +6,51 @@ One training loop (headstart.train) runs any recipe. A phase says how many of th
 schedule, weight decay and early-stopping patience.
 
 Built in by name: head, partial:N, full, discriminative, gradual, lp-ft, scratch, lora (lora:R). Users write
-their own in YAML/JSON (same fields as `Recipe.to_dict()`) or Python. A recipe with an `adapter` (LoraSpec)
+their own in YAML/JSON (same fields as `Recipe.to_dict()`; `recipe_schema()`, printed by `headstart recipes
+--schema`, is its JSON schema) or Python. A file or dict is validated against that schema by pydantic (types,
+allowed values, no unknown keys), then by `validate()` (ranges). A recipe with an `adapter` (LoraSpec)
 trains low-rank adapters inside the groups its phases train instead of the groups' own weights.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from headstart.errors import HeadstartError
 
-SCHEDULES = ("cosine", "onecycle", "constant")
-HEAD_INITS = ("keep", "zeros", "probe")
+Schedule = Literal["cosine", "onecycle", "constant"]
+HeadInit = Literal["keep", "zeros", "probe"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
+HEAD_INITS: tuple[str, ...] = get_args(HeadInit)
+# Unknown keys in a recipe file are refused (a misspelt field would otherwise be silently ignored).
+_STRICT_KEYS = {"extra": "forbid"}
 
 
 @dataclass(frozen=True)
 class Phase:
     """One stage of training. `train_top`: number of top layer groups that train (int) or "all"."""
 
+    __pydantic_config__ = _STRICT_KEYS
+
     name: str
-    train_top: int | str = 0
+    train_top: int | Literal["all"] = 0
     epochs: int = 5
     lr: float = 1e-3  # the head's learning rate
     # Pretrained groups learn 10x slower than the head by default, so they are adapted, not washed out.
     backbone_lr_ratio: float = 0.1
     lr_decay: float = 1.0  # per group of depth below the top trainable group (ULMFiT uses 1/2.6)
-    schedule: str = "cosine"
+    schedule: Schedule = "cosine"
     warmup: float = 0.1  # fraction of the phase's steps
     weight_decay: float = 0.01
     patience: int | None = 3  # epochs without a better val metric before the phase stops
     augment: bool | None = None  # None: on when any backbone group trains, off for head-only phases
     # "probe": start the head from the closed-form linear probe on cached embeddings (LP of LP-FT);
     # "keep": continue from the current head; "zeros": a fresh zero head.
-    head_init: str = "keep"
+    head_init: HeadInit = "keep"
     # Re-estimate trained BatchNorm statistics over the training set after each epoch ("precise BN"):
     # with few steps per epoch, running averages lag weights that move fast (from-scratch training).
     recalibrate_bn: bool = False
@@ -50,7 +59,7 @@ class Phase:
     # images per batch from another domain, batch statistics differ so much from the pretrained ones that
     # the network trains on features it never shows at inference. "batch" uses batch statistics (needed
     # from scratch). None: frozen for pretrained recipes, batch for scratch.
-    batchnorm: str | None = None
+    batchnorm: Literal["frozen", "batch"] | None = None
 
     def n_trainable(self, n_groups: int) -> int:
         return n_groups if self.train_top == "all" else min(int(self.train_top), n_groups)
@@ -88,7 +97,9 @@ class LoraSpec:
     layer inside the trained groups.
     """
 
-    method: str = "lora"
+    __pydantic_config__ = _STRICT_KEYS
+
+    method: Literal["lora"] = "lora"
     r: int = 8  # rank of the update
     alpha: float = 16.0  # the update is scaled by alpha / r
     dropout: float = 0.05  # on the adapter's input, training only
@@ -101,11 +112,7 @@ class LoraSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> LoraSpec:
-        d = dict(d)
-        if d.get("target_modules") is not None:
-            t = d["target_modules"]
-            d["target_modules"] = tuple(t.split(",")) if isinstance(t, str) else tuple(t)
-        spec = cls(**d)
+        spec: LoraSpec = _validated(LoraSpec, _split_targets(d), "LoRA adapter")
         spec.validate()
         return spec
 
@@ -124,6 +131,8 @@ class LoraSpec:
 
 @dataclass(frozen=True)
 class Recipe:
+    __pydantic_config__ = _STRICT_KEYS
+
     name: str
     phases: tuple[Phase, ...]
     pretrained: bool = True  # False: the same architecture from random init (the scratch baseline)
@@ -139,17 +148,11 @@ class Recipe:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Recipe:
-        try:
-            phases = tuple(Phase(**p) for p in d["phases"])
-            adapter = d.get("adapter")
-            if isinstance(adapter, dict):
-                adapter = LoraSpec.from_dict(adapter)
-            r = cls(**{**d, "phases": phases, "adapter": adapter})
-        except (KeyError, TypeError) as e:
-            raise HeadstartError(
-                f"not a valid recipe: {e}", fix="give name and phases (see `headstart recipes --json`)"
-            ) from e
+    def from_dict(cls, d: dict[str, Any], *, source: str | Path | None = None) -> Recipe:
+        """A recipe from its dict form (a parsed .json/.yaml file: `source` names it in errors)."""
+        if isinstance(d.get("adapter"), dict):
+            d = {**d, "adapter": _split_targets(d["adapter"])}
+        r: Recipe = _validated(Recipe, d, f"recipe {source}" if source else "recipe")
         r.validate()
         return r
 
@@ -366,5 +369,48 @@ def load_recipe_file(path: Path) -> Recipe:
     except Exception as e:
         raise HeadstartError(f"cannot parse recipe {path}: {e}", fix="check the JSON/YAML syntax") from e
     if not isinstance(d, dict):
-        raise HeadstartError(f"recipe {path} must be a mapping with name and phases")
-    return Recipe.from_dict(d)
+        raise HeadstartError(f"recipe {path} must be a mapping with name and phases", fix=SCHEMA_FIX)
+    return Recipe.from_dict(d, source=path)
+
+
+SCHEMA_FIX = "see the fields in `headstart recipes --schema` and examples in `headstart recipes --json`"
+
+
+def _split_targets(adapter: dict[str, Any]) -> dict[str, Any]:
+    """target_modules may be written as one comma-separated string ("q_proj,v_proj")."""
+    t = adapter.get("target_modules")
+    return {**adapter, "target_modules": t.split(",")} if isinstance(t, str) else adapter
+
+
+@functools.cache
+def _adapter(cls: type) -> Any:
+    from pydantic import TypeAdapter  # imported on first use: `headstart --help` stays instant
+
+    return TypeAdapter(cls)
+
+
+def _validated(cls: type, d: Any, what: str) -> Any:
+    """`d` as an instance of the dataclass `cls`, checked by pydantic against the recipe schema."""
+    from pydantic import ValidationError
+
+    try:
+        return _adapter(cls).validate_python(d)
+    except ValidationError as e:
+        unknown = ("unexpected_keyword_argument", "extra_forbidden")
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'top level'}: "
+            + ("unknown field (misspelt?)" if err["type"] in unknown else err["msg"])
+            for err in e.errors()
+        )
+        raise HeadstartError(f"not a valid {what}: {problems}", fix=SCHEMA_FIX) from None
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The JSON schema of a recipe file (what `--strategy my.yaml` accepts)."""
+    schema: dict[str, Any] = _adapter(Recipe).json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["description"] = (
+        "A headstart fine-tuning recipe: ordered phases over the backbone's layer groups. "
+        "Ranges checked beyond the schema: train_top >= 0 or 'all', epochs >= 0, lr > 0, at least one phase."
+    )
+    return schema

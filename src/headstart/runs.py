@@ -1,13 +1,20 @@
 """A run directory: everything one experiment produced, written atomically as a whole.
 
-run.json          what was run: kind, backbone reference (name + weights sha256 + card), preprocessing,
-                  classes, hyper-parameters, library versions
-head.safetensors  the trained linear head (logits = x @ weight.T + bias on pooled embeddings)
+This module owns the run folder's layout: every file name below is a constant here, and every verb names
+the files through them (and reads split.csv through `read_split_rows`).
+
+run.json          RUN_FILE: what was run: kind, backbone reference (name + weights sha256 + card),
+                  preprocessing, classes, hyper-parameters, library versions
+head.safetensors  HEAD_FILE: the trained linear head (logits = x @ weight.T + bias on pooled embeddings)
 *.safetensors     other trained tensors listed in run.json "files" with their sha256 (for fine-tuning:
-                  delta.safetensors = only the trained layer groups; the base is referenced by hash)
-metrics.json      val/test metrics, timings, parameter counts
-data.json         data summary: layout, class counts per split, skipped files with reasons
-split.csv         path,label,split,sha256 of every item used
+                  DELTA_FILE = only the trained layer groups, the base referenced by hash; ADAPTER_FILE)
+metrics.json      METRICS_FILE: val/test metrics, timings, parameter counts
+data.json         DATA_FILE: data summary: layout, class counts per split, skipped files with reasons
+split.csv         SPLIT_FILE: path,label,split,sha256 of every item used (a text run: the texts themselves)
+history.json/.csv HISTORY_FILE, HISTORY_CSV_FILE: per-epoch curves of a fit; recipe.json RECIPE_FILE
+Written later into the folder: calibration.json (CALIBRATION_FILE) and evaluation.json (EVALUATION_FILE)
+by evaluate; compare.json, leakage.json, curve.json (COMPARE_FILE, LEAKAGE_FILE, CURVE_FILE) and
+report.html (REPORT_FILE) by auto; distill.json (DISTILL_FILE) by distill; model.onnx (ONNX_FILE) by export.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,10 +43,30 @@ from headstart.fileio import (
     ensure_writable_dir,
     sha256_file,
 )
-from headstart.head import LinearHead
+
+if TYPE_CHECKING:  # head.py imports torch; the run folder's names and readers stay light (the store's too)
+    from headstart.head import LinearHead
 
 RUN_FILE = "run.json"
 HEAD_FILE = "head.safetensors"
+DELTA_FILE = "delta.safetensors"
+ADAPTER_FILE = "adapter.safetensors"
+METRICS_FILE = "metrics.json"
+DATA_FILE = "data.json"
+SPLIT_FILE = "split.csv"
+HISTORY_FILE = "history.json"
+HISTORY_CSV_FILE = "history.csv"
+RECIPE_FILE = "recipe.json"
+CALIBRATION_FILE = "calibration.json"
+EVALUATION_FILE = "evaluation.json"
+COMPARE_FILE = "compare.json"
+LEAKAGE_FILE = "leakage.json"
+CURVE_FILE = "curve.json"
+REPORT_FILE = "report.html"
+DISTILL_FILE = "distill.json"
+ONNX_FILE = "model.onnx"
+#: split.csv's columns; a reader needs the first three (runs before content hashes have no sha256).
+SPLIT_COLUMNS = ("path", "label", "split", "sha256")
 
 
 def library_versions() -> dict[str, str]:
@@ -67,6 +94,8 @@ def save_head(path: Path, head: LinearHead, classes: list[str]) -> None:
 def load_head(path: Path) -> LinearHead:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
+
+    from headstart.head import LinearHead
 
     try:
         t = load_file(str(path))
@@ -105,6 +134,51 @@ def make_split_rows(items: Any, hashes: Mapping[str, str]) -> list[tuple[str, st
     """split.csv rows (path, label, split, sha256) of dataset items; `hashes`: source -> content hash
     (the backbone's item_hash, the key the feature cache and the changed-file checks use)."""
     return [(it.source, it.label, it.split or "", hashes.get(it.source, "")) for it in items]
+
+
+def read_split_rows(
+    run_dir: str | Path, *, fix: str = "give the folder `probe` or `fit` wrote"
+) -> list[dict[str, str]]:
+    """The rows of a run's split.csv as dicts (`SPLIT_COLUMNS`): the one reader of that file.
+
+    No split.csv: an error whose `fix` says what the caller can do instead. A split.csv that is not UTF-8
+    CSV with path,label,split on every row: an error naming the file and line (the folder is damaged)."""
+    f = Path(run_dir) / SPLIT_FILE
+    if not f.is_file():
+        raise HeadstartError(f"{run_dir} has no {SPLIT_FILE}, so its own splits are unknown", fix=fix)
+    damaged = "the run folder is damaged: restore split.csv, or re-run"
+    try:
+        with open(f, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in SPLIT_COLUMNS[:3] if c not in (reader.fieldnames or [])]
+            if missing:
+                raise HeadstartError(
+                    f"{f} lacks column(s) {missing} (has {reader.fieldnames or 'none'})", fix=damaged
+                )
+            rows = []
+            for r in reader:
+                if any(r.get(c) is None for c in SPLIT_COLUMNS[:3]):
+                    raise HeadstartError(f"{f}:{reader.line_num} has too few fields", fix=damaged)
+                rows.append(r)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise HeadstartError(f"{f} is not UTF-8 CSV ({e})", fix=damaged) from e
+    return rows
+
+
+def split_texts(run_dir: str | Path, modality: str) -> dict[str, str]:
+    """A text run's split.csv row ids mapped back to the texts (older runs list `<file>:<row>`, not the
+    text; newer ones list the texts themselves, so the map is empty or unused); {} for file modalities
+    or when the run's data can no longer be read."""
+    if modality != "text":
+        return {}
+    from headstart.data import load_dataset
+
+    try:
+        summary = json.loads((Path(run_dir) / DATA_FILE).read_text())
+        ds = load_dataset(summary["root"], modality=modality, seed=int(summary.get("seed", 0)))
+    except (OSError, KeyError, ValueError, HeadstartError):
+        return {}
+    return {str(it.path): it.source for it in ds.items}
 
 
 def check_base(info: dict[str, Any], backbone: Any, run_dir: str | Path) -> None:
@@ -171,15 +245,15 @@ def write_run(
         for name, text in (text_files or {}).items():
             atomic_write_text(tmp / name, text)
         atomic_write_json(tmp / RUN_FILE, run)
-        atomic_write_json(tmp / "metrics.json", metrics)
+        atomic_write_json(tmp / METRICS_FILE, metrics)
         if data is not None:
-            atomic_write_json(tmp / "data.json", data)
+            atomic_write_json(tmp / DATA_FILE, data)
         if split_rows is not None:
             buf = io.StringIO()
             w = csv.writer(buf)
-            w.writerow(["path", "label", "split", "sha256"])
+            w.writerow(SPLIT_COLUMNS)
             w.writerows(split_rows)
-            atomic_write_text(tmp / "split.csv", buf.getvalue())
+            atomic_write_text(tmp / SPLIT_FILE, buf.getvalue())
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -234,7 +308,7 @@ def load_run(path: str | Path) -> Run:
                 f"{f} does not match its recorded sha256 (changed or truncated)",
                 fix="restore the file or re-run",
             )
-    metrics_path = path / "metrics.json"
+    metrics_path = path / METRICS_FILE
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     head = load_head(head_path)
     if head.weight.shape[0] != len(info["classes"]):

@@ -1,4 +1,4 @@
-"""Pretrained backbones: the registry and the `Backbone` every family builds."""
+"""Pretrained backbones: the registry families plug into, and the `Backbone` every family builds."""
 
 from headstart.backbones.base import Backbone, BackboneCard, LayerGroup, PreprocessConfig
 from headstart.backbones.registry import (
@@ -7,6 +7,9 @@ from headstart.backbones.registry import (
     get_spec,
     list_backbones,
     register_backbone,
+    register_folder,
+    register_prefix,
+    register_spec_source,
 )
 
 __all__ = [
@@ -19,4 +22,7 @@ __all__ = [
     "get_spec",
     "list_backbones",
     "register_backbone",
+    "register_folder",
+    "register_prefix",
+    "register_spec_source",
 ]

@@ -4,9 +4,10 @@ Each one is a folder under the backbones home (`HEADSTART_BACKBONES`, default
 `~/.cache/headstart/backbones`, or `$HEADSTART_CACHE/backbones`) holding a transformers model
 (`model.safetensors`, `config.json`, tokenizer files) and `headstart_backbone.json`, its card: parent
 (name and weights sha256), objective, perplexity before/after, data hashes. The registry asks this module
-on every lookup, so a backbone adapted a moment ago is found by its name. Loading goes through the same
-text loaders as `hf:<folder>` (same layer groups, same pooling), after checking the weights' sha256
-against the card.
+on every lookup (`register_spec_source`), so a backbone adapted a moment ago is found by its name, and its
+folder is read by its path too (`register_folder`, asked before the plain transformers folders). Loading
+goes through the same text loaders as `hf:<folder>` (same layer groups, same pooling), after checking the
+weights' sha256 against the card.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from headstart.backbones.registry import BackboneSpec
+from headstart.backbones.registry import BackboneSpec, register_folder, register_spec_source
 from headstart.errors import HeadstartError
 from headstart.fileio import cache_dir, sha256_file_memo
 
@@ -74,6 +75,7 @@ def describe(card: dict[str, Any]) -> str:
     return f"{parent} adapted ({card.get('objective', '?').upper()}) on {texts} texts{change}"
 
 
+@register_spec_source
 def adapted_specs() -> list[BackboneSpec]:
     """One spec per adapted backbone in the home folder (read on every call: a few small JSON files)."""
     specs = []
@@ -90,6 +92,11 @@ def adapted_specs() -> list[BackboneSpec]:
             )
         )
     return specs
+
+
+@register_folder(lambda folder: read_card(folder) is not None, order=10)
+def _adapted_folder(folder: Path, ref: str, *, pretrained: bool = True, **kwargs: Any) -> Any:
+    return build_adapted(folder, pretrained=pretrained, ref=ref, **kwargs)
 
 
 def build_adapted(

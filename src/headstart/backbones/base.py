@@ -1,7 +1,14 @@
 """What a backbone is: a pooled-embedding network with ordered layer groups, its preprocessing and card.
 
 Every family module builds a `Backbone` from these pieces, so later stages (caching, strategies, export)
-never need to know which family they hold.
+never need to know which family they hold. The contract, in one place:
+
+- `modality` (a `Modality`) and `preprocess` (that modality's preprocessing: `PreprocessConfig` for
+  images, `TextPreprocess`, `AudioPreprocess`); `Backbone[P]` is generic in the preprocessing type.
+- Inputs: `item_hash`, `load_item`, `load_item_bytes`, `collate`, `example_input`, `sort_key`. The
+  defaults read image files; text and audio families override them.
+- Capabilities, declared below with their defaults (test them, never `"x" in bb.__dict__`):
+  `supports_onnx`, `hf_model`, `lm`, `merged_groups`, `pretrained_classifier`.
 """
 
 from __future__ import annotations
@@ -9,40 +16,38 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import os
+import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 import torch
 from torch import nn
 
+from headstart.fileio import sha256_file
+from headstart.modality import Modality, Preprocess, PreprocessConfig
 
-@dataclass(frozen=True)
-class PreprocessConfig:
-    """How an image must be prepared for these weights (taken from the weights' own pretrained config).
+P = TypeVar("P", bound=Preprocess)
 
-    Images are resized so the shorter side is `resize`, centre-cropped to `input_size`, scaled to
-    0..1 and normalised with `mean`/`std` (per RGB channel, in 0..1 units).
-    """
+_hash_memo: dict[tuple[str, int, int], str] = {}
+_hash_lock = threading.Lock()
 
-    input_size: int
-    resize: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        return cls(
-            input_size=int(d["input_size"]),
-            resize=int(d["resize"]),
-            mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
-            interpolation=str(d.get("interpolation", "bicubic")),
-        )
+def content_hash(path: str | Path) -> str:
+    """sha256 of a file's bytes, memoised per (path, size, mtime) for this process: the identity of an
+    input file, which keys the feature cache (`Backbone.item_hash` of file-reading families)."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    with _hash_lock:
+        if key in _hash_memo:
+            return _hash_memo[key]
+    h = sha256_file(path)
+    with _hash_lock:
+        _hash_memo[key] = h
+    return h
 
 
 @dataclass
@@ -81,41 +86,62 @@ class LayerGroup:
         return sum(p.numel() for p in self.module.parameters())
 
 
-class Backbone(nn.Module):
+class Backbone(nn.Module, Generic[P]):
     """A pretrained network that maps a batch to pooled embeddings `(N, embed_dim)`.
 
     The network is the composition `pool(groups[-1](...groups[0](x)))`, so any prefix of groups can be
     run once and cached while later groups train.
     """
 
+    # -- capabilities: what a family offers beyond the network, declared with their defaults ---------------
+    #: ONNX Runtime may replace the frozen forward (inputs are one fixed-shape float tensor).
+    supports_onnx: bool = True
+    #: The whole transformers model behind a text encoder's groups (adapters, local weights, MLM).
+    hf_model: nn.Module | None = None
+    #: The causal LM behind a decoder backbone, LM head included (continued pretraining).
+    lm: nn.Module | None = None
+    #: Indices of the groups whose weights a merged adapter changed (set by `adapters.merge_adapter`).
+    merged_groups: list[int] | None = None
+    #: A pretrained classifier riding along (not part of forward), e.g. EfficientNet-Lite's ImageNet head;
+    #: a registered child module when set (in the state dict), so it is an instance attribute.
+    pretrained_classifier: nn.Module | None
+
     def __init__(
         self,
         *,
         name: str,
         card: BackboneCard,
-        preprocess: PreprocessConfig,
+        preprocess: P,
         embed_dim: int,
         groups: list[tuple[str, nn.Module]],
         pool: nn.Module,
-        modality: str = "image",
+        modality: Modality | str = Modality.IMAGE,
     ) -> None:
         super().__init__()
         if not groups:
             raise ValueError("a backbone needs at least one layer group")
         self.name = name
         self.card = card
-        self.preprocess = preprocess
+        self.preprocess: P = preprocess
         self.embed_dim = embed_dim
-        self.modality = modality
+        self.modality = Modality.parse(modality)
         self.group_names = [n for n, _ in groups]
         self.groups = nn.ModuleList([m for _, m in groups])
         self.pool = pool
+        self.pretrained_classifier = None
         # sha256 of trained weights loaded over the base (set by whoever changes the weights in place).
         self.delta_sha256: str | None = None
         # Set by a parameter-efficient method (LoRA): only parameters whose names pass train, the base
         # weights stay frozen even inside the groups a recipe trains.
         self.trainable_filter: Callable[[str], bool] | None = None
         self.card.num_params = sum(p.numel() for p in self.parameters())
+
+    def hold(self, *, hf_model: nn.Module | None = None, lm: nn.Module | None = None) -> None:
+        """Keep the whole model the groups were cut from, outside the module tree: its parameters are the
+        groups' own (registered again, they would sit twice in the state dict, under names of no group)."""
+        for attr, model in (("hf_model", hf_model), ("lm", lm)):
+            if model is not None:
+                object.__setattr__(self, attr, model)  # plain attribute: nn.Module would register it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.forward_groups(x))
@@ -143,18 +169,25 @@ class Backbone(nn.Module):
             ident["delta"] = self.delta_sha256
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
-    def example_input(self, batch: int = 1) -> torch.Tensor:
-        s = self.preprocess.input_size
-        return torch.zeros(batch, 3, s, s)
+    # -- inputs: how one raw item becomes a model input (image files by default; text/audio override) --
 
-    # -- inputs: how one raw item becomes a model input (image by default; text/audio families override) --
-    #: ONNX Runtime may replace the frozen forward (inputs are one fixed-shape float tensor).
-    supports_onnx: bool = True
+    @property
+    def image_preprocess(self) -> PreprocessConfig:
+        """`preprocess` of an image backbone; a family of another modality that reaches the image
+        defaults below has not overridden them."""
+        if not isinstance(self.preprocess, PreprocessConfig):
+            raise TypeError(
+                f"{type(self).__name__} reads {self.modality} inputs: it must override load_item, "
+                "load_item_bytes and example_input"
+            )
+        return self.preprocess
+
+    def example_input(self, batch: int = 1) -> Any:
+        s = self.image_preprocess.input_size
+        return torch.zeros(batch, 3, s, s)
 
     def item_hash(self, source: str) -> str:
         """Content identity of one input (file bytes for images/audio; text families hash the text)."""
-        from headstart.features import content_hash
-
         return content_hash(source)
 
     def load_item(self, source: str, **options: Any) -> Any:
@@ -162,8 +195,21 @@ class Backbone(nn.Module):
         from headstart.data.images import DEFAULT_MAX_PIXELS, load_image_tensor
 
         return load_image_tensor(
-            source, self.preprocess, max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS)
+            source, self.image_preprocess, max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS)
         )
+
+    def load_item_bytes(self, data: bytes, *, name: str = "upload", **options: Any) -> Any:
+        """`load_item` for an upload already in memory (`name` labels it in errors; its suffix may tell
+        the format). Images decode from memory; other file-reading families get a private temp file."""
+        if isinstance(self.preprocess, PreprocessConfig) and type(self).load_item is Backbone.load_item:
+            from headstart.data.images import DEFAULT_MAX_PIXELS, load_image_bytes
+
+            limit = options.get("max_pixels", DEFAULT_MAX_PIXELS)
+            return load_image_bytes(data, self.preprocess, name=name, max_pixels=limit)
+        with tempfile.NamedTemporaryFile(suffix=Path(name).suffix if name else "") as f:
+            f.write(data)
+            f.flush()
+            return self.load_item(f.name, **options)
 
     def collate(self, examples: list[Any]) -> Any:
         """Preprocessed examples -> one batch for `forward` (a tensor, or a dict of tensors)."""

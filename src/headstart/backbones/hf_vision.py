@@ -1,13 +1,18 @@
-"""Transformers vision models (ViT, DeiT, DINOv2, ConvNeXt, ResNet, ...) as backbones, via `AutoModel`.
+"""Transformers vision models (ViT, DeiT, DINOv2, Swin, ConvNeXt, ResNet, ...) as backbones, via `AutoModel`.
 
 `hf:<hub-id>` reads the local hub cache (or the hub, where there is network); `hf:<folder>` reads a
 `save_pretrained` folder. Preprocessing comes from the model's own `preprocessor_config.json`.
+
+Layer groups, for the common layouts (each checked against the whole model's output in the tests):
+ViT/DeiT/DINOv2 `embeddings, layer0..N-1` (pool: final norm, CLS token); Swin `embeddings, stage0..S-1`
+(pool: final norm, mean over patches); ConvNeXt `embeddings, stage0..S-1` (pool: mean, norm); ResNet
+`embedder, stage0..S-1` (pool: mean). Any other architecture is one group, the whole model.
 """
 
 from __future__ import annotations
 
 import json
-import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +20,19 @@ import torch
 from torch import nn
 
 from headstart.backbones.base import Backbone, BackboneCard, GlobalAvgPool, PreprocessConfig
+from headstart.backbones.hf_utils import (
+    first_tensor,
+    license_of,
+    loading,
+    quiet_transformers,
+    require_transformers,
+    weights_file,
+)
 from headstart.errors import HeadstartError
 from headstart.fileio import sha256_file
 
-_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+Groups = tuple[list[tuple[str, nn.Module]], nn.Module]  # (ordered groups, pool)
 _RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
-
-
-def _first_tensor(out: Any) -> torch.Tensor:
-    return out[0] if isinstance(out, tuple | list) else out
 
 
 class _Call(nn.Module):
@@ -34,7 +43,7 @@ class _Call(nn.Module):
         self.module = module
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _first_tensor(self.module(x))
+        return first_tensor(self.module(x))
 
 
 class _TokenPool(nn.Module):
@@ -80,27 +89,97 @@ class _WholeModel(nn.Module):
         return pooled
 
 
-def _groups(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], nn.Module]:
-    """Ordered groups + pooling for known layouts (embeddings -> layers/stages -> final norm)."""
-    enc = getattr(model, "encoder", None)
-    # Transformer layers live at model.layers (newer transformers) or model.encoder.layer (older, DINOv2).
-    blocks = getattr(model, "layers", None) or getattr(enc, "layer", None)
-    if hasattr(model, "embeddings") and isinstance(blocks, nn.ModuleList):  # ViT, DeiT, DINOv2
-        layers = [(f"layer{i}", _Call(m)) for i, m in enumerate(blocks)]
-        return [("embeddings", _Call(model.embeddings)), *layers], _TokenPool(
-            getattr(model, "layernorm", None), cls_token=True
-        )
-    if (
+class _SwinEmbeddings(nn.Module):
+    """Patch embedding -> (N, H, W, C): the patch grid travels in the shape, so any group can start."""
+
+    def __init__(self, embeddings: nn.Module) -> None:
+        super().__init__()
+        self.embeddings = embeddings
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden, (h, w) = self.embeddings(x)[:2]
+        return hidden.reshape(hidden.shape[0], h, w, hidden.shape[-1])
+
+
+class _SwinStage(nn.Module):
+    """(N, H, W, C) -> one Swin stage (its blocks, then its patch merging) -> (N, H', W', C')."""
+
+    def __init__(self, stage: nn.Module) -> None:
+        super().__init__()
+        self.stage = stage
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, h, w, c = x.shape
+        hidden = first_tensor(self.stage(x.reshape(n, h * w, c), (h, w)))
+        if self.stage.downsample is not None:  # patch merging halves the grid (rounding up, as Swin does)
+            h, w = (h + 1) // 2, (w + 1) // 2
+        return hidden.reshape(n, h, w, hidden.shape[-1])
+
+
+class _FlatTokenPool(nn.Module):
+    """Swin: (N, H, W, C) -> final norm -> mean over the patches (SwinModel's pooler_output)."""
+
+    def __init__(self, norm: nn.Module) -> None:
+        super().__init__()
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.flatten(1, 2)).mean(dim=1)
+
+
+def _vit_layout(model: nn.Module) -> Groups | None:
+    """ViT, DeiT, DINOv2: layers at model.layers (newer transformers) or model.encoder.layer (DINOv2)."""
+    blocks = getattr(model, "layers", None) or getattr(getattr(model, "encoder", None), "layer", None)
+    if not (hasattr(model, "embeddings") and isinstance(blocks, nn.ModuleList)):
+        return None
+    layers = [(f"layer{i}", _Call(m)) for i, m in enumerate(blocks)]
+    pool = _TokenPool(getattr(model, "layernorm", None), cls_token=True)
+    return [("embeddings", _Call(model.embeddings)), *layers], pool
+
+
+def _swin_layout(model: nn.Module) -> Groups | None:
+    stages = getattr(getattr(model, "encoder", None), "layers", None)
+    if not (
         hasattr(model, "embeddings")
-        and enc is not None
-        and hasattr(enc, "stages")
         and hasattr(model, "layernorm")
+        and isinstance(stages, nn.ModuleList)
+        and all(hasattr(s, "blocks") and hasattr(s, "downsample") for s in stages)
     ):
-        stages = [(f"stage{i}", _Call(m)) for i, m in enumerate(enc.stages)]  # ConvNeXt
-        return [("embeddings", _Call(model.embeddings)), *stages], _NormAfterPool(model.layernorm)
-    if hasattr(model, "embedder") and enc is not None and hasattr(enc, "stages"):  # ResNet
-        stages = [(f"stage{i}", _Call(m)) for i, m in enumerate(enc.stages)]
-        return [("embedder", _Call(model.embedder)), *stages], GlobalAvgPool()
+        return None
+    groups = [(f"stage{i}", _SwinStage(m)) for i, m in enumerate(stages)]
+    return [("embeddings", _SwinEmbeddings(model.embeddings)), *groups], _FlatTokenPool(model.layernorm)
+
+
+def _convnext_layout(model: nn.Module) -> Groups | None:
+    stages = getattr(getattr(model, "encoder", None), "stages", None)
+    if not (hasattr(model, "embeddings") and stages is not None and hasattr(model, "layernorm")):
+        return None
+    groups = [(f"stage{i}", _Call(m)) for i, m in enumerate(stages)]
+    return [("embeddings", _Call(model.embeddings)), *groups], _NormAfterPool(model.layernorm)
+
+
+def _resnet_layout(model: nn.Module) -> Groups | None:
+    stages = getattr(getattr(model, "encoder", None), "stages", None)
+    if not (hasattr(model, "embedder") and stages is not None):
+        return None
+    groups = [(f"stage{i}", _Call(m)) for i, m in enumerate(stages)]
+    return [("embedder", _Call(model.embedder)), *groups], GlobalAvgPool()
+
+
+LAYOUTS: tuple[Callable[[nn.Module], Groups | None], ...] = (
+    _vit_layout,
+    _swin_layout,
+    _convnext_layout,
+    _resnet_layout,
+)
+
+
+def _groups(model: nn.Module) -> Groups:
+    """Ordered groups + pooling for the known layouts; one group (the whole model) for any other."""
+    for layout in LAYOUTS:
+        found = layout(model)
+        if found is not None:
+            return found
     return [("model", _WholeModel(model))], nn.Identity()
 
 
@@ -142,35 +221,17 @@ def preprocess_from_config(cfg: dict[str, Any]) -> PreprocessConfig:
     )
 
 
-def _license(folder: Path | None) -> str:
-    readme = folder / "README.md" if folder else None
-    if readme and readme.is_file():
-        m = re.search(r"^license:\s*(\S+)", readme.read_text(errors="replace"), re.MULTILINE)
-        if m:
-            return m.group(1)
-    return "see the model page"
-
-
 def create_hf_backbone(ref: str, *, pretrained: bool = True, **kwargs: Any) -> Backbone:
-    try:
-        from transformers import AutoConfig, AutoModel
-    except ImportError as e:
-        raise HeadstartError("hf: backbones need transformers", fix="pip install transformers") from e
-
-    from headstart.backbones.hf_text import quiet_transformers
+    """A transformers vision model from a folder or hub id as a backbone (see the module docstring)."""
+    require_transformers()
+    from transformers import AutoConfig, AutoModel
 
     folder = Path(ref).expanduser() if Path(ref).expanduser().is_dir() else None
     src = str(folder) if folder else ref
     quiet_transformers()
-    try:
+    with loading(ref):
         config = AutoConfig.from_pretrained(src)
         model = AutoModel.from_pretrained(src, **kwargs) if pretrained else AutoModel.from_config(config)
-    except (OSError, ValueError) as e:
-        raise HeadstartError(
-            f"cannot load transformers model {ref!r}: {str(e).splitlines()[0]}",
-            fix="give a folder made by save_pretrained, or a hub id already in the local cache "
-            "(this machine may have no network)",
-        ) from e
     pre_cfg = _read_json(folder, ref, "preprocessor_config.json")
     if pre_cfg is None:
         raise HeadstartError(
@@ -178,7 +239,7 @@ def create_hf_backbone(ref: str, *, pretrained: bool = True, **kwargs: Any) -> B
             fix="save the model's image processor beside it (processor.save_pretrained(folder))",
         )
     preprocess = preprocess_from_config(pre_cfg)
-    weights = next((folder / f for f in _WEIGHT_FILES if folder and (folder / f).is_file()), None)
+    weights = weights_file(folder)
     commit = getattr(config, "_commit_hash", None)
     model.eval()
     groups, pool = _groups(model)
@@ -197,7 +258,7 @@ def create_hf_backbone(ref: str, *, pretrained: bool = True, **kwargs: Any) -> B
         version=commit or ("local" if folder else "unknown"),
         weights_sha256=sha256_file(weights) if (weights and pretrained) else None,
         weights_file=str(weights) if weights else None,
-        license=_license(folder),
+        license=license_of(folder),
         pretraining_data="see the model page" if pretrained else "none (random init)",
         paper="see the model page",
         embed_dim=int(hidden),

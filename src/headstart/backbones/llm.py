@@ -24,6 +24,7 @@ import json
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,17 +33,14 @@ import torch
 from torch import nn
 
 from headstart.backbones.base import Backbone, BackboneCard, dist_version
-from headstart.backbones.hf_text import (
-    MAX_LENGTH_CAP,
-    TextBackbone,
-    TextPreprocess,
-    TokenPool,
-    WholeModel,
+from headstart.backbones.hf_utils import (
     load_tokenizer,
     package_folder,
+    quiet_transformers,
     tokenizer_identity,
 )
 from headstart.backbones.registry import BackboneSpec, register_backbone
+from headstart.backbones.text import MAX_LENGTH_CAP, TextBackbone, TextPreprocess, TokenPool, WholeModel
 from headstart.errors import HeadstartError
 from headstart.fileio import atomic_write_json, cache_dir, sha256_file, sha256_file_memo
 
@@ -134,8 +132,6 @@ def dequantise_gguf(path: Path) -> tuple[nn.Module, Any]:
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
         raise HeadstartError("GGUF backbones need transformers", fix="pip install transformers gguf") from e
-    from headstart.backbones.hf_text import quiet_transformers
-
     quiet_transformers()
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -187,8 +183,6 @@ def ensure_cached(name: str) -> Path:
 def load_folder_lm(folder: Path, *, pretrained: bool = True) -> nn.Module:
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from headstart.backbones.hf_text import quiet_transformers
-
     quiet_transformers()
     if pretrained:
         return AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
@@ -202,8 +196,37 @@ def load_causal_lm(name: str = "smollm2-135m") -> tuple[nn.Module, Any]:
     """(the float causal LM with its LM head, its transformers tokenizer): for continued pretraining/LoRA."""
     from transformers import AutoTokenizer
 
-    folder = _TEST_FOLDERS[name]() if name in _TEST_FOLDERS else ensure_cached(name)
+    folder = _FOLDER_LMS[name]() if name in _FOLDER_LMS else ensure_cached(name)
     return load_folder_lm(folder), AutoTokenizer.from_pretrained(str(folder))
+
+
+# Named decoders whose float folder some function writes (e.g. the tiny test models): name -> that function.
+_FOLDER_LMS: dict[str, Callable[[], Path]] = {}
+
+
+def register_folder_lm(
+    name: str, folder: Callable[[], Path], *, embed_dim: int, description: str, is_test_model: bool = False
+) -> None:
+    """A named decoder backbone (and `load_causal_lm(name)`) read from the save_pretrained folder that
+    `folder()` returns (writing it when needed)."""
+
+    def build(*, pretrained: bool = True, pooling: str = "mean", **_: Any) -> Backbone:
+        # The saved weights *are* the model (a random init for test models): `pretrained` changes nothing.
+        return create_decoder_backbone(folder(), name=name, pooling=pooling)
+
+    _FOLDER_LMS[name] = folder
+    register_backbone(
+        BackboneSpec(
+            name=name,
+            family="llm",
+            builder=build,
+            embed_dim=embed_dim,
+            license="Apache-2.0",
+            description=description,
+            weights_file=lambda: None,
+            is_test_model=is_test_model,
+        )
+    )
 
 
 # -- groups ------------------------------------------------------------------------------------------------
@@ -308,17 +331,14 @@ def create_decoder_backbone(
     backbone = TextBackbone(
         name=card.name,
         card=card,
-        preprocess=TextPreprocess(  # type: ignore[arg-type]
-            tokenizer=tokenizer_identity(folder), max_length=length, pooling=pooling
-        ),
+        preprocess=TextPreprocess(tokenizer=tokenizer_identity(folder), max_length=length, pooling=pooling),
         embed_dim=int(config.hidden_size),
         groups=groups,
         pool=pool,
         tokenizer=tok,
         pad_id=pad,
     )
-    # The causal LM (LM head included; its parameters are the groups' own), outside the module tree.
-    backbone.__dict__["lm"] = lm
+    backbone.hold(lm=lm)  # the causal LM, LM head included (its parameters are the groups' own)
     return backbone.eval()
 
 
@@ -330,50 +350,6 @@ def build_gguf_backbone(
     return create_decoder_backbone(
         ensure_cached(name), pretrained=pretrained, name=name, source=_SOURCES[name], pooling=pooling
     )
-
-
-# -- the tiny test decoder --------------------------------------------------------------------------------
-
-
-def build_test_llama_folder(dest: Path) -> Path:
-    """A tiny random-init LlamaForCausalLM (hidden 32, 2 layers) + WordPiece tokenizer, written to `dest`
-    through the same atomic cache writer as the dequantised GGUF models."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from headstart.backbones.hf_text import test_tokenizer
-
-    if (dest / SOURCE_FILE).is_file():
-        return dest
-    tok = test_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        pad_token_id=0,
-        bos_token_id=2,
-        eos_token_id=3,
-        tie_word_embeddings=True,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config).eval()
-    return save_causal_lm(model, tok, dest, {"name": "test_llama", "source": "random init"})
-
-
-def _test_llama_folder() -> Path:
-    return build_test_llama_folder(cache_dir() / "test_models" / "test_llama")
-
-
-_TEST_FOLDERS = {"test_llama": _test_llama_folder}
-
-
-def build_test_llama(*, pretrained: bool = True, pooling: str = "mean", **kwargs: Any) -> Backbone:
-    # The saved weights *are* the random init, so `pretrained` makes no difference.
-    return create_decoder_backbone(_test_llama_folder(), name="test_llama", pooling=pooling)
 
 
 def _register() -> None:
@@ -389,18 +365,6 @@ def _register() -> None:
                 weights_file=lambda s=src: gguf_file(s),
             )
         )
-    register_backbone(
-        BackboneSpec(
-            name="test_llama",
-            family="llm",
-            builder=build_test_llama,
-            embed_dim=32,
-            license="Apache-2.0",
-            description="tiny random-init Llama for tests",
-            weights_file=lambda: None,
-            is_test_model=True,
-        )
-    )
 
 
 _register()

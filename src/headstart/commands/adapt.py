@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from headstart.commands import console, print_json
+from headstart.train.engine import add_engine_flags
 
 
 def _fraction(text: str) -> float:
@@ -39,6 +40,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         seed=args.seed,
         overwrite=args.overwrite,
         device=args.device,
+        precision=args.precision,
         progress=not args.json,
     )
     if args.json:
@@ -124,6 +126,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         help=".txt files: one text per line, or blank-line separated paragraphs (auto: detected)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    add_engine_flags(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_adapt)

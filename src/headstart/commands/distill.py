@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.commands import console, print_json
+from headstart.train.engine import add_engine_flags
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -38,6 +39,8 @@ def cmd_distill(args: argparse.Namespace) -> int:
         progress=not args.json,
         backend=args.backend,
         latency_repeats=args.latency_repeats,
+        device=args.device,
+        precision=args.precision,
     )
     if args.json:
         print_json(report.to_dict())
@@ -116,5 +119,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--latency-repeats", type=int, default=20, help="timed single-item forwards per model (0: skip)"
     )
+    add_engine_flags(d)
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_distill)

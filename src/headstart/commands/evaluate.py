@@ -68,6 +68,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    from headstart.runs import EVALUATION_FILE
+
     con = console()
     m, cal = res["metrics"], res["calibration"]
     con.print(f"[bold]{escape(res['data'])}[/bold]: {res['n']} items")
@@ -134,7 +136,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         con.print(w)
     written = [str(args.out)] if args.out else []
     if not stored and args.data is None:
-        written.insert(0, str(Path(res["run"]) / "evaluation.json"))
+        written.insert(0, str(Path(res["run"]) / EVALUATION_FILE))
     if written:
         con.print(f"written: {escape(', '.join(written))}")
     elif stored:

@@ -7,64 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from headstart.commands import console, fmt_bytes, print_data_notes, print_json
-
-
-def _lr(v: str) -> float | str:
-    return v if v == "auto" else float(v)
-
-
-def _strategy(args: argparse.Namespace) -> Any:
-    """The strategy name, or its recipe with the --lora-* options applied."""
-    options = (args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets)
-    if all(v is None for v in options):
-        return args.strategy
-    from dataclasses import replace
-
-    from headstart.errors import HeadstartError
-    from headstart.recipes import get_recipe
-
-    recipe = get_recipe(args.strategy, 10_000)  # the group count only bounds partial:N
-    spec = recipe.adapter
-    if spec is None:
-        raise HeadstartError(
-            f"--lora-* options need a LoRA strategy, not {args.strategy!r}", fix="add --strategy lora"
-        )
-    r = args.lora_r if args.lora_r is not None else spec.r
-    alpha = args.lora_alpha if args.lora_alpha is not None else spec.alpha * r / spec.r  # same alpha/r
-    dropout = args.lora_dropout if args.lora_dropout is not None else spec.dropout
-    targets = spec.target_modules
-    if args.lora_targets:
-        targets = tuple(t.strip() for t in args.lora_targets.split(",") if t.strip())
-    spec = replace(spec, r=r, alpha=alpha, dropout=dropout, target_modules=targets)
-    spec.validate()
-    return replace(recipe, adapter=spec)
+from headstart.config import FitConfig, add_options, from_args
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from headstart.train import fit
+    from headstart.train.api import run_fit
 
-    report = fit(
-        args.data,
-        backbone=args.backbone,
-        strategy=_strategy(args),
-        out=args.out,
-        seed=args.seed,
-        val=args.val,
-        test=args.test,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        augment=args.augment,
-        prefix_cache=not args.no_prefix_cache,
-        bf16=args.bf16,
-        budget_s=args.budget,
-        resume=args.resume,
-        strict=args.strict,
-        overwrite=args.overwrite,
-        progress=not args.json,
-        target_unlabeled=args.target_unlabeled,
-        domain_weight=args.domain_weight,
-    )
+    report = run_fit(from_args(FitConfig, args, progress=not args.json))
     if args.json:
         print_json(report.to_dict())
         return 0
@@ -146,8 +95,11 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 def cmd_recipes(args: argparse.Namespace) -> int:
     from headstart.backbones import create_backbone
-    from headstart.recipes import BUILT_IN, get_recipe
+    from headstart.recipes import BUILT_IN, get_recipe, recipe_schema
 
+    if args.schema:
+        print_json(recipe_schema())
+        return 0
     n_groups = len(create_backbone(args.backbone).groups)
     names = [args.strategy] if args.strategy else [s.replace("partial:N", "partial:2") for s in BUILT_IN]
     recipes = [get_recipe(s, n_groups) for s in names]
@@ -169,63 +121,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser(
         "fit", help="fine-tune with a strategy (recipe): head, partial:N, full, gradual, lp-ft, ..."
     )
-    f.add_argument("data", type=Path, help="image folder or manifest (as for probe)")
-    f.add_argument("--backbone", default="efficientnet_lite0")
-    f.add_argument(
-        "--strategy",
-        default="lp-ft",
-        help="head | partial:N | full | discriminative | gradual | lp-ft | scratch | lora | lora:R | "
-        "a recipe .json/.yaml",
-    )
-    f.add_argument("--lora-r", type=int, help="LoRA rank (strategy lora; default 8)")
-    f.add_argument("--lora-alpha", type=float, help="LoRA scale alpha (default 2 x rank)")
-    f.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (default 0.05)")
-    f.add_argument(
-        "--lora-targets",
-        help="comma-separated linear layer names to adapt (e.g. q_proj,v_proj), or all-linear; default: "
-        "every attention projection of the architecture",
-    )
-    f.add_argument("--out", type=Path, help="run folder (default: runs/<time>-fit-<backbone>)")
-    f.add_argument(
-        "--overwrite", action="store_true", help="replace the run in --out, or start an interrupted one over"
-    )
-    f.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the interrupted run in --out from its last checkpoint (same data and options; "
-        "refused for a finished run)",
-    )
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--val", type=float, default=0.15)
-    f.add_argument("--test", type=float, default=0.15)
-    f.add_argument("--epochs", type=int, help="total epochs (the recipe's phases are scaled to it)")
-    f.add_argument(
-        "--lr", type=_lr, help="head learning rate, or 'auto' (range test); groups follow the recipe"
-    )
-    f.add_argument("--batch-size", type=int)
-    aug = f.add_mutually_exclusive_group()
-    aug.add_argument(
-        "--augment", dest="augment", action="store_true", default=None, help="augment every phase"
-    )
-    aug.add_argument(
-        "--no-augment",
-        dest="augment",
-        action="store_false",
-        help="no augmentation: enables frozen-prefix caching",
-    )
-    f.add_argument("--no-prefix-cache", action="store_true", help="always run the frozen groups forward")
-    f.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward")
-    f.add_argument("--budget", type=float, help="stop training after this many seconds (best weights kept)")
-    f.add_argument("--strict", action="store_true", help="fail on any unreadable file")
-    f.add_argument(
-        "--target-unlabeled",
-        type=Path,
-        help="unlabeled inputs from the deployment domain: domain-adversarial training (DANN) aligns the "
-        "features of the labeled data with them",
-    )
-    f.add_argument(
-        "--domain-weight", type=float, default=1.0, help="weight of the domain-adversarial loss (DANN)"
-    )
+    add_options(f, FitConfig)  # the options, their defaults and help: headstart.config
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=cmd_fit)
 
@@ -240,5 +136,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("recipes", help="show the built-in strategies as recipes (phases, rates, epochs)")
     r.add_argument("strategy", nargs="?", help="one strategy, e.g. partial:2")
     r.add_argument("--backbone", default="efficientnet_lite0")
+    r.add_argument(
+        "--schema",
+        action="store_true",
+        help="print the JSON schema of a recipe file (for --strategy my.yaml)",
+    )
     r.add_argument("--json", action="store_true")
     r.set_defaults(func=cmd_recipes)

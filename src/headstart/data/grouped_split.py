@@ -10,7 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from headstart.data.dataset import SPLITS, Dataset
+from headstart.data.dataset import Dataset
+from headstart.data.items import SPLITS
 from headstart.fileio import atomic_write, atomic_write_text
 
 _ORDER = {s: i for i, s in enumerate(SPLITS)}

@@ -22,8 +22,8 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from headstart.backbones.base import PreprocessConfig
 from headstart.errors import BadInput
+from headstart.modality import PreprocessConfig
 
 DEFAULT_MAX_PIXELS = 64_000_000
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from headstart.data.dataset import SPLITS, Dataset, Item
+from headstart.data.dataset import Dataset
+from headstart.data.items import SPLITS, Item
 from headstart.errors import BadInput
 
 # Bits of 64 that may differ for two images to count as near copies. Re-encoding and resizing move a
@@ -72,7 +73,7 @@ def _text_hash(text: str) -> str:
 def _exact_key(it: Item) -> str | None:
     if it.text is not None:
         return _text_hash(it.text)
-    from headstart.features import content_hash
+    from headstart.backbones.base import content_hash
 
     try:
         return content_hash(it.path)

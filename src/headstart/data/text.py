@@ -20,7 +20,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from headstart.data.dataset import SPLITS, TABLE_COLUMNS, Dataset, Item, assemble_dataset, class_folders
+from headstart.data.dataset import Dataset, assemble_dataset
+from headstart.data.items import SPLITS, Item
+from headstart.data.layouts import TABLE_COLUMNS, class_folders
 from headstart.errors import BadInput, HeadstartError
 
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
@@ -54,7 +56,7 @@ def _decode_utf8(path: Path) -> str:
         ) from None
 
 
-def _table_columns(path: Path) -> list[str]:
+def table_columns(path: Path) -> list[str]:
     """Column names of a table, reading only its head."""
     suffix = path.suffix.lower()
     try:
@@ -87,7 +89,7 @@ def _sample_files(folder: Path) -> list[Path]:
 def is_text_data(root: Path) -> bool:
     """A table with a `text` column, or a folder whose files are mostly `.txt`."""
     if root.is_file():
-        return root.suffix.lower() in TABLE_SUFFIXES and "text" in _table_columns(root)
+        return root.suffix.lower() in TABLE_SUFFIXES and "text" in table_columns(root)
     if root.is_dir():
         files = _sample_files(root)
         n_txt = sum(1 for p in files if p.suffix.lower() == TEXT_FILE_SUFFIX)

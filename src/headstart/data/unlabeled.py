@@ -48,7 +48,7 @@ def load_unlabeled(path: str | Path, modality: str) -> Unlabeled:
 def _files(path: Path) -> Unlabeled:
     if path.is_file():
         return Unlabeled([str(path)])
-    from headstart.data.dataset import list_files
+    from headstart.data.layouts import list_files
 
     skipped: dict[str, str] = {}  # junk, hidden names, broken links, loops: listed, never read
     return Unlabeled([str(p) for p in list_files(path, skipped)], skipped)

@@ -1,17 +1,5 @@
-"""A local model store: numbered, immutable, hash-checked versions of runs, with aliases and rollback.
-
-    <store>/                      default ./headstart-models (HEADSTART_MODELS, or --store)
-      .lock                       flock'ed by every writer, so concurrent writers queue instead of racing
-      <name>/index.json           {"next_version", "aliases": {alias: N}, "history": {alias: [N, ...]},
-                                   "events": [...]}
-      <name>/v<N>/                the run's own files (never the base weights) + card.json + manifest.json
-
-A version is written in a temp folder and renamed into place; index.json is replaced atomically. Loading
-checks every file against manifest.json (sha256) before anything is read, then rebuilds the model with
-headstart.model.load_model, which checks run.json's own hashes and the installed base weights.
-
-References: "emoji" (latest version), "emoji:v2" or "emoji:2", "emoji@production" (an alias).
-"""
+"""`ModelStore`: named models, numbered immutable versions, aliases with rollback, integrity checks (the
+store's layout, its references and what it guarantees: see `headstart.store`)."""
 
 from __future__ import annotations
 
@@ -29,28 +17,12 @@ from typing import Any
 
 from headstart.errors import HeadstartError
 from headstart.fileio import atomic_write_json, ensure_writable_dir, sha256_file
+from headstart.store.card import CARD_FILE, model_card, read_json, run_files
+from headstart.store.mlflow_mirror import import_mlflow, log_mlflow
 
 DEFAULT_STORE = "headstart-models"
 INDEX_FILE = "index.json"
 MANIFEST_FILE = "manifest.json"
-CARD_FILE = "card.json"
-# What a version keeps of a run: its trained delta and records; the base weights are referenced by hash.
-RUN_FILES = (
-    "run.json",
-    "metrics.json",
-    "data.json",
-    "split.csv",
-    "calibration.json",
-    "evaluation.json",
-    "recipe.json",
-    "history.json",
-    "history.csv",
-    # The evidence behind the choice, when the run was picked by `headstart auto`, and its report.
-    "compare.json",
-    "leakage.json",
-    "curve.json",
-    "report.html",
-)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _REF = re.compile(r"^(?P<name>[^:@]+)(?::v?(?P<version>\d+)|@(?P<alias>[A-Za-z0-9._-]+))?$")
 
@@ -65,6 +37,11 @@ def _check_name(name: str) -> str:
             f"invalid model name {name!r}", fix="use letters, digits, '.', '_' or '-' (starting alphanumeric)"
         )
     return name
+
+
+def is_stored_version(path: str | Path) -> bool:
+    """Whether `path` is a version folder of a store (it holds a manifest and a card), never modified."""
+    return (Path(path) / MANIFEST_FILE).is_file() and (Path(path) / CARD_FILE).is_file()
 
 
 def check_name(name: str) -> str:
@@ -219,7 +196,7 @@ class ModelStore:
             index = self._index(name)
             rows = []
             for v in found:
-                card = _read_json(self._model_dir(name) / f"v{v}" / CARD_FILE)
+                card = read_json(self._model_dir(name) / f"v{v}" / CARD_FILE)
                 rows.append(
                     {
                         "version": v,
@@ -236,9 +213,9 @@ class ModelStore:
     def diff(self, name: str, a: int | str, b: int | str) -> dict[str, Any]:
         """What differs between two versions: metrics, recipe, base, and files (by sha256)."""
         da, db = self.version_dir(name, a), self.version_dir(name, b)
-        ca, cb = _read_json(da / CARD_FILE), _read_json(db / CARD_FILE)
-        fa = _read_json(da / MANIFEST_FILE).get("files", {})
-        fb = _read_json(db / MANIFEST_FILE).get("files", {})
+        ca, cb = read_json(da / CARD_FILE), read_json(db / CARD_FILE)
+        fa = read_json(da / MANIFEST_FILE).get("files", {})
+        fb = read_json(db / MANIFEST_FILE).get("files", {})
         return {
             "name": name,
             "a": f"v{_version_number(a)}",
@@ -270,12 +247,12 @@ class ModelStore:
         from headstart.model import load_model
 
         ensure_writable_dir(self.root, flag="--store")  # before the run is loaded
-        mlflow = _import_mlflow() if mlflow_uri else None  # fail before writing anything
+        mlflow = import_mlflow() if mlflow_uri else None  # fail before writing anything
         # Loads it as every verb does: the head's and every listed file's sha256, and the base weights'.
         name = _check_name(name or default_name(Path(run_dir)))
         run = load_model(run_dir)
         assert run.path is not None
-        files = _run_files(run.path, run.info)
+        files = run_files(run.path, run.info)
         model_dir = self._model_dir(name)
         with _locked(self.root):
             model_dir.mkdir(parents=True, exist_ok=True)
@@ -309,7 +286,7 @@ class ModelStore:
             self._write_index(name, index)
         if mlflow is not None:
             try:
-                _log_mlflow(mlflow, mlflow_uri, model_dir / f"v{n}", card)
+                log_mlflow(mlflow, mlflow_uri, model_dir / f"v{n}", card)
             except Exception as e:  # the version is registered; only the mirror failed
                 raise HeadstartError(
                     f"registered {name}:v{n}, but logging it to MLflow at {mlflow_uri} failed: {e}",
@@ -376,13 +353,6 @@ class ModelStore:
 
 
 # -- helpers -------------------------------------------------------------------------------------------
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def _event(action: str, version: int, **extra: Any) -> dict[str, Any]:
     return {"action": action, "version": version, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
 
@@ -400,16 +370,6 @@ def default_name(path: Path) -> str:
     return safe or "model"
 
 
-def _run_files(run_dir: Path, info: dict[str, Any]) -> list[str]:
-    """The run's own files: the head, trained deltas/adapters listed in run.json, and its records."""
-    names = {info["head"]["file"], *info.get("files", {})}
-    names.update(f for f in RUN_FILES if (run_dir / f).is_file())
-    for f in names:
-        if "/" in f or f.startswith("."):
-            raise HeadstartError(f"{run_dir}/run.json lists an unsafe file name {f!r}", fix="re-run it")
-    return sorted(names)
-
-
 def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(obj, dict):
         out: dict[str, Any] = {}
@@ -422,107 +382,3 @@ def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
 def _changed(a: dict[str, Any], b: dict[str, Any], *, keep_equal: bool = False) -> dict[str, Any]:
     keys = sorted(a.keys() | b.keys())
     return {k: [a.get(k), b.get(k)] for k in keys if keep_equal or a.get(k) != b.get(k)}
-
-
-def model_card(run_dir: Path, info: dict[str, Any], *, name: str, version: int) -> dict[str, Any]:
-    """What a user needs to trust a stored model: base provenance, data, recipe, metrics, versions."""
-    card = info.get("backbone", {}).get("card", {})
-    data = _read_json(run_dir / "data.json")
-    metrics = _read_json(run_dir / "metrics.json")
-    evaluation = _read_json(run_dir / "evaluation.json")
-    calibration = _read_json(run_dir / "calibration.json")
-    recipe = _read_json(run_dir / "recipe.json") or info.get("recipe") or info.get("params", {})
-    summary: dict[str, Any] = {}
-    for s in ("val", "test"):
-        if isinstance(metrics.get(s), dict):
-            summary[f"{s}_accuracy"] = metrics[s].get("accuracy")
-            summary[f"{s}_macro_f1"] = metrics[s].get("macro_f1")
-    if evaluation:
-        summary["evaluated_split"] = evaluation.get("split")
-        summary["evaluated_accuracy"] = evaluation.get("metrics", {}).get("accuracy")
-        summary["ece_before"] = evaluation.get("calibration", {}).get("ece_before")
-        summary["ece_after"] = evaluation.get("calibration", {}).get("ece_after")
-        summary["latency_single_p50_ms"] = (evaluation.get("latency") or {}).get("single_p50_ms")
-    counts = data.get("counts", {})
-    class_counts: dict[str, int] = {}
-    for per_class in counts.values():
-        for c, k in per_class.items():
-            class_counts[c] = class_counts.get(c, 0) + int(k)
-    return {
-        "name": name,
-        "version": version,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "kind": info.get("kind", "probe"),
-        "classes": info.get("classes", []),
-        "base": {
-            "name": info.get("backbone", {}).get("name"),
-            "source": card.get("source"),
-            "version": card.get("version"),
-            "sha256": info.get("backbone", {}).get("weights_sha256") or card.get("weights_sha256"),
-            "license": card.get("license"),
-            "pretraining_data": card.get("pretraining_data"),
-            "paper": card.get("paper"),
-            "pretrained": bool(info.get("pretrained", True)),
-        },
-        "data": {
-            "root": data.get("root"),
-            "layout": data.get("layout"),
-            "class_counts": class_counts,
-            "split_counts": {s: sum(v.values()) for s, v in counts.items()},
-            "skipped": data.get("skipped", {}),
-        },
-        "recipe": recipe,
-        "seed": info.get("seed", info.get("params", {}).get("seed")),
-        "metrics": summary,
-        "temperature": calibration.get("temperature"),
-        "trainable_params": info.get("trainable_params"),
-        "versions": info.get("versions", {}),
-        "source_run": str(run_dir.resolve()),
-    }
-
-
-def _import_mlflow() -> Any:
-    try:
-        import mlflow  # type: ignore[import-not-found]
-    except ImportError as e:
-        raise HeadstartError(
-            "--mlflow was given but the mlflow package is not installed",
-            fix="pip install mlflow, or register without --mlflow",
-        ) from e
-    return mlflow
-
-
-def _log_mlflow(mlflow: Any, uri: str | None, vdir: Path, card: dict[str, Any]) -> None:
-    """Mirror a registered version into MLflow tracking: params, metrics, and the version's files."""
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(f"headstart/{card['name']}")
-    with mlflow.start_run(run_name=f"{card['name']}:v{card['version']}"):
-        mlflow.log_params({"base": card["base"]["name"], "kind": card["kind"], "seed": card["seed"]})
-        mlflow.log_metrics({k: v for k, v in card["metrics"].items() if isinstance(v, int | float)})
-        mlflow.log_artifacts(str(vdir))
-
-
-# Module-level conveniences over the default store (HEADSTART_MODELS or ./headstart-models).
-def register(
-    run_dir: str | Path,
-    name: str | None = None,
-    *,
-    alias: str | None = None,
-    store: str | Path | None = None,
-    mlflow_uri: str | None = None,
-) -> int:
-    return ModelStore(store).register(run_dir, name, alias=alias, mlflow_uri=mlflow_uri)
-
-
-def load(ref: str, *, store: str | Path | None = None) -> Any:
-    return ModelStore(store).load(ref)
-
-
-def promote(
-    name: str, version: int | str, alias: str = "production", *, store: str | Path | None = None
-) -> int:
-    return ModelStore(store).promote(name, version, alias)
-
-
-def rollback(name: str, alias: str = "production", *, store: str | Path | None = None) -> int:
-    return ModelStore(store).rollback(name, alias)

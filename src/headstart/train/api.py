@@ -1,6 +1,11 @@
-"""`fit`: split the data, run a recipe with the Trainer, evaluate, and save a run that stores only the delta.
+"""`fit`: split the data, run a recipe, evaluate, and save a run that stores only the delta.
 
 report = fit("examples/emoji/images", backbone="efficientnet_lite0", strategy="lp-ft")
+
+`run_fit` is the one pipeline of `fit` and `probe`, in named steps: check the output (`check_out`), `_load`
+the data, `_build` the backbone and recipe; a closed-form recipe (`head`: no backbone group trains) then
+goes to `headstart.train.frozen` (cached embeddings, no Trainer, a run of kind "probe"), any other to
+`_decode`, `_train` (the Trainer), `_evaluate` and `_save` (a run of kind "fit").
 """
 
 from __future__ import annotations
@@ -11,31 +16,27 @@ import io
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from headstart.config import FitConfig, ProbeConfig
 from headstart.errors import HeadstartError
 from headstart.recipes import Recipe, get_recipe
+from headstart.train.job import STARTED_FILE, FitJob, FitReport, work_dir_of
 
 if TYPE_CHECKING:
-    from headstart.train.loop import Objective
-
-WORK_SUFFIX = ".training"  # checkpoints live beside the run folder until the run is written
-
+    from headstart.backbones import Backbone
+    from headstart.data import Dataset
+    from headstart.train.data import Split
+    from headstart.train.loop import Trainer
+    from headstart.train.objective import Objective
 
 # The trained groups' weights a run stores beside its head (the base backbone is only referenced).
 DELTA_FILE = "delta.safetensors"
-# In the work folder: what the run was started with (data, backbone, strategy, options), for --resume.
-STARTED_FILE = "started.json"
-
-
-def work_dir_of(run_dir: Path) -> Path:
-    """Where a run's checkpoints live until it is written: `.NAME.training` beside the run folder."""
-    return run_dir.parent / f".{run_dir.name}{WORK_SUFFIX}"
 
 
 def _strategy_name(strategy: str | Recipe | dict[str, Any]) -> str | None:
@@ -85,11 +86,17 @@ def _refuse_changes(
 
 
 def check_out(
-    out: str | Path | None, *, resume: bool, overwrite: bool, request: dict[str, Any]
+    out: str | Path | None,
+    *,
+    resume: bool,
+    overwrite: bool,
+    request: dict[str, Any],
+    resumable: bool = True,
 ) -> dict[str, Any] | None:
     """Refuse, before any work, what would lose a run or resume the wrong one; deletes nothing.
 
     Returns what the interrupted run was started with when it is resumed (None for a fresh start).
+    `resumable`: False for a verb without --resume (probe), which keeps no checkpoints of its own.
     """
     from headstart.fileio import ensure_writable_dir
     from headstart.runs import RUN_FILE
@@ -135,14 +142,14 @@ def check_out(
         return started
     if overwrite:
         return None
-    if interrupted:
+    if interrupted and resumable:
         raise HeadstartError(
             f"an interrupted run is there: {run_dir} (its checkpoint is in {work_dir}); nothing was changed",
             fix="add --resume to continue it or --overwrite to start over (or choose another --out)",
         )
     if finished:
         raise HeadstartError(
-            f"{run_dir} already holds a finished run (nothing was changed)",
+            f"{run_dir} already exists and holds a finished run (nothing was changed)",
             fix="choose another --out, or --overwrite to replace it",
         )
     if not_empty:
@@ -150,34 +157,6 @@ def check_out(
             f"{run_dir} already exists and is not empty", fix="choose another --out, or --overwrite"
         )
     return None
-
-
-@dataclass
-class FitReport:
-    run_dir: Path | None
-    backbone: str
-    strategy: str
-    classes: list[str]
-    metrics: dict[str, Any]
-    history: list[dict[str, Any]]
-    recipe: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_dir": str(self.run_dir) if self.run_dir else None,
-            "backbone": self.backbone,
-            "strategy": self.strategy,
-            "classes": self.classes,
-            "metrics": self.metrics,
-            "history": self.history,
-            "recipe": self.recipe,
-            "warnings": self.warnings,
-            "data": self.data,
-            "timings": self.timings,
-        }
 
 
 def delta_state(backbone: Any, groups: set[int], *, whole: bool = False) -> dict[str, torch.Tensor]:
@@ -208,79 +187,154 @@ def history_csv(history: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def fit(
-    data: str | Path,
-    *,
-    backbone: str = "efficientnet_lite0",
-    strategy: str | Recipe | dict[str, Any] = "lp-ft",
-    out: str | Path | None = None,
-    seed: int = 0,
-    val: float = 0.15,
-    test: float = 0.15,
-    epochs: int | None = None,
-    lr: float | str | None = None,
-    batch_size: int | None = None,
-    augment: bool | None = None,
-    prefix_cache: bool = True,
-    bf16: bool = False,
-    budget_s: float | None = None,
-    resume: bool = False,
-    strict: bool = False,
-    overwrite: bool = False,
-    save: bool = True,
-    progress: bool = True,
-    objective: Objective | None = None,
-    unlabeled: str | Path | None = None,
-    target_unlabeled: str | Path | None = None,
-    domain_weight: float = 1.0,
-) -> FitReport:
-    """Train `strategy` on `data` and save the run (head + trained groups only, base referenced by hash).
+def lora_strategy(options: FitConfig) -> str | Recipe | dict[str, Any]:
+    """The strategy, or its recipe with the lora_* options applied (refused for a strategy without LoRA).
 
+    `options` is a FitConfig (or the CLI's Namespace: the same names)."""
+    lora = (options.lora_r, options.lora_alpha, options.lora_dropout, options.lora_targets)
+    if all(v is None for v in lora):
+        return options.strategy
+    recipe = get_recipe(options.strategy, 10_000)  # the group count only bounds partial:N
+    spec = recipe.adapter
+    if spec is None:
+        raise HeadstartError(
+            f"--lora-* options need a LoRA strategy, not {options.strategy!r}", fix="add --strategy lora"
+        )
+    r = options.lora_r if options.lora_r is not None else spec.r
+    alpha = options.lora_alpha if options.lora_alpha is not None else spec.alpha * r / spec.r  # same alpha/r
+    dropout = options.lora_dropout if options.lora_dropout is not None else spec.dropout
+    targets = spec.target_modules
+    if options.lora_targets:
+        targets = tuple(t.strip() for t in options.lora_targets.split(",") if t.strip())
+    spec = replace(spec, r=r, alpha=alpha, dropout=dropout, target_modules=targets)
+    spec.validate()
+    return replace(recipe, adapter=spec)
+
+
+def fit(data: str | Path, *, objective: Objective | None = None, **options: Any) -> FitReport:
+    """Train a strategy on `data` and save the run (head + trained groups only, base referenced by hash).
+
+    `options` are the fields of `headstart.config.FitConfig` (the CLI's flags: same names, same defaults).
     `objective` replaces the loss (distillation, domain-adversarial training); `unlabeled` inputs join the
     training split with label -1 (only an objective that uses them, like distillation, learns from them).
-    `target_unlabeled`: inputs from the deployment domain for domain-adversarial training (DANN).
+    A recipe that trains no backbone group (`head`) runs as `probe` does: on cached embeddings, no Trainer.
     """
-    from headstart.backbones import create_backbone
-    from headstart.data import load_dataset
-    from headstart.features import embed
-    from headstart.fileio import atomic_write_json
-    from headstart.metrics import classification_metrics
-    from headstart.runs import default_run_dir, library_versions, make_split_rows, to_jsonable, write_run
-    from headstart.train.data import decode_all
-    from headstart.train.loop import Split, Trainer, init_distributed
+    return run_fit(FitConfig(data, **options), objective=objective)
 
+
+def closed_form(recipe: Recipe) -> bool:
+    """A recipe that trains no backbone group and runs no epoch: its head is the probe's closed form."""
+    return (
+        recipe.pretrained
+        and recipe.adapter is None
+        and all(p.train_top == 0 and p.epochs == 0 for p in recipe.phases)
+        and any(p.head_init == "probe" for p in recipe.phases)
+    )
+
+
+def run_fit(
+    cfg: FitConfig, *, objective: Objective | None = None, probe: ProbeConfig | None = None
+) -> FitReport:
+    """The one pipeline of `fit` and `probe`: check the output, load, build, then either the frozen head on
+    cached features (headstart.train.frozen) or decode, train, evaluate and save with the Trainer.
+
+    `probe`: the probe verb's embedding and head options (it has no --resume); for fit's closed-form
+    recipes, the probe's defaults."""
+    from headstart.runs import to_jsonable
+
+    verb = "probe" if probe is not None else "fit"
+    strategy = lora_strategy(cfg)
+    request = _request(cfg, strategy)
     # The output folder's state and writability are checked before any data is read or model loaded.
-    request = {
-        "data": str(Path(data).expanduser().resolve()),
-        "backbone": backbone,
-        "strategy": _strategy_name(strategy),
-        "seed": seed,
-        "val": val,
-        "test": test,
-        "epochs": epochs,
-        "lr": lr,
-        "batch_size": batch_size,
-        "augment": augment,
-        "unlabeled": str(unlabeled) if unlabeled is not None else None,
-        "target_unlabeled": str(target_unlabeled) if target_unlabeled is not None else None,
-    }
-    started: dict[str, Any] | None = None
-    if save:
-        started = check_out(out, resume=resume, overwrite=overwrite, request=request)
-
+    started = None
+    if cfg.save:
+        started = check_out(
+            cfg.out, resume=cfg.resume, overwrite=cfg.overwrite, request=request, resumable=verb == "fit"
+        )
     timings: dict[str, float] = {}
+    ds = _load(cfg, request, started, timings)
+    ds, bb, recipe, adapter, base_key = _build(cfg, strategy, ds, timings)
+    job = FitJob(cfg, verb, request, started, timings, ds, bb, recipe, adapter, base_key)
+    if (
+        closed_form(job.recipe)
+        and objective is None
+        and cfg.unlabeled is None
+        and cfg.target_unlabeled is None
+    ):
+        from headstart.train.frozen import fit_frozen
+
+        return fit_frozen(job, probe if probe is not None else ProbeConfig(**cfg.shared()))
+    objective = _objective(job, objective)
+    splits, extra = _decode(job)
+    trainer = _train(job, splits, objective)
+    delta = _delta(job, trainer)
+    metrics = _evaluate(job, trainer, splits, delta, n_extra=len(extra))
+    saved = _save(job, trainer, metrics, delta)
+    return FitReport(
+        run_dir=saved,
+        backbone=job.bb.name,
+        strategy=trainer.recipe.name,
+        classes=job.ds.classes,
+        metrics=to_jsonable(metrics),
+        history=to_jsonable(trainer.history),
+        recipe=trainer.recipe.to_dict(),
+        warnings=list(trainer.warnings),
+        data=to_jsonable(job.ds.summary()),
+        timings=job.timings,
+    )
+
+
+def _request(cfg: FitConfig, strategy: Any) -> dict[str, Any]:
+    """What the run is started with; --resume refuses to continue a run started with anything else."""
+    return {
+        "data": str(Path(cfg.data).expanduser().resolve()),
+        "backbone": cfg.backbone,
+        "strategy": _strategy_name(strategy),
+        "seed": cfg.seed,
+        "val": cfg.val,
+        "test": cfg.test,
+        "epochs": cfg.epochs,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "augment": cfg.augment,
+        "unlabeled": str(cfg.unlabeled) if cfg.unlabeled is not None else None,
+        "target_unlabeled": str(cfg.target_unlabeled) if cfg.target_unlabeled is not None else None,
+    }
+
+
+def _load(
+    cfg: FitConfig, request: dict[str, Any], started: dict[str, Any] | None, timings: dict[str, float]
+) -> Dataset:
+    """The data and its split; a resumed run must see the split it was started on."""
+    from headstart.data import load_dataset
+
     t0 = time.perf_counter()
-    ds = load_dataset(data, seed=seed, val=val, test=test)
+    ds = load_dataset(cfg.data, seed=cfg.seed, val=cfg.val, test=cfg.test)
     timings["load_data_s"] = time.perf_counter() - t0
     request["split_sha256"], request["n_items"] = _split_digest(ds.items)
     if started is not None:
-        _refuse_changes(Path(out or ""), started, request, keys=("n_items", "split_sha256"))
+        _refuse_changes(Path(cfg.out or ""), started, request, keys=("n_items", "split_sha256"))
+    return ds
+
+
+def _build(
+    cfg: FitConfig, strategy: Any, ds: Dataset, timings: dict[str, float]
+) -> tuple[Dataset, Backbone, Recipe, dict[str, Any] | None, str]:
+    """(the data, noting clips cut to the window; the backbone, random init for a from-scratch recipe; the
+    recipe with the options' overrides; the adapter's description, if it injects one; the base's key,
+    taken before an adapter changes it)."""
+    from headstart.backbones import create_backbone
 
     t0 = time.perf_counter()
-    bb = create_backbone(backbone)
+    bb = create_backbone(cfg.backbone)
+    if ds.modality != bb.modality:
+        raise HeadstartError(
+            f"{cfg.data} holds {ds.modality} data but {bb.name} is a backbone for {bb.modality}",
+            fix=f"pick a {ds.modality} backbone (`headstart backbones` lists them)",
+        )
     recipe = get_recipe(strategy, len(bb.groups))
     if not recipe.pretrained:
-        bb = create_backbone(backbone, pretrained=False)
+        bb = create_backbone(cfg.backbone, pretrained=False)
     base_key = bb.key
     ds = ds.note_cuts(bb)  # clips longer than the backbone's window: each cut is listed
     timings["load_backbone_s"] = time.perf_counter() - t0
@@ -291,36 +345,49 @@ def fit(
         # Before the Trainer exists; LoRA's B starts at zero, so the pristine cached embeddings (the probe
         # head's init) stay exact. Adapters go into every group some phase trains.
         top = max(p.n_trainable(len(bb.groups)) for p in recipe.phases)
-        adapter = inject_adapter(bb, recipe.adapter, top_groups=top, seed=seed)
+        adapter = inject_adapter(bb, recipe.adapter, top_groups=top, seed=cfg.seed)
+    lr = cfg.lr if not isinstance(cfg.lr, str) else None  # 'auto' is found by _train, on cached features
+    recipe = recipe.with_overrides(epochs=cfg.epochs, lr=lr, batch_size=cfg.batch_size)
+    return ds, bb, recipe, adapter, base_key
+
+
+def _objective(job: FitJob, objective: Objective | None) -> Objective | None:
+    """The loss: the caller's, or domain-adversarial training toward --target-unlabeled."""
+    if job.cfg.target_unlabeled is None:
+        return objective
+    if objective is not None:
+        raise HeadstartError("domain-adversarial training replaces the loss: give no other objective")
+    from headstart.data.unlabeled import load_unlabeled
+    from headstart.train.dann import DomainAdversarial
+
+    target = load_unlabeled(job.cfg.target_unlabeled, job.bb.modality).sources
+    return DomainAdversarial(target, weight=job.cfg.domain_weight)
+
+
+def _decode(job: FitJob) -> tuple[dict[str, Split], list[str]]:
+    """Every input decoded once: the train/val/test Splits (unlabeled inputs join train with label -1)."""
+    from headstart.train.data import Split, decode_all
 
     extra: list[str] = []
-    if unlabeled is not None:
+    if job.cfg.unlabeled is not None:
         from headstart.data.unlabeled import load_unlabeled
 
-        extra = load_unlabeled(unlabeled, bb.modality).sources
-    if target_unlabeled is not None:
-        if objective is not None:
-            raise HeadstartError("domain-adversarial training replaces the loss: give no other objective")
-        from headstart.data.unlabeled import load_unlabeled
-        from headstart.train.dann import DomainAdversarial
-
-        objective = DomainAdversarial(
-            load_unlabeled(target_unlabeled, bb.modality).sources, weight=domain_weight
-        )
+        extra = load_unlabeled(job.cfg.unlabeled, job.bb.modality).sources
     t0 = time.perf_counter()
-    good, bad = decode_all(bb, [it.source for it in ds.items] + extra, progress=progress)
-    if bad and strict:
+    sources = [it.source for it in job.ds.items]
+    good, bad = decode_all(job.bb, sources + extra, progress=job.cfg.progress)
+    if bad and job.cfg.strict:
         listed = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
         raise HeadstartError(
             f"{len(bad)} unreadable input(s):\n{listed}", fix="fix or remove them, or drop --strict"
         )
-    labeled_sources = {it.source for it in ds.items}  # never learn from val/test inputs, even unlabeled
+    labeled_sources = set(sources)  # never learn from val/test inputs, even unlabeled
     extra = [s for s in dict.fromkeys(extra) if s in good and s not in labeled_sources]
-    ds = ds.drop(bad)
+    job.ds = ds = job.ds.drop(bad)
     # Content hashes of what was decoded, for split.csv (as probe records them): later verbs skip files
     # that changed since. Memoised per (path, size, mtime), so files the feature cache saw cost nothing.
-    item_hashes = _item_hashes(bb, [it.source for it in ds.items])
-    timings["decode_s"] = time.perf_counter() - t0
+    job.item_hashes = _item_hashes(job.bb, [it.source for it in ds.items])
+    job.timings["decode_s"] = time.perf_counter() - t0
     index = {c: i for i, c in enumerate(ds.classes)}
     splits: dict[str, Split] = {}
     for s in ("train", "val", "test"):
@@ -340,81 +407,93 @@ def fit(
     absent = set(ds.classes) - {it.label for it in ds.split("train")}
     if absent:
         raise HeadstartError(
-            f"the training split of {data} has no examples of {sorted(absent)} (unreadable files skipped)",
+            f"the training split of {job.cfg.data} has no examples of {sorted(absent)} "
+            "(unreadable files skipped)",
             fix="add examples of those classes, or remove them",
         )
+    return splits, extra
 
+
+def _train(job: FitJob, splits: dict[str, Split], objective: Objective | None) -> Trainer:
+    """The Trainer runs the recipe (after the learning-rate range test, for --lr auto)."""
+    from headstart.features import embed
+    from headstart.train.loop import Trainer
+
+    cfg, bb = job.cfg, job.bb
     pristine_cache: dict[str, np.ndarray] = {}
 
     def embed_pristine(name: str) -> np.ndarray:
         # Pooled embeddings of the untouched pretrained backbone, through the on-disk feature cache.
         if name not in pristine_cache:
             srcs = splits[name].sources
-            feats = embed(bb, srcs, progress=progress) if srcs else None
-            if feats is None:
+            if not srcs:
                 return np.zeros((0, bb.embed_dim), np.float32)
+            feats = embed(bb, srcs, progress=cfg.progress)
             row = {p: i for i, p in enumerate(feats.paths)}
             pristine_cache[name] = feats.X[[row[s] for s in srcs]]
         return pristine_cache[name]
 
-    if isinstance(lr, str):
-        if lr != "auto":
-            raise HeadstartError(f"--lr {lr!r}: give a number or 'auto'")
+    recipe = job.recipe
+    if cfg.lr == "auto":
         from headstart.train.lr_find import lr_find
 
-        found = lr_find(embed_pristine("train"), splits["train"].y.numpy(), len(ds.classes), seed=seed)
-        lr = found["suggestion"]
-        timings["lr_find_s"] = found["seconds"]
-    recipe = recipe.with_overrides(epochs=epochs, lr=lr, batch_size=batch_size)
-
-    run_dir = Path(out) if out else default_run_dir("fit", bb.name)
-    work_dir = work_dir_of(run_dir) if save else None
-    if work_dir is not None and init_distributed().main:  # only the main process checkpoints
-        if not resume:  # a fresh start (check_out refused an interrupted run unless --overwrite)
-            shutil.rmtree(work_dir, ignore_errors=True)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        if started is None:  # what this run is, so a later --resume can refuse other options or data
-            atomic_write_json(work_dir / STARTED_FILE, request)
-
+        found = lr_find(
+            embed_pristine("train"), splits["train"].y.numpy(), len(job.ds.classes), seed=cfg.seed
+        )
+        recipe = recipe.with_overrides(lr=found["suggestion"])
+        job.timings["lr_find_s"] = found["seconds"]
     trainer = Trainer(
         bb,
-        len(ds.classes),
+        len(job.ds.classes),
         recipe,
-        seed=seed,
-        prefix_cache=prefix_cache,
-        augment=augment,
-        bf16=bf16,
-        progress=progress,
-        work_dir=work_dir,
-        resume=resume,
-        budget_s=budget_s,
+        seed=cfg.seed,
+        prefix_cache=cfg.prefix_cache,
+        augment=cfg.augment,
+        device=cfg.device,
+        precision="bf16" if cfg.bf16 else cfg.precision,
+        progress=cfg.progress,
+        work_dir=job.open_work_dir(),
+        resume=cfg.resume,
+        budget_s=cfg.budget_s,
         embed_pristine=embed_pristine,
         objective=objective,
     )
     trainer.fit(splits["train"], splits["val"])
-    timings["train_s"] = trainer.train_seconds
+    job.timings["train_s"] = trainer.train_seconds
+    return trainer
 
+
+def _delta(job: FitJob, trainer: Trainer) -> dict[str, torch.Tensor]:
+    """What the run stores beside the head: the adapter, or the trained groups (all, from scratch)."""
+    if job.adapter is not None:
+        from headstart.adapters import adapter_state
+
+        return adapter_state(job.bb)  # the base weights never moved: only the adapter is stored
+    whole = not trainer.recipe.pretrained
+    groups = trainer.trained_groups
+    return delta_state(job.bb, groups, whole=whole) if (groups or whole) else {}
+
+
+def _evaluate(
+    job: FitJob, trainer: Trainer, splits: dict[str, Split], delta: dict[str, torch.Tensor], *, n_extra: int
+) -> dict[str, Any]:
+    """Metrics per split of the trained model, and what it trained and stores."""
+    from headstart.metrics import classification_metrics
+
+    bb, classes = job.bb, job.ds.classes
     t0 = time.perf_counter()
     metrics: dict[str, Any] = {}
     for s in ("train", "val", "test"):
         if len(splits[s]):
             z, y = trainer.labeled_logits(s, splits[s], k=len(bb.groups))
-            m = classification_metrics(y.numpy(), z.argmax(1).numpy(), ds.classes, predictions=s != "train")
+            m = classification_metrics(y.numpy(), z.argmax(1).numpy(), classes, predictions=s != "train")
             m["loss"] = float(torch.nn.functional.cross_entropy(z, y))
             metrics[s] = m
-    timings["evaluate_s"] = time.perf_counter() - t0
-    groups = trainer.trained_groups
-    whole = not recipe.pretrained
-    if adapter is not None:
-        from headstart.adapters import adapter_state
-
-        delta = adapter_state(bb)  # the base weights never moved: only the adapter is stored
-    else:
-        delta = delta_state(bb, groups, whole=whole) if (groups or whole) else {}
+    job.timings["evaluate_s"] = time.perf_counter() - t0
     head_params = trainer.head.weight.numel() + trainer.head.bias.numel()
     metrics.update(
         {
-            "strategy": recipe.name,
+            "strategy": trainer.recipe.name,
             "best_epoch": trainer.best["epoch"],
             "trainable_params": int(
                 head_params + sum(v.numel() for k, v in delta.items() if "running" not in k)
@@ -422,100 +501,97 @@ def fit(
             "backbone_params": bb.card.num_params,
             "train_s": trainer.train_seconds,
             # transfer-set items in the training split + what the objective brought (DANN's target inputs)
-            "unlabeled": len(extra) + trainer.objective.n_extra_unlabeled,
+            "unlabeled": n_extra + trainer.objective.n_extra_unlabeled,
             "objective": trainer.objective.describe(),
             "warnings": trainer.warnings,
-            "timings": timings,
+            "timings": job.timings,
         }
     )
-    if adapter is not None:  # what full fine-tuning would train and store, for comparison
+    if job.adapter is not None:  # what full fine-tuning would train and store, for comparison
         base = {k: v for k, v in bb.state_dict().items() if ".lora_" not in k}
-        metrics["adapter"] = adapter
+        metrics["adapter"] = job.adapter
         metrics["full_trainable_params"] = int(bb.card.num_params + head_params)
         full = sum(v.numel() * v.element_size() for v in base.values()) + 4 * head_params
         metrics["full_bytes"] = int(full)
-    summary = ds.summary()
-    dist = init_distributed()
-    saved: Path | None = None
-    if save and dist.main:
-        from headstart.model import head_from_linear
+    return metrics
 
-        head = head_from_linear(trainer.head)
-        info = {
-            "kind": "fit",
-            "strategy": recipe.name,
-            "pretrained": recipe.pretrained,
-            "backbone": {
-                "name": bb.name,
-                "key": base_key,
-                "weights_sha256": bb.card.weights_sha256 if recipe.pretrained else None,
-                "card": bb.card.to_dict(),
-            },
-            "preprocess": bb.preprocess.to_dict(),
-            "modality": bb.modality,
-            "classes": ds.classes,
-            "params": {
-                "seed": seed,
-                "batch_size": recipe.batch_size,
-                "augment": augment,
-                "prefix_cache": prefix_cache,
-                "bf16": bf16,
-            },
-            "trained_groups": [bb.group_names[i] for i in sorted(groups)]
-            if not whole
-            else list(bb.group_names),
-            "trainable_params": metrics["trainable_params"],
-            "objective": metrics["objective"],
-            "versions": library_versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        tensors = {}
-        if adapter is not None:
-            from headstart.adapters import ADAPTER_FILE
 
-            info["adapter"] = {"file": ADAPTER_FILE, **adapter}
-            tensors[ADAPTER_FILE] = delta
-        elif delta:
-            info["delta"] = {"file": DELTA_FILE, "whole": whole}
-            tensors[DELTA_FILE] = delta
-        split_rows = make_split_rows(
-            [it for s in ("train", "val", "test") for it in ds.split(s)], item_hashes
-        )
-        history = {
-            "epochs": trainer.history,
-            "best_epoch": trainer.best["epoch"],
-            "warnings": trainer.warnings,
-        }
-        saved = write_run(
-            run_dir,
-            run=info,
-            head=head,
-            metrics=to_jsonable(metrics),
-            data=to_jsonable(summary),
-            split_rows=split_rows,
-            tensors=tensors,
-            json_files={"history.json": to_jsonable(history), "recipe.json": recipe.to_dict()},
-            text_files={"history.csv": history_csv(trainer.history)},
-            overwrite=overwrite,
-        )
-        stored = sum((saved / f).stat().st_size for f in ["head.safetensors", *tensors])
-        metrics["stored_bytes"] = stored
-        atomic_write_json(saved / "metrics.json", to_jsonable(metrics))
-        if work_dir is not None:
-            shutil.rmtree(work_dir, ignore_errors=True)
-    return FitReport(
-        run_dir=saved,
-        backbone=bb.name,
-        strategy=recipe.name,
-        classes=ds.classes,
-        metrics=to_jsonable(metrics),
-        history=to_jsonable(trainer.history),
-        recipe=recipe.to_dict(),
-        warnings=list(trainer.warnings),
-        data=to_jsonable(summary),
-        timings=timings,
+def _run_info(job: FitJob, trainer: Trainer, metrics: dict[str, Any]) -> dict[str, Any]:
+    """run.json of a trained run (kind "fit"): the base by reference, what trained, how."""
+    from headstart.runs import library_versions
+
+    bb, recipe, cfg = job.bb, trainer.recipe, job.cfg
+    whole = not recipe.pretrained
+    return {
+        "kind": "fit",
+        "strategy": recipe.name,
+        "pretrained": recipe.pretrained,
+        "backbone": {
+            "name": bb.name,
+            "key": job.base_key,
+            "weights_sha256": bb.card.weights_sha256 if recipe.pretrained else None,
+            "card": bb.card.to_dict(),
+        },
+        "preprocess": bb.preprocess.to_dict(),
+        "modality": bb.modality,
+        "classes": job.ds.classes,
+        "params": {
+            "seed": cfg.seed,
+            "batch_size": recipe.batch_size,
+            "augment": cfg.augment,
+            "prefix_cache": cfg.prefix_cache,
+            "bf16": cfg.bf16,
+        },
+        "engine": trainer.engine.describe(),  # device, precision (and why), world size
+        "trained_groups": [bb.group_names[i] for i in sorted(trainer.trained_groups)]
+        if not whole
+        else list(bb.group_names),
+        "trainable_params": metrics["trainable_params"],
+        "objective": metrics["objective"],
+        "versions": library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _save(
+    job: FitJob, trainer: Trainer, metrics: dict[str, Any], delta: dict[str, torch.Tensor]
+) -> Path | None:
+    """Write the run (head + delta, history, recipe) in one rename; the work folder goes once it is in."""
+    from headstart.fileio import atomic_write_json
+    from headstart.model import head_from_linear
+    from headstart.runs import make_split_rows, to_jsonable, write_run
+    from headstart.train.engine import is_main_process
+
+    if not job.cfg.save or not is_main_process():
+        return None
+    info = _run_info(job, trainer, metrics)
+    tensors: dict[str, dict[str, torch.Tensor]] = {}
+    if job.adapter is not None:
+        from headstart.adapters import ADAPTER_FILE
+
+        info["adapter"] = {"file": ADAPTER_FILE, **job.adapter}
+        tensors[ADAPTER_FILE] = delta
+    elif delta:
+        info["delta"] = {"file": DELTA_FILE, "whole": not trainer.recipe.pretrained}
+        tensors[DELTA_FILE] = delta
+    ds = job.ds
+    split_rows = make_split_rows(
+        [it for s in ("train", "val", "test") for it in ds.split(s)], job.item_hashes
     )
-
-
-def recipe_json(strategy: str, n_groups: int) -> str:
-    return json.dumps(get_recipe(strategy, n_groups).to_dict(), indent=2)
+    history = {"epochs": trainer.history, "best_epoch": trainer.best["epoch"], "warnings": trainer.warnings}
+    saved = write_run(
+        job.run_dir,
+        run=info,
+        head=head_from_linear(trainer.head),
+        metrics=to_jsonable(metrics),
+        data=to_jsonable(ds.summary()),
+        split_rows=split_rows,
+        tensors=tensors,
+        json_files={"history.json": to_jsonable(history), "recipe.json": trainer.recipe.to_dict()},
+        text_files={"history.csv": history_csv(trainer.history)},
+        overwrite=job.cfg.overwrite,
+    )
+    metrics["stored_bytes"] = sum((saved / f).stat().st_size for f in ["head.safetensors", *tensors])
+    atomic_write_json(saved / "metrics.json", to_jsonable(metrics))
+    shutil.rmtree(work_dir_of(job.run_dir), ignore_errors=True)
+    return saved

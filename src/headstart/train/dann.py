@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from headstart.errors import HeadstartError
-from headstart.train.loop import Objective, Split, Step, labeled_cross_entropy
+from headstart.train.data import Split
+from headstart.train.objective import Objective, Step, labeled_cross_entropy
 
 if TYPE_CHECKING:
     from headstart.train.loop import Trainer
@@ -97,7 +98,7 @@ class DomainAdversarial(Objective):
                 f"{trainer.recipe.name!r} trains none (the features it would align stay frozen)",
                 fix="use --strategy partial:2, lp-ft, full or gradual with --target-unlabeled",
             )
-        if trainer.dist.world > 1:
+        if trainer.engine.world > 1:
             raise HeadstartError(
                 "domain-adversarial training runs in a single process",
                 fix="drop torchrun (or --nproc_per_node 1) when giving --target-unlabeled",
@@ -150,12 +151,12 @@ class DomainAdversarial(Objective):
         h, start = trainer.inputs(
             TARGET_SPLIT, self.target, tidx, step.start, augment=step.augment, gen=step.generator
         )
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=trainer.bf16):
+        with trainer.engine.autocast():
             f_target = trainer.net.features(h, start)
         feats = torch.cat([step.features, f_target.float()])
         lam = ganin_lambda(step.progress)
         d = self.classifier(reverse_gradient(feats, lam))
-        is_target = torch.cat([torch.zeros(n), torch.ones(n)])
+        is_target = torch.cat([torch.zeros(n), torch.ones(n)]).to(d.device)
         domain = F.binary_cross_entropy_with_logits(d, is_target)
         self._track(d.detach(), is_target, float(domain.detach()), lam)
         return ce + self.weight * domain

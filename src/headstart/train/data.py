@@ -4,12 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from headstart.backbones.base import Backbone
 from headstart.data.images import DEFAULT_MAX_PIXELS
 from headstart.errors import BadInput
 from headstart.progress import progress_bar
+
+
+@dataclass
+class Split:
+    """Decoded examples of one split (what `backbone.load_item` returned) and their class indices."""
+
+    examples: list[Any]
+    y: torch.Tensor  # class indices; -1 marks an unlabeled example
+    sources: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.examples)
 
 
 def decode_all(

@@ -29,7 +29,8 @@ HARD_CAP = 2.0
 # Below this many training examples per class (the median), full fine-tuning of every weight is left out:
 # it has too few labels to move millions of weights without overfitting (see verdicts.recommend).
 FULL_MIN_PER_CLASS = 20
-SMALL_DATA_STRATEGIES = ("head", "partial:2", "lp-ft")
+# No `head` row by default: `fit --strategy head` is the probe's own pipeline, so it would repeat its row.
+SMALL_DATA_STRATEGIES = ("partial:2", "lp-ft")
 TRANSFER_BASELINE = SCRATCH
 # `adapt+lp-ft`: continued pretraining on the training texts, then lp-ft on the adapted backbone.
 ADAPT_PREFIX = "adapt+"

@@ -74,7 +74,7 @@ def train_step_seconds(backbone: Any, batch_sizes: list[int]) -> list[float]:
 
     import torch
 
-    from headstart.train.loop import set_trainable
+    from headstart.train.groups import set_trainable
 
     if backbone.modality != "image":
         raise HeadstartError(f"step timing supports image backbones, not {backbone.modality}")
@@ -127,13 +127,9 @@ def _step_memo_path() -> Path:
 
 
 def _step_memo() -> dict[str, float]:
-    import json
+    from headstart.fileio import read_json_memo
 
-    try:
-        memo = json.loads(_step_memo_path().read_text())
-    except (OSError, ValueError):
-        return {}
-    return memo if isinstance(memo, dict) else {}
+    return read_json_memo(_step_memo_path())
 
 
 def rank_backbones(

@@ -1,0 +1,85 @@
+"""How fast and how big a loaded model is: forward latency through torch (and through ONNX Runtime where
+the backbone runs there), end-to-end time of one file, and the process's peak memory. Used by evaluate and
+distill."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def _ms(ts: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(ts) * 1000, q))
+
+
+def _timed(fn: Any, x: Any, repeats: int, per: int = 1) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(x)
+        out.append((time.perf_counter() - t0) / per)
+    return out
+
+
+def measure_latency(
+    model: Any, source: str, *, repeats: int = 30, batch: int = 32, backend: str = "auto"
+) -> dict[str, Any]:
+    """Forward time of one preprocessed item and of a batch through `model.module()` (torch, inference
+    mode, file decode excluded), decode+preprocess+forward of one file (end to end), and, where the
+    backbone runs through ONNX Runtime (what embedding and predict use), the same two forward figures."""
+    import torch
+
+    bb = model.backbone
+    module = model.module()
+    example = bb.load_item(source)
+    one, many = bb.collate([example]), bb.collate([example] * batch)
+    plain = (one, many)  # ONNX Runtime reads plain contiguous arrays
+    if bb.modality == "image":  # the layout the torch embedding path uses too (faster on CPU)
+        module = module.to(memory_format=torch.channels_last)
+        one, many = (t.contiguous(memory_format=torch.channels_last) for t in (one, many))
+    batch_repeats = max(3, repeats // 6)
+    with torch.inference_mode():
+        for _ in range(3):  # warm-up: first calls allocate and pick kernels
+            module(one)
+        single = _timed(module, one, repeats)
+        module(many)
+        batched = _timed(module, many, batch_repeats, per=batch)
+        end_to_end = _timed(lambda s: module(bb.collate([bb.load_item(s)])), source, max(5, repeats // 3))
+    out: dict[str, Any] = {
+        "single_p50_ms": _ms(single, 50),
+        "single_p95_ms": _ms(single, 95),
+        f"batch{batch}_per_item_ms": _ms(batched, 50),
+        "end_to_end_p50_ms": _ms(end_to_end, 50),
+        "repeats": repeats,
+        "torch_threads": torch.get_num_threads(),
+        "backend": "torch eager",
+    }
+    if backend in ("auto", "onnx") and bb.supports_onnx:
+        from headstart.features import make_forward
+
+        forward, used = make_forward(bb, backend)
+        if used == "onnx":
+            head = model.head
+
+            def onnx_logits(x: Any) -> Any:
+                return head.logits(forward(x))
+
+            for _ in range(3):
+                onnx_logits(plain[0])
+            single = _timed(onnx_logits, plain[0], repeats)
+            out["onnx_single_p50_ms"] = _ms(single, 50)
+            out["onnx_single_p95_ms"] = _ms(single, 95)
+            out[f"onnx_batch{batch}_per_item_ms"] = _ms(
+                _timed(onnx_logits, plain[1], batch_repeats, per=batch), 50
+            )
+    return out

@@ -1,0 +1,1 @@
+"""One module per section of the report; each has `section(files) -> (body, computed)` (hero: `hero`)."""

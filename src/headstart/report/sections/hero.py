@@ -1,0 +1,73 @@
+"""The page's header: the run's name, what it is, and its headline numbers (KPI cards)."""
+
+from __future__ import annotations
+
+from headstart.report.html import Html, join, num, tag
+from headstart.report.loader import RunFiles, as_float, strategy_name, test_metrics
+from headstart.report.sections.calibration import calibration_applied
+
+
+def hero(files: RunFiles) -> Html:
+    run = files.run
+    backbone = run.get("backbone") or {}
+    kind = str(run.get("kind", "run"))
+    strategy = strategy_name(files)
+    chips = [
+        ("base", backbone.get("name", "?")),
+        ("kind", kind + (f" · {strategy}" if strategy else "")),
+        ("classes", len(files.classes)),
+        ("date", str(run.get("created", "–")).replace("T", " ")),
+    ]
+    if run.get("pretrained") is False:
+        chips.append(("weights", "random init"))
+    chip_html = join(tag("li", join([f"{k} ", tag("b", v)])) for k, v in chips)
+    return tag(
+        "header",
+        join(
+            [
+                tag("p", "headstart run report", class_="eyebrow"),
+                tag("h1", files.name),
+                tag("ul", chip_html, class_="chips"),
+                _kpis(files),
+            ]
+        ),
+        class_="hero",
+    )
+
+
+def _kpis(files: RunFiles) -> Html:
+    metrics, split, _source = test_metrics(files)
+    cards: list[tuple[str, str, bool]] = []
+    if metrics:
+        ci = metrics.get("accuracy_ci")
+        interval = f" (95%: {num(ci[0])}–{num(ci[1])})" if ci and None not in ci else ""
+        cards.append((num(metrics.get("accuracy")), f"{split} accuracy{interval}", True))
+        cards.append((num(metrics.get("macro_f1")), f"{split} macro-F1", False))
+        if metrics.get("knn_accuracy") is not None:
+            cards.append((num(metrics.get("knn_accuracy")), f"{split} kNN accuracy", False))
+    if files.classes:
+        cards.append((num(1 / len(files.classes)), "chance (1 / classes)", False))
+    cal = (files.evaluation or {}).get("calibration") or {}
+    if cal.get("ece_after") is not None:
+        if calibration_applied(cal)[0]:
+            gain = as_float(cal["ece_after"]) < as_float(cal.get("ece_before"))
+            cards.append((num(cal["ece_after"]), "ECE after scaling" + ("" if gain else " (no gain)"), False))
+        else:
+            cards.append((num(cal.get("ece_before")), "ECE (not scaled)", False))
+    lat = (files.evaluation or {}).get("latency") or {}
+    if lat.get("single_p50_ms") is not None:
+        cards.append((f"{num(lat['single_p50_ms'], 1)} ms", "forward, one item (p50)", False))
+    if not cards:
+        return Html("")
+    return tag(
+        "div",
+        join(
+            tag(
+                "div",
+                join([tag("span", v, class_="value"), tag("span", label, class_="label")]),
+                class_="kpi main" if main else "kpi",
+            )
+            for v, label, main in cards
+        ),
+        class_="kpis",
+    )

@@ -1,0 +1,44 @@
+"""An HTTP prediction server for a run folder or a stored model (FastAPI; `headstart serve` runs it).
+
+    app = create_app("runs/demo", token="s3cret")        # or "emoji@production" from the model store
+
+POST /predict          one input: multipart field "file" (images, audio), a raw image/audio body, or
+                       JSON {"text": ...} for text models -> {"label", "probability", "top": [...]}
+POST /predict/batch    several "file" fields, or JSON {"texts": [...]} -> {"results": [...]}, where an
+                       unreadable item (also an image over --max-pixels) gets {"error": reason} and the
+                       others still get their prediction
+GET  /health           liveness and what is loaded;  GET /model  the model card;  GET /  a drop-a-file page
+
+The model loads once. Every bad request gets a 4xx with a JSON {"error", "fix"}: the server never
+crashes on input, and a body over --max-mb is refused while it streams in.
+
+Layout: `predictor.py` is the model side (loading, decoding uploads, batching, the forward, top-k);
+`http.py` the FastAPI app (routes, token, body limit, form and JSON parsing, error answers); `page.py`
+the page at GET /.
+"""
+
+from headstart.serve.http import DEFAULT_MAX_BATCH, DEFAULT_MAX_BYTES, HTTPError, create_app, parse_json
+from headstart.serve.predictor import (
+    CHARS_PER_TOKEN,
+    DEFAULT_TOP,
+    SERVE_MAX_PIXELS,
+    Predictor,
+    encode_head,
+    load_served_model,
+    matching_export,
+)
+
+__all__ = [
+    "CHARS_PER_TOKEN",
+    "DEFAULT_MAX_BATCH",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_TOP",
+    "SERVE_MAX_PIXELS",
+    "HTTPError",
+    "Predictor",
+    "create_app",
+    "encode_head",
+    "load_served_model",
+    "matching_export",
+    "parse_json",
+]

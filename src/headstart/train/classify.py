@@ -1,0 +1,343 @@
+"""The classification task of the one training loop: a backbone's layer groups and a linear head.
+
+Per phase the top `n` groups train and the rest are frozen *in eval mode* (BatchNorm running statistics
+never move in frozen groups); the optimizer gets one parameter group per trainable layer group with the
+recipe's discriminative rates; the epoch is judged on validation accuracy (val loss breaks ties). The loss
+is an Objective (cross-entropy, distillation, domain-adversarial).
+
+Frozen-prefix caching: when a phase does not augment, the activations entering the first trainable group
+are computed once per phase and each epoch runs only the top groups (head-only phases read the pooled
+embeddings from the on-disk feature cache). Validation always runs from cached activations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from headstart.backbones.base import Backbone
+from headstart.recipes import Phase
+from headstart.train import groups
+from headstart.train.activations import FrozenPrefix, take
+from headstart.train.data import Split
+from headstart.train.engine import Engine
+from headstart.train.groups import Net, first_trainable_group, param_groups, set_trainable
+from headstart.train.objective import Objective, Step
+from headstart.train.precision import side_effect_free, time_step
+from headstart.train.task import StepOut, StepTotals, Task
+
+if TYPE_CHECKING:
+    from headstart.train.loop import Trainer
+
+
+class Classification(FrozenPrefix, Task):
+    """Runs a Recipe's phases on (train, val) Splits. `embed_pristine(split_name)` returns cached pooled
+    embeddings of the untouched pretrained backbone (the feature cache), used while no group has trained."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        n_classes: int,
+        *,
+        pretrained: bool = True,
+        seed: int = 0,
+        prefix_cache: bool = True,
+        augment: bool | None = None,
+        embed_pristine: Callable[[str], np.ndarray] | None = None,
+        eval_batch_size: int = 64,
+        objective: Objective | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.pretrained = pretrained
+        self.seed = seed
+        self.prefix_cache = prefix_cache
+        self.augment = augment
+        self.embed_pristine = embed_pristine if pretrained else None
+        self.eval_batch_size = eval_batch_size
+        self.objective = objective or Objective()
+        self.engine = engine or Engine(torch.device("cpu"))
+        self.head = nn.Linear(backbone.embed_dim, n_classes)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.net = self.model = Net(backbone, self.head)
+        if backbone.modality == "image":
+            self.net.to(memory_format=torch.channels_last)
+        self.n_groups = len(backbone.groups)
+        self.trained_groups: set[int] = set()
+        self.pristine = pretrained
+        self._k = self.n_groups  # the lowest group that trains in the current phase (n_groups outside)
+        self._n = 0  # groups trained in the current phase
+        self._augment_now = False
+        self._states: dict[tuple[str, int], Any] = {}
+        self._onnx_prefixes: dict[int, Any] = {}
+        self.train: Split | None = None
+        self.val: Split | None = None
+
+    @property
+    def start_is_candidate(self) -> bool:  # type: ignore[override]
+        return self.objective.start_is_candidate
+
+    def modules(self) -> list[nn.Module]:
+        return [self.net, *self.objective.modules()]
+
+    def setup(self, trainer: Trainer, train: Split, val: Split) -> None:
+        self.train, self.val = train, val
+        self.objective.setup(trainer, train)
+
+    # -- evaluation ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def logits(self, name: str, split: Split, k: int | None = None) -> torch.Tensor:
+        """Logits (on the CPU) for a whole split in eval mode, from cached activations at the lowest frozen
+        boundary."""
+        k = self._k if k is None else k
+        self.net.eval()
+        cached = self.states(name, split, k) if len(split) else None
+        out = []
+        for b in range(0, len(split), self.eval_batch_size):
+            idx = torch.arange(b, min(b + self.eval_batch_size, len(split)))
+            if cached is not None:
+                z = self.net(take(cached, idx), k)
+            else:
+                z = self.net(self.engine.place(self._collate(split, idx.tolist())), 0)
+            out.append(z.float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.head.out_features)
+
+    def labeled_logits(
+        self, name: str, split: Split, k: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, labels) of the split's labeled items: unlabeled inputs (y = -1) have nothing to score."""
+        z = self.logits(name, split, k)
+        labeled = split.y >= 0
+        return z[labeled], split.y[labeled]
+
+    def _metrics(self, name: str, split: Split) -> tuple[float, float]:
+        z, y = self.labeled_logits(name, split)
+        if not len(y):
+            return float("nan"), float("nan")
+        loss = float(F.cross_entropy(z, y))
+        acc = float((z.argmax(1) == y).float().mean())
+        return loss, acc
+
+    def evaluate(self, trainer: Trainer, totals: StepTotals | None) -> dict[str, float]:
+        assert self.train is not None and self.val is not None
+        vl, va = self._metrics("val", self.val)
+        if totals is None:
+            tl, ta = self._metrics("train", self.train)
+        else:
+            tl, ta = totals.total / max(1, totals.count), totals.correct / max(1, totals.labeled)
+        return {"train_loss": tl, "train_acc": ta, "val_loss": vl, "val_acc": va}
+
+    def score(self, metrics: dict[str, float]) -> tuple[float, float]:
+        if math.isnan(metrics["val_acc"]):  # no validation split: the best is the lowest training loss
+            tl = metrics["train_loss"]
+            return (0.0, -tl if not math.isnan(tl) else -math.inf)
+        return (metrics["val_acc"], -metrics["val_loss"])
+
+    def describe_metrics(self, row: dict[str, Any]) -> str:
+        return (
+            f"train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} "
+            f"acc {row['val_acc']:.3f}"
+        )
+
+    # -- phases -------------------------------------------------------------------------------------------
+    def _freeze_bn(self, phase: Phase) -> bool:
+        mode = phase.batchnorm or ("frozen" if self.pretrained else "batch")
+        return mode == "frozen"
+
+    def begin_phase(self, trainer: Trainer, phase: Phase) -> None:
+        self._n = phase.n_trainable(self.n_groups)
+        set_trainable(self.backbone, self.head, self._n, freeze_batchnorm=self._freeze_bn(phase))
+        self._k = first_trainable_group(self.backbone, self._n)
+
+    def init_phase(self, trainer: Trainer, phase: Phase) -> bool:
+        assert self.train is not None and self.val is not None
+        train, val = self.train, self.val
+        if phase.head_init == "zeros":
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+        elif phase.head_init == "probe":
+            from headstart.head import fit_head
+
+            labeled = (train.y >= 0).numpy()  # unlabeled examples (distillation) have y == -1
+            E = self.states("train", train, self.n_groups).cpu().numpy()[labeled]
+            Ev = self.states("val", val, self.n_groups).cpu().numpy() if len(val) else None
+            lin, _, _ = fit_head(
+                E,
+                train.y.numpy()[labeled],
+                self.head.out_features,
+                X_val=Ev,
+                y_val=val.y.numpy() if len(val) else None,
+                seed=self.seed,
+            )
+            with torch.no_grad():
+                self.head.weight.copy_(torch.from_numpy(lin.weight))
+                self.head.bias.copy_(torch.from_numpy(lin.bias))
+        # A fresh zero head predicts one class everywhere: nothing to learn from evaluating it (and for a
+        # from-scratch network it would cost a full pass over train and val).
+        return phase.head_init == "probe" or (phase.head_init == "keep" and phase.epochs == 0)
+
+    def prepare_phase(self, trainer: Trainer, phase: Phase) -> None:
+        augment = self.augment if self.augment is not None else phase.uses_augment(self.n_groups)
+        self._augment_now = augment and self.backbone.modality == "image"
+        if not self._augment_now and self.prefix_cache:
+            assert self.train is not None
+            self.states("train", self.train, self._k)  # computed once per phase, before epoch 1's clock
+
+    def param_groups(self, phase: Phase) -> list[dict[str, Any]]:
+        groups = param_groups(self.backbone, self.head, phase)
+        extra = [p for m in self.objective.modules() for p in m.parameters()]
+        if extra:
+            groups.append({"name": "objective", "params": extra, "lr": phase.lr, "weight_decay": 0.0})
+        return groups
+
+    def n_items(self) -> int:
+        assert self.train is not None
+        return len(self.train)
+
+    def epoch_order(self, seed: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.randperm(self.n_items(), generator=gen)
+
+    def begin_epoch(self, trainer: Trainer, phase: Phase) -> None:
+        set_trainable(self.backbone, self.head, self._n, freeze_batchnorm=self._freeze_bn(phase))
+
+    def step(
+        self, trainer: Trainer, model: nn.Module, batch: torch.Tensor, gen: torch.Generator, progress: float
+    ) -> StepOut:
+        assert self.train is not None
+        y = self.engine.place(self.train.y[batch])
+        h, start = self.inputs("train", self.train, batch, self._k, augment=self._augment_now, gen=gen)
+        needs = self.objective.needs_features
+        with self.engine.autocast():
+            out = model(h, start, needs)
+        z, f = out if needs else (out, None)
+        step = Step(
+            trainer=trainer,
+            split=self.train,
+            logits=z.float(),
+            features=f.float() if f is not None else None,
+            y=y,
+            idx=batch,
+            start=start,
+            augment=self._augment_now,
+            generator=gen,
+            progress=progress,
+        )
+        loss = self.objective.loss(step)
+        labeled = y >= 0
+        correct = int((z.argmax(1) == y)[labeled].sum())
+        return StepOut(loss, float(loss.detach()) * len(batch), len(batch), correct, int(labeled.sum()))
+
+    def end_epoch(self, trainer: Trainer, phase: Phase) -> None:
+        if self._n > 0:
+            self.trained_groups.update(range(self._k, self.n_groups))
+            self.pristine = False
+            self._forget_states(self._k)
+
+    # -- precise BatchNorm (headstart.train.callbacks.PreciseBatchNorm) ----------------------------------
+    def trained_batchnorms(self) -> list[nn.modules.batchnorm._BatchNorm]:
+        if self._n == 0:
+            return []
+        return [
+            m
+            for g in self.backbone.groups[self._k :]
+            for m in g.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+        ]
+
+    @torch.no_grad()
+    def forward_training_set(self, trainer: Trainer) -> None:
+        """The unaugmented training set through the trained groups, in training mode (BatchNorm counts)."""
+        assert self.train is not None
+        k, train = self._k, self.train
+        cached = None if self._augment_now else self._states.get(("train", k))
+        bs = trainer.recipe.batch_size
+        for b in range(0, len(train), bs):
+            idx = torch.arange(b, min(b + bs, len(train)))
+            if cached is not None:
+                h = take(cached, idx)
+            else:
+                h = self._prefix(self._collate(train, idx.tolist()), k)
+            self.backbone.forward_groups(h, k)
+
+    # -- state --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.net.state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.net.load_state_dict(state)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "model": self.net.state_dict(),
+            "trained_groups": sorted(self.trained_groups),
+            "objective": [m.state_dict() for m in self.objective.modules()],
+        }
+
+    def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["model"])
+        for m, st in zip(self.objective.modules(), state.get("objective", []), strict=False):
+            m.load_state_dict(st)
+        self.trained_groups = set(state["trained_groups"])
+        self.pristine = self.pretrained and not self.trained_groups
+
+    # -- precision ----------------------------------------------------------------------------------------
+    def timing(self, trainer: Trainer) -> tuple[str, Callable[[str], float]] | None:
+        """One step of the phase that trains the most groups, from raw inputs through its frozen prefix."""
+        phases = [p for p in trainer.recipe.phases if p.epochs > 0]
+        if not phases or self.train is None or not len(self.train):
+            return None
+        phase = max(phases, key=lambda p: p.n_trainable(self.n_groups))
+        n = phase.n_trainable(self.n_groups)
+        if n == 0:
+            return None  # the head alone on cached embeddings: too small to gain from bf16
+        bs = min(len(self.train), max(1, trainer.recipe.batch_size // trainer.engine.world))
+        key = f"{self.backbone.key}|{n} of {self.n_groups} groups|batch {bs}"
+
+        def timer(precision: str) -> float:
+            modules = self.modules()
+            with side_effect_free(modules):
+                # groups.set_trainable: the timed step's own setting, not one of the recipe's phases
+                groups.set_trainable(self.backbone, self.head, n, freeze_batchnorm=self._freeze_bn(phase))
+                k = first_trainable_group(self.backbone, n)
+                x = self._collate(self.train, range(bs))  # type: ignore[arg-type]
+                h = self._prefix(x, k) if k > 0 else self.engine.place(x)
+                dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+
+                def once() -> None:
+                    with torch.autocast(self.engine.device.type, dtype=dtype, enabled=precision != "fp32"):
+                        z = self.net(h, k)
+                    z.float().logsumexp(1).mean().backward()
+
+                return time_step(once)
+
+        return key, timer
+
+    def end_fit(self, trainer: Trainer) -> None:
+        self._warn_if_start_was_better(trainer)
+        self._k = self.n_groups
+        self.backbone.eval()
+        self.net.eval()
+
+    def _warn_if_start_was_better(self, trainer: Trainer) -> None:
+        """When the starting point could not be kept (see Objective.start_is_candidate), say so if it scored
+        higher on validation than what training returns."""
+        best = trainer.best
+        if self.objective.start_is_candidate or best["score"] is None:
+            return
+        starts = [
+            r["val_acc"] for r in trainer.history if r["kind"] == "init" and not math.isnan(r["val_acc"])
+        ]
+        if starts and max(starts) > best["score"][0]:
+            trainer.warnings.append(
+                f"the starting point scored higher on validation ({max(starts):.3f}) than the trained model "
+                f"({best['score'][0]:.3f}); {self.objective.describe()['name']} optimises for data the "
+                "validation split does not hold, so judge it on labeled data of that domain "
+                "(`headstart evaluate RUN DATA`)"
+            )

@@ -1,0 +1,66 @@
+"""The classifier's training loss: cross-entropy by default; distillation and domain-adversarial training
+replace it (headstart.train.distill, headstart.train.dann)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from headstart.train.data import Split
+
+if TYPE_CHECKING:
+    from headstart.train.loop import Trainer
+
+
+@dataclass
+class Step:
+    """What an Objective sees at one training step."""
+
+    trainer: Trainer
+    split: Split  # the training split the batch was drawn from
+    logits: torch.Tensor
+    features: torch.Tensor | None  # pooled embeddings, when the objective asked for them
+    y: torch.Tensor  # class indices; -1 marks an unlabeled example
+    idx: torch.Tensor  # positions of the batch in the training split
+    start: int  # the group the batch entered at (0 = raw inputs)
+    augment: bool
+    generator: torch.Generator
+    progress: float  # fraction of all training steps done, in [0, 1)
+
+
+class Objective:
+    """The training loss. The default is cross-entropy on labeled examples; distillation and
+    domain-adversarial training add terms, and may own extra trainable modules (trained at the head's rate).
+    """
+
+    needs_features = False
+    # Whether the untrained starting point (e.g. the linear probe of LP-FT) may be kept as the best epoch. An
+    # objective whose gains do not show on the source validation split (domain adaptation) turns it off.
+    start_is_candidate = True
+    # Unlabeled inputs the objective learns from beyond the training split (DANN's target domain): the run
+    # records them with the transfer-set items as metrics["unlabeled"].
+    n_extra_unlabeled = 0
+
+    def setup(self, trainer: Trainer, train: Split) -> None:
+        """Called once before training (precompute targets, decode extra data)."""
+
+    def modules(self) -> list[nn.Module]:
+        return []
+
+    def describe(self) -> dict[str, Any]:
+        """What the run records of the objective (run.json and metrics.json)."""
+        return {"name": "cross-entropy"}
+
+    def loss(self, step: Step) -> torch.Tensor:
+        return labeled_cross_entropy(step.logits, step.y)
+
+
+def labeled_cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the labeled examples of a batch (0 when it has none)."""
+    if bool((y >= 0).any()):
+        return F.cross_entropy(z.float(), y, ignore_index=-1)
+    return z.sum() * 0.0
