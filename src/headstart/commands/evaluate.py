@@ -80,7 +80,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         con.print(
             f"[yellow]left out {res['unknown_labels']['n']} item(s) with unknown labels: {labels}[/yellow]"
         )
-    con.print(f"accuracy [bold]{fmt(m['accuracy'])}[/bold]   macro-F1 [bold]{fmt(m['macro_f1'])}[/bold]")
+    from headstart.intervals import fmt_ci
+
+    con.print(
+        f"accuracy [bold]{fmt_ci(m['accuracy'], m.get('accuracy_ci'))}[/bold]   "
+        f"macro-F1 [bold]{fmt_ci(m['macro_f1'], m.get('macro_f1_ci'))}[/bold]   (95% intervals)"
+    )
 
     t = Table(title="Per class")
     for col in ("class", "precision", "recall", "F1", "support"):
