@@ -58,3 +58,22 @@ def tree_digest(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+#: What a cheap refusal must come before: reading data, building a backbone, embedding.
+EXPENSIVE_WORK = (
+    "headstart.data.load_dataset",
+    "headstart.backbones.create_backbone",
+    "headstart.features.embed",
+)
+
+
+def trip_expensive_work(monkeypatch: pytest.MonkeyPatch, why: str, *more: str) -> None:
+    """Make EXPENSIVE_WORK (and `more` targets) fail the test with `why` if it starts. Patch only names
+    that modules look up when called (a module imported under the patch keeps the fake otherwise)."""
+
+    def tripped(*_a: object, **_k: object) -> None:
+        raise AssertionError(why)
+
+    for target in (*EXPENSIVE_WORK, *more):
+        monkeypatch.setattr(target, tripped)

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from headstart.adapt import adapt, read_unlabeled
 from headstart.backbones import create_backbone, list_backbones
-from headstart.backbones.adapted import CARD_FILE
+from headstart.backbones.home import CARD_FILE
 from headstart.errors import HeadstartError
+from headstart.pretrain import adapt, read_unlabeled
 
 # A tiny, very repetitive "domain": four sentences in the test tokenizer's vocabulary.
 DOMAIN = [
@@ -168,7 +168,7 @@ def test_bad_unlabeled_input_is_a_clear_error(
 def test_a_failed_write_leaves_no_folder_and_keeps_the_previous_backbone(
     tmp_path: Path, backbones_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import headstart.adapt.folder as folder
+    import headstart.pretrain.folder as folder
 
     data = write_lines(tmp_path / "domain.txt", DOMAIN, 40)
     kwargs = {"epochs": 1, "head_epochs": 1, "progress": False}
@@ -215,7 +215,7 @@ def test_adapted_names_cannot_shadow_packaged_backbones_or_hold_paths(tmp_path: 
 
 
 def test_masking_is_bert_style_and_never_touches_special_or_padding_tokens() -> None:
-    from headstart.adapt.objectives import IGNORE, Chunk, collate, mask_tokens
+    from headstart.pretrain.objectives import IGNORE, Chunk, collate, mask_tokens
 
     rng = random.Random(0)
     chunks = []
@@ -236,8 +236,8 @@ def test_masking_is_bert_style_and_never_touches_special_or_padding_tokens() -> 
 
 
 def test_causal_lm_loss_ignores_padding() -> None:
-    from headstart.adapt.objectives import Chunk, clm_loss, collate
     from headstart.backbones.llm import load_causal_lm
+    from headstart.pretrain.objectives import Chunk, clm_loss, collate
 
     lm, _ = load_causal_lm("test_llama")
     chunks = [Chunk([2, 40, 41, 42, 43, 44], [1, 0, 0, 0, 0, 0]), Chunk([2, 50, 51], [1, 0, 0])]

@@ -21,9 +21,10 @@ from typing import Any
 
 import pytest
 
-from badinput import assert_refused, run_cli, tree_digest
+from badinput import assert_refused, run_cli, tree_digest, trip_expensive_work
 from conftest import TEST_BACKBONE, draw_item, make_image_folder
 from headstart.fileio import sha256_file
+from headstart.runs import load_run_info
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -143,7 +144,7 @@ def test_resume_with_data_that_now_splits_differently_is_refused(
     world: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from headstart.data import load_dataset
-    from headstart.train.api import _split_digest
+    from headstart.train.resume import split_digest as _split_digest
 
     data = tmp_path / "data"
     shutil.copytree(world["data"], data)
@@ -300,24 +301,16 @@ def test_fit_records_each_items_sha256_in_split_csv(world: dict[str, Any]) -> No
     with open(world["finished"] / "split.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows and {r["split"] for r in rows} == {"train", "val", "test"}
+    root = Path(load_run_info(world["finished"]).data_root or "")  # paths are relative to the data root
     for r in rows:
-        assert r["sha256"] == sha256_file(r["path"]), r
+        assert r["sha256"] == sha256_file(root / r["path"]), r
 
 
 # -- item 7: an unusable --out / --store is refused before any work ----------------------------------------
 @pytest.fixture
 def tripwire(monkeypatch: pytest.MonkeyPatch) -> None:
     """Reading data, building a backbone or embedding now fails the test: the refusal must come first."""
-
-    def tripped(*a: Any, **k: Any) -> None:
-        raise AssertionError("expensive work started before the output was checked")
-
-    for target in (
-        "headstart.data.load_dataset",
-        "headstart.backbones.create_backbone",
-        "headstart.features.embed",
-    ):
-        monkeypatch.setattr(target, tripped)
+    trip_expensive_work(monkeypatch, "expensive work started before the output was checked")
 
 
 def _bad_out(kind: str, verb: str, tmp_path: Path) -> Path:

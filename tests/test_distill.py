@@ -3,7 +3,6 @@ distill verb (same test items, the teacher recorded in the run), text teachers, 
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import torch
 from conftest import TEST_BACKBONE, make_image_folder
 from headstart.errors import HeadstartError
 from headstart.recipes import Phase, Recipe
+from headstart.runs import item_sources, load_run_info, read_split_rows
 from headstart.train.data import Split
 from headstart.train.distill import Distillation, distill, distillation_loss
 from headstart.train.loop import Trainer
@@ -149,8 +149,8 @@ def test_distill_trains_on_the_teachers_items_and_records_the_teacher(
     assert rep.fit["strategy"] == "head+distill"
 
     def test_items(run: Path) -> list[str]:
-        with open(run / "split.csv", newline="") as f:
-            return sorted(str(Path(r["path"]).resolve()) for r in csv.DictReader(f) if r["split"] == "test")
+        rows = [r for r in read_split_rows(run) if r.split == "test"]
+        return sorted(str(Path(p).resolve()) for p in item_sources(run, rows, load_run_info(run)))
 
     assert test_items(out) == test_items(teacher_run)
     saved = json.loads((out / "distill.json").read_text())

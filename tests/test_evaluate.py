@@ -15,7 +15,7 @@ from headstart.errors import HeadstartError
 from headstart.evaluate import evaluate_run
 from headstart.model import load_model
 from headstart.ood import auroc, energy_score
-from headstart.runs import read_split_rows
+from headstart.runs import item_sources, read_split_rows
 
 
 # -- calibration and ranking on constructed numbers ------------------------------------------------------
@@ -115,20 +115,14 @@ def test_evaluate_run_writes_evaluation_and_calibration_and_load_model_applies_t
     # load_model picks the temperature up, and predict_proba applies it to the logits.
     model = load_model(run)
     assert model.temperature == pytest.approx(T)
-    sources = [r["path"] for r in read_split_rows(run) if r["split"] == "test"]
+    test_rows = [r for r in read_split_rows(run) if r.split == "test"]
+    sources = item_sources(run, test_rows, model.run_info)
     z, _, _ = model.logits(sources, backend="torch")
     p, _, _ = model.predict_proba(sources, backend="torch")
     np.testing.assert_allclose(p, softmax(z / T), atol=1e-6)
 
     # Mistakes: the wrong ones, most confident first.
-    wrong = int(
-        (
-            z.argmax(1)
-            != np.array(
-                [model.classes.index(r["label"]) for r in read_split_rows(run) if r["split"] == "test"]
-            )
-        ).sum()
-    )
+    wrong = int((z.argmax(1) != np.array([model.classes.index(r.label) for r in test_rows])).sum())
     conf = [x["confidence"] for x in saved["mistakes"]]
     assert len(conf) == min(wrong, 16) and conf == sorted(conf, reverse=True)
     assert all(x["label"] != x["pred"] for x in saved["mistakes"])
@@ -160,8 +154,9 @@ def test_evaluate_on_other_data_counts_unknown_labels(run: Path, tmp_path: Path)
 
 
 def test_evaluate_reports_unreadable_split_paths(run: Path, base_run: Path) -> None:
-    rows = (run / "split.csv").read_text().replace(str(base_run.parent), "/nonexistent")
-    (run / "split.csv").write_text(rows)
+    for name in ("split.csv", "run.json"):  # the items' paths, and the data root they are relative to
+        text = (run / name).read_text().replace(str(base_run.parent), "/nonexistent")
+        (run / name).write_text(text)
     with pytest.raises(HeadstartError, match="could be read"):
         evaluate_run(run, latency=False, backend="torch")
 

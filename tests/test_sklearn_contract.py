@@ -54,7 +54,7 @@ def test_clone_copies_parameters_not_fitted_state() -> None:
 def test_get_set_params_round_trip() -> None:
     clf = ProbeClassifier()
     params = clf.get_params()
-    names = {"backbone", "C", "Cs", "seed", "backend", "cache", "batch_size", "strict", "progress"}
+    names = {"backbone", "C", "Cs", "seed", "backend", "cache", "batch_size", "strict", "progress", "device"}
     assert set(params) == names
     assert clf.set_params(C=0.5, seed=7) is clf
     assert clf.get_params()["C"] == 0.5 and clf.seed == 7

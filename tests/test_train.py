@@ -16,6 +16,7 @@ import torch
 from conftest import TEST_BACKBONE, make_image_folder
 from headstart.errors import HeadstartError
 from headstart.recipes import Phase, Recipe, get_recipe
+from headstart.runs import item_sources, read_split_rows
 from headstart.train import fit
 from headstart.train.groups import param_groups
 
@@ -200,8 +201,8 @@ def test_fit_run_loads_and_predicts_like_training(data3: Path, tmp_path: Path) -
 
     r = _fit(data3, "lp-ft", tmp_path / "run", epochs=2)
     m = load_model(r.run_dir)
-    rows = [ln.split(",") for ln in (r.run_dir / "split.csv").read_text().splitlines()[1:]]
-    test = [(p, lab) for p, lab, s, _ in rows if s == "test"]
+    rows = [row for row in read_split_rows(r.run_dir) if row.split == "test"]
+    test = list(zip(item_sources(r.run_dir, rows, m.run_info), [row.label for row in rows], strict=True))
     proba, _, bad = m.predict_proba([p for p, _ in test])
     assert not bad
     acc = np.mean([m.classes[i] == lab for i, (_, lab) in zip(proba.argmax(1), test, strict=True)])

@@ -8,12 +8,13 @@ report = probe("examples/emoji/images", backbone="efficientnet_lite0")   # split
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from headstart.config import FitConfig, ProbeConfig
 from headstart.estimator import ARRAY_FIX, InputError, NotFitted, ProbeClassifier
+from headstart.fileio import report_dict
 
 __all__ = ["ARRAY_FIX", "FitConfig", "InputError", "NotFitted", "ProbeClassifier", "ProbeReport", "probe"]
 
@@ -30,14 +31,7 @@ class ProbeReport:
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_dir": str(self.run_dir) if self.run_dir else None,
-            "backbone": self.backbone,
-            "classes": self.classes,
-            "metrics": self.metrics,
-            "data": self.data,
-            "timings": self.timings,
-        }
+        return report_dict(self)
 
 
 def probe(data: str | Path, **options: Any) -> ProbeReport:
@@ -53,11 +47,5 @@ def run_probe(cfg: ProbeConfig) -> ProbeReport:
     from headstart.train.api import run_fit
 
     r = run_fit(FitConfig(**cfg.shared(), strategy="head"), probe=cfg)
-    return ProbeReport(
-        run_dir=r.run_dir,
-        backbone=r.backbone,
-        classes=r.classes,
-        metrics=r.metrics,
-        data=r.data,
-        timings=r.timings,
-    )
+    # A probe report is the fit report cut to the fields they share.
+    return ProbeReport(**{f.name: getattr(r, f.name) for f in fields(ProbeReport)})

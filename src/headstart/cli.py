@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart import __version__
-from headstart.commands import console, print_data_notes
+from headstart.commands import add_backend_flags, console, print_data_notes
 from headstart.config import ProbeConfig, add_options, from_args
 
 
@@ -151,8 +151,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from headstart.commands import run_folder
     from headstart.errors import BadInput, HeadstartError
+    from headstart.features import forward_device
     from headstart.model import load_model
 
+    forward_device(args.backend, args.device)  # an absent device is refused before the run is read
     if not args.files and not args.text:
         raise HeadstartError(
             f"nothing to label: no FILE given for {args.run}",
@@ -166,7 +168,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     inputs = _predict_inputs(args, model)
     usable = [i for i, (_, src) in enumerate(inputs) if isinstance(src, str)]
     sources = [inputs[i][1] for i in usable]
-    proba, kept, bad = model.predict_proba(sources, backend=args.backend) if sources else (None, [], {})
+    proba, kept, bad = (
+        model.predict_proba(sources, backend=args.backend, device=args.device) if sources else (None, [], {})
+    )
     by_index = {usable[k]: p for k, p in zip(kept, proba if proba is not None else [], strict=True)}
     results: list[dict[str, Any]] = []
     for i, (named, src) in enumerate(inputs):
@@ -247,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pd.add_argument("--top", type=int, default=3, help="classes listed per input in --json output")
     pd.add_argument("--store", type=Path, help="model store for NAME references (default: $HEADSTART_MODELS)")
-    pd.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
+    add_backend_flags(pd)
     pd.add_argument("--json", action="store_true", help="machine-readable output")
     pd.set_defaults(func=cmd_predict)
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 from headstart.errors import HeadstartError
 from headstart.recipes import Recipe
 from headstart.train.engine import (
+    BACKEND_HELP,
     DEVICE_HELP,
     PRECISION_HELP,
     PRECISIONS,
@@ -134,6 +135,7 @@ class RunConfig:
     val: float = option(0.15, help="validation fraction when splitting")
     test: float = option(0.15, help="test fraction when splitting")
     strict: bool = option(False, help="fail on any unreadable file instead of skipping it")
+    device: str = option("auto", parse=device_arg, help=DEVICE_HELP)
     save: bool = option(True, cli=False, help="write the run folder (False: only return the report)")
     progress: bool = option(True, cli=False, help="progress bars (the CLI turns them off for --json)")
 
@@ -148,10 +150,15 @@ class ProbeConfig(RunConfig):
 
     C: float | None = option(None, help="fix the inverse L2 strength (default: chosen on val)")
     knn_k: int = option(5, cli=False, help="neighbours of the kNN accuracy reported beside the probe's")
-    backend: str = option("auto", choices=("auto", "onnx", "torch"), help="what runs the backbone")
+    backend: str = option("auto", choices=("auto", "onnx", "torch"), help=BACKEND_HELP)
     batch_size: int = option(32, help="inputs per forward pass when embedding")
     cache: bool = option(True, help="do not read or write the embedding cache")
     max_pixels: int | None = option(None, help="skip images larger than this (default 64,000,000)")
+
+    def __post_init__(self) -> None:
+        from headstart.features import forward_device
+
+        forward_device(self.backend, self.device)  # the device is here, before any data is read
 
 
 def parse_lr(text: str) -> float | str:
@@ -192,7 +199,6 @@ class FitConfig(RunConfig):
     )
     prefix_cache: bool = option(True, help="always run the frozen groups forward")
     bf16: bool = option(False, help="the same as --precision bf16")
-    device: str = option("auto", parse=device_arg, help=DEVICE_HELP)
     precision: str = option("auto", choices=PRECISIONS, help=PRECISION_HELP)
     budget_s: float | None = option(
         None, flag="--budget", help="stop training after this many seconds (best weights kept)"

@@ -61,6 +61,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         batch_size: int = 32,
         strict: bool = False,
         progress: bool = False,
+        device: str = "auto",
     ) -> None:
         self.backbone = backbone
         self.C = C
@@ -71,6 +72,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.strict = strict
         self.progress = progress
+        self.device = device
 
     # -- embedding ---------------------------------------------------------------------------------
     def _backbone(self) -> Any:
@@ -105,6 +107,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
             batch_size=self.batch_size,
             strict=self.strict,
             progress=self.progress,
+            device=self.device,
         )
         index = {p: i for i, p in enumerate(paths)}
         self.last_embed_stats_ = feats.stats
@@ -240,17 +243,16 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         from headstart.runs import check_base, load_run
 
         run = load_run(path)
-        info, params = run.info, run.info.get("params") or {}
-        if info.get("delta") or info.get("adapter") or info.get("pretrained") is False:
+        info, params = run.info, run.info.params
+        if info.delta is not None or info.adapter is not None or not info.pretrained:
             # A head-only run of any kind loads (probe, or fit --strategy head from before they were one);
             # on the untouched base, a fine-tuned run's head would answer wrongly without a word.
             raise HeadstartError(
                 f"{run.path} is a fine-tuned run (its backbone's weights changed), not a probe",
                 fix="load it with headstart.model.load_model (or `headstart predict`)",
             )
-        ref = info["backbone"]
-        clf = cls(ref["name"], C=params.get("C"), seed=params.get("seed", 0))
-        bb = create_backbone(ref["name"])
+        clf = cls(info.backbone.name, C=params.get("C"), seed=params.get("seed", 0))
+        bb = create_backbone(info.backbone.name)
         check_base(info, bb, run.path)
         clf.backbone_ = bb
         clf.classes_ = np.asarray(run.classes)

@@ -7,8 +7,9 @@ folder; on other data (`data` given) writes nothing into the run, only to `out` 
     result = evaluate_run("runs/demo", ood="other-pictures/")
 
 What gets evaluated:
-- `data=None`: the run's own `split.csv` rows of `split` (default "test"); relative paths resolve against
-  the current folder, as `probe` wrote them.
+- `data=None`: the run's own `split.csv` rows of `split` (default "test"), found by the run folder's one
+  resolver (`headstart.runs.item_sources`: under the data root run.json records; an older run's paths from
+  the current folder, then the run's).
 - `data` given: a folder with class sub-folders is evaluated whole (every file, however few per class); a
   folder with `train/ val/ test/`, or a manifest with a `split` column, gives its `split` rows; a
   manifest without one is evaluated whole. Labels the run does not know are counted and left out.
@@ -20,7 +21,6 @@ it stands: foreign data never refits it.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -34,17 +34,24 @@ from headstart.fileio import atomic_write_json
 from headstart.latency import measure_latency, peak_rss_mb
 from headstart.metrics import classification_metrics
 from headstart.ood import ood_scores
-from headstart.runs import CALIBRATION_FILE, EVALUATION_FILE, SPLIT_FILE, read_split_rows, split_texts
+from headstart.runs import (
+    CALIBRATION_FILE,
+    EVALUATION_FILE,
+    SPLIT_FILE,
+    RunInfo,
+    item_sources,
+    read_calibration,
+    read_split_rows,
+)
 
 N_MISTAKES = 16
 
 
 # -- what to evaluate ------------------------------------------------------------------------------------
-def _run_rows(run_dir: Path, split: str, modality: str) -> tuple[list[str], list[str]]:
+def _run_rows(run_dir: Path, split: str, info: RunInfo) -> tuple[list[str], list[str]]:
     """(sources, labels) of the run's own split.csv rows of `split`."""
-    rows = [r for r in read_split_rows(run_dir, fix="give DATA to evaluate on") if r.get("split") == split]
-    sources = split_texts(run_dir, modality)
-    return [sources.get(r["path"], r["path"]) for r in rows], [r["label"] for r in rows]
+    rows = [r for r in read_split_rows(run_dir, fix="give DATA to evaluate on") if r.split == split]
+    return item_sources(run_dir, rows, info), [r.label for r in rows]
 
 
 def _has_own_split(root: Path) -> bool:
@@ -81,13 +88,16 @@ def data_items(data: str | Path, split: str, modality: str) -> tuple[list[str], 
 
 
 # -- calibration ---------------------------------------------------------------------------------------
-def _calibrate(model: Any, run_dir: Path, *, backend: str, progress: bool) -> dict[str, Any] | None:
+def _calibrate(
+    model: Any, run_dir: Path, *, backend: str, progress: bool, device: str = "auto"
+) -> dict[str, Any] | None:
     """Fit T on the run's validation rows: calibration.json's content, or None without val rows."""
-    sources, labels = _run_rows(run_dir, "val", model.modality)
+    sources, labels = _run_rows(run_dir, "val", model.run_info)
     t, known = model.targets(labels)
     if not sources or not known.any():
         return None
-    z, kept, _ = model.logits([sources[i] for i in np.flatnonzero(known)], backend=backend, progress=progress)
+    chosen = [sources[i] for i in np.flatnonzero(known)]
+    z, kept, _ = model.logits(chosen, backend=backend, progress=progress, device=device)
     y = t[np.flatnonzero(known)][kept]
     if len(y) == 0:
         return None
@@ -104,11 +114,10 @@ def _recorded_calibration(run_dir: Path) -> dict[str, Any]:
             "reason": "the run has no calibration.json (evaluate its own split, without DATA, to fit T)",
         }
     try:
-        record = json.loads(f.read_text())
-    except (OSError, ValueError):
-        record = None
-    if not isinstance(record, dict):
-        record = {"temperature": None}
+        cal = read_calibration(run_dir)
+    except HeadstartError:
+        cal = None
+    record = cal.record if cal is not None and cal.record else {"temperature": None}
     T, warning = applied_temperature(record)
     if warning:
         return {**record, "temperature": 1.0, "status": "skipped", "reason": warning}
@@ -117,11 +126,13 @@ def _recorded_calibration(run_dir: Path) -> dict[str, Any]:
 
 
 def _calibration(
-    model: Any, run_dir: Path, own_split: bool, *, backend: str, progress: bool
+    model: Any, run_dir: Path, own_split: bool, *, backend: str, progress: bool, device: str = "auto"
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(the calibration to apply, what to write to calibration.json or None). Refitted on the run's own
     val rows only when its own split is evaluated; otherwise (or without val rows) the recorded one."""
-    fitted = _calibrate(model, run_dir, backend=backend, progress=progress) if own_split else None
+    fitted = (
+        _calibrate(model, run_dir, backend=backend, progress=progress, device=device) if own_split else None
+    )
     if fitted is not None:
         return fitted, fitted
     cal = {**_recorded_calibration(run_dir), "fitted_on": None, "n": 0}
@@ -171,12 +182,12 @@ def _mistakes(
 
 # -- the evaluation --------------------------------------------------------------------------------------
 def _items_to_evaluate(
-    run_dir: Path, data: str | Path | None, split: str, modality: str
+    run_dir: Path, data: str | Path | None, split: str, info: RunInfo
 ) -> tuple[list[str], list[str], str]:
     """(sources, labels, description): the run's own `split` rows, or `data`'s (see the module docstring)."""
     if data is not None:
-        return data_items(data, split, modality)
-    sources, labels = _run_rows(run_dir, split, modality)
+        return data_items(data, split, info.modality or "image")
+    sources, labels = _run_rows(run_dir, split, info)
     if not sources:
         raise HeadstartError(
             f"{run_dir} has no {split!r} rows in {SPLIT_FILE}", fix="choose another --split, or give DATA"
@@ -195,10 +206,13 @@ def evaluate_run(
     save: bool = True,
     out: str | Path | None = None,
     progress: bool = False,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Evaluate a run folder. On its own split (`data=None`) write calibration.json and evaluation.json
     into it (unless save=False); on other data write nothing into it. `out`: also write the result there.
+    `device`: where the network runs (headstart.features.forward_device; recorded as `device`).
     """
+    from headstart.features import forward_device
     from headstart.model import load_model
     from headstart.store import is_stored_version
 
@@ -211,29 +225,36 @@ def evaluate_run(
             fix="evaluate the run folder before registering it, or pass save=False",
         )
     out_path = _check_out(out, run_dir, own_split) if out is not None else None
+    used = forward_device(backend, device)  # an absent device is refused before the run is loaded
     t_start = time.perf_counter()
     model = load_model(run_dir)
     classes = model.classes
-    sources, labels, described = _items_to_evaluate(run_dir, data, split, model.modality)
+    sources, labels, described = _items_to_evaluate(run_dir, data, split, model.run_info)
     t, known = model.targets(labels)
     unknown_labels = sorted({labels[i] for i in np.flatnonzero(~known)})
     usable = np.flatnonzero(known)
-    z, kept, bad = model.logits([sources[i] for i in usable], backend=backend, progress=progress)
+    z, kept, bad = model.logits(
+        [sources[i] for i in usable], backend=backend, progress=progress, device=device
+    )
     if len(kept) == 0:
         listed = "; ".join(f"{p}: {r}" for p, r in list(bad.items())[:3])
         raise HeadstartError(
             f"none of the {len(sources)} items of {described} could be read ({listed})",
-            fix=f"run from the folder `probe` ran in ({SPLIT_FILE} paths are relative to it), or give DATA",
+            fix=f"restore the data {SPLIT_FILE} lists (under the data_root in run.json; an older run's paths "
+            "are relative to the folder `probe` ran in: run from there), or give DATA",
         )
     idx = usable[kept]
     y = t[idx]
     # A new calibration is written with evaluation.json at the end, so a failure later changes neither.
-    cal, new_calibration = _calibration(model, run_dir, own_split, backend=backend, progress=progress)
+    cal, new_calibration = _calibration(
+        model, run_dir, own_split, backend=backend, progress=progress, device=device
+    )
     T = float(cal["temperature"])
     result: dict[str, Any] = {
         "run": str(run_dir),
         "data": described,
         "split": split,
+        "device": str(used),
         "n": len(y),
         "classes": classes,
         "skipped": bad,
@@ -242,8 +263,10 @@ def evaluate_run(
         "calibration": _calibration_summary(z, y, cal, run_dir),
         "ood": None
         if ood is None
-        else ood_scores(model, Path(ood), z, T, backend=backend, progress=progress),
-        "latency": measure_latency(model, sources[idx[0]], backend=backend) if latency else None,
+        else ood_scores(model, Path(ood), z, T, backend=backend, progress=progress, device=device),
+        "latency": measure_latency(model, sources[idx[0]], backend=backend, device=device)
+        if latency
+        else None,
         "memory": {},
         "mistakes": _mistakes([sources[i] for i in idx], y, z, T, classes),
         "seconds": 0.0,

@@ -3,6 +3,11 @@
 The cache key is (backbone key = weights sha256 + preprocessing, sha256 of the file's bytes), so the
 same picture costs one forward ever, across runs, datasets and copies of the file. Decoding runs on a
 thread pool ahead of the forward, so it overlaps compute instead of adding to it.
+
+Where the forward runs (`forward_device`): PyTorch on the `--device` asked (`auto`: CUDA when present);
+ONNX Runtime on the CPU, as headstart installs its CPU build (`onnxruntime`, not `onnxruntime-gpu`). So the
+`auto` backend is ONNX Runtime on a CPU and PyTorch on a GPU. On a CUDA device the decode threads also pin
+each batch, so its copy to the GPU runs asynchronously.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,7 +32,12 @@ from headstart.fileio import cache_dir
 from headstart.modality import Modality
 from headstart.progress import progress_bar
 
+if TYPE_CHECKING:
+    import torch
+
 log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnx", "torch")
 
 
 class FeatureCache:
@@ -81,29 +91,70 @@ class Features:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _torch_forward(backbone: Backbone) -> Callable[[Any], np.ndarray]:
+def _torch_forward(backbone: Backbone, device: torch.device) -> Callable[[Any], np.ndarray]:
+    """PyTorch in inference mode; `backbone` must be on `device` when it runs (see `placed`). Each batch
+    goes to the device (asynchronously when pinned) and its embeddings come back to the CPU."""
     import torch
+
+    from headstart.train.engine import place
 
     backbone.eval()  # BatchNorm uses its running statistics, dropout is off
     if backbone.modality == Modality.IMAGE:
         backbone.to(memory_format=torch.channels_last)
+    non_blocking = device.type == "cuda"
 
     def run(batch: Any) -> np.ndarray:
         with torch.inference_mode():
+            if device.type != "cpu":
+                batch = place(batch, device, non_blocking=non_blocking)
             if isinstance(batch, torch.Tensor) and batch.dim() == 4:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            return backbone(batch).float().numpy()
+            return backbone(batch).float().cpu().numpy()
 
     return run
 
 
-def make_forward(backbone: Backbone, backend: str = "auto") -> tuple[Callable[[Any], np.ndarray], str]:
-    """The fastest available frozen forward: ONNX Runtime when it imports and matches PyTorch."""
-    if backend not in ("auto", "onnx", "torch"):
+def check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
         raise HeadstartError(f"unknown backend {backend!r}", fix="use auto, onnx or torch")
+    return backend
+
+
+def forward_device(backend: str = "auto", device: str | torch.device = "auto") -> torch.device:
+    """Where a frozen forward with `backend` runs, resolved before any work: PyTorch on `device` (`auto`:
+    CUDA when present, else MPS, else the CPU; an absent device is refused); ONNX Runtime on the CPU (the
+    CPU build is what headstart installs). `--backend onnx` with a GPU named explicitly contradicts itself
+    and is refused; with `--device auto` it runs on the CPU."""
+    import torch
+
+    from headstart.train.engine import resolve_device
+
+    check_backend(backend)
+    dev = resolve_device(device)
+    if backend != "onnx" or dev.type == "cpu":
+        return dev
+    if str(device) != "auto":
+        raise HeadstartError(
+            f"--backend onnx with --device {device}: ONNX Runtime runs on the CPU here (headstart installs "
+            "its CPU build, onnxruntime)",
+            fix=f"use --backend torch (or auto) to run on {device}, or --device cpu for ONNX Runtime",
+        )
+    return torch.device("cpu")
+
+
+def make_forward(
+    backbone: Backbone, backend: str = "auto", device: torch.device | None = None
+) -> tuple[Callable[[Any], np.ndarray], str]:
+    """The fastest available frozen forward on `device` (from `forward_device`; None: the CPU): on the CPU,
+    ONNX Runtime when it imports and matches PyTorch; on a GPU, PyTorch. A PyTorch forward needs
+    `backbone` on `device` while it runs (`embed` sees to that)."""
+    import torch
+
+    check_backend(backend)
+    device = torch.device("cpu") if device is None else device
     if backend == "onnx" and not backbone.supports_onnx:
         raise HeadstartError(f"{backbone.name} has no ONNX Runtime path", fix="use --backend torch or auto")
-    if backend in ("auto", "onnx") and backbone.supports_onnx:
+    if backend == "onnx" or (backend == "auto" and device.type == "cpu" and backbone.supports_onnx):
         try:
             from headstart.onnx_forward import OnnxForward
 
@@ -112,7 +163,7 @@ def make_forward(backbone: Backbone, backend: str = "auto") -> tuple[Callable[[A
             if backend == "onnx":
                 raise HeadstartError(f"ONNX Runtime path unavailable: {e}", fix="use --backend torch") from e
             log.warning("ONNX Runtime path unavailable (%s); using PyTorch", e)
-    return _torch_forward(backbone), "torch"
+    return _torch_forward(backbone, device), "torch"
 
 
 def by_size(backbone: Backbone, items: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -133,7 +184,7 @@ def by_size(backbone: Backbone, items: list[tuple[str, str]]) -> list[tuple[str,
 
 
 def _decode_batch(
-    sources: Sequence[str], backbone: Backbone, max_pixels: int
+    sources: Sequence[str], backbone: Backbone, max_pixels: int, pin_memory: bool = False
 ) -> tuple[list[int], Any, dict[str, str]]:
     ok, examples, bad = [], [], {}
     for i, p in enumerate(sources):
@@ -142,7 +193,14 @@ def _decode_batch(
             ok.append(i)
         except BadInput as e:
             bad[p] = e.reason
-    return ok, (backbone.collate(examples) if examples else None), bad
+    if not examples:
+        return ok, None, bad
+    batch = backbone.collate(examples)
+    if pin_memory:  # here, on the decode thread: the pinning copy overlaps the GPU's forward
+        from headstart.train.engine import pin
+
+        batch = pin(batch)
+    return ok, batch, bad
 
 
 def embed(
@@ -156,12 +214,17 @@ def embed(
     strict: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
+    device: str | torch.device = "auto",
 ) -> Features:
     """Embed files with `backbone`, reading the cache first and doing backbone work only for misses.
 
     Unreadable files are skipped and listed in `Features.bad` with the reason, or raise with `strict`.
+    `device` (see `forward_device`): where the backbone runs; it is back where it was afterwards. The
+    cache is shared across devices (embeddings agree to float rounding). `stats` records the backend and
+    the device used.
     """
     t0 = time.perf_counter()
+    dev = forward_device(backend, device)  # an absent device is refused before any file is read
     paths = [str(p) for p in paths]
     hashes: list[str | None] = []
     bad: dict[str, str] = {}
@@ -183,13 +246,17 @@ def embed(
     computed: dict[str, np.ndarray] = {}
     backend_used = "none"
     if todo:
-        forward, backend_used = make_forward(backbone, backend)
+        from headstart.train.engine import placed
+
         items = by_size(backbone, list(todo.items()))
         batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+        pin_memory = dev.type == "cuda"
         with (
+            placed(backbone, dev),  # ONNX Runtime exports from the CPU; PyTorch runs on `dev`
             ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
             progress_bar(len(items), f"embedding with {backbone.name}", enabled=progress) as advance,
         ):
+            forward, backend_used = make_forward(backbone, backend, dev)
             pending: deque[Future] = deque()
             submit = iter(batches)
 
@@ -199,7 +266,8 @@ def embed(
                     b = next(submit, None)
                     if b is None:
                         return
-                    pending.append(pool.submit(_decode_batch, [p for _, p in b], backbone, max_pixels))
+                    sources = [p for _, p in b]
+                    pending.append(pool.submit(_decode_batch, sources, backbone, max_pixels, pin_memory))
                     pending[-1].batch = b  # type: ignore[attr-defined]
 
             fill()
@@ -246,5 +314,6 @@ def embed(
             "embed_s": t_embed - t_hash,
             "total_s": time.perf_counter() - t0,
             "backend": backend_used,  # type: ignore[dict-item]
+            "device": str(dev) if todo else "none",  # type: ignore[dict-item]
         },
     )

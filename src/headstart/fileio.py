@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -45,6 +46,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def report_dict(report: Any) -> dict[str, Any]:
+    """A report dataclass's fields, in order, as JSON-ready values: a Path becomes its str (None stays None).
+    Shallow: the other values are kept as they are (reports hold plain dicts, lists and numbers)."""
+    values = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
+    return {k: str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
 
 def read_json_memo(path: str | Path) -> dict[str, Any]:
@@ -91,8 +99,16 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
-def _check_can_create_in(folder: Path, path: Path, flag: str) -> None:
-    """A temp file made and removed in `folder`: the one test that holds as root, where os.access lies."""
+def _check_can_create_below(target: Path, path: Path, flag: str, cannot: str) -> None:
+    """`target`, or its nearest existing ancestor, is a folder where `path` can be made; else a HeadstartError
+    naming `path` (`cannot` says what could not happen). The write test is a temp file made and removed
+    there: the one test that holds as root, where os.access lies."""
+    folder = _nearest_existing(target)
+    if not folder.is_dir():
+        raise HeadstartError(
+            f"{flag} {path} lies below {folder}, which is a file, so {cannot}",
+            fix=f"give {flag} a path whose parent folders are folders, not files",
+        )
     try:
         fd, name = tempfile.mkstemp(prefix=".headstart-write-check-", dir=folder)
     except OSError as e:
@@ -118,13 +134,7 @@ def ensure_writable_dir(path: str | Path, *, flag: str = "--out") -> Path:
             fix=f"give {flag} a folder path (a new or existing folder), or move the file away",
         )
     for target in dict.fromkeys([path, path.parent]):
-        base = _nearest_existing(target)
-        if not base.is_dir():
-            raise HeadstartError(
-                f"{flag} {path} lies below {base}, which is a file, so no folder can be made there",
-                fix=f"give {flag} a path whose parent folders are folders, not files",
-            )
-        _check_can_create_in(base, path, flag)
+        _check_can_create_below(target, path, flag, "no folder can be made there")
     return path
 
 
@@ -136,13 +146,7 @@ def ensure_writable_file(path: str | Path, *, flag: str = "--out") -> Path:
             f"{flag} {path} is an existing folder, not a file",
             fix=f"give {flag} a file path (e.g. {path / 'model.onnx'})",
         )
-    base = _nearest_existing(path.parent)
-    if not base.is_dir():
-        raise HeadstartError(
-            f"{flag} {path} lies below {base}, which is a file, so it cannot be written",
-            fix=f"give {flag} a path whose parent folders are folders, not files",
-        )
-    _check_can_create_in(base, path, flag)
+    _check_can_create_below(path.parent, path, flag, "it cannot be written")
     return path
 
 

@@ -32,14 +32,26 @@ def _timed(fn: Any, x: Any, repeats: int, per: int = 1) -> list[float]:
 
 
 def measure_latency(
-    model: Any, source: str, *, repeats: int = 30, batch: int = 32, backend: str = "auto"
+    model: Any,
+    source: str,
+    *,
+    repeats: int = 30,
+    batch: int = 32,
+    backend: str = "auto",
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Forward time of one preprocessed item and of a batch through `model.module()` (torch, inference
-    mode, file decode excluded), decode+preprocess+forward of one file (end to end), and, where the
-    backbone runs through ONNX Runtime (what embedding and predict use), the same two forward figures."""
+    mode, file decode excluded) on `device`, decode+preprocess+forward of one file (end to end), and, where
+    the backbone runs through ONNX Runtime (what embedding and predict use on a CPU), the same two forward
+    figures. On a GPU each timed call includes the copy of the batch there and of the logits back (it
+    waits for the result, so the asynchronous launch is not mistaken for the work)."""
     import torch
 
+    from headstart.features import forward_device
+    from headstart.train.engine import place, placed
+
     bb = model.backbone
+    dev = forward_device("torch", device)
     module = model.module()
     example = bb.load_item(source)
     one, many = bb.collate([example]), bb.collate([example] * batch)
@@ -47,14 +59,18 @@ def measure_latency(
     if bb.modality == "image":  # the layout the torch embedding path uses too (faster on CPU)
         module = module.to(memory_format=torch.channels_last)
         one, many = (t.contiguous(memory_format=torch.channels_last) for t in (one, many))
+
+    def run(x: Any) -> Any:
+        return module(place(x, dev)).cpu()
+
     batch_repeats = max(3, repeats // 6)
-    with torch.inference_mode():
+    with torch.inference_mode(), placed(module, dev):
         for _ in range(3):  # warm-up: first calls allocate and pick kernels
-            module(one)
-        single = _timed(module, one, repeats)
-        module(many)
-        batched = _timed(module, many, batch_repeats, per=batch)
-        end_to_end = _timed(lambda s: module(bb.collate([bb.load_item(s)])), source, max(5, repeats // 3))
+            run(one)
+        single = _timed(run, one, repeats)
+        run(many)
+        batched = _timed(run, many, batch_repeats, per=batch)
+        end_to_end = _timed(lambda s: run(bb.collate([bb.load_item(s)])), source, max(5, repeats // 3))
     out: dict[str, Any] = {
         "single_p50_ms": _ms(single, 50),
         "single_p95_ms": _ms(single, 95),
@@ -63,8 +79,9 @@ def measure_latency(
         "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
         "backend": "torch eager",
+        "device": str(dev),
     }
-    if backend in ("auto", "onnx") and bb.supports_onnx:
+    if backend in ("auto", "onnx") and bb.supports_onnx and forward_device(backend, device).type == "cpu":
         from headstart.features import make_forward
 
         forward, used = make_forward(bb, backend)

@@ -9,7 +9,6 @@ export, serve, the store and the report never need to know how the model was tra
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,7 +21,15 @@ from torch import nn
 from headstart.backbones.base import Backbone
 from headstart.errors import BadInput, HeadstartError
 from headstart.head import LinearHead
-from headstart.runs import CALIBRATION_FILE, check_base, load_run, load_tensors
+from headstart.runs import (
+    CALIBRATION_FILE,
+    RUN_FILE,
+    RunInfo,
+    check_base,
+    load_run,
+    load_tensors,
+    read_calibration,
+)
 
 
 class Classifier(nn.Module):
@@ -53,7 +60,9 @@ def head_from_linear(lin: nn.Linear) -> LinearHead:
 
 
 class TrainedModel:
-    """A loaded run: `backbone` (delta applied), `head`, `classes`, and a calibration temperature."""
+    """A loaded run: `backbone` (delta applied), `head`, `classes`, and a calibration temperature.
+
+    `run_info` is its run.json as a RunInfo (read its attributes); `info` the JSON object as written."""
 
     def __init__(
         self,
@@ -63,16 +72,18 @@ class TrainedModel:
         backbone: Backbone,
         head: LinearHead,
         temperature: float = 1.0,
+        run_info: RunInfo | None = None,
     ) -> None:
         self.path = path
         self.info = info
+        self.run_info = run_info if run_info is not None else RunInfo.from_dict(info)
         self.backbone = backbone
         self.head = head
         self.temperature = temperature
 
     @property
     def classes(self) -> list[str]:
-        return list(self.info["classes"])
+        return list(self.run_info.classes)
 
     @property
     def modality(self) -> str:
@@ -80,7 +91,7 @@ class TrainedModel:
 
     @property
     def kind(self) -> str:
-        return str(self.info.get("kind", "probe"))
+        return self.run_info.kind
 
     def targets(self, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(class index of each label, -1 where the model has no such class; mask of the known ones)."""
@@ -119,12 +130,15 @@ class TrainedModel:
         backend: str = "auto",
         cache: bool = True,
         progress: bool = False,
+        device: str | torch.device = "auto",
     ) -> tuple[np.ndarray, list[int], dict[str, str]]:
-        """(embeddings of the usable inputs, their indices into `sources`, {source: reason} for the rest)."""
+        """(embeddings of the usable inputs, their indices into `sources`, {source: reason} for the rest).
+        The backbone runs on `device` (headstart.features.forward_device) and is back where it was (the
+        CPU, as loaded) after the call; the head runs on the CPU."""
         from headstart.features import embed
 
         srcs = [str(s) for s in sources]
-        feats = embed(self.backbone, srcs, cache=cache, backend=backend, progress=progress)
+        feats = embed(self.backbone, srcs, cache=cache, backend=backend, progress=progress, device=device)
         index: dict[str, list[int]] = {}
         for i, s in enumerate(srcs):
             index.setdefault(s, []).append(i)
@@ -176,32 +190,30 @@ def load_model(path: str | Path) -> TrainedModel:
 
     run = load_run(path)
     info = run.info
-    ref = info["backbone"]
-    pretrained = bool(info.get("pretrained", True))
-    bb = create_backbone(ref["name"], pretrained=pretrained)
+    bb = create_backbone(info.backbone.name, pretrained=info.pretrained)
     check_base(info, bb, run.path)  # recorded vs loaded base weights: every verb loads runs here
-    delta = info.get("delta")
-    if delta:
-        apply_delta(bb, load_tensors(run.path / delta["file"]), info["files"][delta["file"]])
-    adapter = info.get("adapter")
-    if adapter:
+    info.modality = info.modality or bb.modality  # version-1 probes did not record it
+    if info.delta is not None:
+        delta = info.delta.file
+        if delta not in info.files:  # load_run checked every listed file; this one is not listed
+            raise HeadstartError(
+                f"{run.path / RUN_FILE} lists no sha256 for {delta}",
+                fix="the run folder is damaged; re-run it",
+            )
+        apply_delta(bb, load_tensors(run.path / delta), info.files[delta])
+    if info.adapter is not None:
         from headstart.adapters import load_adapter  # type: ignore[import-not-found]
 
-        bb = load_adapter(bb, run.path, adapter)
+        bb = load_adapter(bb, run.path, info.adapter)
     temperature = 1.0
-    cal = run.path / CALIBRATION_FILE
-    if cal.is_file():  # the *applied* T: 1.0 where calibration was skipped or T is out of bounds
+    cal = read_calibration(run.path)
+    if cal is not None:  # the *applied* T: 1.0 where calibration was skipped or T is out of bounds
         from headstart.calibration import applied_temperature
 
-        try:
-            record = json.loads(cal.read_text())
-        except (OSError, ValueError) as e:
-            raise HeadstartError(
-                f"{cal} is not readable JSON ({e})",
-                fix="delete it (predictions then use T = 1), then `headstart evaluate RUN` refits it",
-            ) from e
-        temperature, warning = applied_temperature(record if isinstance(record, dict) else {})
+        temperature, warning = applied_temperature(cal.record)
         if warning:
-            print(f"warning: {cal}: {warning}", file=sys.stderr)
+            print(f"warning: {run.path / CALIBRATION_FILE}: {warning}", file=sys.stderr)
     bb.eval()
-    return TrainedModel(path=run.path, info=info, backbone=bb, head=run.head, temperature=temperature)
+    return TrainedModel(
+        path=run.path, info=run.raw, backbone=bb, head=run.head, temperature=temperature, run_info=info
+    )

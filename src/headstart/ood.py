@@ -42,7 +42,14 @@ def visible_files(folder: Path) -> list[Path]:
 
 
 def ood_scores(
-    model: Any, path: Path, id_logits: np.ndarray, T: float, *, backend: str, progress: bool
+    model: Any,
+    path: Path,
+    id_logits: np.ndarray,
+    T: float,
+    *,
+    backend: str,
+    progress: bool,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """How well the model's confidence tells its own items (`id_logits`) from the files under `path`:
     AUROC of the max softmax probability (at temperature T) and of the energy; with the accuracy on the
@@ -52,7 +59,7 @@ def ood_scores(
     files = visible_files(path)
     if not files:
         raise HeadstartError(f"--ood {path} has no files", fix="give a folder of out-of-distribution files")
-    z, kept, bad = model.logits([str(f) for f in files], backend=backend, progress=progress)
+    z, kept, bad = model.logits([str(f) for f in files], backend=backend, progress=progress, device=device)
     out: dict[str, Any] = {"path": str(path), "n": len(kept), "n_skipped": len(bad)}
     # A file inside a folder named like a known class is labeled with it; anything else is unlabeled.
     t, known = model.targets([files[i].parent.name for i in kept])

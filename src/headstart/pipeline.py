@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.errors import HeadstartError
+from headstart.runs import COMPARE_FILE, LEAKAGE_FILE
 
 AUTO_FILE = "auto.json"
 CURVE_SEEDS = 2  # random subsets per curve point: enough for a spread, cheap next to the comparison
@@ -99,12 +100,15 @@ def auto(
     keep_duplicates: bool = False,
     progress: bool = True,
     say: Callable[[str], None] = lambda _msg: None,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Run the steps of the module docstring; returns (and writes to OUT/auto.json) what each produced."""
+    """Run the steps of the module docstring; returns (and writes to OUT/auto.json) what each produced.
+    `device`: where every step's network runs (checked first)."""
     from headstart.evaluate import evaluate_run
     from headstart.fileio import atomic_write_json
     from headstart.report import write_report
     from headstart.runs import to_jsonable
+    from headstart.train.engine import resolve_device
     from headstart.verdicts.compare import compare
 
     out_dir = Path(out)
@@ -116,6 +120,7 @@ def auto(
         "timings": timings,
     }
 
+    result["device"] = str(resolve_device(device))  # an absent device is refused before any work
     t0 = time.perf_counter()
     plan = preflight(
         data, backbone=backbone, out=out_dir, store=store, name=name, alias=alias, curve=curve, seed=seed
@@ -138,6 +143,7 @@ def auto(
         out=out_dir,
         keep_duplicates=keep_duplicates,
         progress=progress,
+        device=device,
     )
     result["leakage"] = cmp["leakage"]
     leaks = cmp["leakage"]
@@ -171,7 +177,7 @@ def auto(
     }
     result["flags"] = cmp["flags"]
     result["comparison"] = cmp
-    for f in ("compare.json", "leakage.json"):
+    for f in (COMPARE_FILE, LEAKAGE_FILE):
         shutil.copy2(out_dir / f, run_dir / f)
 
     if plan["curve_baseline"]:
@@ -187,6 +193,7 @@ def auto(
                 out=run_dir,
                 seed=seed,
                 progress=progress,
+                device=device,
             )
         except HeadstartError as e:  # after the budget is spent: keep the comparison, skip the curve
             plan["skipped"].append({"step": "curve", "reason": e.message})
@@ -194,7 +201,7 @@ def auto(
         timings["curve_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ev = evaluate_run(run_dir, progress=progress)
+    ev = evaluate_run(run_dir, progress=progress, device=device)
     timings["evaluate_s"] = time.perf_counter() - t0
     cal = ev.get("calibration") or {}
     result["evaluation"] = {

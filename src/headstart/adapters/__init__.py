@@ -3,7 +3,7 @@
     info = inject_adapter(backbone, LoraSpec(r=8))   # before the Trainer is built
     ...train: only adapter weights (and the head) have requires_grad...
     tensors = adapter_state(backbone)                 # what a run stores (adapter.safetensors)
-    backbone = load_adapter(base_backbone, run_dir, run_info["adapter"])
+    backbone = load_adapter(base_backbone, run_dir, run.info.adapter)  # an AdapterRef (run.json)
     backbone = merge_adapter(backbone)                # plain weights, no adapter layers
 
 A run stores the adapter, the head and the base reference (name + weights sha256); the base weights are
@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headstart.errors import HeadstartError
+from headstart.runs.names import ADAPTER_FILE
 
 if TYPE_CHECKING:
     import torch
 
     from headstart.backbones.base import Backbone
     from headstart.recipes import LoraSpec
+    from headstart.runs import AdapterRef
 
-ADAPTER_FILE = "adapter.safetensors"
 METHODS = ("lora",)
 
 
@@ -57,24 +58,24 @@ def adapter_state(backbone: Backbone) -> dict[str, torch.Tensor]:
     return lora.state(backbone)
 
 
-def load_adapter(backbone: Backbone, run_path: str | Path, info: dict[str, Any]) -> Backbone:
+def load_adapter(backbone: Backbone, run_path: str | Path, ref: AdapterRef) -> Backbone:
     """The base backbone + the run's adapter: injected with the recorded config, tensors loaded exactly."""
     from headstart.adapters import lora
     from headstart.fileio import sha256_file
     from headstart.runs import load_tensors
 
-    path = Path(run_path) / info.get("file", ADAPTER_FILE)
+    path = Path(run_path) / (ref.file or ADAPTER_FILE)
     if not path.is_file():
         raise HeadstartError(f"{path} is missing", fix="the run folder is incomplete; re-run it")
     names = backbone.group_names
-    unknown = [g for g in info.get("groups", []) if g not in names]
+    unknown = [g for g in ref.groups if g not in names]
     if unknown:
         raise HeadstartError(
             f"the adapter in {run_path} names groups {unknown} that {backbone.name} does not have",
             fix="load the run with the backbone it was trained on",
         )
-    groups = [names.index(g) for g in info["groups"]] if "groups" in info else None
-    lora.inject(backbone, _spec(info), groups=groups)
+    groups = [names.index(g) for g in ref.groups] if "groups" in ref.spec else None
+    lora.inject(backbone, _spec(ref.spec), groups=groups)
     saved = load_tensors(path)
     own = lora.state(backbone)
     missing = sorted(set(own) - set(saved))

@@ -40,3 +40,16 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise HeadstartError(f"{path} is not a state dict of tensors", fix="save model.state_dict()")
     return obj
+
+
+def check_published_sha256(
+    path: str | Path, actual: str | None, published: str | None, name: str, fix: str
+) -> None:
+    """Refuse installed weights whose sha256 is not the one published for `name` (a corrupt or substituted
+    file); `published` None (local weights, a test model) checks nothing."""
+    if published and actual != published:
+        raise HeadstartError(
+            f"{path} does not match the published sha256 of {name} "
+            f"({(actual or '')[:12]}… != {published[:12]}…)",
+            fix=fix,
+        )

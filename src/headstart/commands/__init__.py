@@ -20,6 +20,17 @@ def register_all(sub: argparse._SubParsersAction) -> None:
             importlib.import_module(f"{__name__}.{info.name}").register(sub)
 
 
+def add_backend_flags(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:
+    """--backend (what runs the backbone; `backend=False` for verbs that only train) and --device (where):
+    the same on every verb that runs a network. The device is checked before any work by the verb's API
+    function (headstart.features.forward_device)."""
+    from headstart.train.engine import BACKEND_HELP, add_device_flag
+
+    if backend:
+        parser.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto", help=BACKEND_HELP)
+    add_device_flag(parser)
+
+
 def run_folder(ref: str | Path, store: str | Path | None = None) -> tuple[Path, bool]:
     """(folder, is a stored version) of a verb's RUN argument: a run folder as given, or a model-store
     reference (NAME, NAME:v2, NAME@alias) verified against its manifest first. Every verb that reads a

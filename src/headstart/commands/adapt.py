@@ -20,7 +20,7 @@ def _fraction(text: str) -> float:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from headstart.adapt import adapt
+    from headstart.pretrain import adapt
 
     report = adapt(
         args.backbone,

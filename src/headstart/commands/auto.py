@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from headstart.commands import console, fmt, print_json
+from headstart.commands import add_backend_flags, console, fmt, print_json
 from headstart.commands.compare import parse_budget
 
 
@@ -29,6 +29,7 @@ def cmd_auto(args: argparse.Namespace) -> int:
         seed=args.seed,
         keep_duplicates=args.keep_duplicates,
         progress=not args.json,
+        device=args.device,
         say=(lambda msg: None) if args.json else (lambda msg: con.print(f"[yellow]{escape(msg)}[/yellow]")),
     )
     if args.json:
@@ -82,5 +83,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep exact and near copies where the split put them (default: moved into one split)",
     )
+    add_backend_flags(a, backend=False)  # --device: where every step runs
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_auto)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from headstart.commands import console, fmt, fmt_bytes, print_json
+from headstart.commands import add_backend_flags, console, fmt, fmt_bytes, print_json
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -35,6 +35,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out=args.out,
         keep_duplicates=args.keep_duplicates,
         progress=not args.json,
+        device=args.device,
     )
     if args.json:
         print_json(result)
@@ -157,5 +158,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep exact and near copies where the split put them (default: moved into one split)",
     )
+    add_backend_flags(p, backend=False)  # --device: where every row runs
     p.add_argument("--json", action="store_true", help="print compare.json instead of the table")
     p.set_defaults(func=cmd_compare)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from headstart.commands import console, fmt, print_json, run_folder
+from headstart.commands import add_backend_flags, console, fmt, print_json, run_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--ood", type=Path, help="folder of out-of-distribution files (any layout)")
     p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
+    add_backend_flags(p)
     p.add_argument("--store", type=Path, help="model store for NAME references (default: $HEADSTART_MODELS)")
     p.add_argument(
         "--out",
@@ -44,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from headstart.evaluate import evaluate_run
+    from headstart.features import forward_device
 
+    forward_device(args.backend, args.device)  # before a stored model's files are verified
     run, stored = run_folder(args.run, args.store)
     res = evaluate_run(
         run,
@@ -56,6 +59,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         save=not stored,
         out=args.out,
         progress=not args.json,
+        device=args.device,
     )
     if args.json:
         if res["calibration"]["status"] == "skipped":  # stdout is the JSON; the warning goes beside it
@@ -72,7 +76,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     con = console()
     m, cal = res["metrics"], res["calibration"]
-    con.print(f"[bold]{escape(res['data'])}[/bold]: {res['n']} items")
+    con.print(f"[bold]{escape(res['data'])}[/bold]: {res['n']} items (on {res['device']})")
     if res["skipped"]:
         con.print(f"[yellow]skipped {len(res['skipped'])} unreadable item(s)[/yellow]")
     if res["unknown_labels"]["n"]:
@@ -112,20 +116,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if "accuracy" in ood:
             line += f"; accuracy on its {ood['n_labeled']} labeled files {fmt(ood['accuracy'])}"
         con.print(line)
-    lat = res["latency"]
-    if lat:
-        con.print(
-            f"latency ({lat['backend']}, {lat['torch_threads']} thread(s)): one item p50 "
-            f"{fmt(lat['single_p50_ms'], 1)} ms, p95 {fmt(lat['single_p95_ms'], 1)} ms; "
-            f"batch 32 {fmt(lat['batch32_per_item_ms'], 2)} ms/item; "
-            f"with decode {fmt(lat['end_to_end_p50_ms'], 1)} ms"
-        )
-        if "onnx_single_p50_ms" in lat:
-            con.print(
-                f"latency (ONNX Runtime backbone, what predict uses): one item p50 "
-                f"{fmt(lat['onnx_single_p50_ms'], 1)} ms, p95 {fmt(lat['onnx_single_p95_ms'], 1)} ms; "
-                f"batch 32 {fmt(lat['onnx_batch32_per_item_ms'], 2)} ms/item"
-            )
+    if res["latency"]:
+        _print_latency(con, res["latency"])
     con.print(f"peak memory (RSS): {fmt(res['memory']['peak_rss_mb'], 0)} MB")
     if res["mistakes"]:
         # Every recorded mistake is shown, and the title counts them against all wrong predictions.
@@ -149,3 +141,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         con.print("other data: nothing written into the run (use --out FILE or --json to keep the results)")
     return 0
+
+
+def _print_latency(con: Any, lat: dict[str, Any]) -> None:
+    con.print(
+        f"latency ({lat['backend']} on {lat.get('device', 'cpu')}, {lat['torch_threads']} thread(s)): "
+        f"one item p50 {fmt(lat['single_p50_ms'], 1)} ms, p95 {fmt(lat['single_p95_ms'], 1)} ms; "
+        f"batch 32 {fmt(lat['batch32_per_item_ms'], 2)} ms/item; "
+        f"with decode {fmt(lat['end_to_end_p50_ms'], 1)} ms"
+    )
+    if "onnx_single_p50_ms" in lat:
+        con.print(
+            f"latency (ONNX Runtime backbone on the CPU, what predict uses there): one item p50 "
+            f"{fmt(lat['onnx_single_p50_ms'], 1)} ms, p95 {fmt(lat['onnx_single_p95_ms'], 1)} ms; "
+            f"batch 32 {fmt(lat['onnx_batch32_per_item_ms'], 2)} ms/item"
+        )

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import console, fmt_bytes, print_data_notes, print_json
+from headstart.commands import add_backend_flags, console, fmt_bytes, print_data_notes, print_json
 from headstart.config import FitConfig, add_options, from_args
 
 
@@ -65,13 +65,16 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
-    from headstart.features import embed
+    from headstart.features import embed, forward_device
     from headstart.train.lr_find import lr_find, plot_lr_find
 
+    forward_device(args.backend, args.device)  # before the data is read
     ds = load_dataset(args.data, seed=args.seed)
     bb = create_backbone(args.backbone)
     train = ds.split("train")
-    feats = embed(bb, [it.source for it in train], progress=not args.json)
+    feats = embed(
+        bb, [it.source for it in train], progress=not args.json, backend=args.backend, device=args.device
+    )
     row = {p: i for i, p in enumerate(feats.paths)}
     kept = [it for it in train if it.source in row]
     index = {c: i for i, c in enumerate(ds.classes)}
@@ -82,6 +85,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     plot_lr_find(result, out)
     summary: dict[str, Any] = {k: result[k] for k in ("suggestion", "steepest", "min_loss_lr", "seconds")}
     summary["plot"] = str(out)
+    summary["embed"] = {k: feats.stats[k] for k in ("backend", "device")}
     if args.json:
         print_json(summary)
     else:
@@ -130,6 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lf.add_argument("--backbone", default="efficientnet_lite0")
     lf.add_argument("--seed", type=int, default=0)
     lf.add_argument("--plot", default="lr_find.png", help="where to write the plot (PNG)")
+    add_backend_flags(lf)
     lf.add_argument("--json", action="store_true")
     lf.set_defaults(func=cmd_lr_find)
 

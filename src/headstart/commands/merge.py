@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from headstart.commands import console, print_json
-
-# Files of the source run that describe the training and stay true of the merged model.
-_SKIP = {"run.json", "metrics.json", "data.json"}
 
 
 def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
@@ -24,15 +22,25 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> d
     from headstart.adapters import merge_adapter
     from headstart.errors import HeadstartError
     from headstart.model import load_model
-    from headstart.runs import write_run
-    from headstart.train.api import DELTA_FILE, delta_state
+    from headstart.runs import (
+        ADAPTER_FILE,
+        DATA_FILE,
+        DELTA_FILE,
+        METRICS_FILE,
+        RUN_FILE,
+        DeltaRef,
+        read_json,
+        write_run,
+    )
+    from headstart.train.save import delta_state
 
     src, dest = Path(run), Path(out)
     if src.resolve() == dest.resolve():
         raise HeadstartError("--out must differ from the run being merged", fix="give a new folder")
     model = load_model(src)
-    adapter = model.info.get("adapter")
-    if not adapter:
+    source = model.run_info
+    adapter = source.adapter
+    if adapter is None:
         raise HeadstartError(
             f"{src} has no adapter to merge (it already stores plain weights)",
             fix="merge runs trained with --strategy lora",
@@ -40,25 +48,33 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> d
     bb = merge_adapter(model.backbone)
     groups = set(bb.merged_groups)
     delta = delta_state(bb, groups)
-    info = {k: v for k, v in model.info.items() if k not in ("adapter", "files", "head")}
-    info["delta"] = {"file": DELTA_FILE, "whole": False}
-    info["trained_groups"] = [bb.group_names[i] for i in sorted(groups)]
-    info["merged_from"] = {
-        "run": str(src),
-        "adapter": adapter,
-        "adapter_sha256": model.info["files"][adapter["file"]],
-    }
+    adapter_file = adapter.file or ADAPTER_FILE
+    info = replace(
+        source,
+        adapter=None,
+        files={},
+        head=None,
+        delta=DeltaRef(DELTA_FILE, whole=False),
+        trained_groups=[bb.group_names[i] for i in sorted(groups)],
+        merged_from={
+            "run": str(src),
+            "adapter": adapter.to_dict(),
+            "adapter_sha256": source.files.get(adapter_file),
+        },
+    )
+    # The source's other .json and .csv files describe the training and stay true of the merged model
+    # (run.json, metrics.json and data.json are written anew; the weights are not copied).
     json_files: dict[str, Any] = {}
     text_files: dict[str, str] = {}
     for f in sorted(src.iterdir()):
-        if not f.is_file() or f.name in _SKIP:
+        if not f.is_file() or f.name in (RUN_FILE, METRICS_FILE, DATA_FILE):
             continue
         if f.suffix == ".json":
             json_files[f.name] = json.loads(f.read_text())
         elif f.suffix == ".csv":
             text_files[f.name] = f.read_text(encoding="utf-8")
-    metrics = json.loads((src / "metrics.json").read_text()) if (src / "metrics.json").is_file() else {}
-    data = json.loads((src / "data.json").read_text()) if (src / "data.json").is_file() else None
+    metrics = read_json(src / METRICS_FILE)
+    data = read_json(src / DATA_FILE) or None
     saved = write_run(
         dest,
         run=info,
@@ -73,8 +89,8 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> d
     return {
         "run": str(src),
         "out": str(saved),
-        "merged_groups": info["trained_groups"],
-        "adapter_bytes": (src / adapter["file"]).stat().st_size,
+        "merged_groups": info.trained_groups,
+        "adapter_bytes": (src / adapter_file).stat().st_size,
         "delta_bytes": (saved / DELTA_FILE).stat().st_size,
         "supports_onnx": bool(bb.supports_onnx),
     }

@@ -7,7 +7,7 @@ import ipaddress
 import os
 import sys
 
-from headstart.commands import print_json
+from headstart.commands import add_backend_flags, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,8 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--engine",
         choices=("auto", "onnx", "torch"),
         default="auto",
-        help="auto: ONNX Runtime when RUN/model.onnx was exported from this model, else PyTorch",
+        help="auto: ONNX Runtime (on the CPU) when RUN/model.onnx was exported from this model and the "
+        "device is the CPU, else PyTorch",
     )
+    add_backend_flags(p, backend=False)
     p.add_argument("--json", action="store_true", help="print the start-up summary as JSON")
     p.set_defaults(func=cmd_serve)
 
@@ -51,7 +53,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from headstart.errors import HeadstartError
+    from headstart.features import forward_device
     from headstart.serve import SERVE_MAX_PIXELS, create_app
+
+    forward_device(args.engine, args.device)  # an absent device is refused before the model is loaded
 
     if args.max_pixels is not None and args.max_pixels < 1:
         raise HeadstartError(
@@ -65,12 +70,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         engine=args.engine,
         max_pixels=args.max_pixels or SERVE_MAX_PIXELS,
+        device=args.device,
     )
     pred = app.state.predictor
     summary = {
         "model": args.model,
         "url": f"http://{args.host}:{args.port}/",
         "engine": pred.engine,
+        "device": str(pred.device),
         "modality": pred.model.modality,
         "classes": len(pred.classes),
         "token": bool(args.token),
@@ -79,7 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print_json(summary)
     else:
         print(
-            f"serving {args.model} ({summary['modality']}, {summary['classes']} classes, {pred.engine}) "
+            f"serving {args.model} ({summary['modality']}, {summary['classes']} classes, {pred.engine} on "
+            f"{pred.device}) "
             f"at {summary['url']}",
             flush=True,
         )

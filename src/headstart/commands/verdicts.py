@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import console, fmt, print_data_notes, print_json
+from headstart.commands import add_backend_flags, console, fmt, print_data_notes, print_json
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
@@ -20,6 +20,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
         progress=not args.json,
         estimate_finetune=not args.no_estimate,
         backend=args.backend,
+        device=args.device,
     )
     summary = ranking_summary(rows)
     if args.json:
@@ -71,6 +72,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
         seed=args.seed,
         backend=args.backend,
         progress=not args.json,
+        device=args.device,
     )
     if args.json:
         print_json({**curve, "intervals": intervals(curve), "out": str(out)})
@@ -164,6 +166,7 @@ def cmd_domain(args: argparse.Namespace) -> int:
         seed=args.seed,
         backend=args.backend,
         progress=not args.json,
+        device=args.device,
     )
     if args.json:
         print_json(r)
@@ -190,8 +193,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--seed", type=int, default=0, help="split and sampling seed")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
-    def backend(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto")
+    backend = add_backend_flags  # --backend and --device
 
     data_help = "image folder (class sub-folders, or train/ val/ test/) or a CSV/JSONL manifest"
     r = sub.add_parser("rank", help="rank backbones for a dataset without fine-tuning (LogME, kNN, probe)")

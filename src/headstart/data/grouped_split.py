@@ -12,7 +12,7 @@ from typing import Any
 
 from headstart.data.dataset import Dataset
 from headstart.data.items import SPLITS
-from headstart.fileio import atomic_write, atomic_write_text
+from headstart.fileio import atomic_write, atomic_write_json, atomic_write_text
 
 _ORDER = {s: i for i, s in enumerate(SPLITS)}
 
@@ -80,3 +80,21 @@ def write_manifest(ds: Dataset, path: Path) -> Path:
 
     atomic_write(path, write)
     return path
+
+
+def regroup_copies(
+    ds: Any, data: str | Path, out_dir: Path, keep: bool
+) -> tuple[str | Path, Any, dict[str, Any]]:
+    """Copies across splits, regrouped into one split unless `keep`: (data to use, dataset, summary)."""
+    from headstart.data.leakage import find_leaks
+    from headstart.runs import LEAKAGE_FILE, to_jsonable
+
+    leaks = find_leaks(ds)
+    atomic_write_json(out_dir / LEAKAGE_FILE, to_jsonable(leaks))
+    summary: dict[str, Any] = {"n_exact": leaks["n_exact"], "n_near": leaks["n_near"], "regrouped": False}
+    if keep or not (leaks["n_exact"] or leaks["n_near"]):
+        return data, ds, summary
+    ds, moved = regroup(ds, leaks)
+    path = write_manifest(ds, out_dir / "split-grouped")
+    summary.update(regrouped=True, manifest=str(path), **moved)
+    return path, ds, summary

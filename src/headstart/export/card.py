@@ -13,7 +13,7 @@ from headstart.errors import HeadstartError
 from headstart.export.graph import OPSET, named_inputs
 from headstart.fileio import atomic_write_bytes
 from headstart.model import TrainedModel
-from headstart.runs import METRICS_FILE
+from headstart.runs import run_card
 
 CARD_KEY = "headstart.card"
 
@@ -32,31 +32,20 @@ def tokenizer_path(onnx_path: str | Path) -> Path:
 
 def model_identity(model: TrainedModel) -> dict[str, Any]:
     """What makes an export belong to a model: base key, head and delta hashes, temperature."""
-    info = model.info
+    info = model.run_info
     return {
         "backbone_key": model.backbone.key,
-        "head_sha256": info.get("head", {}).get("sha256"),
-        "files": dict(info.get("files", {})),
+        "head_sha256": info.head.sha256 if info.head is not None else None,
+        "files": dict(info.files),
         "temperature": float(model.temperature),
-    }
-
-
-def metrics_summary(model: TrainedModel) -> dict[str, Any]:
-    """The run's val/test accuracy, macro F1 and n, from its metrics.json."""
-    if model.path is None or not (model.path / METRICS_FILE).is_file():
-        return {}
-    m = json.loads((model.path / METRICS_FILE).read_text())
-    return {
-        s: {k: m[s][k] for k in ("accuracy", "macro_f1", "n") if k in m[s]}
-        for s in ("val", "test")
-        if isinstance(m.get(s), dict)
     }
 
 
 def build_card(
     model: TrainedModel, batch: Any, *, quantized: bool = False, parity: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    info = model.info
+    """The run's card (headstart.runs.run_card, with the temperature the graph applies) and what feeding
+    the graph takes: its inputs and outputs, the preprocessing steps, the identity, the parity figures."""
     inputs = [
         {
             "name": name,
@@ -66,6 +55,7 @@ def build_card(
         for name, x in named_inputs(batch).items()
     ]
     card: dict[str, Any] = {
+        **run_card(model.path, model.run_info, temperature=float(model.temperature)),
         "format": "onnx",
         "opset": OPSET,
         "quantized": "dynamic-int8" if quantized else None,
@@ -82,8 +72,6 @@ def build_card(
         "classes": model.classes,
         "temperature": float(model.temperature),
         "kind": model.kind,
-        "backbone": info.get("backbone", {}),
-        "metrics": metrics_summary(model),
         "identity": model_identity(model),
         "run": str(model.path) if model.path else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -13,9 +13,8 @@ from torch import nn
 
 from headstart.errors import BadInput, HeadstartError
 from headstart.export.graph import batch_rows, load_batch, onnx_feed, run_onnx, torch_logits
-from headstart.fileio import sha256_file
 from headstart.model import TrainedModel, softmax
-from headstart.runs import SPLIT_FILE, read_split_rows, split_texts
+from headstart.runs import SPLIT_FILE, SplitRow, read_split_rows, resolve_item, split_texts
 
 MAX_CHECK = 32
 #: logits may differ by float rounding only: this much, relative to the largest logit (at least 1).
@@ -24,7 +23,7 @@ PARITY_RTOL = 1e-3
 
 def split_items(model: TrainedModel, splits: Sequence[str] = ("test", "val")) -> list[tuple[str, str]]:
     """(source, label) of the run's own items in `splits` (in that order) whose files are still there and
-    unchanged (sha256 as recorded). Relative paths are tried from the working directory, then the run's."""
+    unchanged (sha256 as recorded), found by the run folder's one resolver (headstart.runs.resolve_item)."""
     if model.path is None or not (model.path / SPLIT_FILE).is_file():
         return []
     rows = read_split_rows(model.path)
@@ -33,31 +32,26 @@ def split_items(model: TrainedModel, splits: Sequence[str] = ("test", "val")) ->
     out: list[tuple[str, str]] = []
     for split in splits:
         for r in rows:
-            if r.get("split") != split:
+            if r.split != split:
                 continue
-            p = Path(r["path"])
-            candidates = [p] if p.is_absolute() else [p, model.path / p, model.path.parent / p]
-            for c in candidates:
-                if c.is_file() and (not r.get("sha256") or sha256_file(c) == r["sha256"]):
-                    out.append((str(c), r["label"]))
-                    break
+            found = resolve_item(model.path, r, model.run_info, verify=True)
+            if found is not None:
+                out.append((str(found), r.label))
     return out
 
 
-def _split_texts(
-    model: TrainedModel, rows: list[dict[str, str]], splits: Sequence[str]
-) -> list[tuple[str, str]]:
+def _split_texts(model: TrainedModel, rows: list[SplitRow], splits: Sequence[str]) -> list[tuple[str, str]]:
     """A text run's split.csv lists the texts themselves, never file paths (older runs list row ids, read
     back through the run's data); a recorded sha256 that differs from the text's leaves the row out."""
     texts = split_texts(model.path, "text") if model.path is not None else {}
     out: list[tuple[str, str]] = []
     for split in splits:
         for r in rows:
-            if r.get("split") != split:
+            if r.split != split:
                 continue
-            text = texts.get(r["path"], r["path"])
-            if not r.get("sha256") or model.backbone.item_hash(text) == r["sha256"]:
-                out.append((text, r["label"]))
+            text = texts.get(r.path, r.path)
+            if not r.sha256 or model.backbone.item_hash(text) == r.sha256:
+                out.append((text, r.label))
     return out
 
 
@@ -82,8 +76,9 @@ def check_batch(
         raise HeadstartError(
             f"no usable inputs to check the export against PyTorch ({where}: {len(sources) + len(unread)} "
             f"found, {len(bad)} unreadable)",
-            fix=f"run from the folder the run was made in (its {SPLIT_FILE} paths are relative to it), "
-            "or pass inputs to check with --check FILE...",
+            fix=f"restore the data its {SPLIT_FILE} lists (under the data_root in run.json; an older run's "
+            "paths are relative to the folder it was made in: run from there), or pass inputs to check "
+            "with --check FILE...",
         )
     return batch, kept, bad
 

@@ -35,10 +35,9 @@ from headstart.report.sections import (
     performance,
     training,
 )
+from headstart.runs import REPORT_FILE
 
 __all__ = ["REPORT_FILE", "SECTIONS", "Report", "RunFiles", "build_report", "read_run_files", "write_report"]
-
-REPORT_FILE = "report.html"
 
 # (id, title, builder) in the order of the page; each builder is its module's `section(files)`.
 _SECTIONS: tuple[tuple[str, str, Callable[[RunFiles], tuple[Html, bool]]], ...] = (

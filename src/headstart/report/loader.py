@@ -8,16 +8,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headstart.errors import HeadstartError
 from headstart.report.html import num
+from headstart.runs import (
+    CALIBRATION_FILE,
+    COMPARE_FILE,
+    CURVE_FILE,
+    DATA_FILE,
+    EVALUATION_FILE,
+    HISTORY_FILE,
+    LEAKAGE_FILE,
+    METRICS_FILE,
+    RECIPE_FILE,
+    RunInfo,
+    read_run_json,
+    resolve_path,
+    run_info_of,
+)
 
 
 @dataclass
 class RunFiles:
-    """The JSON files of one run folder that the report reads (None where absent); `problems` for the rest."""
+    """The JSON files of one run folder that the report reads (None where absent); `problems` for the rest.
+    `info` is run.json as a RunInfo (read its attributes); `run` the JSON object as written."""
 
     path: Path
     run: dict[str, Any]
+    info: RunInfo
     data: dict[str, Any] | None = None
     metrics: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
@@ -35,32 +51,23 @@ class RunFiles:
 
     @property
     def classes(self) -> list[str]:
-        return [str(c) for c in self.run.get("classes", [])]
+        return list(self.info.classes)
 
 
 def read_run_files(run_dir: str | Path) -> RunFiles:
     path = Path(run_dir)
-    run_file = path / "run.json"
-    if not run_file.is_file():
-        raise HeadstartError(
-            f"{path} is not a headstart run folder (no run.json)",
-            fix="give the folder that `headstart probe` or `headstart fit` printed",
-        )
-    try:
-        run = json.loads(run_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise HeadstartError(f"{run_file} is not valid JSON: {e}", fix="the run folder is damaged") from e
-    files = RunFiles(path=path, run=run)
+    run = read_run_json(path)
+    files = RunFiles(path=path, run=run, info=run_info_of(path, run))
     for attr, name in (
-        ("data", "data.json"),
-        ("metrics", "metrics.json"),
-        ("evaluation", "evaluation.json"),
-        ("history", "history.json"),
-        ("compare", "compare.json"),
-        ("curve", "curve.json"),
-        ("leakage", "leakage.json"),
-        ("recipe", "recipe.json"),
-        ("calibration", "calibration.json"),
+        ("data", DATA_FILE),
+        ("metrics", METRICS_FILE),
+        ("evaluation", EVALUATION_FILE),
+        ("history", HISTORY_FILE),
+        ("compare", COMPARE_FILE),
+        ("curve", CURVE_FILE),
+        ("leakage", LEAKAGE_FILE),
+        ("recipe", RECIPE_FILE),
+        ("calibration", CALIBRATION_FILE),
     ):
         f = path / name
         if not f.is_file():
@@ -96,16 +103,8 @@ def test_metrics(files: RunFiles) -> tuple[dict[str, Any] | None, str, str]:
 
 
 def strategy_name(files: RunFiles) -> str | None:
-    run, recipe = files.run, files.recipe or {}
-    for v in (
-        run.get("strategy"),
-        (run.get("params") or {}).get("strategy"),
-        recipe.get("strategy"),
-        recipe.get("name"),
-    ):
-        if v:
-            return str(v)
-    return None
+    """The run's strategy (RunInfo finds it where any schema version kept it)."""
+    return files.info.strategy
 
 
 def as_float(v: Any) -> float:
@@ -123,14 +122,6 @@ def ci_text(r: dict[str, Any], key: str) -> str:
     return fmt_ci(v, r.get(f"{key}_ci")) if v is not None else "–"
 
 
-def find_file(source: str, run_dir: Path) -> Path | None:
-    """Sources are recorded as given (absolute, or relative to where the command ran, or to the run)."""
-    if not source:
-        return None
-    for cand in (Path(source), run_dir / source):
-        try:
-            if cand.is_file():
-                return cand
-        except OSError:
-            return None
-    return None
+def find_file(source: str, files: RunFiles) -> Path | None:
+    """The file a source of the run's records names (headstart.runs' one resolver), or None."""
+    return resolve_path(files.path, source, files.info)

@@ -78,15 +78,20 @@ def create_app(
     max_batch: int = DEFAULT_MAX_BATCH,
     engine: str = "auto",
     max_pixels: int = SERVE_MAX_PIXELS,
+    device: str = "auto",
 ) -> Any:
-    """A FastAPI app serving one model (loaded here, once). `token`: require `Authorization: Bearer`."""
+    """A FastAPI app serving one model (loaded here, once). `token`: require `Authorization: Bearer`.
+    `device`: where the model runs (checked before the model is loaded)."""
     from fastapi import FastAPI
 
+    from headstart.features import forward_device
+
+    forward_device(engine, device)
     if isinstance(model_ref, TrainedModel):
         model, ref = model_ref, str(model_ref.path)
     else:
         model, ref = load_served_model(model_ref), str(model_ref)
-    predictor = Predictor(model, engine=engine, max_pixels=max_pixels)
+    predictor = Predictor(model, engine=engine, max_pixels=max_pixels, device=device)
     server = Server(predictor, ref, token=token, max_bytes=max_bytes, max_batch=max_batch)
     app = FastAPI(title=f"headstart: {ref}", docs_url=None, redoc_url=None)
     app.state.predictor = predictor
@@ -165,6 +170,7 @@ def _add_info_routes(app: Any, server: Server) -> None:
             "model": server.ref,
             "modality": model.modality,
             "engine": predictor.engine,
+            "device": str(predictor.device),
             "classes": len(predictor.classes),
             "uptime_s": round(time.time() - server.started, 1),
             **server.counts,

@@ -2,10 +2,12 @@
 
 Uploads are decoded from memory (no temp files for images) with exactly the preprocessing the backbone's
 own loader applies; the forward runs under a lock (one at a time: the cores are better used by one batch
-than by two competing ones), through ONNX Runtime when an export of this very model (`headstart export
-RUN --onnx`) sits in the run folder, else PyTorch in inference mode. A text is tokenized only as far as
-the model reads it (`encode_head`): a 10 MB text would otherwise keep the Rust tokenizer, which holds
-the GIL, busy for seconds. Nothing here knows about HTTP (that is `headstart.serve.http`).
+than by two competing ones), through ONNX Runtime on the CPU when an export of this very model (`headstart
+export RUN --onnx`) sits in the run folder and the device is the CPU, else PyTorch in inference mode on the
+device (`--device`: the model moves there once; each batch goes there, its logits come back). A text is
+tokenized only as far as the model reads it (`encode_head`): a 10 MB text would otherwise keep the Rust
+tokenizer, which holds the GIL, busy for seconds. Nothing here knows about HTTP (that is
+`headstart.serve.http`).
 """
 
 from __future__ import annotations
@@ -51,16 +53,27 @@ def load_served_model(ref: str | Path) -> TrainedModel:
 class Predictor:
     """The loaded model behind the server: decode one upload, predict a batch, format the answer."""
 
-    def __init__(self, model: TrainedModel, *, engine: str = "auto", max_pixels: int = SERVE_MAX_PIXELS):
+    def __init__(
+        self,
+        model: TrainedModel,
+        *,
+        engine: str = "auto",
+        max_pixels: int = SERVE_MAX_PIXELS,
+        device: str = "auto",
+    ) -> None:
+        from headstart.features import forward_device
+
         if engine not in ("auto", "onnx", "torch"):
             raise HeadstartError(f"unknown engine {engine!r}", fix="use auto, onnx or torch")
+        # ONNX Runtime is the CPU build: on a GPU `auto` serves through PyTorch there.
+        self.device = forward_device(engine, device)
         self.model = model
         self.classes = model.classes
         self.max_pixels = max_pixels
         self.lock = threading.Lock()
         self.session: Any = None
         self.onnx_path: Path | None = None
-        if engine in ("auto", "onnx"):
+        if engine == "onnx" or (engine == "auto" and self.device.type == "cpu"):
             self.onnx_path = matching_export(model)
             if self.onnx_path is None and engine == "onnx":
                 raise HeadstartError(
@@ -73,7 +86,9 @@ class Predictor:
             self.session = _session(self.onnx_path)
             self.engine = "onnx"
         else:
-            self.module = model.module()
+            from headstart.train.engine import place
+
+            self.module = place(model.module(), self.device)  # for the server's lifetime
             self.engine = "torch"
 
     def decode(self, data: bytes, name: str = "upload") -> Any:
@@ -115,8 +130,10 @@ class Predictor:
                 return self.session.run(["probabilities"], onnx_feed(batch))[0]
             import torch
 
+            from headstart.train.engine import place
+
             with torch.inference_mode():
-                logits = self.module(batch).numpy()
+                logits = self.module(place(batch, self.device)).cpu().numpy()
         return softmax(logits / self.model.temperature)
 
     def result(self, p: np.ndarray, top: int) -> dict[str, Any]:
@@ -128,26 +145,18 @@ class Predictor:
         }
 
     def card(self, ref: str) -> dict[str, Any]:
+        """The run's card (headstart.runs.run_card, with the temperature served) and how it is served."""
+        from headstart.runs import run_card
+
         m = self.model
-        metrics = {}
-        if m.path is not None and (m.path / "metrics.json").is_file():
-            raw = json.loads((m.path / "metrics.json").read_text())
-            metrics = {
-                s: {k: raw[s][k] for k in ("accuracy", "macro_f1", "n") if k in raw[s]}
-                for s in ("val", "test")
-                if isinstance(raw.get(s), dict)
-            }
         card = {
+            **run_card(m.path, m.run_info, temperature=m.temperature),
             "ref": ref,
             "kind": m.kind,
             "modality": m.modality,
             "classes": self.classes,
-            "temperature": m.temperature,
-            "metrics": metrics,
-            "backbone": m.info.get("backbone", {}),
-            "preprocess": m.info.get("preprocess"),
             "engine": self.engine,
-            "created": m.info.get("created"),
+            "device": str(self.device),
         }
         if self.onnx_path is not None:
             card["onnx"] = str(self.onnx_path)

@@ -252,7 +252,7 @@ class ModelStore:
         name = _check_name(name or default_name(Path(run_dir)))
         run = load_model(run_dir)
         assert run.path is not None
-        files = run_files(run.path, run.info)
+        files = run_files(run.path, run.run_info)
         model_dir = self._model_dir(name)
         with _locked(self.root):
             model_dir.mkdir(parents=True, exist_ok=True)
@@ -265,7 +265,7 @@ class ModelStore:
             try:
                 for f in files:
                     shutil.copy2(run.path / f, tmp / f)
-                card = model_card(run.path, run.info, name=name, version=n)
+                card = model_card(run.path, run.run_info, name=name, version=n)
                 atomic_write_json(tmp / CARD_FILE, card)
                 manifest = {
                     "name": name,

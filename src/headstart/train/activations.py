@@ -7,8 +7,7 @@ on-disk feature cache). With augmentation on a CPU, the frozen groups run throug
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -90,18 +89,6 @@ class FrozenPrefix:
             self._onnx_prefixes[k] = onnx_prefix(self.backbone, k) if usable else None
         return self._onnx_prefixes[k]
 
-    @contextlib.contextmanager
-    def _backbone_on_cpu(self) -> Iterator[None]:
-        """The feature cache embeds on the CPU: the backbone visits it, then returns to the device."""
-        device = self.engine.device
-        if device.type != "cpu":
-            self.backbone.to("cpu")
-        try:
-            yield
-        finally:
-            if device.type != "cpu":
-                self.backbone.to(device)
-
     def states(self, name: str, split: Split, k: int) -> Any | None:
         """Cached activations entering group k for every item of `split` (None when they cannot be cached)."""
         key = (name, k)
@@ -110,8 +97,8 @@ class FrozenPrefix:
         if k == 0:
             return None  # the inputs themselves: collated per batch, not copied
         if k >= self.n_groups and self.pristine and self.embed_pristine is not None:
-            with self._backbone_on_cpu():
-                pristine = np.ascontiguousarray(self.embed_pristine(name))
+            # Embedded on the training's device (the backbone is already there) through the feature cache.
+            pristine = np.ascontiguousarray(self.embed_pristine(name))
             out: Any = self.engine.place(torch.from_numpy(pristine))
         else:
             was = [m.training for m in self.backbone.groups]

@@ -2,19 +2,15 @@
 
 report = fit("examples/emoji/images", backbone="efficientnet_lite0", strategy="lp-ft")
 
-`run_fit` is the one pipeline of `fit` and `probe`, in named steps: check the output (`check_out`), `_load`
-the data, `_build` the backbone and recipe; a closed-form recipe (`head`: no backbone group trains) then
-goes to `headstart.train.frozen` (cached embeddings, no Trainer, a run of kind "probe"), any other to
-`_decode`, `_train` (the Trainer), `_evaluate` and `_save` (a run of kind "fit").
+`run_fit` is the one pipeline of `fit` and `probe`, in named steps: check the output (`check_out`, in
+headstart.train.resume), `_load` the data, `_build` the backbone and recipe; a closed-form recipe (`head`:
+no backbone group trains) then goes to `headstart.train.frozen` (cached embeddings, no Trainer, a run of
+kind "probe"), any other to `_decode`, `_train` (the Trainer), then headstart.train.save's
+`trained_delta`, `evaluate_trained` and `save_trained` (a run of kind "fit").
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +22,8 @@ import torch
 from headstart.config import FitConfig, ProbeConfig
 from headstart.errors import HeadstartError
 from headstart.recipes import Recipe, get_recipe
-from headstart.train.job import STARTED_FILE, FitJob, FitReport, work_dir_of
+from headstart.train.job import FitJob, FitReport
+from headstart.train.resume import check_out, refuse_changes, request_of, split_digest
 
 if TYPE_CHECKING:
     from headstart.backbones import Backbone
@@ -34,25 +31,6 @@ if TYPE_CHECKING:
     from headstart.train.data import Split
     from headstart.train.loop import Trainer
     from headstart.train.objective import Objective
-
-# The trained groups' weights a run stores beside its head (the base backbone is only referenced).
-DELTA_FILE = "delta.safetensors"
-
-
-def _strategy_name(strategy: str | Recipe | dict[str, Any]) -> str | None:
-    if isinstance(strategy, str):
-        return strategy
-    if isinstance(strategy, dict):
-        return strategy.get("name")
-    return strategy.name
-
-
-def _split_digest(items: Any) -> tuple[str, int]:
-    """sha256 of the (source, label, split) rows: the same data gives the same split, so the same digest."""
-    h = hashlib.sha256()
-    for it in sorted((it.source, it.label, it.split or "") for it in items):
-        h.update(json.dumps(it).encode("utf-8", errors="surrogatepass"))
-    return h.hexdigest(), len(items)
 
 
 def _item_hashes(bb: Any, sources: list[str]) -> dict[str, str]:
@@ -63,128 +41,6 @@ def _item_hashes(bb: Any, sources: list[str]) -> dict[str, str]:
         except OSError:  # gone since it was decoded: recorded without a hash (later checks skip it)
             out[src] = ""
     return out
-
-
-def _refuse_changes(
-    run_dir: Path, started: dict[str, Any], request: dict[str, Any], keys: tuple[str, ...]
-) -> None:
-    """--resume with other data, backbone, strategy or options than the interrupted run was started with."""
-    diff = [k for k in keys if k in started and started[k] != request.get(k)]
-    if not diff:
-        return
-    listed = "; ".join(f"{k}: the run has {started[k]!r}, this command {request.get(k)!r}" for k in diff)
-    if set(diff) <= {"n_items", "split_sha256"}:
-        listed = (
-            f"the data at {request['data']} gives another split than the run was started on "
-            f"({started.get('n_items')} items then, {request.get('n_items')} now)"
-        )
-    raise HeadstartError(
-        f"cannot resume the interrupted run {run_dir}: {listed}",
-        fix="resume with the options and data it was started with (see "
-        f"{work_dir_of(run_dir) / STARTED_FILE}), or --overwrite to start over, or another --out",
-    )
-
-
-def check_out(
-    out: str | Path | None,
-    *,
-    resume: bool,
-    overwrite: bool,
-    request: dict[str, Any],
-    resumable: bool = True,
-) -> dict[str, Any] | None:
-    """Refuse, before any work, what would lose a run or resume the wrong one; deletes nothing.
-
-    Returns what the interrupted run was started with when it is resumed (None for a fresh start).
-    `resumable`: False for a verb without --resume (probe), which keeps no checkpoints of its own.
-    """
-    from headstart.fileio import ensure_writable_dir
-    from headstart.runs import RUN_FILE
-    from headstart.train.checkpoint import CHECKPOINT_FILE
-
-    if out is None:
-        if resume:
-            raise HeadstartError(
-                "--resume needs the --out folder of the interrupted run", fix="add --out RUN_FOLDER"
-            )
-        ensure_writable_dir("runs", flag="--out")  # where the default run folder goes
-        return None
-    run_dir = ensure_writable_dir(out, flag="--out")
-    work_dir = work_dir_of(run_dir)
-    finished = (run_dir / RUN_FILE).is_file()
-    interrupted = (work_dir / CHECKPOINT_FILE).is_file() and not finished
-    not_empty = run_dir.is_dir() and any(run_dir.iterdir())
-    if resume:
-        if finished:
-            raise HeadstartError(
-                f"{run_dir} holds a finished run: there is nothing to resume (nothing was changed)",
-                fix="drop --resume and add --overwrite to replace it, or choose another --out",
-            )
-        if not interrupted:
-            raise HeadstartError(
-                f"no interrupted run to resume at {run_dir} (no checkpoint in {work_dir})",
-                fix="drop --resume to start the run, or give the --out of the interrupted run",
-            )
-        if not_empty and not overwrite:
-            raise HeadstartError(
-                f"{run_dir} is not empty and is not a headstart run (resuming would write into it)",
-                fix="choose another --out, or --overwrite",
-            )
-        started_file = work_dir / STARTED_FILE
-        started: dict[str, Any] = {}
-        if started_file.is_file():  # checkpoints of older versions have none: the recipe check remains
-            try:
-                started = json.loads(started_file.read_text())
-            except (OSError, json.JSONDecodeError):
-                started = {}
-        keys = tuple(k for k in request if k not in ("n_items", "split_sha256"))
-        _refuse_changes(run_dir, started, request, keys)
-        return started
-    if overwrite:
-        return None
-    if interrupted and resumable:
-        raise HeadstartError(
-            f"an interrupted run is there: {run_dir} (its checkpoint is in {work_dir}); nothing was changed",
-            fix="add --resume to continue it or --overwrite to start over (or choose another --out)",
-        )
-    if finished:
-        raise HeadstartError(
-            f"{run_dir} already exists and holds a finished run (nothing was changed)",
-            fix="choose another --out, or --overwrite to replace it",
-        )
-    if not_empty:
-        raise HeadstartError(
-            f"{run_dir} already exists and is not empty", fix="choose another --out, or --overwrite"
-        )
-    return None
-
-
-def delta_state(backbone: Any, groups: set[int], *, whole: bool = False) -> dict[str, torch.Tensor]:
-    """The tensors of the trained groups only (all of them for a from-scratch model)."""
-    prefixes = tuple(f"groups.{i}." for i in sorted(groups)) + (("pool.",) if groups else ())
-    return {
-        k: v.detach().clone() for k, v in backbone.state_dict().items() if whole or k.startswith(prefixes)
-    }
-
-
-def history_csv(history: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    cols = [
-        "epoch",
-        "phase",
-        "phase_epoch",
-        "kind",
-        "train_loss",
-        "train_acc",
-        "val_loss",
-        "val_acc",
-        "lr",
-        "seconds",
-    ]
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(history)
-    return buf.getvalue()
 
 
 def lora_strategy(options: FitConfig) -> str | Recipe | dict[str, Any]:
@@ -241,10 +97,11 @@ def run_fit(
     `probe`: the probe verb's embedding and head options (it has no --resume); for fit's closed-form
     recipes, the probe's defaults."""
     from headstart.runs import to_jsonable
+    from headstart.train.save import evaluate_trained, save_trained, trained_delta
 
     verb = "probe" if probe is not None else "fit"
     strategy = lora_strategy(cfg)
-    request = _request(cfg, strategy)
+    request = request_of(cfg, strategy)
     # The output folder's state and writability are checked before any data is read or model loaded.
     started = None
     if cfg.save:
@@ -267,9 +124,9 @@ def run_fit(
     objective = _objective(job, objective)
     splits, extra = _decode(job)
     trainer = _train(job, splits, objective)
-    delta = _delta(job, trainer)
-    metrics = _evaluate(job, trainer, splits, delta, n_extra=len(extra))
-    saved = _save(job, trainer, metrics, delta)
+    delta = trained_delta(job, trainer)
+    metrics = evaluate_trained(job, trainer, splits, delta, n_extra=len(extra))
+    saved = save_trained(job, trainer, metrics, delta)
     return FitReport(
         run_dir=saved,
         backbone=job.bb.name,
@@ -284,24 +141,6 @@ def run_fit(
     )
 
 
-def _request(cfg: FitConfig, strategy: Any) -> dict[str, Any]:
-    """What the run is started with; --resume refuses to continue a run started with anything else."""
-    return {
-        "data": str(Path(cfg.data).expanduser().resolve()),
-        "backbone": cfg.backbone,
-        "strategy": _strategy_name(strategy),
-        "seed": cfg.seed,
-        "val": cfg.val,
-        "test": cfg.test,
-        "epochs": cfg.epochs,
-        "lr": cfg.lr,
-        "batch_size": cfg.batch_size,
-        "augment": cfg.augment,
-        "unlabeled": str(cfg.unlabeled) if cfg.unlabeled is not None else None,
-        "target_unlabeled": str(cfg.target_unlabeled) if cfg.target_unlabeled is not None else None,
-    }
-
-
 def _load(
     cfg: FitConfig, request: dict[str, Any], started: dict[str, Any] | None, timings: dict[str, float]
 ) -> Dataset:
@@ -311,9 +150,9 @@ def _load(
     t0 = time.perf_counter()
     ds = load_dataset(cfg.data, seed=cfg.seed, val=cfg.val, test=cfg.test)
     timings["load_data_s"] = time.perf_counter() - t0
-    request["split_sha256"], request["n_items"] = _split_digest(ds.items)
+    request["split_sha256"], request["n_items"] = split_digest(ds.items)
     if started is not None:
-        _refuse_changes(Path(cfg.out or ""), started, request, keys=("n_items", "split_sha256"))
+        refuse_changes(Path(cfg.out or ""), started, request, keys=("n_items", "split_sha256"))
     return ds
 
 
@@ -461,137 +300,3 @@ def _train(job: FitJob, splits: dict[str, Split], objective: Objective | None) -
     trainer.fit(splits["train"], splits["val"])
     job.timings["train_s"] = trainer.train_seconds
     return trainer
-
-
-def _delta(job: FitJob, trainer: Trainer) -> dict[str, torch.Tensor]:
-    """What the run stores beside the head: the adapter, or the trained groups (all, from scratch)."""
-    if job.adapter is not None:
-        from headstart.adapters import adapter_state
-
-        return adapter_state(job.bb)  # the base weights never moved: only the adapter is stored
-    whole = not trainer.recipe.pretrained
-    groups = trainer.trained_groups
-    return delta_state(job.bb, groups, whole=whole) if (groups or whole) else {}
-
-
-def _evaluate(
-    job: FitJob, trainer: Trainer, splits: dict[str, Split], delta: dict[str, torch.Tensor], *, n_extra: int
-) -> dict[str, Any]:
-    """Metrics per split of the trained model, and what it trained and stores."""
-    from headstart.metrics import classification_metrics
-
-    bb, classes = job.bb, job.ds.classes
-    t0 = time.perf_counter()
-    metrics: dict[str, Any] = {}
-    for s in ("train", "val", "test"):
-        if len(splits[s]):
-            z, y = trainer.labeled_logits(s, splits[s], k=len(bb.groups))
-            m = classification_metrics(y.numpy(), z.argmax(1).numpy(), classes, predictions=s != "train")
-            m["loss"] = float(torch.nn.functional.cross_entropy(z, y))
-            metrics[s] = m
-    job.timings["evaluate_s"] = time.perf_counter() - t0
-    head_params = trainer.head.weight.numel() + trainer.head.bias.numel()
-    metrics.update(
-        {
-            "strategy": trainer.recipe.name,
-            "best_epoch": trainer.best["epoch"],
-            "trainable_params": int(
-                head_params + sum(v.numel() for k, v in delta.items() if "running" not in k)
-            ),
-            "backbone_params": bb.card.num_params,
-            "train_s": trainer.train_seconds,
-            # transfer-set items in the training split + what the objective brought (DANN's target inputs)
-            "unlabeled": n_extra + trainer.objective.n_extra_unlabeled,
-            "objective": trainer.objective.describe(),
-            "warnings": trainer.warnings,
-            "timings": job.timings,
-        }
-    )
-    if job.adapter is not None:  # what full fine-tuning would train and store, for comparison
-        base = {k: v for k, v in bb.state_dict().items() if ".lora_" not in k}
-        metrics["adapter"] = job.adapter
-        metrics["full_trainable_params"] = int(bb.card.num_params + head_params)
-        full = sum(v.numel() * v.element_size() for v in base.values()) + 4 * head_params
-        metrics["full_bytes"] = int(full)
-    return metrics
-
-
-def _run_info(job: FitJob, trainer: Trainer, metrics: dict[str, Any]) -> dict[str, Any]:
-    """run.json of a trained run (kind "fit"): the base by reference, what trained, how."""
-    from headstart.runs import library_versions
-
-    bb, recipe, cfg = job.bb, trainer.recipe, job.cfg
-    whole = not recipe.pretrained
-    return {
-        "kind": "fit",
-        "strategy": recipe.name,
-        "pretrained": recipe.pretrained,
-        "backbone": {
-            "name": bb.name,
-            "key": job.base_key,
-            "weights_sha256": bb.card.weights_sha256 if recipe.pretrained else None,
-            "card": bb.card.to_dict(),
-        },
-        "preprocess": bb.preprocess.to_dict(),
-        "modality": bb.modality,
-        "classes": job.ds.classes,
-        "params": {
-            "seed": cfg.seed,
-            "batch_size": recipe.batch_size,
-            "augment": cfg.augment,
-            "prefix_cache": cfg.prefix_cache,
-            "bf16": cfg.bf16,
-        },
-        "engine": trainer.engine.describe(),  # device, precision (and why), world size
-        "trained_groups": [bb.group_names[i] for i in sorted(trainer.trained_groups)]
-        if not whole
-        else list(bb.group_names),
-        "trainable_params": metrics["trainable_params"],
-        "objective": metrics["objective"],
-        "versions": library_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-def _save(
-    job: FitJob, trainer: Trainer, metrics: dict[str, Any], delta: dict[str, torch.Tensor]
-) -> Path | None:
-    """Write the run (head + delta, history, recipe) in one rename; the work folder goes once it is in."""
-    from headstart.fileio import atomic_write_json
-    from headstart.model import head_from_linear
-    from headstart.runs import make_split_rows, to_jsonable, write_run
-    from headstart.train.engine import is_main_process
-
-    if not job.cfg.save or not is_main_process():
-        return None
-    info = _run_info(job, trainer, metrics)
-    tensors: dict[str, dict[str, torch.Tensor]] = {}
-    if job.adapter is not None:
-        from headstart.adapters import ADAPTER_FILE
-
-        info["adapter"] = {"file": ADAPTER_FILE, **job.adapter}
-        tensors[ADAPTER_FILE] = delta
-    elif delta:
-        info["delta"] = {"file": DELTA_FILE, "whole": not trainer.recipe.pretrained}
-        tensors[DELTA_FILE] = delta
-    ds = job.ds
-    split_rows = make_split_rows(
-        [it for s in ("train", "val", "test") for it in ds.split(s)], job.item_hashes
-    )
-    history = {"epochs": trainer.history, "best_epoch": trainer.best["epoch"], "warnings": trainer.warnings}
-    saved = write_run(
-        job.run_dir,
-        run=info,
-        head=head_from_linear(trainer.head),
-        metrics=to_jsonable(metrics),
-        data=to_jsonable(ds.summary()),
-        split_rows=split_rows,
-        tensors=tensors,
-        json_files={"history.json": to_jsonable(history), "recipe.json": trainer.recipe.to_dict()},
-        text_files={"history.csv": history_csv(trainer.history)},
-        overwrite=job.cfg.overwrite,
-    )
-    metrics["stored_bytes"] = sum((saved / f).stat().st_size for f in ["head.safetensors", *tensors])
-    atomic_write_json(saved / "metrics.json", to_jsonable(metrics))
-    shutil.rmtree(work_dir_of(job.run_dir), ignore_errors=True)
-    return saved

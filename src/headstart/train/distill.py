@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from headstart.errors import HeadstartError
+from headstart.fileio import report_dict
 from headstart.recipes import Phase, Recipe
+from headstart.runs import DISTILL_FILE
 from headstart.train.data import Split
 from headstart.train.objective import Objective, Step, labeled_cross_entropy
 from headstart.train.teacher import compare, teacher_data
@@ -47,7 +49,6 @@ DEFAULT_TEMPERATURE = 4.0
 # labels best), but not all: a small-data teacher is itself wrong on a fair share of items, and the labels
 # are the only thing that can correct it there.
 DEFAULT_ALPHA = 0.8
-DISTILL_FILE = "distill.json"
 # A recipe that trains nothing by gradient (`head`: a closed-form probe) cannot learn from soft targets;
 # distillation then trains the head by gradient on the cached embeddings, starting from the probe.
 HEAD_DISTILL_PHASE = Phase("head-distill", train_top=0, epochs=30, lr=3e-3, patience=8, head_init="probe")
@@ -80,6 +81,7 @@ class Distillation(Objective):
         alpha: float = DEFAULT_ALPHA,
         backend: str = "auto",
         progress: bool = False,
+        device: str = "auto",
     ) -> None:
         if temperature <= 0:
             raise HeadstartError(f"--temperature {temperature}: must be > 0", fix="use e.g. 2 .. 8")
@@ -93,6 +95,7 @@ class Distillation(Objective):
         self.temperature = float(temperature)
         self.alpha = float(alpha)
         self.backend = backend
+        self.device = device  # where the teacher's forward runs (the student's training device)
         self.progress = progress
         self.n_unlabeled = 0
         self.n_without_teacher = 0
@@ -108,7 +111,9 @@ class Distillation(Objective):
                 fix="train the student on the teacher's classes (distill reads them from its split.csv)",
             )
         t0 = time.perf_counter()
-        z, kept, _bad = self.teacher.logits(train.sources, backend=self.backend, progress=self.progress)
+        z, kept, _bad = self.teacher.logits(
+            train.sources, backend=self.backend, progress=self.progress, device=self.device
+        )
         self.teacher_seconds = time.perf_counter() - t0
         targets = torch.zeros(len(train), k)
         has = torch.zeros(len(train), dtype=torch.bool)
@@ -164,16 +169,7 @@ class DistillReport:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_dir": str(self.run_dir) if self.run_dir else None,
-            "teacher": self.teacher,
-            "student": self.student,
-            "agreement": self.agreement,
-            "objective": self.objective,
-            "data": self.data,
-            "fit": self.fit,
-            "warnings": self.warnings,
-        }
+        return report_dict(self)
 
 
 def student_recipe(strategy: str | Recipe | dict[str, Any], n_groups: int) -> Recipe:
@@ -211,9 +207,11 @@ def distill(
 
     Writes a fit run (its run.json and metrics.json record the objective and the teacher) with distill.json
     beside them: teacher vs student test accuracy on the same items, agreement, size, latency, throughput.
-    `device` and `precision` are the student's training's, as for `fit`.
+    `device` and `precision` are the student's training's, as for `fit`; the teacher's forward and both
+    models' test pass and latency run on the same device.
     """
     from headstart.backbones import create_backbone
+    from headstart.features import forward_device
     from headstart.fileio import atomic_write_json
     from headstart.model import load_model
     from headstart.runs import default_run_dir, to_jsonable
@@ -221,6 +219,7 @@ def distill(
     from headstart.train.engine import check_engine
 
     check_engine(device, precision)
+    forward_device(backend, device)  # e.g. --backend onnx with a GPU named: refused before any work
     teacher_dir = Path(teacher_run).expanduser()
     if not teacher_dir.is_dir():
         raise HeadstartError(
@@ -236,7 +235,7 @@ def distill(
     recipe = student_recipe(strategy, len(bb.groups))
     del bb
     objective = Distillation(
-        teacher, temperature=temperature, alpha=alpha, backend=backend, progress=progress
+        teacher, temperature=temperature, alpha=alpha, backend=backend, progress=progress, device=device
     )
     run_dir = Path(out) if out else default_run_dir("distill", student)
     warnings: list[str] = []
@@ -270,18 +269,19 @@ def distill(
         )
     assert report.run_dir is not None
     student_model = load_model(report.run_dir)
-    from headstart.runs import read_split_rows
+    from headstart.runs import item_sources, read_split_rows
 
-    test = [r for r in read_split_rows(report.run_dir) if r["split"] == "test"]
+    test = [r for r in read_split_rows(report.run_dir) if r.split == "test"]
     if not test:
         warnings.append("the teacher's run has no test split: accuracies compare nothing")
     cmp = compare(
         teacher,
         student_model,
-        [r["path"] for r in test],
-        [r["label"] for r in test],
+        item_sources(report.run_dir, test, student_model.run_info),
+        [r.label for r in test],
         backend=backend,
         latency_repeats=latency_repeats,
+        device=device,
     )
     fit_summary = {
         "strategy": report.strategy,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICE_HELP = "auto (CUDA if present, else MPS, else CPU), cpu, cuda, cuda:N or mps"
+BACKEND_HELP = (
+    "what runs the frozen backbone: auto (ONNX Runtime on a CPU, PyTorch on a GPU), onnx (CPU only: the "
+    "onnxruntime CPU build), torch"
+)
 PRECISION_HELP = (
     "auto: bf16 on GPUs that have it; on a CPU bf16 only where a timed step is faster (remembered)"
 )
@@ -55,9 +59,14 @@ def device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{e.message} (fix: {e.fix})") from None
 
 
+def add_device_flag(parser: Any) -> None:
+    """--device, the same on every verb that runs a network (inference runs in float32: no --precision)."""
+    parser.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
+
+
 def add_engine_flags(parser: Any) -> None:
     """--device and --precision, the same on every verb that trains a network."""
-    parser.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
+    add_device_flag(parser)
     parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
 
 
@@ -67,10 +76,11 @@ def check_precision(spec: str) -> str:
     return spec
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     """`auto`: CUDA when present, else Apple's MPS, else the CPU. A device that is absent is an error."""
     import torch
 
+    spec = str(spec)
     check_device(spec)
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if spec == "auto":
@@ -117,16 +127,77 @@ def is_main_process() -> bool:
     return world_from_env()[0] == 0
 
 
-def place(obj: Any, device: torch.device) -> Any:
+def place(obj: Any, device: torch.device, *, non_blocking: bool = False) -> Any:
     """Modules moved in place (parameters keep their identity, so optimizers stay valid); tensors, and
-    dicts/lists/tuples of them, copied to `device`; anything else returned as is."""
+    dicts/lists/tuples of them, copied to `device`; anything else returned as is. `non_blocking`: the copy
+    of pinned CPU tensors to a GPU overlaps with what runs there (see `pin`)."""
     from torch import nn
 
     if isinstance(obj, nn.Module):
         return obj.to(device)
     from accelerate.utils import send_to_device
 
-    return send_to_device(obj, device, non_blocking=False)
+    return send_to_device(obj, device, non_blocking=non_blocking)
+
+
+def pin(obj: Any) -> Any:
+    """CPU tensors (and dicts/lists/tuples of them) in page-locked memory, from which a copy to a CUDA GPU
+    runs asynchronously; anything else as is. Worth it only for a CUDA device (pinning costs a copy)."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.pin_memory() if obj.device.type == "cpu" else obj
+    if isinstance(obj, dict):
+        return type(obj)({k: pin(v) for k, v in obj.items()})
+    if isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields"):
+        return type(obj)(pin(v) for v in obj)
+    return obj
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where a module's weights are (the CPU for one without any)."""
+    import torch
+
+    first = next(iter(module.parameters()), None)
+    if first is None:
+        first = next(iter(module.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device`: GPU calls return before the work is done, so a timing that
+    does not wait measures the launch, not the work."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _indexed(device: torch.device) -> torch.device:
+    """`cuda` as the numbered GPU it means (the current one), so two names of one GPU compare equal."""
+    import torch
+
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+@contextlib.contextmanager
+def placed(module: nn.Module, device: torch.device) -> Iterator[nn.Module]:
+    """`module` on `device` for the block, then back where it was: inference (embedding, latency) runs on
+    the device asked without moving a caller's model for good (a model left on a GPU would break the next
+    CPU-side use of it, e.g. an ONNX export). A no-op when it is there already."""
+    home = module_device(module)
+    if _indexed(home) == _indexed(device):
+        yield module
+        return
+    place(module, device)
+    try:
+        yield module
+    finally:
+        place(module, home)
 
 
 def _forward_wrapper(module: nn.Module) -> nn.Module:

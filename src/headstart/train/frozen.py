@@ -79,6 +79,7 @@ def _embed(job: FitJob, opts: ProbeConfig) -> _Embedded:
         strict=opts.strict,
         progress=opts.progress,
         max_pixels=opts.max_pixels or DEFAULT_MAX_PIXELS,
+        device=opts.device,
     )
     job.timings["hash_and_cache_s"] = feats.stats["hash_s"]
     job.timings["embed_s"] = feats.stats["embed_s"]
@@ -117,6 +118,7 @@ def _fit_head(job: FitJob, opts: ProbeConfig, emb: _Embedded) -> ProbeClassifier
         backend=opts.backend,
         cache=opts.cache,
         batch_size=opts.batch_size,
+        device=opts.device,
     )
     clf.backbone_ = job.bb
     classes = np.asarray(job.ds.classes)
@@ -174,7 +176,7 @@ def _evaluate(
             "unlabeled": 0,
             "objective": Objective().describe(),
             "warnings": [],
-            "embed": {k: stats[k] for k in ("n_files", "cache_hits", "forwards", "backend")},
+            "embed": {k: stats[k] for k in ("n_files", "cache_hits", "forwards", "backend", "device")},
             "timings": job.timings,
         }
     )
@@ -200,23 +202,30 @@ def _evaluate(
 def _save(job: FitJob, clf: ProbeClassifier, metrics: dict[str, Any], emb: _Embedded) -> Any:
     """The run folder (kind "probe"), in one rename; fit's work folder goes once the run is in."""
     from headstart.fileio import atomic_write_json
-    from headstart.runs import HEAD_FILE, make_split_rows, to_jsonable
+    from headstart.runs import HEAD_FILE, METRICS_FILE, data_root_of, make_split_rows, to_jsonable
     from headstart.train.engine import is_main_process
     from headstart.train.job import work_dir_of
 
     if not job.cfg.save or not is_main_process():
         return None
-    split_rows = make_split_rows([it for s in SPLITS for it in emb.by_split[s]], job.item_hashes)
+    root = data_root_of(job.ds.root)  # split.csv's paths are relative to it
+    split_rows = make_split_rows([it for s in SPLITS for it in emb.by_split[s]], job.item_hashes, root)
+    info = {
+        "strategy": job.recipe.name,
+        "recipe": job.recipe.to_dict(),
+        "objective": metrics["objective"],
+        "data_root": str(root),
+    }
     saved = clf.save(
         job.run_dir,
         metrics=to_jsonable(metrics),
-        info={"strategy": job.recipe.name, "recipe": job.recipe.to_dict(), "objective": metrics["objective"]},
+        info=info,
         data=to_jsonable(job.ds.summary()),
         split_rows=split_rows,
         overwrite=job.cfg.overwrite,
     )
     metrics["stored_bytes"] = (saved / HEAD_FILE).stat().st_size
-    atomic_write_json(saved / "metrics.json", to_jsonable(metrics))
+    atomic_write_json(saved / METRICS_FILE, to_jsonable(metrics))
     if job.verb == "fit":  # probe keeps no work folder (one beside its --out is an interrupted fit's)
         shutil.rmtree(work_dir_of(job.run_dir), ignore_errors=True)
     return saved

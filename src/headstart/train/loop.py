@@ -2,7 +2,7 @@
 
 A Task is what trains (headstart.train.task): `Classification` (a backbone's layer groups and a linear
 head; the loss an Objective: cross-entropy, distillation, domain-adversarial) or continued pretraining's
-masked / causal LM (headstart.adapt.lm). Per phase the task sets what trains; the loop builds AdamW over
+masked / causal LM (headstart.pretrain.lm). Per phase the task sets what trains; the loop builds AdamW over
 the task's parameter groups with the phase's schedule and runs the steps through the Engine (device,
 precision and processes, by Accelerate: headstart.train.engine). Callbacks (headstart.train.callbacks)
 record the history, stop early, keep the best weights, recalibrate BatchNorm, warn of overfitting, keep
@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -33,6 +33,22 @@ from headstart.train.objective import Objective
 from headstart.train.task import StepTotals, Task
 
 
+class RunOptions(TypedDict, total=False):
+    """How a Trainer runs whatever its task (defaults in `Trainer._setup`): `seed`, the engine (`device`,
+    `precision`), `progress`, checkpoints (`work_dir`, `resume`), the clock `budget_s`, `keep_best` (False:
+    the last weights, not the best) and extra `callbacks` (run after the default ones)."""
+
+    seed: int
+    device: str
+    precision: str
+    progress: bool
+    work_dir: Path | None
+    resume: bool
+    budget_s: float | None
+    keep_best: bool
+    callbacks: list[Callback] | None
+
+
 class Trainer:
     """Runs a Recipe. `Trainer(backbone, n_classes, recipe)` trains a classifier on (train, val) Splits
     (see Classification for `embed_pristine` and the frozen-prefix cache); `Trainer.for_task(task, recipe)`
@@ -45,40 +61,37 @@ class Trainer:
         n_classes: int,
         recipe: Recipe,
         *,
-        seed: int = 0,
         prefix_cache: bool = True,
         augment: bool | None = None,
-        device: str = "auto",
-        precision: str = "auto",
-        progress: bool = False,
-        work_dir: Path | None = None,
-        resume: bool = False,
-        budget_s: float | None = None,
         embed_pristine: Callable[[str], np.ndarray] | None = None,
         eval_batch_size: int = 64,
         objective: Objective | None = None,
-        callbacks: list[Callback] | None = None,
+        **options: Unpack[RunOptions],
     ) -> None:
-        engine = Engine.create(device, precision)
-        task = Classification(
+        self._setup(recipe, **options)
+        self.task = Classification(
             backbone,
             n_classes,
             pretrained=recipe.pretrained,
-            seed=seed,
+            seed=self.seed,
             prefix_cache=prefix_cache,
             augment=augment,
             embed_pristine=embed_pristine,
             eval_batch_size=eval_batch_size,
             objective=objective,
-            engine=engine,
+            engine=self.engine,
         )
-        self._setup(task, recipe, engine, seed, progress, callbacks)
-        self.callbacks[:0] = default_callbacks(budget_s=budget_s, work_dir=work_dir, resume=resume)
 
     @classmethod
-    def for_task(
-        cls,
-        task: Task,
+    def for_task(cls, task: Task, recipe: Recipe, **options: Unpack[RunOptions]) -> Trainer:
+        """A Trainer of any Task; `keep_best=False` returns the last weights instead of the best."""
+        self = cls.__new__(cls)
+        self._setup(recipe, **options)
+        self.task = task
+        return self
+
+    def _setup(
+        self,
         recipe: Recipe,
         *,
         seed: int = 0,
@@ -90,29 +103,14 @@ class Trainer:
         budget_s: float | None = None,
         keep_best: bool = True,
         callbacks: list[Callback] | None = None,
-    ) -> Trainer:
-        """A Trainer of any Task; `keep_best=False` returns the last weights instead of the best."""
-        self = cls.__new__(cls)
-        self._setup(task, recipe, Engine.create(device, precision), seed, progress, callbacks)
-        defaults = default_callbacks(keep_best=keep_best, budget_s=budget_s, work_dir=work_dir, resume=resume)
-        self.callbacks[:0] = defaults
-        return self
-
-    def _setup(
-        self,
-        task: Task,
-        recipe: Recipe,
-        engine: Engine,
-        seed: int,
-        progress: bool,
-        callbacks: list[Callback] | None,
     ) -> None:
-        self.task = task
+        """Everything but the task (the defaults of RunOptions live here, once)."""
         self.recipe = recipe
-        self.engine = engine
+        self.engine = Engine.create(device, precision)
         self.seed = seed
         self.progress = progress
-        self.callbacks: list[Callback] = list(callbacks or [])  # after the defaults, in this order
+        defaults = default_callbacks(keep_best=keep_best, budget_s=budget_s, work_dir=work_dir, resume=resume)
+        self.callbacks: list[Callback] = [*defaults, *(callbacks or [])]  # the caller's after, in their order
         self.history: list[dict[str, Any]] = []
         self.warnings: list[str] = []
         self.best: dict[str, Any] = {"score": None, "state": None, "epoch": None}

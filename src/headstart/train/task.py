@@ -3,7 +3,7 @@ an epoch is judged. The loop (headstart.train.loop.Trainer) owns everything else
 device, precision and processes, and the callbacks.
 
 Two tasks exist: `Classification` (headstart.train.classify: a backbone's layer groups and a linear head,
-the loss an Objective) and continued pretraining's `LanguageModeling` (headstart.adapt.lm: masked LM for
+the loss an Objective) and continued pretraining's `LanguageModeling` (headstart.pretrain.lm: masked LM for
 encoders, causal LM for decoders).
 """
 

@@ -17,6 +17,7 @@ from headstart.errors import HeadstartError
 
 if TYPE_CHECKING:
     from headstart.model import TrainedModel
+    from headstart.runs import SplitRow
 
 
 # -- the teacher's items --------------------------------------------------------------------------------
@@ -30,69 +31,69 @@ class TeacherData:
     changed: list[str] = field(default_factory=list)  # files whose sha256 differs from the recorded one
 
 
-def _split_rows(run_dir: Path) -> list[dict[str, str]]:
-    f = run_dir / "split.csv"
-    if not f.is_file():
+def _split_rows(run_dir: Path) -> list[SplitRow]:
+    """The teacher's train/val/test rows of split.csv (read by headstart.runs' one reader)."""
+    from headstart.runs import SPLIT_FILE, read_split_rows
+
+    fix = "distill from a run written by `headstart probe` or `headstart fit`"
+    rows = [r for r in read_split_rows(run_dir, fix=fix) if r.split in ("train", "val", "test")]
+    if not any(r.split == "train" for r in rows):
         raise HeadstartError(
-            f"{run_dir} has no split.csv, so the teacher's items are unknown",
-            fix="distill from a run written by `headstart probe` or `headstart fit`",
+            f"{run_dir / SPLIT_FILE} lists no training items", fix="the run folder is damaged; re-run it"
         )
-    with open(f, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    rows = [r for r in rows if r.get("split") in ("train", "val", "test")]
-    if not any(r["split"] == "train" for r in rows):
-        raise HeadstartError(f"{f} lists no training items", fix="the run folder is damaged; re-run it")
     return rows
 
 
 def teacher_data(teacher: TrainedModel, dest: Path) -> TeacherData:
     """Write the teacher's train/val/test items (its split.csv) as a manifest under `dest`.
 
-    Image and audio runs list file paths, as given when the teacher was trained (relative ones resolve
-    against the current folder); files that are gone are left out and listed, and a recorded sha256 that
-    no longer matches is listed as changed. Text runs list the texts themselves (or, in older runs, row ids
-    that map back to the texts through the teacher's data root)."""
+    Image and audio runs list file paths, found by the run folder's one resolver (headstart.runs: under the
+    data root the teacher's run.json records; an older run's paths from the current folder, then the run's);
+    files that are gone are left out and listed, and a recorded sha256 that no longer matches is listed as
+    changed. Text runs list the texts themselves (or, in older runs, row ids that map back to the texts
+    through the teacher's data root)."""
     from headstart.fileio import sha256_file
+    from headstart.runs import SPLIT_FILE, expected_path, item_sources, resolve_item
 
     assert teacher.path is not None
+    info = teacher.run_info
     rows = _split_rows(teacher.path)
     dest.mkdir(parents=True, exist_ok=True)
-    counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
+    counts = {s: sum(r.split == s for r in rows) for s in ("train", "val", "test")}
     if teacher.modality == "text":
-        from headstart.runs import split_texts
-
-        texts = split_texts(teacher.path, "text")
+        texts = item_sources(teacher.path, rows, info)
         manifest = dest / "teacher_split.jsonl"
         lines = [
-            json.dumps({"text": texts.get(r["path"], r["path"]), "label": r["label"], "split": r["split"]})
-            for r in rows
+            json.dumps({"text": text, "label": r.label, "split": r.split})
+            for text, r in zip(texts, rows, strict=True)
         ]
         manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return TeacherData(manifest, counts)
-    missing: list[str] = []
+    missing: set[int] = set()
     changed: list[str] = []
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["path", "label", "split"])
-    for r in rows:
-        p = Path(r["path"]).expanduser()
-        p = p if p.is_absolute() else Path.cwd() / p
-        if not p.is_file():
-            missing.append(r["path"])
+    for i, r in enumerate(rows):
+        p = resolve_item(teacher.path, r, info)
+        if p is None:
+            missing.add(i)
             continue
-        if r.get("sha256") and sha256_file(p) != r["sha256"]:
-            changed.append(r["path"])
-        w.writerow([str(p), r["label"], r["split"]])
-    if not any(r["split"] == "train" and r["path"] not in missing for r in rows):
+        if r.sha256 and sha256_file(p) != r.sha256:
+            changed.append(str(p))
+        w.writerow([str(p.absolute()), r.label, r.split])
+    if not any(r.split == "train" and i not in missing for i, r in enumerate(rows)):
         raise HeadstartError(
-            f"none of the training files listed in {teacher.path / 'split.csv'} exist from here "
-            f"(e.g. {missing[0]})",
-            fix="run distill from the folder the teacher was trained in (relative paths resolve against it)",
+            f"none of the training files listed in {teacher.path / SPLIT_FILE} exist from here "
+            f"(e.g. {expected_path(rows[min(missing)], info)})",
+            fix="restore the teacher's data (under the data_root in its run.json; an older run's paths are "
+            "relative to the folder it was trained in: run distill from there)",
         )
     manifest = dest / "teacher_split.csv"
     manifest.write_text(buf.getvalue(), encoding="utf-8")
-    counts = {s: sum(r["split"] == s and r["path"] not in missing for r in rows) for s in counts}
-    return TeacherData(manifest, counts, missing, changed)
+    counts = {s: sum(r.split == s and i not in missing for i, r in enumerate(rows)) for s in counts}
+    gone = [expected_path(rows[i], info) for i in sorted(missing)]
+    return TeacherData(manifest, counts, gone, changed)
 
 
 # -- comparing teacher and student ---------------------------------------------------------------------
@@ -105,7 +106,7 @@ def model_size(model: TrainedModel) -> dict[str, int]:
     tensor_bytes += model.head.weight.nbytes + model.head.bias.nbytes
     stored = 0
     if model.path is not None:
-        files = [model.info["head"]["file"], *model.info.get("files", {})]
+        files = model.run_info.stored_files
         stored = sum((model.path / f).stat().st_size for f in files if (model.path / f).is_file())
     return {"params": int(params), "model_bytes": int(tensor_bytes), "stored_bytes": int(stored)}
 
@@ -117,8 +118,9 @@ def _side(
     *,
     backend: str,
     latency_repeats: int,
+    device: str = "auto",
 ) -> tuple[dict[str, Any], np.ndarray, list[int]]:
-    z, kept, bad = model.logits(sources, backend=backend)
+    z, kept, bad = model.logits(sources, backend=backend, device=device)
     pred = z.argmax(1) if len(kept) else np.zeros(0, np.int64)
     acc = float((pred == y[kept]).mean()) if kept else float("nan")
     out: dict[str, Any] = {
@@ -133,7 +135,9 @@ def _side(
     if latency_repeats > 0 and kept:
         from headstart.latency import measure_latency
 
-        lat = measure_latency(model, sources[kept[0]], repeats=latency_repeats, backend=backend)
+        lat = measure_latency(
+            model, sources[kept[0]], repeats=latency_repeats, backend=backend, device=device
+        )
         out["latency"] = lat
         per_item = lat.get("batch32_per_item_ms")
         out["throughput_per_s"] = 1000.0 / per_item if per_item else None
@@ -148,12 +152,14 @@ def compare(
     *,
     backend: str = "auto",
     latency_repeats: int = 20,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Test accuracy (same items), agreement, parameters, bytes, latency and throughput of both models."""
+    """Test accuracy (same items), agreement, parameters, bytes, latency and throughput of both models,
+    each run on `device`."""
     index = {c: i for i, c in enumerate(teacher.classes)}
     y = np.array([index.get(lab, -1) for lab in labels], dtype=np.int64)
-    t, tp, tk = _side(teacher, sources, y, backend=backend, latency_repeats=latency_repeats)
-    s, sp, sk = _side(student, sources, y, backend=backend, latency_repeats=latency_repeats)
+    t, tp, tk = _side(teacher, sources, y, backend=backend, latency_repeats=latency_repeats, device=device)
+    s, sp, sk = _side(student, sources, y, backend=backend, latency_repeats=latency_repeats, device=device)
     both = sorted(set(tk) & set(sk))
     t_at = dict(zip(tk, tp.tolist(), strict=True))
     s_at = dict(zip(sk, sp.tolist(), strict=True))

@@ -7,6 +7,7 @@ cost by the path's length); that makes the CV score slightly optimistic, which t
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,8 @@ import numpy as np
 from headstart.head import _folds, _path
 from headstart.intervals import wilson
 from headstart.metrics import knn_predict
+
+CV_FOLDS, CV_REPEATS = 5, 3
 
 
 def repeated_cv(
@@ -39,3 +42,22 @@ def repeated_cv(
         mean = float(np.mean(counts))
         out[k] = {"accuracy": mean / len(y), "accuracy_ci": list(wilson(round(mean), len(y)))}
     return out
+
+
+def probe_cv(p: Any, data: str | Path, backbone: str, seed: int, device: str = "auto") -> dict[str, Any]:
+    """Repeated k-fold of the probe and kNN over train+val, on the embeddings the probe just cached."""
+    from headstart.backbones import create_backbone
+    from headstart.data import load_dataset
+    from headstart.features import embed
+
+    ds = load_dataset(data, seed=seed)
+    items = [it for it in ds.items if it.split in ("train", "val")]
+    feats = embed(create_backbone(backbone), [it.source for it in items], progress=False, device=device)
+    row = {src: i for i, src in enumerate(feats.paths)}
+    items = [it for it in items if it.source in row]
+    index = {c: i for i, c in enumerate(ds.classes)}
+    X = feats.X[[row[it.source] for it in items]]
+    y = np.array([index[it.label] for it in items], dtype=np.int64)
+    return repeated_cv(
+        X, y, len(ds.classes), C=float(p.metrics["C"]), folds=CV_FOLDS, repeats=CV_REPEATS, seed=seed
+    )

@@ -14,14 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from headstart.data.grouped_split import regroup_copies
 from headstart.errors import HeadstartError
+from headstart.runs import COMPARE_FILE, HEAD_FILE
+from headstart.verdicts.cheap_cv import probe_cv
 from headstart.verdicts.select import PROBE, SCRATCH, overfitting, select, transfer_verdict
 
 # Below this many validation items, the cheap rows (probe, kNN) are also scored by repeated stratified
 # k-fold over train+val on cached embeddings: at 300 items a Wilson interval around 0.75 is +-0.05 wide,
 # about the gain a fine-tune buys over a probe; below it one split's noise swamps that gain.
 CV_BELOW_VAL_ITEMS = 300
-CV_FOLDS, CV_REPEATS = 5, 3
 # The budget is a plan, not a stopwatch: each fine-tune gets epochs from measured step times before it
 # starts; the wall clock stops it only past this multiple of its share (a safety net the row reports).
 HARD_CAP = 2.0
@@ -48,11 +50,13 @@ def _dir_name(strategy: str) -> str:
     return strategy.replace(":", "-").replace("+", "-")
 
 
-def _adapt_on_train(ds: Any, backbone: str, out: Path, seed: int, progress: bool) -> str:
+def _adapt_on_train(
+    ds: Any, backbone: str, out: Path, seed: int, progress: bool, device: str = "auto"
+) -> str:
     """`headstart adapt` on the texts of the training split; the adapted backbone's folder."""
     import csv
 
-    from headstart.adapt import adapt
+    from headstart.pretrain import adapt
 
     if ds.modality != "text":
         raise HeadstartError(
@@ -65,7 +69,9 @@ def _adapt_on_train(ds: Any, backbone: str, out: Path, seed: int, progress: bool
         w = csv.writer(f)
         w.writerow(["text"])
         w.writerows([it.text] for it in ds.split("train"))
-    report = adapt(backbone, texts, out=out / "backbone", seed=seed, overwrite=True, progress=progress)
+    report = adapt(
+        backbone, texts, out=out / "backbone", seed=seed, overwrite=True, progress=progress, device=device
+    )
     return str(report.folder)
 
 
@@ -116,14 +122,20 @@ def _budget_stopped(warnings: list[str]) -> bool:
 
 
 def _rule(
-    data: str | Path, backbone: str, per_class: float, probe_acc: float | None, seed: int, progress: bool
+    data: str | Path,
+    backbone: str,
+    per_class: float,
+    probe_acc: float | None,
+    seed: int,
+    progress: bool,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """The recommendation from data size, domain distance and probe accuracy, before any fine-tune."""
     from headstart.verdicts.domain import domain_distance
     from headstart.verdicts.recommend import recommend
 
     try:
-        distance = domain_distance(data, backbone, seed=seed, progress=progress)["distance"]
+        distance = domain_distance(data, backbone, seed=seed, progress=progress, device=device)["distance"]
     except HeadstartError:
         distance = None
     return {**recommend(per_class, distance, probe_acc), "domain_distance": distance}
@@ -155,24 +167,6 @@ def _rule_verdict(rule: dict[str, Any], rows: list[dict[str, Any]], separated: b
     return {**rule, **verdict}
 
 
-def _leakage(ds: Any, data: str | Path, out_dir: Path, keep: bool) -> tuple[str | Path, Any, dict[str, Any]]:
-    """Copies across splits, regrouped into one split unless `keep`: (data to use, dataset, summary)."""
-    from headstart.data.grouped_split import regroup, write_manifest
-    from headstart.data.leakage import find_leaks
-    from headstart.fileio import atomic_write_json
-    from headstart.runs import to_jsonable
-
-    leaks = find_leaks(ds)
-    atomic_write_json(out_dir / "leakage.json", to_jsonable(leaks))
-    summary: dict[str, Any] = {"n_exact": leaks["n_exact"], "n_near": leaks["n_near"], "regrouped": False}
-    if keep or not (leaks["n_exact"] or leaks["n_near"]):
-        return data, ds, summary
-    ds, moved = regroup(ds, leaks)
-    path = write_manifest(ds, out_dir / "split-grouped")
-    summary.update(regrouped=True, manifest=str(path), **moved)
-    return path, ds, summary
-
-
 @dataclass
 class _Comparison:
     """The state one comparison builds up: its rows, each row's per-item val correctness (for the paired
@@ -183,6 +177,7 @@ class _Comparison:
     seed: int
     out_dir: Path
     progress: bool
+    device: str = "auto"  # where every row's network runs (--device)
     rows: list[dict[str, Any]] = field(default_factory=list)
     correct: dict[str, Any] = field(default_factory=dict)
     expected: list[int] = field(default_factory=list)  # the probe's val labels: what every row pairs on
@@ -202,7 +197,14 @@ class _Comparison:
 
         t0 = time.perf_counter()
         if leakage["regrouped"]:  # how much the copies inflated the probe: the same probe on the raw split
-            raw = probe(raw_data, backbone=self.backbone, seed=self.seed, save=False, progress=self.progress)
+            raw = probe(
+                raw_data,
+                backbone=self.backbone,
+                seed=self.seed,
+                save=False,
+                progress=self.progress,
+                device=self.device,
+            )
             leakage["probe_raw"] = {s: (raw.metrics.get(s) or {}).get("accuracy") for s in ("val", "test")}
         p = probe(
             self.data,
@@ -211,15 +213,16 @@ class _Comparison:
             seed=self.seed,
             overwrite=True,
             progress=self.progress,
+            device=self.device,
         )
         row = _row(PROBE, p.metrics, p.run_dir, [])
         row["train_s"] = time.perf_counter() - t0
-        row["stored_bytes"] = (p.run_dir / "head.safetensors").stat().st_size if p.run_dir else None
+        row["stored_bytes"] = (p.run_dir / HEAD_FILE).stat().st_size if p.run_dir else None
         self.expected = list((p.metrics.get("val") or {}).get("true") or [])
         if leakage["regrouped"]:
             leakage["probe_grouped"] = {"val": row["val_accuracy"], "test": row["test_accuracy"]}
         if (row.get("n_val") or 0) < CV_BELOW_VAL_ITEMS:
-            row["cv"] = _cheap_cv(p, self.data, self.backbone, self.seed)
+            row["cv"] = probe_cv(p, self.data, self.backbone, self.seed, self.device)
         self.add(row, p.metrics)
         return row
 
@@ -235,13 +238,14 @@ class _Comparison:
             # on the adapted backbone; the row's time counts both.
             fit_strategy = strategy[len(ADAPT_PREFIX) :]
             adapted = self.out_dir / "adapted-backbones" / _dir_name(strategy)  # outside the run folder
-            fit_backbone = _adapt_on_train(ds, self.backbone, adapted, self.seed, self.progress)
+            fit_backbone = _adapt_on_train(ds, self.backbone, adapted, self.seed, self.progress, self.device)
         plan = epoch_plan(
             bb,
             fit_strategy,
             n_train=len(ds.split("train")),
             n_eval=len(ds.split("val")),
             share_s=share,
+            device=self.device,
         )
         if plan.get("one_epoch_s", 0.0) > HARD_CAP * share:  # it could not run one epoch before the cap
             self.skipped.append(strategy)
@@ -260,6 +264,7 @@ class _Comparison:
             budget_s=HARD_CAP * share if plan["epochs"] else share,
             overwrite=True,
             progress=self.progress,
+            device=self.device,
         )
         wall = time.perf_counter() - t0
         row = _row(strategy, r.metrics, r.run_dir, r.warnings)
@@ -307,35 +312,39 @@ def compare(
     out: str | Path | None = None,
     keep_duplicates: bool = False,
     progress: bool = True,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Probe, then the scratch baseline and fine-tuning strategies, each with an epoch plan fitted to an
     even share of what is left of `budget_s`; strategies not started (budget spent, or one epoch would not
     fit their share) are listed under "skipped" with "skip_reasons". Copies across splits are first
-    regrouped into one split (unless `keep_duplicates`); the recommendation follows verdicts.select."""
+    regrouped into one split (unless `keep_duplicates`); the recommendation follows verdicts.select.
+    `device`: where every row runs, and where the plans' step is timed (recorded as `device`)."""
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.fileio import atomic_write_json
     from headstart.runs import to_jsonable
+    from headstart.train.engine import resolve_device
     from headstart.verdicts.plan import probe_seconds
 
     if budget_s <= 0:
         raise HeadstartError(f"budget {budget_s} s: must be positive", fix="give e.g. --budget 10m")
+    used = resolve_device(device)  # an absent device is refused before the data is read
     t_start = time.perf_counter()
     out_dir = Path(out) if out else Path("runs") / f"compare-{Path(data).name}-{_dir_name(backbone)}"
     ds = load_dataset(data, seed=seed)
-    data_used, ds, leakage = _leakage(ds, data, out_dir, keep_duplicates)
+    data_used, ds, leakage = regroup_copies(ds, data, out_dir, keep_duplicates)
     counts = [sum(1 for it in ds.split("train") if it.label == c) for c in ds.classes]
     per_class = float(statistics.median(counts)) if counts else 0.0
     # The probe always runs first, as the reference every other row is read against.
     todo = [s for s in strategies if s != PROBE] if strategies else choose_strategies(per_class)
-    cmp = _Comparison(data_used, backbone, seed, out_dir, progress)
+    cmp = _Comparison(data_used, backbone, seed, out_dir, progress, device)
     probe_row = cmp.run_probe(leakage, data)
     # The rule-based recommendation needs only the probe: worked out now, inside the budget.
-    rule = _rule(data_used, backbone, per_class, probe_row["val_accuracy"], seed, progress)
+    rule = _rule(data_used, backbone, per_class, probe_row["val_accuracy"], seed, progress, device)
     bb = create_backbone(backbone) if todo else None
     # Shares are worked out once, from the budget and the priced probe, never from the clock, so the same
     # data, seed, budget and machine give the same plans (see verdicts.plan).
-    share = (budget_s - probe_seconds(bb, len(ds.items))) / len(todo) if todo else 0.0
+    share = (budget_s - probe_seconds(bb, len(ds.items), device)) / len(todo) if todo else 0.0
     for i, strategy in enumerate(todo):
         over = time.perf_counter() - t_start > HARD_CAP * budget_s
         if share <= 0 or over:
@@ -351,32 +360,11 @@ def compare(
         "train_per_class": per_class,
         "n_val": len(cmp.expected),
         "budget_s": budget_s,
+        "device": str(used),
         "leakage": leakage,
         **cmp.verdicts(len(ds.classes), rule),
         "elapsed_s": time.perf_counter() - t_start,
         "out": str(out_dir),
     }
-    atomic_write_json(out_dir / "compare.json", to_jsonable(result))
+    atomic_write_json(out_dir / COMPARE_FILE, to_jsonable(result))
     return result
-
-
-def _cheap_cv(p: Any, data: str | Path, backbone: str, seed: int) -> dict[str, Any]:
-    """Repeated k-fold of the probe and kNN over train+val, on the embeddings the probe just cached."""
-    import numpy as np
-
-    from headstart.backbones import create_backbone
-    from headstart.data import load_dataset
-    from headstart.features import embed
-    from headstart.verdicts.cheap_cv import repeated_cv
-
-    ds = load_dataset(data, seed=seed)
-    items = [it for it in ds.items if it.split in ("train", "val")]
-    feats = embed(create_backbone(backbone), [it.source for it in items], progress=False)
-    row = {src: i for i, src in enumerate(feats.paths)}
-    items = [it for it in items if it.source in row]
-    index = {c: i for i, c in enumerate(ds.classes)}
-    X = feats.X[[row[it.source] for it in items]]
-    y = np.array([index[it.label] for it in items], dtype=np.int64)
-    return repeated_cv(
-        X, y, len(ds.classes), C=float(p.metrics["C"]), folds=CV_FOLDS, repeats=CV_REPEATS, seed=seed
-    )

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from headstart.errors import HeadstartError
+from headstart.runs import CURVE_FILE
 
 LADDER = (5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 PROBE = "probe"
@@ -197,7 +198,13 @@ def _probe_accuracy(X: np.ndarray, y: np.ndarray, Xt: np.ndarray, yt: np.ndarray
 
 
 def _scratch_accuracy(
-    train: list[Any], val: list[Any], test: list[Any], backbone: str, seed: int, epochs: int | None
+    train: list[Any],
+    val: list[Any],
+    test: list[Any],
+    backbone: str,
+    seed: int,
+    epochs: int | None,
+    device: str = "auto",
 ) -> float:
     """Train the backbone's architecture from random init (headstart.train, strategy "scratch")."""
     from headstart.train import fit
@@ -217,6 +224,7 @@ def _scratch_accuracy(
             epochs=epochs,
             save=False,
             progress=False,
+            device=device,
         )
     return float(report.metrics["test"]["accuracy"])
 
@@ -233,8 +241,10 @@ def label_curve(
     seed: int = 0,
     backend: str = "auto",
     progress: bool = True,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Compute the curve (and write curve.json + curve.png into `out` when given).
+    """Compute the curve (and write curve.json + curve.png into `out` when given). `device`: where the
+    backbone embeds and a scratch baseline trains (recorded as `device`).
 
     baseline: "auto" (the data's no-backbone baseline: pixels for images, tfidf for text, logmel for audio),
     one of those by name, "scratch" (headstart.train) or "none"; one that does not fit the data is refused
@@ -244,10 +254,11 @@ def label_curve(
     """
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
-    from headstart.features import embed
+    from headstart.features import embed, forward_device
     from headstart.progress import progress_bar
 
     check_baseline_name(baseline)  # before reading the data
+    forward_device(backend, device)
     if out is not None:
         from headstart.fileio import ensure_writable_dir
 
@@ -256,7 +267,7 @@ def label_curve(
     baseline = resolve_baseline(baseline, ds.modality, data)
     bb = create_backbone(backbone)
     check_backbone_modality(bb, ds.modality, data)
-    feats = embed(bb, [it.source for it in ds.items], backend=backend, progress=progress)
+    feats = embed(bb, [it.source for it in ds.items], backend=backend, progress=progress, device=device)
     ds = ds.drop(feats.bad)
     row = {p: i for i, p in enumerate(feats.paths)}
     index = {c: i for i, c in enumerate(ds.classes)}
@@ -297,7 +308,7 @@ def label_curve(
                     acc = _tfidf_accuracy([texts[i] for i in idx], y[idx], test_texts, yt, k, s)
                 elif baseline == "scratch":
                     acc = _scratch_accuracy(
-                        [train[i] for i in idx], ds.split("val"), test, backbone, s, scratch_epochs
+                        [train[i] for i in idx], ds.split("val"), test, backbone, s, scratch_epochs, device
                     )
                 if baseline != "none":
                     method = BASELINE_METHODS.get(baseline, SCRATCH)
@@ -310,6 +321,7 @@ def label_curve(
         "baseline": baseline,
         "n_test": len(yt),
         "chance": 1.0 / len(ds.classes),
+        "device": feats.stats["device"],
     }
     if out is not None:
         write_curve(curve, out)
@@ -354,7 +366,7 @@ def write_curve(curve: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
     from headstart.fileio import atomic_write_bytes, atomic_write_json
 
     folder = Path(out)
-    json_path = atomic_write_json(folder / "curve.json", {**curve, "intervals": intervals(curve)})
+    json_path = atomic_write_json(folder / CURVE_FILE, {**curve, "intervals": intervals(curve)})
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     for method, pts in summarise(curve).items():
         ks, mean, std = (np.array(v) for v in zip(*pts, strict=True))

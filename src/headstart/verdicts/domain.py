@@ -154,9 +154,11 @@ def domain_distance(
     backend: str = "auto",
     cache: bool = True,
     progress: bool = True,
+    device: str = "auto",
 ) -> dict[str, Any]:
     """Domain distance of `data` (a dataset path, or a list of sources with optional `labels`) from
-    `backbone`'s pretraining data.
+    `backbone`'s pretraining data. `device`: where the embedding pass runs (the BatchNorm statistics pass,
+    a few batches, stays on the CPU).
 
     Returns {"backbone", "n", "distance" (0..1), "terms": {"semantic", "low_level"} (None when not
     available), "classifier" (label-free diagnostics or None), "batchnorm_hellinger", "formula"}.
@@ -164,8 +166,9 @@ def domain_distance(
     import torch
 
     from headstart.backbones import create_backbone
-    from headstart.features import embed
+    from headstart.features import embed, forward_device
 
+    forward_device(backend, device)  # an absent device is refused before the data is read
     bb = create_backbone(backbone) if isinstance(backbone, str) else backbone
     if isinstance(data, str | Path):
         from headstart.data import load_dataset
@@ -177,7 +180,7 @@ def domain_distance(
             raise HeadstartError(f"{len(data)} sources but {len(labels)} labels", fix="give one label each")
         pairs = [(str(s), None if labels is None else labels[i]) for i, s in enumerate(data)]
     pairs = _sample(pairs, sample, seed)
-    feats = embed(bb, [s for s, _ in pairs], cache=cache, backend=backend, progress=progress)
+    feats = embed(bb, [s for s, _ in pairs], cache=cache, backend=backend, progress=progress, device=device)
     if len(feats.X) == 0:
         raise HeadstartError(f"none of the {len(pairs)} items of {data} could be read", fix="check the data")
     label_of = dict(pairs)
@@ -218,4 +221,5 @@ def domain_distance(
         "formula": "mean of the available terms: semantic = 1 - I(label; pretrained prediction) / H(label), "
         f"low_level = min(1, BatchNorm Hellinger / {BN_SCALE})",
         "skipped": feats.bad,
+        "device": feats.stats["device"],
     }

@@ -17,28 +17,36 @@ from headstart.errors import HeadstartError
 FORWARD_SHARE = 1 / 3
 
 
-def _step_seconds(backbone: Any, batch_size: int) -> float:
-    """One `full`-recipe training step of `batch_size` items (the memoised timing); HeadstartError for a
-    family without one."""
+def _step_seconds(backbone: Any, batch_size: int, device: str = "auto") -> float:
+    """One `full`-recipe training step of `batch_size` items on `device` (the memoised timing);
+    HeadstartError for a family without one."""
     from headstart.verdicts.rank import FINETUNE_BATCH, finetune_step_seconds
 
-    return finetune_step_seconds(backbone) * batch_size / FINETUNE_BATCH
+    return finetune_step_seconds(backbone, device=device) * batch_size / FINETUNE_BATCH
 
 
-def probe_seconds(backbone: Any, n_items: int) -> float:
+def probe_seconds(backbone: Any, n_items: int, device: str = "auto") -> float:
     """The priced cost of the probe's pass over every item (0 without a timed step, or without a backbone)."""
     if backbone is None:
         return 0.0
     try:
-        return _step_seconds(backbone, 1) * FORWARD_SHARE * n_items
+        return _step_seconds(backbone, 1, device) * FORWARD_SHARE * n_items
     except HeadstartError:
         return 0.0
 
 
 def epoch_plan(
-    backbone: Any, strategy: str, *, n_train: int, n_eval: int, share_s: float, overhead_s: float = 0.0
+    backbone: Any,
+    strategy: str,
+    *,
+    n_train: int,
+    n_eval: int,
+    share_s: float,
+    overhead_s: float = 0.0,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """{"epochs": E or None (no plan: the clock decides), "recipe_epochs", "epoch_s", "why"}."""
+    """{"epochs": E or None (no plan: the clock decides), "recipe_epochs", "epoch_s", "why"}, priced at a
+    step timed on the `device` the fit will run on."""
     from headstart.recipes import get_recipe
 
     recipe = get_recipe(strategy, len(backbone.groups))
@@ -46,7 +54,7 @@ def epoch_plan(
     if total == 0:
         return {"epochs": 0, "recipe_epochs": 0, "epoch_s": 0.0, "why": "no training epochs"}
     try:
-        step = _step_seconds(backbone, recipe.batch_size)
+        step = _step_seconds(backbone, recipe.batch_size, device)
     except HeadstartError as e:  # a family without a timed step: the clock decides, and the row says so
         return {"epochs": None, "recipe_epochs": total, "epoch_s": None, "why": f"no step timing: {e}"}
     batches = math.ceil(n_train / recipe.batch_size)

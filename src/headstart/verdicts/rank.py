@@ -66,55 +66,73 @@ def probe_cv_accuracy(
     return (float(scores[C]) if scores else float("nan")), float(C)
 
 
-def train_step_seconds(backbone: Any, batch_sizes: list[int]) -> list[float]:
+def train_step_seconds(backbone: Any, batch_sizes: list[int], device: str = "auto") -> list[float]:
     """Wall time of training steps as the `full` recipe runs them (forward, backward through every layer,
     SGD update; BatchNorm statistics frozen, as pretrained recipes keep them) of a copy of `backbone` plus
-    a linear head, one step per batch size, on random input at its input size (decoding not included)."""
+    a linear head, one step per batch size, on random input at its input size (decoding not included), on
+    `device` (each step waits for the device to finish)."""
     import copy
 
     import torch
 
+    from headstart.train.engine import resolve_device, synchronize
     from headstart.train.groups import set_trainable
+
+    dev = resolve_device(device)
 
     if backbone.modality != "image":
         raise HeadstartError(f"step timing supports image backbones, not {backbone.modality}")
-    model = copy.deepcopy(backbone)
-    head = torch.nn.Linear(backbone.embed_dim, 10)
+    model = copy.deepcopy(backbone).to(dev)
+    head = torch.nn.Linear(backbone.embed_dim, 10).to(dev)
     set_trainable(model, head, len(model.groups), freeze_batchnorm=True)
     opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=1e-3, momentum=0.9)
     shape = backbone.example_input(1).shape[1:]
     times = []
     for n in batch_sizes:
-        x, t = torch.randn(n, *shape), torch.randint(0, 10, (n,))
+        x, t = torch.randn(n, *shape).to(dev), torch.randint(0, 10, (n,)).to(dev)
+        synchronize(dev)
         t0 = time.perf_counter()
         opt.zero_grad()
         torch.nn.functional.cross_entropy(head(model(x)), t).backward()
         opt.step()
+        synchronize(dev)
         times.append(time.perf_counter() - t0)
     return times
 
 
 def finetune_step_seconds(
-    backbone: Any, batch_size: int = FINETUNE_BATCH, timed_batch: int = TIMED_BATCH, *, cache: bool = True
+    backbone: Any,
+    batch_size: int = FINETUNE_BATCH,
+    timed_batch: int = TIMED_BATCH,
+    *,
+    cache: bool = True,
+    device: str = "auto",
 ) -> float:
-    """Estimated wall time of one `full`-recipe training step of `batch_size` items (see
+    """Estimated wall time of one `full`-recipe training step of `batch_size` items on `device` (see
     train_step_seconds): one step of `timed_batch` items after an untimed warm-up step, scaled.
 
-    Remembered per backbone, machine and thread count in the headstart cache, so ranking other data with
-    the same backbone does not time it again."""
+    Remembered per backbone, machine, thread count and (off the CPU) device in the headstart cache, so
+    ranking other data with the same backbone does not time it again."""
     import os
     import platform
 
     import torch
 
     from headstart.fileio import atomic_write_json
+    from headstart.train.engine import resolve_device
 
+    dev = resolve_device(device)
     machine = (platform.machine(), os.cpu_count(), torch.get_num_threads())
     key = "|".join(map(str, (backbone.key, *machine, timed_batch)))
+    if dev.type == "cuda":  # a GPU's step is its own figure (the CPU's keys are as before)
+        key += f"|{dev}|{torch.cuda.get_device_name(dev)}"
+    elif dev.type != "cpu":
+        key += f"|{dev}"
     memo = _step_memo() if cache else {}
     if key in memo:
         return float(memo[key]) * batch_size / timed_batch
-    seconds = train_step_seconds(backbone, [WARMUP_BATCH, timed_batch])[-1]  # the first: one-time allocations
+    # The first step is the warm-up: one-time allocations and kernel choices.
+    seconds = train_step_seconds(backbone, [WARMUP_BATCH, timed_batch], device=str(dev))[-1]
     if cache:
         atomic_write_json(_step_memo_path(), {**_step_memo(), key: seconds})
     return seconds * batch_size / timed_batch
@@ -144,8 +162,10 @@ def rank_backbones(
     backend: str = "auto",
     batch_size: int = 32,
     cache: bool = True,
+    device: str = "auto",
 ) -> list[dict[str, Any]]:
     """One row per backbone, best LogME first. See the module docstring for what each score means.
+    `device`: where the backbones embed and the fine-tuning step is timed (the row's `device`).
 
     Row keys: backbone, logme, knn_accuracy, probe_cv_accuracy (each with a 95 % Wilson interval, `_ci`,
     on the n items; probe_cv_tied_with_best: its interval reaches the best one's), probe_C, n, dim,
@@ -154,12 +174,13 @@ def rank_backbones(
     """
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
-    from headstart.features import embed
+    from headstart.features import embed, forward_device
     from headstart.intervals import wilson
     from headstart.verdicts.logme import logme
 
     if not backbones:
         raise HeadstartError("no backbones to rank", fix="name at least one, e.g. --backbones a,b")
+    forward_device(backend, device)  # an absent device is refused before the data is read
     ds = load_dataset(data, seed=seed)
     labeled = [it for it in ds.items if it.split in ("train", "val")]
     n_train = len(ds.split("train"))
@@ -176,6 +197,7 @@ def rank_backbones(
             backend=backend,
             batch_size=batch_size,
             progress=progress,
+            device=device,
         )
         embed_s = time.perf_counter() - t0
         label_of = {it.source: index[it.label] for it in labeled}
@@ -188,7 +210,7 @@ def rank_backbones(
         probe_acc, C = probe_cv_accuracy(feats.X, y, len(ds.classes), seed, probe_folds)
         score_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        step_s = finetune_step_seconds(bb) if estimate_finetune else None
+        step_s = finetune_step_seconds(bb, device=device) if estimate_finetune else None
         estimate_s = time.perf_counter() - t0
         steps = math.ceil(n_train / FINETUNE_BATCH) * epochs
         rows.append(
@@ -204,6 +226,7 @@ def rank_backbones(
                 "dim": int(feats.X.shape[1]),
                 "embed_s": embed_s,
                 "forwards": int(feats.stats["forwards"]),
+                "device": feats.stats["device"],
                 "score_s": score_s,
                 "estimate_s": estimate_s,
                 "rank_s": embed_s + score_s + estimate_s,

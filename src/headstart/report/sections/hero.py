@@ -8,17 +8,15 @@ from headstart.report.sections.calibration import calibration_applied
 
 
 def hero(files: RunFiles) -> Html:
-    run = files.run
-    backbone = run.get("backbone") or {}
-    kind = str(run.get("kind", "run"))
+    info = files.info
     strategy = strategy_name(files)
     chips = [
-        ("base", backbone.get("name", "?")),
-        ("kind", kind + (f" · {strategy}" if strategy else "")),
+        ("base", info.backbone.name or "?"),
+        ("kind", info.kind + (f" · {strategy}" if strategy else "")),
         ("classes", len(files.classes)),
-        ("date", str(run.get("created", "–")).replace("T", " ")),
+        ("date", (info.created or "–").replace("T", " ")),
     ]
-    if run.get("pretrained") is False:
+    if not info.pretrained:
         chips.append(("weights", "random init"))
     chip_html = join(tag("li", join([f"{k} ", tag("b", v)])) for k, v in chips)
     return tag(

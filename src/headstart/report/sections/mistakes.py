@@ -21,9 +21,9 @@ def section(files: RunFiles) -> tuple[Html, bool]:
     mistakes = [m for m in ev.get("mistakes") or [] if isinstance(m, dict)]
     if not mistakes:
         return note("No mistakes on the evaluated split.", "good"), True
-    modality = str((files.data or {}).get("modality") or files.run.get("modality") or "image")
+    modality = files.info.modality or "image"
     shown = mistakes[:MAX_MISTAKES]
-    cards = [_mistake_card(m, modality, files.path) for m in shown]
+    cards = [_mistake_card(m, modality, files) for m in shown]
     intro = f"The {len(shown)} wrong predictions the model was surest of"
     if len(mistakes) > len(shown):
         intro += f" (of {len(mistakes)})"
@@ -35,7 +35,7 @@ def section(files: RunFiles) -> tuple[Html, bool]:
     ), True
 
 
-def _mistake_card(m: dict[str, Any], modality: str, run_dir: Path) -> Html:
+def _mistake_card(m: dict[str, Any], modality: str, files: RunFiles) -> Html:
     source = str(m.get("source", ""))
     caption = join(
         [
@@ -47,7 +47,7 @@ def _mistake_card(m: dict[str, Any], modality: str, run_dir: Path) -> Html:
     if modality == "text":
         visual = tag("blockquote", source)
     else:
-        path = find_file(source, run_dir)
+        path = find_file(source, files)
         thumb = _thumbnail(path) if path and modality == "image" else None
         if thumb:
             alt = f"{Path(source).name}: labelled {m.get('label')}, predicted {m.get('pred')}"

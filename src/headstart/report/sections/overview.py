@@ -10,7 +10,6 @@ from headstart.report.loader import RunFiles, as_float, ci_text, eval_cmd, test_
 
 
 def section(files: RunFiles) -> tuple[Html, bool]:
-    run = files.run
     metrics, _split, source = test_metrics(files)
     parts: list[Any] = []
     if metrics:
@@ -40,14 +39,14 @@ def section(files: RunFiles) -> tuple[Html, bool]:
         parts.append(not_computed("no held-out metrics in this run folder", eval_cmd(files)))
     m = files.metrics or {}
     facts = []
-    if m.get("trainable_params") is not None or run.get("trainable_params") is not None:
-        trainable = m.get("trainable_params", run.get("trainable_params"))
+    if m.get("trainable_params") is not None or files.info.trainable_params is not None:
+        trainable = m.get("trainable_params", files.info.trainable_params)
         total = m.get("backbone_params")
         facts.append(
             f"{num(trainable)} trainable parameters"
             + (f" on top of a {num(total)}-parameter backbone" if total else "")
         )
-    params = run.get("params") if isinstance(run.get("params"), dict) else {}
+    params = files.info.params
     if params.get("C") is not None:
         tried = params.get("selection_scores") or {}
         facts.append(

@@ -13,7 +13,7 @@ def section(files: RunFiles) -> tuple[Html, bool]:
     if not h or not h.get("epochs"):
         return not_computed(
             "no per-epoch history (history.json): probe runs fit the head in one step",
-            f"headstart fit DATA --backbone {(files.run.get('backbone') or {}).get('name', 'NAME')}",
+            f"headstart fit DATA --backbone {files.info.backbone.name or 'NAME'}",
         ), False
     from headstart.report import plots
 

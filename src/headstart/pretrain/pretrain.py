@@ -23,8 +23,8 @@ of every epoch is general text (rehearsal), and the general text's own held-out 
 after: a rise there is forgetting.
 
 Each run (warm-up, control, adaptation) is a `LanguageModeling` task of the one training loop
-(headstart.adapt.lm), so device, precision and processes are fit's. The new backbone is written atomically
-(headstart.adapt.folder); under the backbones home it is found by name (`create_backbone(name)`,
+(headstart.pretrain.lm), so device, precision and processes are fit's. The new backbone is written atomically
+(headstart.pretrain.folder); under the backbones home it is found by name (`create_backbone(name)`,
 `headstart backbones`).
 """
 
@@ -36,12 +36,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from headstart.adapt.folder import backbone_card, default_name, parent_folder, save_backbone
-from headstart.adapt.lm import CausalLM, LanguageModeling, MaskedLM, held_out_perplexity
-from headstart.adapt.objectives import Chunk, chunk_texts
-from headstart.backbones.adapted import FAMILY, backbones_home, check_name
+from headstart.backbones.home import FAMILY, backbones_home, check_name
 from headstart.data.unlabeled_text import read_unlabeled
 from headstart.errors import HeadstartError
+from headstart.pretrain.folder import backbone_card, default_name, parent_folder, save_backbone
+from headstart.pretrain.lm import CausalLM, LanguageModeling, MaskedLM, held_out_perplexity
+from headstart.pretrain.objectives import Chunk, chunk_texts
 from headstart.recipes import Phase, Recipe
 from headstart.train.engine import check_engine, is_main_process, resolve_device
 from headstart.train.loop import Trainer

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from headstart.adapt.lm import HEAD_FILE
-from headstart.backbones.adapted import CARD_FILE, FAMILY, WEIGHTS_FILE
+from headstart.backbones.home import CARD_FILE, FAMILY, WEIGHTS_FILE
 from headstart.data.unlabeled_text import UnlabeledTexts
 from headstart.errors import HeadstartError
 from headstart.fileio import atomic_write_json, sha256_file
+from headstart.pretrain.lm import HEAD_FILE
 
 # Files of the parent folder the adapted folder keeps (tokenizer, sentence-transformers pooling, license).
 _KEEP_SUFFIXES = (".json", ".txt", ".model", ".jinja")

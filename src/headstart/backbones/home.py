@@ -1,4 +1,5 @@
-"""Adapted backbones: text backbones whose pretraining `headstart adapt` continued on domain text.
+"""The backbones home: text backbones whose pretraining `headstart adapt` (headstart.pretrain) continued
+on domain text; `pretrain/folder.py` writes them, this module finds and loads them.
 
 Each one is a folder under the backbones home (`HEADSTART_BACKBONES`, default
 `~/.cache/headstart/backbones`, or `$HEADSTART_CACHE/backbones`) holding a transformers model

@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from headstart.adapt.objectives import (
+from headstart.errors import HeadstartError
+from headstart.pretrain.objectives import (
     MLM_PROBABILITY,
     Chunk,
     MLMHead,
@@ -28,7 +30,6 @@ from headstart.adapt.objectives import (
     mlm_loss,
     perplexity,
 )
-from headstart.errors import HeadstartError
 from headstart.recipes import Phase
 from headstart.train.precision import side_effect_free, time_step
 from headstart.train.task import StepOut, StepTotals, Task
@@ -178,6 +179,7 @@ def held_out_perplexity(lm: MaskedLM | CausalLM, fixed: list[Any], device: torch
     return perplexity(total, count)
 
 
+@dataclass(eq=False)
 class LanguageModeling(Task):
     """One of adapt's runs: the encoder trains at `encoder_lr` (None: frozen), an MLM head at the phase's
     rate; each epoch is every domain chunk plus general chunks making up `mix_fraction` of it; judged by
@@ -188,28 +190,19 @@ class LanguageModeling(Task):
     max_grad_norm = 1.0
     start_seeds_patience = True
 
-    def __init__(
-        self,
-        lm: MaskedLM | CausalLM,
-        chunks: dict[str, list[Chunk]],
-        held_out: list[Any],
-        *,
-        pad: int,
-        mix_fraction: float = 0.0,
-        encoder_lr: float | None = None,
-        plateau: float = 0.0,
-        evaluate_start: bool = False,
-    ) -> None:
-        self.lm = lm
-        self.model = lm.model
-        self.chunks = chunks
-        self.held_out = held_out
-        self.pad = pad
-        self.mix_fraction = mix_fraction
-        self.encoder_lr = encoder_lr
-        self.plateau = plateau
-        self.evaluate_start = evaluate_start
-        self.engine: Any = None
+    lm: MaskedLM | CausalLM
+    chunks: dict[str, list[Chunk]]
+    held_out: list[Any]
+    _: KW_ONLY
+    pad: int
+    mix_fraction: float = 0.0
+    encoder_lr: float | None = None
+    plateau: float = 0.0
+    evaluate_start: bool = False
+    engine: Any = field(default=None, init=False)  # the trainer's, from setup
+
+    def __post_init__(self) -> None:
+        self.model = self.lm.model
 
     def setup(self, trainer: Trainer, train: Any, val: Any) -> None:
         self.engine = trainer.engine

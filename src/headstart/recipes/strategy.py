@@ -1,0 +1,61 @@
+"""What `--strategy` names: a built-in recipe (`head`, `partial:N`, `lora:R`, ...), a recipe file, a dict or
+a `Recipe`, parsed and checked against the backbone's layer groups before any training starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from headstart.errors import HeadstartError
+from headstart.recipes import built_in
+from headstart.recipes.built_in import BUILT_IN
+from headstart.recipes.schema import Recipe, load_recipe_file
+
+
+def get_recipe(strategy: str | Recipe | dict[str, Any] | Path, n_groups: int) -> Recipe:
+    """A built-in recipe by name, a Recipe, a dict, or a .json/.yaml file."""
+    if isinstance(strategy, Recipe):
+        strategy.validate()
+        return strategy
+    if isinstance(strategy, dict):
+        return Recipe.from_dict(strategy)
+    s = str(strategy)
+    if s.endswith((".json", ".yaml", ".yml")):
+        return load_recipe_file(Path(s))
+    if s == "head":
+        return built_in.head(n_groups)
+    if s.startswith("partial"):
+        _, _, n = s.partition(":")
+        if not n.isdigit() or int(n) < 1:
+            raise HeadstartError(
+                f"bad strategy {s!r}", fix="write partial:N with N >= 1 top groups, e.g. partial:2"
+            )
+        if int(n) > n_groups:
+            raise HeadstartError(
+                f"{s}: the backbone has only {n_groups} layer groups",
+                fix=f"use partial:1 .. partial:{n_groups}",
+            )
+        return built_in.partial(int(n))
+    if s.startswith("lora:"):
+        r = s.partition(":")[2]
+        if not r.isdigit() or int(r) < 1:
+            raise HeadstartError(f"bad strategy {s!r}", fix="write lora:R with the rank R >= 1, e.g. lora:16")
+        return built_in.lora(int(r))
+    makers = {
+        "full": built_in.full,
+        "discriminative": built_in.discriminative,
+        "gradual": lambda: built_in.gradual(n_groups),
+        "lp-ft": built_in.lp_ft,
+        "scratch": built_in.scratch,
+        "lora": built_in.lora,
+    }
+    if s not in makers:
+        import difflib
+
+        close = difflib.get_close_matches(s, [*makers, "head", "partial:2"], n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise HeadstartError(
+            f"unknown strategy {s!r}",
+            fix=f"{hint}built in: {', '.join(BUILT_IN)}, or a recipe .json/.yaml file",
+        )
+    return makers[s]()

@@ -1,0 +1,29 @@
+"""Every file name of a run folder, defined once; every verb names the files through these constants."""
+
+from __future__ import annotations
+
+#: run.json's schema. 1: what headstart wrote before run.json recorded a version (split.csv paths as given,
+#: relative to the working folder of the command). 2: `schema_version`, `data_root` (split.csv paths are
+#: relative to it), the recipe of every run. A reader reads every version up to this one.
+SCHEMA_VERSION = 2
+
+RUN_FILE = "run.json"
+HEAD_FILE = "head.safetensors"
+DELTA_FILE = "delta.safetensors"
+ADAPTER_FILE = "adapter.safetensors"
+METRICS_FILE = "metrics.json"
+DATA_FILE = "data.json"
+SPLIT_FILE = "split.csv"
+HISTORY_FILE = "history.json"
+HISTORY_CSV_FILE = "history.csv"
+RECIPE_FILE = "recipe.json"
+CALIBRATION_FILE = "calibration.json"
+EVALUATION_FILE = "evaluation.json"
+COMPARE_FILE = "compare.json"
+LEAKAGE_FILE = "leakage.json"
+CURVE_FILE = "curve.json"
+REPORT_FILE = "report.html"
+DISTILL_FILE = "distill.json"
+ONNX_FILE = "model.onnx"
+#: split.csv's columns; a reader needs the first three (runs before content hashes have no sha256).
+SPLIT_COLUMNS = ("path", "label", "split", "sha256")
