@@ -227,3 +227,32 @@ def test_predict_and_evaluate_list_each_bad_file_with_its_reason(
     assert res.code == 0 and "Traceback" not in res.text, res.text
     _assert_skipped_with_reasons(_json(res.out)["skipped"], data)
     assert tree_digest(world["root"]) == before  # DATA given: evaluate writes nothing
+
+
+def test_the_fix_the_reason_names_exists_on_predict_and_fit(
+    capsys: pytest.CaptureFixture[str], world: dict[str, Any], tmp_path: Path
+) -> None:
+    """The skip reason says "raise --max-pixels": predict and fit take it (both default to 64 M)."""
+    good = next(f for f in sorted((world["data"] / "red").iterdir()) if f.name not in BAD)
+    res = run_cli(capsys, "predict", world["run"], good, "--max-pixels", "100", "--json")
+    assert res.code == 1 and "over the 100-pixel limit" in _json(res.out)[0]["error"], res.text
+    res = run_cli(capsys, "predict", world["run"], good, "--max-pixels", "10000", "--json")
+    assert res.code == 0 and "label" in _json(res.out)[0], res.text
+    out = tmp_path / "fit"
+    res = run_cli(
+        capsys,
+        "fit",
+        world["data"],
+        "--backbone",
+        TEST_BACKBONE,
+        "--strategy",
+        "partial:1",
+        "--epochs",
+        "1",
+        "--out",
+        out,
+        "--max-pixels",
+        "100",
+    )
+    assert res.code == 2 and "Traceback" not in res.text and not out.exists(), res.text
+    assert "100-pixel limit" in res.text and "unrecognized arguments" not in res.text, res.text

@@ -169,7 +169,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     usable = [i for i, (_, src) in enumerate(inputs) if isinstance(src, str)]
     sources = [inputs[i][1] for i in usable]
     proba, kept, bad = (
-        model.predict_proba(sources, backend=args.backend, device=args.device) if sources else (None, [], {})
+        model.predict_proba(sources, backend=args.backend, device=args.device, max_pixels=args.max_pixels)
+        if sources
+        else (None, [], {})
     )
     by_index = {usable[k]: p for k, p in zip(kept, proba if proba is not None else [], strict=True)}
     results: list[dict[str, Any]] = []
@@ -250,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--text", action="append", default=[], metavar="TEXT", help="a text to label as given (text models)"
     )
     pd.add_argument("--top", type=int, default=3, help="classes listed per input in --json output")
+    pd.add_argument("--max-pixels", type=int, help="refuse images larger than this (default 64,000,000)")
     pd.add_argument("--store", type=Path, help="model store for NAME references (default: $HEADSTART_MODELS)")
     add_backend_flags(pd)
     pd.add_argument("--json", action="store_true", help="machine-readable output")

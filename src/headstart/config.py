@@ -136,6 +136,7 @@ class RunConfig:
     test: float = option(0.15, help="test fraction when splitting")
     strict: bool = option(False, help="fail on any unreadable file instead of skipping it")
     device: str = option("auto", parse=device_arg, help=DEVICE_HELP)
+    max_pixels: int | None = option(None, help="skip images larger than this (default 64,000,000)")
     save: bool = option(True, cli=False, help="write the run folder (False: only return the report)")
     progress: bool = option(True, cli=False, help="progress bars (the CLI turns them off for --json)")
 
@@ -153,7 +154,6 @@ class ProbeConfig(RunConfig):
     backend: str = option("auto", choices=("auto", "onnx", "torch"), help=BACKEND_HELP)
     batch_size: int = option(32, help="inputs per forward pass when embedding")
     cache: bool = option(True, help="do not read or write the embedding cache")
-    max_pixels: int | None = option(None, help="skip images larger than this (default 64,000,000)")
 
     def __post_init__(self) -> None:
         from headstart.features import forward_device

@@ -131,6 +131,7 @@ class TrainedModel:
         cache: bool = True,
         progress: bool = False,
         device: str | torch.device = "auto",
+        max_pixels: int | None = None,
     ) -> tuple[np.ndarray, list[int], dict[str, str]]:
         """(embeddings of the usable inputs, their indices into `sources`, {source: reason} for the rest).
         The backbone runs on `device` (headstart.features.forward_device) and is back where it was (the
@@ -138,7 +139,10 @@ class TrainedModel:
         from headstart.features import embed
 
         srcs = [str(s) for s in sources]
-        feats = embed(self.backbone, srcs, cache=cache, backend=backend, progress=progress, device=device)
+        limit = {"max_pixels": max_pixels} if max_pixels else {}
+        feats = embed(
+            self.backbone, srcs, cache=cache, backend=backend, progress=progress, device=device, **limit
+        )
         index: dict[str, list[int]] = {}
         for i, s in enumerate(srcs):
             index.setdefault(s, []).append(i)

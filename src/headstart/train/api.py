@@ -205,6 +205,7 @@ def _objective(job: FitJob, objective: Objective | None) -> Objective | None:
 
 def _decode(job: FitJob) -> tuple[dict[str, Split], list[str]]:
     """Every input decoded once: the train/val/test Splits (unlabeled inputs join train with label -1)."""
+    from headstart.data.images import DEFAULT_MAX_PIXELS
     from headstart.train.data import Split, decode_all
 
     extra: list[str] = []
@@ -214,7 +215,12 @@ def _decode(job: FitJob) -> tuple[dict[str, Split], list[str]]:
         extra = load_unlabeled(job.cfg.unlabeled, job.bb.modality).sources
     t0 = time.perf_counter()
     sources = [it.source for it in job.ds.items]
-    good, bad = decode_all(job.bb, sources + extra, progress=job.cfg.progress)
+    good, bad = decode_all(
+        job.bb,
+        sources + extra,
+        progress=job.cfg.progress,
+        max_pixels=job.cfg.max_pixels or DEFAULT_MAX_PIXELS,
+    )
     if bad and job.cfg.strict:
         listed = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
         raise HeadstartError(
