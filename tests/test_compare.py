@@ -298,3 +298,23 @@ def test_same_data_seed_and_budget_give_the_same_rows(
     for r in tuned:  # the plan, not the clock or the cap, set how long each trained
         assert r["epochs_planned"] < r["recipe_epochs"] and r["epochs_run"] <= r["epochs_planned"]
         assert r["cut_short"] and not r["budget_stopped"]
+
+
+@pytest.mark.parametrize("name", ["test_text_encoder", "test_whisper_encoder"])
+def test_text_and_audio_backbones_get_a_timed_step_and_are_left_as_they_were(name: str) -> None:
+    """Their plans come from a timed step too (no clock in the plan); timing one trains a throw-away
+    step, which must leave the backbone's weights, flags and modes as they were."""
+    import torch
+
+    import headstart.testing  # noqa: F401  (registers the test backbones)
+    from headstart.backbones import create_backbone
+    from headstart.verdicts.rank import train_step_seconds
+
+    bb = create_backbone(name)
+    bb.eval()
+    weights = {k: v.clone() for k, v in bb.state_dict().items()}
+    flags = [p.requires_grad for p in bb.parameters()]
+    (seconds,) = train_step_seconds(bb, [2])
+    assert seconds > 0
+    assert all(torch.equal(weights[k], v) for k, v in bb.state_dict().items())
+    assert flags == [p.requires_grad for p in bb.parameters()] and not bb.training

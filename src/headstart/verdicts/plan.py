@@ -1,6 +1,7 @@
 """Budgets as epoch plans: a share of seconds becomes a number of epochs before training starts.
 
-The step time is measured once per backbone, machine and thread count (verdicts.rank's memo in the
+The step time (images at their input size, texts at 64 tokens, audio at a full window) is measured once
+per backbone, machine and thread count (verdicts.rank's memo in the
 headstart cache) on a `full`-recipe step, the most expensive kind; every phase of every strategy is priced
 at it, so a plan errs on the short side and the wall-clock cap (a safety net) rarely fires. With the memo
 in place, the same data, seed, budget and machine give the same epochs, hence the same rows.

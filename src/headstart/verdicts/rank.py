@@ -77,27 +77,60 @@ def train_step_seconds(backbone: Any, batch_sizes: list[int], device: str = "aut
 
     from headstart.train.engine import resolve_device, synchronize
     from headstart.train.groups import set_trainable
+    from headstart.train.precision import side_effect_free
 
     dev = resolve_device(device)
-
-    if backbone.modality != "image":
-        raise HeadstartError(f"step timing supports image backbones, not {backbone.modality}")
-    model = copy.deepcopy(backbone).to(dev)
+    try:
+        model, saved = copy.deepcopy(backbone), None
+    except TypeError:  # a family holding what cannot be copied (a tokenizer's lock): step it, then restore
+        model = backbone
+        saved = (
+            {k: v.detach().clone() for k, v in model.state_dict().items()},
+            [(q, q.requires_grad) for q in model.parameters()],
+            next(model.parameters()).device,
+        )
     head = torch.nn.Linear(backbone.embed_dim, 10).to(dev)
-    set_trainable(model, head, len(model.groups), freeze_batchnorm=True)
-    opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=1e-3, momentum=0.9)
-    shape = backbone.example_input(1).shape[1:]
     times = []
-    for n in batch_sizes:
-        x, t = torch.randn(n, *shape).to(dev), torch.randint(0, 10, (n,)).to(dev)
-        synchronize(dev)
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        torch.nn.functional.cross_entropy(head(model(x)), t).backward()
-        opt.step()
-        synchronize(dev)
-        times.append(time.perf_counter() - t0)
+    with side_effect_free([model]):
+        model.to(dev)
+        set_trainable(model, head, len(model.groups), freeze_batchnorm=True)
+        opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=1e-3, momentum=0.9)
+        for n in batch_sizes:
+            x, t = _step_input(backbone, n, dev), torch.randint(0, 10, (n,)).to(dev)
+            synchronize(dev)
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(head(model(x)), t).backward()
+            opt.step()
+            synchronize(dev)
+            times.append(time.perf_counter() - t0)
+    if saved is not None:
+        state, flags, where = saved
+        model.load_state_dict(state)
+        for q, flag in flags:
+            q.requires_grad_(flag)
+        model.to(where)
     return times
+
+
+# Texts are timed at this many tokens (a typical short document; at most the model's limit): the plan's
+# step time is an estimate for reproducible epoch plans, the wall-clock cap is the safety net.
+TIMED_TEXT_TOKENS = 64
+
+
+def _step_input(backbone: Any, n: int, dev: Any) -> Any:
+    """A batch of `n` inputs at the backbone's input size: random pixels for images, texts of
+    TIMED_TEXT_TOKENS tokens, the family's own example for other inputs (audio: a full window)."""
+    import torch
+
+    from headstart.train.engine import place
+
+    if backbone.modality == "image":
+        return torch.randn(n, *backbone.example_input(1).shape[1:]).to(dev)
+    if backbone.modality == "text":
+        words = " ".join(["word"] * min(TIMED_TEXT_TOKENS, int(backbone.max_length)))
+        return place(backbone.collate([backbone.encode(words)] * n), dev)
+    return place(backbone.example_input(n), dev)
 
 
 def finetune_step_seconds(
