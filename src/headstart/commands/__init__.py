@@ -71,6 +71,12 @@ def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+def options(args: argparse.Namespace, *names: str, **extra: Any) -> dict[str, Any]:
+    """Keyword arguments of a verb's API call named like its flags (`--keep-duplicates` -> keep_duplicates),
+    plus `progress` (off under --json) and what the command decides itself (`extra`)."""
+    return {"progress": not args.json, **{n: getattr(args, n) for n in names}, **extra}
+
+
 # Width for output that is not a terminal (piped, redirected, captured): rich would fit it to 80 columns and
 # cut backbone, model and alias names to "…"; a reader of a pipe (grep, a file, `less -S`) wants whole lines.
 PIPED_WIDTH = 10_000

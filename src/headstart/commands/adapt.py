@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from headstart.commands import console, print_json
+from headstart.commands import console, options, print_json
 from headstart.train.engine import add_engine_flags
 
 
@@ -22,27 +22,10 @@ def _fraction(text: str) -> float:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from headstart.pretrain import adapt
 
-    report = adapt(
-        args.backbone,
-        args.unlabeled,
-        name=args.name,
-        out=args.out,
-        epochs=args.epochs,
-        lr=args.lr,
-        head_lr=args.head_lr,
-        head_epochs=args.head_epochs,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        mix_general=args.mix_general,
-        mix_fraction=args.mix_fraction,
-        held_out=args.held_out,
-        txt_layout=args.txt_layout,
-        seed=args.seed,
-        overwrite=args.overwrite,
-        device=args.device,
-        precision=args.precision,
-        progress=not args.json,
-    )
+    names = ("name", "out", "epochs", "lr", "head_lr", "head_epochs", "batch_size", "max_length")
+    names += ("mix_general", "mix_fraction", "held_out", "txt_layout", "seed", "overwrite")
+    names += ("device", "precision")
+    report = adapt(args.backbone, args.unlabeled, **options(args, *names))
     if args.json:
         print_json(report.to_dict())
         return 0

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from headstart.commands import add_backend_flags, console, fmt, print_json
-from headstart.commands.compare import parse_budget
+from headstart.commands import console, fmt, options, print_json
+from headstart.commands.compare import add_comparison_flags, parse_budget
 
 
 def cmd_auto(args: argparse.Namespace) -> int:
@@ -16,22 +16,10 @@ def cmd_auto(args: argparse.Namespace) -> int:
 
     con = console()
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
-    result = auto(
-        args.data,
-        backbone=args.backbone,
-        budget_s=args.budget,
-        out=args.out,
-        strategies=strategies,
-        store=args.store,
-        name=args.name,
-        alias=args.alias,
-        curve=not args.no_curve,
-        seed=args.seed,
-        keep_duplicates=args.keep_duplicates,
-        progress=not args.json,
-        device=args.device,
-        say=(lambda msg: None) if args.json else (lambda msg: con.print(f"[yellow]{escape(msg)}[/yellow]")),
-    )
+    say = (lambda msg: None) if args.json else (lambda msg: con.print(f"[yellow]{escape(msg)}[/yellow]"))
+    names = ("backbone", "out", "store", "name", "alias", "seed", "keep_duplicates", "device")
+    kw = options(args, *names, budget_s=args.budget, strategies=strategies, curve=not args.no_curve, say=say)
+    result = auto(args.data, **kw)
     if args.json:
         print_json(result)
         return 0
@@ -77,12 +65,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--name", help="model name in the store (default: the data folder's name)")
     a.add_argument("--alias", default="production", help="alias pointed at the new version")
     a.add_argument("--no-curve", action="store_true", help="skip the label-efficiency curve")
-    a.add_argument("--seed", type=int, default=0)
-    a.add_argument(
-        "--keep-duplicates",
-        action="store_true",
-        help="keep exact and near copies where the split put them (default: moved into one split)",
-    )
-    add_backend_flags(a, backend=False)  # --device: where every step runs
-    a.add_argument("--json", action="store_true")
+    add_comparison_flags(a)
     a.set_defaults(func=cmd_auto)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from headstart.commands import add_backend_flags, console, fmt, fmt_bytes, print_json
+from headstart.commands import add_backend_flags, console, fmt, fmt_bytes, options, print_json
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -26,17 +26,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from headstart.verdicts.compare import compare
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
-    result = compare(
-        args.data,
-        args.backbone,
-        budget_s=args.budget,
-        strategies=strategies,
-        seed=args.seed,
-        out=args.out,
-        keep_duplicates=args.keep_duplicates,
-        progress=not args.json,
-        device=args.device,
-    )
+    kw = options(args, "seed", "out", "keep_duplicates", "device", strategies=strategies)
+    result = compare(args.data, args.backbone, budget_s=args.budget, **kw)
     if args.json:
         print_json(result)
         return 0
@@ -152,12 +143,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         "pretraining on the training texts, then runs S",
     )
     p.add_argument("--out", help="output folder (default runs/compare-DATA-BACKBONE)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
+    add_comparison_flags(p, json_help="print compare.json instead of the table")
+    p.set_defaults(func=cmd_compare)
+
+
+def add_comparison_flags(parser: argparse.ArgumentParser, *, json_help: str | None = None) -> None:
+    """--seed, --keep-duplicates, --device, --json: the flags of `compare` and of `auto`, which runs it."""
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
         "--keep-duplicates",
         action="store_true",
         help="keep exact and near copies where the split put them (default: moved into one split)",
     )
-    add_backend_flags(p, backend=False)  # --device: where every row runs
-    p.add_argument("--json", action="store_true", help="print compare.json instead of the table")
-    p.set_defaults(func=cmd_compare)
+    add_backend_flags(parser, backend=False)  # --device: where every row (every step of auto) runs
+    parser.add_argument("--json", action="store_true", help=json_help)

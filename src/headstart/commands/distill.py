@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import console, print_json
+from headstart.commands import console, options, print_json
 from headstart.train.engine import add_engine_flags
 
 
@@ -22,26 +22,11 @@ def _fmt_ms(side: dict[str, Any], key: str) -> str:
 def cmd_distill(args: argparse.Namespace) -> int:
     from headstart.train.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, distill
 
-    report = distill(
-        args.run,
-        student=args.student,
-        strategy=args.strategy,
-        unlabeled=args.unlabeled,
-        temperature=DEFAULT_TEMPERATURE if args.temperature is None else args.temperature,
-        alpha=DEFAULT_ALPHA if args.alpha is None else args.alpha,
-        out=args.out,
-        seed=args.seed,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        augment=args.augment,
-        overwrite=args.overwrite,
-        progress=not args.json,
-        backend=args.backend,
-        latency_repeats=args.latency_repeats,
-        device=args.device,
-        precision=args.precision,
-    )
+    names = ("student", "strategy", "unlabeled", "out", "seed", "epochs", "lr", "batch_size", "augment")
+    names += ("overwrite", "backend", "latency_repeats", "device", "precision")
+    temperature = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
+    alpha = DEFAULT_ALPHA if args.alpha is None else args.alpha
+    report = distill(args.run, **options(args, *names, temperature=temperature, alpha=alpha))
     if args.json:
         print_json(report.to_dict())
         return 0

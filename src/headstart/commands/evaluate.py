@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import add_backend_flags, console, fmt, print_json, run_folder
+from headstart.commands import add_backend_flags, console, fmt, options, print_json, run_folder
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,18 +49,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     forward_device(args.backend, args.device)  # before a stored model's files are verified
     run, stored = run_folder(args.run, args.store)
-    res = evaluate_run(
-        run,
-        args.data,
-        split=args.split,
-        ood=args.ood,
-        latency=not args.no_latency,
-        backend=args.backend,
-        save=not stored,
-        out=args.out,
-        progress=not args.json,
-        device=args.device,
-    )
+    kw = options(args, "split", "ood", "backend", "out", "device", latency=not args.no_latency)
+    res = evaluate_run(run, args.data, save=not stored, **kw)
     if args.json:
         if res["calibration"]["status"] == "skipped":  # stdout is the JSON; the warning goes beside it
             print(

@@ -13,49 +13,41 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="versioned model store: register, promote, rollback, diff, rm")
     verbs = p.add_subparsers(dest="models_verb", required=True, metavar="ACTION")
 
-    def add(name: str, help: str) -> argparse.ArgumentParser:
+    def add(name: str, help: str, func: Any, *positionals: str | tuple[str, str]) -> argparse.ArgumentParser:
+        """An action with the flags all share, its positional arguments (NAME or (NAME, help)) and command."""
         q = verbs.add_parser(name, help=help)
         q.add_argument(
             "--store", type=Path, help="store folder (default: $HEADSTART_MODELS or ./headstart-models)"
         )
         q.add_argument("--json", action="store_true", help="machine-readable output")
+        for arg in positionals:
+            arg_name, arg_help = (arg, None) if isinstance(arg, str) else arg
+            q.add_argument(arg_name, help=arg_help)
+        q.set_defaults(func=func)
         return q
 
-    add("list", "every stored model, its versions and aliases").set_defaults(func=cmd_list)
+    add("list", "every stored model, its versions and aliases", cmd_list)
+    add("show", "model card and files of NAME, NAME:v2 or NAME@alias", cmd_show, "ref")
 
-    q = add("show", "model card and files of NAME, NAME:v2 or NAME@alias")
-    q.add_argument("ref")
-    q.set_defaults(func=cmd_show)
-
-    q = add("register", "store a run folder as the next version of a model")
+    q = add("register", "store a run folder as the next version of a model", cmd_register)
     q.add_argument("run", type=Path)
     q.add_argument("--name", help="model name (default: the run folder's name)")
     q.add_argument("--alias", help="also point this alias at the new version")
     q.add_argument("--mlflow", metavar="URI", help="also log the version to this MLflow tracking URI")
-    q.set_defaults(func=cmd_register)
 
-    q = add("promote", "point an alias (default production) at a version")
-    q.add_argument("name")
-    q.add_argument("version", help="2 or v2")
+    promote_help = "point an alias (default production) at a version"
+    q = add("promote", promote_help, cmd_promote, "name", ("version", "2 or v2"))
     q.add_argument("--alias", default="production")
-    q.set_defaults(func=cmd_promote)
 
-    q = add("rollback", "move an alias back to the version it pointed at before")
-    q.add_argument("name")
+    q = add("rollback", "move an alias back to the version it pointed at before", cmd_rollback, "name")
     q.add_argument("--alias", default="production")
-    q.set_defaults(func=cmd_rollback)
 
-    q = add("diff", "what differs between two versions: metrics, recipe, base, files")
-    q.add_argument("name")
-    q.add_argument("a", help="version, e.g. v1")
-    q.add_argument("b", help="version, e.g. v2")
-    q.set_defaults(func=cmd_diff)
+    diff_help = "what differs between two versions: metrics, recipe, base, files"
+    add("diff", diff_help, cmd_diff, "name", ("a", "version, e.g. v1"), ("b", "version, e.g. v2"))
 
-    q = add("rm", "remove a version (refused while an alias points to it, unless --force)")
-    q.add_argument("name")
-    q.add_argument("version")
+    rm_help = "remove a version (refused while an alias points to it, unless --force)"
+    q = add("rm", rm_help, cmd_rm, "name", "version")
     q.add_argument("--force", action="store_true", help="remove it and the aliases pointing to it")
-    q.set_defaults(func=cmd_rm)
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -142,22 +134,21 @@ def cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_promote(args: argparse.Namespace) -> int:
-    n = _store(args).promote(args.name, args.version, args.alias)
+def _print_alias(args: argparse.Namespace, version: int, moved: str) -> int:
+    """What promote and rollback print: the version the alias points at now."""
     if args.json:
-        print_json({"name": args.name, "alias": args.alias, "version": n})
+        print_json({"name": args.name, "alias": args.alias, "version": version})
     else:
-        console().print(f"{args.name}@{args.alias} -> v{n}", markup=False)
+        console().print(f"{args.name}@{args.alias} {moved} v{version}", markup=False)
     return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    return _print_alias(args, _store(args).promote(args.name, args.version, args.alias), "->")
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    n = _store(args).rollback(args.name, args.alias)
-    if args.json:
-        print_json({"name": args.name, "alias": args.alias, "version": n})
-    else:
-        console().print(f"{args.name}@{args.alias} rolled back to v{n}", markup=False)
-    return 0
+    return _print_alias(args, _store(args).rollback(args.name, args.alias), "rolled back to")
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -6,22 +6,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import add_backend_flags, console, fmt, print_data_notes, print_json
+from headstart.commands import add_backend_flags, console, fmt, options, print_data_notes, print_json
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
     from headstart.verdicts.rank import rank_backbones, ranking_summary
 
     names = [b.strip() for b in args.backbones.split(",") if b.strip()]
-    rows = rank_backbones(
-        args.data,
-        names,
-        seed=args.seed,
-        progress=not args.json,
-        estimate_finetune=not args.no_estimate,
-        backend=args.backend,
-        device=args.device,
-    )
+    kw = options(args, "seed", "backend", "device", estimate_finetune=not args.no_estimate)
+    rows = rank_backbones(args.data, names, **kw)
     summary = ranking_summary(rows)
     if args.json:
         print_json({"rows": rows, "summary": summary})
@@ -61,19 +54,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
     sizes = [int(k) for k in args.sizes.split(",")] if args.sizes else None
     out = args.out or Path("runs") / f"curve-{Path(args.data).name}-{args.backbone.replace(':', '_')}"
-    curve = label_curve(
-        args.data,
-        args.backbone,
-        seeds=args.seeds,
-        sizes=sizes,
-        baseline=args.baseline,
-        scratch_epochs=args.scratch_epochs,
-        out=out,
-        seed=args.seed,
-        backend=args.backend,
-        progress=not args.json,
-        device=args.device,
-    )
+    kw = options(args, "seeds", "baseline", "scratch_epochs", "seed", "backend", "device", sizes=sizes)
+    curve = label_curve(args.data, args.backbone, out=out, **kw)
     if args.json:
         print_json({**curve, "intervals": intervals(curve), "out": str(out)})
         return 0
@@ -159,15 +141,7 @@ def _write_split_manifest(ds: Any, out: Path) -> Path:
 def cmd_domain(args: argparse.Namespace) -> int:
     from headstart.verdicts.domain import domain_distance
 
-    r = domain_distance(
-        args.data,
-        args.backbone,
-        sample=args.sample,
-        seed=args.seed,
-        backend=args.backend,
-        progress=not args.json,
-        device=args.device,
-    )
+    r = domain_distance(args.data, args.backbone, **options(args, "sample", "seed", "backend", "device"))
     if args.json:
         print_json(r)
         return 0
@@ -189,27 +163,32 @@ def cmd_domain(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    def common(p: argparse.ArgumentParser) -> None:
+    data_help = "image folder (class sub-folders, or train/ val/ test/) or a CSV/JSONL manifest"
+
+    def verb(name: str, help: str) -> argparse.ArgumentParser:
+        """A verb that reads one dataset: its parser with the DATA argument."""
+        p = sub.add_parser(name, help=help)
+        p.add_argument("data", type=Path, help=data_help)
+        return p
+
+    def common(p: argparse.ArgumentParser, func: Any, *, backend: bool = True) -> None:
+        """The closing flags every verb here shares, and the command it runs."""
+        if backend:
+            add_backend_flags(p)  # --backend and --device
         p.add_argument("--seed", type=int, default=0, help="split and sampling seed")
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
 
-    backend = add_backend_flags  # --backend and --device
-
-    data_help = "image folder (class sub-folders, or train/ val/ test/) or a CSV/JSONL manifest"
-    r = sub.add_parser("rank", help="rank backbones for a dataset without fine-tuning (LogME, kNN, probe)")
-    r.add_argument("data", type=Path, help=data_help)
+    r = verb("rank", "rank backbones for a dataset without fine-tuning (LogME, kNN, probe)")
     r.add_argument(
         "--backbones",
         default="efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
         help="comma-separated backbone names",
     )
     r.add_argument("--no-estimate", action="store_true", help="skip timing a fine-tuning step per backbone")
-    backend(r)
-    common(r)
-    r.set_defaults(func=cmd_rank)
+    common(r, cmd_rank)
 
-    c = sub.add_parser("curve", help="label-efficiency curve: probe accuracy vs labels per class")
-    c.add_argument("data", type=Path, help=data_help)
+    c = verb("curve", "label-efficiency curve: probe accuracy vs labels per class")
     c.add_argument("--backbone", default="efficientnet_lite0")
     c.add_argument("--seeds", type=int, default=3, help="random subsets per point")
     c.add_argument("--sizes", help="comma-separated labels per class (default 5,10,20,50,... up to the data)")
@@ -223,12 +202,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--scratch-epochs", type=int, help="epochs of each from-scratch run")
     c.add_argument("--out", type=Path, help="folder for curve.json and curve.png")
-    backend(c)
-    common(c)
-    c.set_defaults(func=cmd_curve)
+    common(c, cmd_curve)
 
-    lk = sub.add_parser("leakage", help="exact and near-duplicate items across train/val/test")
-    lk.add_argument("data", type=Path, help=data_help)
+    lk = verb("leakage", "exact and near-duplicate items across train/val/test")
     lk.add_argument(
         "--max-distance",
         type=int,
@@ -237,13 +213,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     lk.add_argument("--dedupe", type=Path, help="write the split without later-split copies as OUT (.csv)")
     lk.add_argument("--show", type=int, default=20, help="pairs listed per table")
-    common(lk)
-    lk.set_defaults(func=cmd_leakage)
+    common(lk, cmd_leakage, backend=False)
 
-    d = sub.add_parser("domain", help="how far the data is from the backbone's pretraining data (0..1)")
-    d.add_argument("data", type=Path, help=data_help)
+    d = verb("domain", "how far the data is from the backbone's pretraining data (0..1)")
     d.add_argument("--backbone", default="efficientnet_lite0")
     d.add_argument("--sample", type=int, default=300, help="items read (seeded sample)")
-    backend(d)
-    common(d)
-    d.set_defaults(func=cmd_domain)
+    common(d, cmd_domain)

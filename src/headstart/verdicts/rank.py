@@ -165,7 +165,9 @@ def finetune_step_seconds(
     if key in memo:
         return float(memo[key]) * batch_size / timed_batch
     # The first step is the warm-up: one-time allocations and kernel choices.
-    seconds = train_step_seconds(backbone, [WARMUP_BATCH, timed_batch], device=str(dev))[-1]
+    # The faster of two timed steps: the memo outlives this run, so one step slowed by other work on the
+    # machine would shorten every later plan.
+    seconds = min(train_step_seconds(backbone, [WARMUP_BATCH, timed_batch, timed_batch], device=str(dev))[1:])
     if cache:
         atomic_write_json(_step_memo_path(), {**_step_memo(), key: seconds})
     return seconds * batch_size / timed_batch
