@@ -246,7 +246,7 @@ def refit_probe_test(result: dict[str, Any], backbone: str, seed: int) -> float 
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.features import embed
-    from headstart.head import _path
+    from headstart.head import fit_path
 
     probe = next((r for r in result["rows"] if r["strategy"] == "probe"), None)
     if probe is None or not probe.get("run_dir"):
@@ -263,7 +263,7 @@ def refit_probe_test(result: dict[str, Any], backbone: str, seed: int) -> float 
 
     X, y = arrays(("train", "val"))
     Xt, yt = arrays(("test",))
-    head = _path(X, y, len(ds.classes), (C,))[0]
+    head = fit_path(X, y, len(ds.classes), (C,))[0]
     return float((head.proba(Xt).argmax(1) == yt).mean())
 
 

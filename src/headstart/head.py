@@ -124,7 +124,8 @@ def _iter_path(X: np.ndarray, y: np.ndarray, n_classes: int, Cs: tuple[float, ..
         yield std.fold(init, n_classes)
 
 
-def _path(X: np.ndarray, y: np.ndarray, n_classes: int, Cs: tuple[float, ...]) -> list[LinearHead]:
+def fit_path(X: np.ndarray, y: np.ndarray, n_classes: int, Cs: tuple[float, ...]) -> list[LinearHead]:
+    """One head per C (warm-started along the path); with one C, the head at that strength."""
     return list(_iter_path(X, y, n_classes, Cs))
 
 
@@ -134,7 +135,8 @@ def _score(head: LinearHead, X: np.ndarray, y: np.ndarray) -> tuple[float, float
     return float((p.argmax(1) == y).mean()), float(np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
 
 
-def _folds(y: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+def stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """Held-out item indices of each fold, every class spread evenly over the folds (seeded)."""
     rng = np.random.default_rng(seed)
     fold_of = np.empty(len(y), dtype=np.int64)
     for c in np.unique(y):
@@ -162,7 +164,7 @@ def fit_head(
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y)
     if len(Cs) == 1:
-        return _path(X, y, n_classes, Cs)[0], Cs[0], {}
+        return fit_path(X, y, n_classes, Cs)[0], Cs[0], {}
     if X_val is not None and y_val is not None and len(y_val):
         # Walk the path from strong to weak regularisation and stop once val has not improved for
         # PATH_PATIENCE steps: the weakly regularised end is the slowest to fit and rarely the best.
@@ -177,10 +179,10 @@ def fit_head(
         return heads[best], Cs[best], {C: s[0] for C, s in zip(Cs, scores, strict=False)}
     n_folds = int(min(cv, np.bincount(y, minlength=n_classes)[np.unique(y)].min()))
     if n_folds < 2:
-        return _path(X, y, n_classes, (1.0,))[0], 1.0, {}
+        return fit_path(X, y, n_classes, (1.0,))[0], 1.0, {}
     # Every fold walks its own path in lockstep; the walk stops, as on a val split, once the summed fold
     # score has not improved for PATH_PATIENCE steps.
-    folds = _folds(y, n_folds, seed)
+    folds = stratified_folds(y, n_folds, seed)
     walks = []
     for held in folds:
         train = np.setdiff1d(np.arange(len(y)), held)
@@ -195,7 +197,7 @@ def fit_head(
             break
     best = max(range(len(Cs)), key=lambda i: (tuple(totals[i]), -i))
     return (
-        _path(X, y, n_classes, (Cs[best],))[0],
+        fit_path(X, y, n_classes, (Cs[best],))[0],
         Cs[best],
         {C: totals[i, 0] / n_folds for i, C in enumerate(Cs) if np.isfinite(totals[i, 0])},
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.head import _folds, _path
+from headstart.head import fit_path, stratified_folds
 from headstart.intervals import wilson
 from headstart.metrics import knn_predict
 
@@ -30,9 +30,9 @@ def repeated_cv(
     correct = {"probe": [], "knn": []}
     for r in range(repeats):
         hit = {"probe": np.zeros(len(y), bool), "knn": np.zeros(len(y), bool)}
-        for held in _folds(y, n_folds, seed + r):
+        for held in stratified_folds(y, n_folds, seed + r):
             train = np.setdiff1d(np.arange(len(y)), held)
-            head = _path(X[train], y[train], n_classes, (C,))[0]
+            head = fit_path(X[train], y[train], n_classes, (C,))[0]
             hit["probe"][held] = head.proba(X[held]).argmax(1) == y[held]
             hit["knn"][held] = knn_predict(X[train], y[train], X[held], n_classes) == y[held]
         for k in correct:
