@@ -181,18 +181,20 @@ def test_a_failed_write_leaves_no_folder_and_keeps_the_previous_backbone(
     monkeypatch.setattr(folder, "copy_parent_files", crash)
     with pytest.raises(OSError, match="disk full"):
         adapt("test_text_encoder", data, name="enc", **kwargs)
-    assert list(backbones_home.iterdir()) == []  # no backbone, no temp folder left behind
+    # No backbone, no temp folder left behind: only the runs' checkpoints, which --resume finishes from.
+    assert [p.name for p in backbones_home.iterdir()] == [".enc.training"]
     assert "enc" not in {s.name for s in list_backbones()}
 
     monkeypatch.setattr(folder, "copy_parent_files", copy_parent_files)
-    first = adapt("test_text_encoder", data, name="enc", **kwargs)
+    first = adapt("test_text_encoder", data, name="enc", resume=True, **kwargs)
+    assert [p.name for p in backbones_home.iterdir()] == ["enc"]  # the checkpoints go once it is in
     sha = first.card["weights_sha256"]
     with pytest.raises(HeadstartError, match="already exists"):  # refused before any training
         adapt("test_text_encoder", data, name="enc", **kwargs)
     monkeypatch.setattr(folder, "copy_parent_files", crash)
     with pytest.raises(OSError):
         adapt("test_text_encoder", data, name="enc", overwrite=True, seed=1, **kwargs)
-    assert [p.name for p in backbones_home.iterdir()] == ["enc"]
+    assert sorted(p.name for p in backbones_home.iterdir()) == [".enc.training", "enc"]
     assert json.loads((backbones_home / "enc" / CARD_FILE).read_text())["weights_sha256"] == sha
 
     # Weights changed after the card was written are refused at load.

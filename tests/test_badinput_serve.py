@@ -3,8 +3,10 @@
 - Every decode-corpus file (`test_badinput_decode.CORPUS`) sent to /predict: a decompression bomb or an
   image over --max-pixels gets 413 naming the file, its size and the fix; unreadable files 422 with the
   reason; odd but usable images 200. In /predict/batch each bad file is its own item's error.
-- A 9.6 MB text is tokenized only as far as the model reads it (a prefix; the answer is the same), so it
-  neither takes seconds nor holds up other requests; the server keeps no copy of served texts.
+- A text over --max-text-mb (1 MB by default; the model reads a few hundred tokens) is refused with 413
+  while it streams in, before any parsing; in a batch, that item's error. A larger limit lets a 9.6 MB
+  text in, and it is tokenized only as far as the model reads it (a prefix; the answer is the same), so
+  it does not take seconds; the server keeps no copy of served texts.
 - A request still being decoded does not block others (decoding runs off the event loop).
 - A short soak on loopback: good, bad and large requests from several threads; every good one answers
   what it answers alone, every bad one its 4xx, never a 5xx, and memory does not grow. (The latency
@@ -37,6 +39,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 JSON = {"Content-Type": "application/json"}
 HUGE_CHARS = 9_600_000
+MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +84,11 @@ def _jpeg(label: str = "blue", seed: int = 7, size: int = 64) -> bytes:
     return buf.getvalue()
 
 
-def _huge_text(seed: int = 0) -> str:
+def _huge_text(seed: int = 0, chars: int = HUGE_CHARS) -> str:
     """~9.6 MB of words the tiny tokenizer knows; its first words depend on the seed."""
     rng = random.Random(seed)
     head = " ".join(rng.choice(TEST_WORDS) for _ in range(200))
-    return (head + " " + "the cat sat on the farm " * (HUGE_CHARS // 24))[:HUGE_CHARS]
+    return (head + " " + "the cat sat on the farm " * (chars // 24))[:chars]
 
 
 # -- images: the decoding guard over HTTP -----------------------------------------------------------------
@@ -97,6 +100,10 @@ def test_every_corpus_file_gets_its_status_and_reason(image_app: Any, name: str)
 
     data, says = CORPUS[name][0](), CORPUS[name][1]
     r = TestClient(image_app).post("/predict", files={"file": (name, data, "application/octet-stream")})
+    # A raw body (read into a bytearray, decoded in place) gets the same answer, named "body".
+    raw = TestClient(image_app).post("/predict", content=data, headers={"Content-Type": "image/png"})
+    same = (r.status_code, json.loads(r.text.replace(name, "body")))
+    assert (raw.status_code, raw.json()) == same, raw.text
     if says is None:
         assert r.status_code == 200, r.text
         return
@@ -147,11 +154,12 @@ def test_the_servers_max_pixels_is_the_one_applied(runs: dict[str, Path]) -> Non
     assert r.status_code == 413 and "64x64 is over the 1,000-pixel limit" in r.json()["error"]
 
 
-def test_serve_refuses_a_max_pixels_that_would_refuse_everything(
-    capsys: pytest.CaptureFixture[str], runs: dict[str, Path]
+@pytest.mark.parametrize(("flag", "kind"), [("--max-pixels", "image"), ("--max-text-mb", "text")])
+def test_serve_refuses_a_limit_that_would_refuse_everything(
+    capsys: pytest.CaptureFixture[str], runs: dict[str, Path], flag: str, kind: str
 ) -> None:
-    res = run_cli(capsys, "serve", runs["image"], "--max-pixels", "0")
-    assert_refused(res, names="--max-pixels 0")
+    res = run_cli(capsys, "serve", runs[kind], flag, "0")
+    assert_refused(res, names=f"{flag} 0")
 
 
 # -- texts: a huge one is cut before tokenizing ------------------------------------------------------------
@@ -185,11 +193,54 @@ def test_encode_head_gives_the_whole_texts_tokens_from_a_prefix(text_app: Any) -
         encode_head(bb.encode, " " * 100_000, bb.max_length)
 
 
+def test_a_text_over_the_text_limit_is_refused_naming_it(runs: dict[str, Path], text_app: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from headstart.serve import create_app
+
+    client = TestClient(text_app)
+    reads = text_app.state.predictor.model.backbone.max_length
+    big = json.dumps({"text": _huge_text(1, 2 * MB)}).encode()
+    declared = client.post("/predict", content=big, headers=JSON)
+    streamed = client.post("/predict", content=iter([big[:MB], big[MB:]]), headers=JSON)  # no length
+    for r in (declared, streamed):
+        assert r.status_code == 413, r.text
+        assert r.json()["error"] == (
+            f"request body over the 1,048,576-byte limit for one text (this model reads only its first "
+            f"{reads} tokens)"
+        )
+        assert r.json()["fix"] == "send the start of the text (or raise --max-text-mb)"
+    fits = client.post("/predict", json={"text": _huge_text(1, MB - 100)})
+    assert fits.status_code == 200 and "label" in fits.json(), fits.text
+    # In a batch (its body may hold --max-batch texts), a text over the limit is that item's error only.
+    res = client.post("/predict/batch", json={"texts": ["a red cat", _huge_text(2, MB + 1), "a bus"]})
+    assert res.status_code == 200, res.text
+    items = res.json()["results"]
+    assert "label" in items[0] and "label" in items[2]
+    assert items[1] == {
+        "file": "text[1]",
+        "error": "1,048,577 characters: over the 1,048,576-byte limit for one text "
+        "(send its start, or raise --max-text-mb)",
+    }
+    over = client.post("/predict/batch", json={"texts": [_huge_text(3, MB)] * 9})  # max_batch 8
+    assert over.status_code == 413 and over.json()["error"].endswith(
+        "8,388,608-byte limit for a batch of texts"
+    )
+    # Under a lower --max-mb, that is the limit, and the flag the fix names.
+    small = TestClient(create_app(runs["text"], max_bytes=100_000)).post(
+        "/predict", content=big, headers=JSON
+    )
+    assert small.status_code == 413 and small.json()["fix"].endswith("(or raise --max-mb)"), small.text
+
+
 def test_a_huge_text_is_answered_from_its_start_quickly(
-    text_app: Any, monkeypatch: pytest.MonkeyPatch
+    runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fastapi.testclient import TestClient
 
+    from headstart.serve import create_app
+
+    text_app = create_app(runs["text"], max_batch=8, max_text_bytes=10 * MB)  # a 9.6 MB text fits
     client = TestClient(text_app)
     bb = text_app.state.predictor.model.backbone
     seen: list[int] = []
@@ -260,11 +311,11 @@ def test_a_request_still_decoding_does_not_block_the_others(
     release, entered = threading.Event(), threading.Event()
     decode = predictor.decode_text
 
-    def slow(text: str) -> Any:
+    def slow(text: str, name: str) -> Any:
         if text.startswith("slow"):
             entered.set()
             assert release.wait(30)
-        return decode(text)
+        return decode(text, name)
 
     monkeypatch.setattr(predictor, "decode_text", slow)
     with live_server(text_app) as url, httpx.Client(base_url=url, timeout=30) as client:
@@ -309,9 +360,9 @@ def test_soak_mixed_requests_from_several_threads(kind: str, text_app: Any, imag
             ({"json": {"text": "   "}}, 422),
             ({"content": b"a cat", "headers": {"Content-Type": "text/plain"}}, 415),
         ]
-        large = [
-            ({"content": json.dumps({"text": _huge_text(s)}).encode(), "headers": JSON}, 200)
-            for s in range(3)
+        large = [  # the largest texts accepted (1 MB), and 9.6 MB ones, refused as they stream in
+            ({"content": json.dumps({"text": _huge_text(s, chars)}).encode(), "headers": JSON}, status)
+            for s, (chars, status) in enumerate([(MB - 100, 200), (HUGE_CHARS, 413), (MB - 100, 200)])
         ]
     else:
         good = [

@@ -188,8 +188,9 @@ def test_bf16_runs_the_training_forward_evaluation_stays_fp32_and_the_run_record
     seen: list[torch.dtype] = []
     tr.head.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
     tr.fit(split, split)
-    # 2 training steps under autocast, then validation and the logits in float32.
-    assert seen[:2] == [torch.bfloat16] * 2 and set(seen[2:]) == {torch.float32}
+    # The micro-batch measurement (one training forward) and 2 training steps under autocast, then
+    # validation and the logits in float32.
+    assert seen[:3] == [torch.bfloat16] * 3 and set(seen[3:]) == {torch.float32}
     assert tr.logits("val", split).dtype == torch.float32
     assert tr.engine.describe()["precision"] == "bf16"
 

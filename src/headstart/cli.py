@@ -6,12 +6,13 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from headstart import __version__
-from headstart.commands import add_backend_flags, console, print_data_notes
-from headstart.config import ProbeConfig, add_options, from_args
+from headstart.commands import add_verbs, console, print_data_notes, show, verb
+from headstart.config import ProbeConfig, backend_option, device_option, from_args, json_option, option
 
 # Set before torch loads (it is imported lazily, below; OpenMP reads it once): with both cores busy,
 # spin-waiting threads make small ops many times slower (a Lite0 training step measured 7.5x slower while
@@ -23,6 +24,53 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
+@dataclass(kw_only=True)
+class BackbonesOptions:
+    """list the available backbones"""
+
+    pattern: str = option("*", positional=True, nargs="?", help="shell-style filter, e.g. '*lite*'")
+    all: bool = option(False, help="include tiny test models")
+    json: bool = json_option("machine-readable output")
+
+
+@dataclass
+class ProbeOptions(ProbeConfig):
+    """linear probe on frozen embeddings (cached): what the backbone is worth"""
+
+    json: bool = json_option("machine-readable output")
+
+
+@dataclass(kw_only=True)
+class PredictOptions:
+    """label files (or texts, for a text model) with a saved run
+
+    Label each input with a run's classes. FILEs are always files: for a text model each one is read as
+    one UTF-8 text (as training reads .txt class folders). Literal texts go in --text TEXT (repeatable), or
+    - reads one text per non-blank line of stdin. An input that cannot be read gets an ERROR line with the
+    reason and the exit code is 1.
+    """
+
+    run: str = option(help="a run folder (probe or fit), or a stored model: NAME, NAME:v2, NAME@alias")
+    files: list[str] | None = option(
+        None,
+        parse=str,
+        positional=True,
+        nargs="*",
+        metavar="FILE",
+        help="files to label (text models: - reads texts from stdin)",
+    )
+    text: list[str] | None = option(
+        None, parse=str, action="append", metavar="TEXT", help="a text to label as given (text models)"
+    )
+    top: int = option(3, help="classes listed per input in --json output")
+    max_pixels: int | None = option(None, help="refuse images larger than this (default 64,000,000)")
+    store: Path | None = option(None, help="model store for NAME references (default: $HEADSTART_MODELS)")
+    backend: str = backend_option()
+    device: str = device_option()
+    json: bool = json_option("machine-readable output")
+
+
+@verb(BackbonesOptions)
 def cmd_backbones(args: argparse.Namespace) -> int:
     from headstart.backbones import list_backbones
 
@@ -66,13 +114,14 @@ def _fmt(v: Any) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+@verb(ProbeOptions)
 def cmd_probe(args: argparse.Namespace) -> int:
     from headstart.api import run_probe
 
-    report = run_probe(from_args(ProbeConfig, args, progress=not args.json))
-    if args.json:
-        _print_json(report.to_dict())
-        return 0
+    return show(args, run_probe(from_args(ProbeConfig, args, progress=not args.json)), _print_probe)
+
+
+def _print_probe(report: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -100,11 +149,22 @@ def cmd_probe(args: argparse.Namespace) -> int:
     total = m["backbone_params"] + m["trainable_params"]
     con.print(f"trainable parameters: {m['trainable_params']:,} (head) of {total:,}")
     con.print(f"embeddings: {e['forwards']} computed ({e['backend']}), {e['cache_hits']} from cache")
+    ff = m.get("frozen_forward") or {}
+    if ff:
+        from headstart.intervals import fmt_ci
+
+        gate = ff.get("gate") or {}
+        scores = [
+            f"{k} {fmt_ci(gate[k]['accuracy'], gate[k]['accuracy_ci'])}"
+            for k in ("fp32", "int8")
+            if k in gate
+        ]
+        shown = f"; probe CV accuracy {', '.join(scores)}" if scores else ""
+        con.print(f"frozen forward: {ff.get('precision')} ({escape(str(ff.get('reason')))}){shown}")
     con.print("seconds: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in report.timings.items()))
     if "test" in m:
         con.print(f"[bold]test accuracy: {m['test']['accuracy']:.3f}[/bold]")
     con.print(f"run saved to [bold]{escape(str(report.run_dir))}[/bold]")
-    return 0
 
 
 def _stdin_texts() -> list[str]:
@@ -152,6 +212,7 @@ def _predict_inputs(args: argparse.Namespace, model: Any) -> list[tuple[dict[str
     return inputs
 
 
+@verb(PredictOptions)
 def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -161,6 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from headstart.model import load_model
 
     forward_device(args.backend, args.device)  # an absent device is refused before the run is read
+    args.text = args.text or []  # --text is repeatable: none given is no text
     if not args.files and not args.text:
         raise HeadstartError(
             f"nothing to label: no FILE given for {args.run}",
@@ -229,41 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"headstart {__version__}")
     sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    b = sub.add_parser("backbones", help="list the available backbones")
-    b.add_argument("pattern", nargs="?", default="*", help="shell-style filter, e.g. '*lite*'")
-    b.add_argument("--all", action="store_true", help="include tiny test models")
-    b.add_argument("--json", action="store_true", help="machine-readable output")
-    b.set_defaults(func=cmd_backbones)
-
-    pr = sub.add_parser(
-        "probe", help="linear probe on frozen embeddings (cached): what the backbone is worth"
-    )
-    add_options(pr, ProbeConfig)  # the options, their defaults and help: headstart.config
-    pr.add_argument("--json", action="store_true", help="machine-readable output")
-    pr.set_defaults(func=cmd_probe)
-
-    pd = sub.add_parser(
-        "predict",
-        help="label files (or texts, for a text model) with a saved run",
-        description="Label each input with a run's classes. FILEs are always files: for a text model each "
-        "one is read as one UTF-8 text (as training reads .txt class folders). Literal texts go in --text "
-        "TEXT (repeatable), or - reads one text per non-blank line of stdin. An input that cannot be read "
-        "gets an ERROR line with the reason and the exit code is 1.",
-    )
-    pd.add_argument("run", help="a run folder (probe or fit), or a stored model: NAME, NAME:v2, NAME@alias")
-    pd.add_argument(
-        "files", nargs="*", metavar="FILE", help="files to label (text models: - reads texts from stdin)"
-    )
-    pd.add_argument(
-        "--text", action="append", default=[], metavar="TEXT", help="a text to label as given (text models)"
-    )
-    pd.add_argument("--top", type=int, default=3, help="classes listed per input in --json output")
-    pd.add_argument("--max-pixels", type=int, help="refuse images larger than this (default 64,000,000)")
-    pd.add_argument("--store", type=Path, help="model store for NAME references (default: $HEADSTART_MODELS)")
-    add_backend_flags(pd)
-    pd.add_argument("--json", action="store_true", help="machine-readable output")
-    pd.set_defaults(func=cmd_predict)
-
+    add_verbs(sub, __name__)  # backbones, probe, predict: then every module of headstart.commands
     from headstart.commands import register_all
 
     register_all(sub)

@@ -96,19 +96,11 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         if not _is_files(X):
             E = self._validated(X, reset=False)
             return np.asarray(E, dtype=np.float32), list(range(len(E))), {}
-        from headstart.features import embed
+        from headstart.features import embed, embed_options
 
         paths = [str(p) for p in X]
-        feats = embed(
-            self._backbone(),
-            paths,
-            cache=self.cache,
-            backend=self.backend,
-            batch_size=self.batch_size,
-            strict=self.strict,
-            progress=self.progress,
-            device=self.device,
-        )
+        # A loaded int8 run embeds as it was trained.
+        feats = embed(self._backbone(), paths, **embed_options(self, int8=getattr(self, "int8_", None)))
         index = {p: i for i, p in enumerate(paths)}
         self.last_embed_stats_ = feats.stats
         return feats.X, [index[p] for p in feats.paths], feats.bad
@@ -255,6 +247,9 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         bb = create_backbone(info.backbone.name)
         check_base(info, bb, run.path)
         clf.backbone_ = bb
+        from headstart.frozen_precision import run_forward
+
+        clf.int8_ = run_forward(run.path, info, bb)  # None: float features, as most runs
         clf.classes_ = np.asarray(run.classes)
         clf.head_ = run.head
         clf.C_ = params.get("C")

@@ -35,6 +35,8 @@ from headstart.progress import progress_bar
 if TYPE_CHECKING:
     import torch
 
+    from headstart.quantize_forward import Int8Forward
+
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnx", "torch")
@@ -46,6 +48,7 @@ class FeatureCache:
     def __init__(self, backbone_key: str, root: Path | None = None) -> None:
         folder = (root or cache_dir()) / "features"
         folder.mkdir(parents=True, exist_ok=True)
+        self.key = backbone_key
         self.path = folder / f"{backbone_key}.sqlite"
         self._local = threading.local()
         with self._conn() as c:
@@ -203,6 +206,15 @@ def _decode_batch(
     return ok, batch, bad
 
 
+#: The options of `embed` that a verb's config (ProbeConfig, a ProbeClassifier) carries under the same names.
+EMBED_OPTIONS = ("cache", "backend", "batch_size", "strict", "progress", "device")
+
+
+def embed_options(config: object, **more: Any) -> dict[str, Any]:
+    """`embed`'s keyword arguments read from a config that names them alike (and `more`)."""
+    return {k: getattr(config, k) for k in EMBED_OPTIONS} | more
+
+
 def embed(
     backbone: Backbone,
     paths: Sequence[str | Path],
@@ -215,16 +227,24 @@ def embed(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     device: str | torch.device = "auto",
+    int8: Int8Forward | None = None,
 ) -> Features:
     """Embed files with `backbone`, reading the cache first and doing backbone work only for misses.
 
     Unreadable files are skipped and listed in `Features.bad` with the reason, or raise with `strict`.
     `device` (see `forward_device`): where the backbone runs; it is back where it was afterwards. The
-    cache is shared across devices (embeddings agree to float rounding). `stats` records the backend and
-    the device used.
+    cache is shared across devices (embeddings agree to float rounding). `stats` records the backend, the
+    device and the precision used. `int8` (headstart.quantize_forward): the frozen forward at int8, through
+    ONNX Runtime on the CPU, with its own cache entries (keyed by the quantized model's identity).
     """
     t0 = time.perf_counter()
-    dev = forward_device(backend, device)  # an absent device is refused before any file is read
+    if int8 is not None and backend == "torch":
+        raise HeadstartError(
+            "an int8 frozen forward runs through ONNX Runtime, not --backend torch",
+            fix="use --backend auto (or onnx) with --precision int8, or --precision fp32 with torch",
+        )
+    # An absent device is refused before any file is read; the int8 forward is ONNX Runtime's (CPU).
+    dev = forward_device(backend, device) if int8 is None else forward_device("onnx", "auto")
     paths = [str(p) for p in paths]
     hashes: list[str | None] = []
     bad: dict[str, str] = {}
@@ -234,7 +254,10 @@ def embed(
         except OSError as e:
             hashes.append(None)
             bad[p] = f"cannot read ({e.strerror or e})"
-    store = cache if isinstance(cache, FeatureCache) else FeatureCache(backbone.key) if cache else None
+    key = backbone.key if int8 is None else int8.cache_key  # float and int8 features never mix
+    if isinstance(cache, FeatureCache) and cache.key != key:  # a float cache handed to an int8 forward
+        cache = FeatureCache(key, root=cache.path.parent.parent)
+    store = cache if isinstance(cache, FeatureCache) else FeatureCache(key) if cache else None
     found = store.get_many([h for h in hashes if h]) if store is not None else {}
     t_hash = time.perf_counter()
 
@@ -256,7 +279,9 @@ def embed(
             ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
             progress_bar(len(items), f"embedding with {backbone.name}", enabled=progress) as advance,
         ):
-            forward, backend_used = make_forward(backbone, backend, dev)
+            forward, backend_used = (
+                (int8, "onnx-int8") if int8 is not None else make_forward(backbone, backend, dev)
+            )
             pending: deque[Future] = deque()
             submit = iter(batches)
 
@@ -315,5 +340,6 @@ def embed(
             "total_s": time.perf_counter() - t0,
             "backend": backend_used,  # type: ignore[dict-item]
             "device": str(dev) if todo else "none",  # type: ignore[dict-item]
+            "precision": "fp32" if int8 is None else "int8",  # type: ignore[dict-item]
         },
     )

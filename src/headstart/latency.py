@@ -81,10 +81,15 @@ def measure_latency(
         "backend": "torch eager",
         "device": str(dev),
     }
-    if backend in ("auto", "onnx") and bb.supports_onnx and forward_device(backend, device).type == "cpu":
+    int8 = model.int8_forward() if hasattr(model, "int8_forward") else None
+    if int8 is not None or (
+        backend in ("auto", "onnx") and bb.supports_onnx and forward_device(backend, device).type == "cpu"
+    ):
         from headstart.features import make_forward
 
-        forward, used = make_forward(bb, backend)
+        # An int8-trained run is timed on the forward it predicts with.
+        forward, used = (int8, "onnx") if int8 is not None else make_forward(bb, backend)
+        out["onnx_precision"] = "int8" if int8 is not None else "fp32"
         if used == "onnx":
             head = model.head
 

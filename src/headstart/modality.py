@@ -54,13 +54,3 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PreprocessConfig:
-        return cls(
-            input_size=int(d["input_size"]),
-            resize=int(d["resize"]),
-            mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
-            interpolation=str(d.get("interpolation", "bicubic")),
-        )

@@ -80,6 +80,7 @@ class TrainedModel:
         self.backbone = backbone
         self.head = head
         self.temperature = temperature
+        self._int8: Any = None  # the int8 frozen forward of an int8-trained run, rebuilt on first use
 
     @property
     def classes(self) -> list[str]:
@@ -92,6 +93,23 @@ class TrainedModel:
     @property
     def kind(self) -> str:
         return self.run_info.kind
+
+    @property
+    def precision(self) -> str:
+        """The frozen forward the head was trained on: "int8" or "fp32" (run.json's `frozen_forward`)."""
+        from headstart.frozen_precision import recorded_precision
+
+        rec = recorded_precision(self.run_info, str(self.path or "the model") + "/run.json")
+        return rec["precision"] if rec else "fp32"
+
+    def int8_forward(self) -> Any:
+        """The run's int8 frozen forward (headstart.quantize_forward.Int8Forward), rebuilt exactly or
+        refused (headstart.frozen_precision.run_forward); None for a float run."""
+        if self._int8 is None and self.precision == "int8":
+            from headstart.frozen_precision import run_forward
+
+            self._int8 = run_forward(self.path, self.run_info, self.backbone)
+        return self._int8
 
     def targets(self, labels: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(class index of each label, -1 where the model has no such class; mask of the known ones)."""
@@ -135,13 +153,21 @@ class TrainedModel:
     ) -> tuple[np.ndarray, list[int], dict[str, str]]:
         """(embeddings of the usable inputs, their indices into `sources`, {source: reason} for the rest).
         The backbone runs on `device` (headstart.features.forward_device) and is back where it was (the
-        CPU, as loaded) after the call; the head runs on the CPU."""
+        CPU, as loaded) after the call; the head runs on the CPU. A run trained on int8 features embeds
+        through that very int8 forward (never float features into an int8-trained head)."""
         from headstart.features import embed
 
         srcs = [str(s) for s in sources]
         limit = {"max_pixels": max_pixels} if max_pixels else {}
         feats = embed(
-            self.backbone, srcs, cache=cache, backend=backend, progress=progress, device=device, **limit
+            self.backbone,
+            srcs,
+            cache=cache,
+            backend=backend,
+            progress=progress,
+            device=device,
+            int8=self.int8_forward(),
+            **limit,
         )
         index: dict[str, list[int]] = {}
         for i, s in enumerate(srcs):

@@ -1,7 +1,10 @@
 """The frozen forward through ONNX Runtime: exported once per backbone, cached, parity-checked.
 
 On a 2-core CPU ONNX Runtime runs EfficientNet-Lite0 several times faster than eager PyTorch, and it
-is numerically the same network (the export is compared against PyTorch before first use).
+is numerically the same network (the export is compared against PyTorch before first use). A text
+encoder exports too: its inputs are the collated `input_ids` and `attention_mask`, with dynamic batch and
+length axes, so length-bucketed batches run unpadded to a fixed shape; its parity check feeds texts of
+different lengths (padding and the mask are exercised).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from headstart.backbones.base import Backbone
 from headstart.fileio import atomic_write, atomic_write_json, cache_dir
@@ -22,22 +26,63 @@ from headstart.fileio import atomic_write, atomic_write_json, cache_dir
 log = logging.getLogger(__name__)
 
 PARITY_ATOL = 1e-3
+#: Texts of different lengths for a text backbone's export example and parity check: padded batches.
+PARITY_TEXTS = (
+    "a dog",
+    "the cat sat on the mat",
+    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen",
+)
 
 
-def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, *, opset: int = 17) -> Path:
-    """Export `module` with a dynamic batch axis, atomically."""
+def input_names(example: Any) -> list[str]:
+    """The graph's input names: `input` for one tensor, a dict batch's own keys (a text model's token ids
+    and mask)."""
+    return list(example) if isinstance(example, dict) else ["input"]
+
+
+def feed(batch: Any) -> dict[str, np.ndarray]:
+    """A collated batch (tensor, array, or dict of them) as ONNX Runtime's {input name: array}."""
+    named = batch if isinstance(batch, dict) else {"input": batch}
+    return {
+        k: np.ascontiguousarray(v.numpy() if isinstance(v, torch.Tensor) else v) for k, v in named.items()
+    }
+
+
+class _Named(nn.Module):
+    """Positional tensors -> the dict batch `module` takes (torch.onnx traces positional inputs)."""
+
+    def __init__(self, module: nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.module = module
+        self.names = list(names)
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.module(dict(zip(self.names, inputs, strict=True)))
+
+
+def export_onnx(module: nn.Module, example: Any, path: Path, *, opset: int = 17) -> Path:
+    """Export `module` with a dynamic batch axis (and a dynamic length axis for a dict batch), atomically."""
     module.eval()
+    names = input_names(example)
+    if isinstance(example, dict):
+        # In eval mode: torch.onnx.export puts the traced module back in its own mode afterwards, which
+        # would switch `module` (dropout) into training.
+        traced: nn.Module = _Named(module, names).eval()
+        args = tuple(example.values())
+        dynamic = {n: {0: "batch", 1: "length"} for n in names}
+    else:
+        traced, args, dynamic = module, (example,), {"input": {0: "batch"}}
 
     def write(tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                module,
-                (example,),
+                traced,
+                args,
                 str(tmp),
-                input_names=["input"],
+                input_names=names,
                 output_names=["output"],
-                dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
+                dynamic_axes={**dynamic, "output": {0: "batch"}},
                 opset_version=opset,
                 dynamo=False,
             )
@@ -57,38 +102,57 @@ def _session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def check_parity(module: torch.nn.Module, session: Any, input_shape: Sequence[int]) -> dict[str, Any]:
-    """ONNX Runtime against PyTorch (`module` in eval mode) on 3 seeded random inputs:
-    {"max_abs_diff", "ok"}, ok when the difference is float rounding (PARITY_ATOL, relative to the scale)."""
-    x = torch.randn(3, *input_shape, generator=torch.Generator().manual_seed(0))
+def varied_input(backbone: Backbone, n: int = 3) -> Any:
+    """A batch that exercises what a fixed example may not: seeded random images, or texts of different
+    lengths (a padded batch: a graph traced without padding could drop the attention mask)."""
+    example = backbone.example_input(1)
+    if isinstance(example, torch.Tensor):
+        return torch.randn(n, *example.shape[1:], generator=torch.Generator().manual_seed(0))
+    encode = getattr(backbone, "encode", None)
+    if encode is None:
+        return backbone.example_input(n)
+    return backbone.collate([encode(PARITY_TEXTS[i % len(PARITY_TEXTS)]) for i in range(n)])
+
+
+def parity_on(module: nn.Module, session: Any, batch: Any) -> dict[str, Any]:
+    """ONNX Runtime against PyTorch (`module` in eval mode) on `batch`: {"max_abs_diff", "ok"}, ok when the
+    difference is float rounding (PARITY_ATOL, relative to the scale)."""
     with torch.inference_mode():
-        ref = module(x).numpy()
-    got = session.run(None, {"input": x.contiguous().numpy()})[0]
+        ref = module(batch).numpy()
+    got = session.run(None, feed(batch))[0]
     diff = float(np.abs(ref - got).max())
     return {"max_abs_diff": diff, "ok": diff <= PARITY_ATOL * max(1.0, float(np.abs(ref).max()))}
 
 
+def check_parity(module: nn.Module, session: Any, input_shape: Sequence[int]) -> dict[str, Any]:
+    """`parity_on` 3 seeded random inputs of `input_shape` (one tensor per item)."""
+    x = torch.randn(3, *input_shape, generator=torch.Generator().manual_seed(0))
+    return parity_on(module, session, x)
+
+
+def float_export(backbone: Backbone, root: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """(the cached float ONNX export of `backbone`, its meta: backbone name, parity figures), written and
+    checked against PyTorch on first use; an export that disagrees is an error."""
+    folder = (root or cache_dir()) / "onnx"
+    path = folder / f"{backbone.key}.onnx"
+    meta_path = folder / f"{backbone.key}.json"
+    if not (path.is_file() and meta_path.is_file()):
+        export_onnx(backbone, varied_input(backbone, 2), path)
+        parity = parity_on(backbone, _session(path, 1), varied_input(backbone, 3))
+        atomic_write_json(meta_path, {"backbone": backbone.name, **parity})
+    meta = json.loads(meta_path.read_text())
+    if not meta.get("ok"):
+        raise RuntimeError(f"ONNX export of {backbone.name} disagrees with PyTorch: {meta}")
+    return path, meta
+
+
 class OnnxForward:
-    """Callable float32 NCHW array -> embeddings, backed by a cached ONNX export of `backbone`."""
+    """Callable collated batch (NCHW floats, or a text model's token ids and mask) -> embeddings, backed by
+    the cached ONNX export of `backbone`."""
 
     def __init__(self, backbone: Backbone, *, root: Path | None = None, threads: int | None = None) -> None:
-        folder = (root or cache_dir()) / "onnx"
-        self.path = folder / f"{backbone.key}.onnx"
-        meta_path = folder / f"{backbone.key}.json"
-        if not (self.path.is_file() and meta_path.is_file()):
-            example = backbone.example_input(2)
-            export_onnx(backbone, example, self.path)
-            meta = {"backbone": backbone.name, **self._parity(backbone)}
-            atomic_write_json(meta_path, meta)
-        self.meta = json.loads(meta_path.read_text())
-        if not self.meta.get("ok"):
-            raise RuntimeError(f"ONNX export of {backbone.name} disagrees with PyTorch: {self.meta}")
+        self.path, self.meta = float_export(backbone, root)
         self.session = _session(self.path, threads or torch.get_num_threads())
 
-    def _parity(self, backbone: Backbone) -> dict[str, Any]:
-        return check_parity(backbone, _session(self.path, 1), backbone.example_input(1).shape[1:])
-
-    def __call__(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
-        if isinstance(batch, torch.Tensor):
-            batch = batch.numpy()
-        return self.session.run(None, {"input": batch})[0]
+    def __call__(self, batch: Any) -> np.ndarray:
+        return self.session.run(None, feed(batch))[0]

@@ -101,14 +101,15 @@ def auto(
     progress: bool = True,
     say: Callable[[str], None] = lambda _msg: None,
     device: str = "auto",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Run the steps of the module docstring; returns (and writes to OUT/auto.json) what each produced.
-    `device`: where every step's network runs (checked first)."""
+    `device`: where every step's network runs, `precision`: what every fine-tune trains in (checked first)."""
     from headstart.evaluate import evaluate_run
     from headstart.fileio import atomic_write_json
     from headstart.report import write_report
     from headstart.runs import to_jsonable
-    from headstart.train.engine import resolve_device
+    from headstart.train.engine import check_engine
     from headstart.verdicts.compare import compare
 
     out_dir = Path(out)
@@ -120,7 +121,7 @@ def auto(
         "timings": timings,
     }
 
-    result["device"] = str(resolve_device(device))  # an absent device is refused before any work
+    result["device"] = str(check_engine(device, precision))  # absent device, unrun precision: refused now
     t0 = time.perf_counter()
     plan = preflight(
         data, backbone=backbone, out=out_dir, store=store, name=name, alias=alias, curve=curve, seed=seed
@@ -144,6 +145,7 @@ def auto(
         keep_duplicates=keep_duplicates,
         progress=progress,
         device=device,
+        precision=precision,
     )
     result["leakage"] = cmp["leakage"]
     leaks = cmp["leakage"]

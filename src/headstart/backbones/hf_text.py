@@ -104,6 +104,13 @@ def encoder_groups(model: nn.Module) -> list[tuple[str, nn.Module]]:
 # -- loading -----------------------------------------------------------------------------------------------
 
 
+class EncoderBackbone(TextBackbone):
+    """A transformers encoder: traceable with dynamic batch and length axes, so its frozen forward runs
+    through ONNX Runtime (exported on first use, parity-checked on texts of different lengths)."""
+
+    supports_onnx = True
+
+
 def pooling_from_folder(folder: Path | None) -> tuple[str, bool]:
     """(pooling, normalize) from a sentence-transformers folder (`1_Pooling`, `modules.json`); else mean."""
     if folder is None:
@@ -212,7 +219,7 @@ def create_hf_text_backbone(
         pooling=pooling,
         normalize=normalize,
     )
-    backbone = TextBackbone(
+    backbone = EncoderBackbone(
         name=card.name,
         card=card,
         preprocess=preprocess,

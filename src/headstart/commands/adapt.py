@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from headstart.commands import console, options, print_json
-from headstart.train.engine import add_engine_flags
+from headstart.commands import api_options, console, show, verb
+from headstart.config import device_option, json_option, option, parse_budget, precision_option
 
 
 def _fraction(text: str) -> float:
@@ -19,16 +21,66 @@ def _fraction(text: str) -> float:
     return v
 
 
+@dataclass(kw_only=True)
+class AdaptOptions:
+    """continue a text backbone's pretraining on unlabeled domain text (MLM / causal LM)
+
+    Continue pretraining a text backbone on unlabeled domain text: masked LM for encoders (with a fresh MLM
+    head, trained first on the frozen encoder), causal LM for decoder LMs. Reports held-out perplexity
+    before and after and saves a new backbone, carded with its parent, under HEADSTART_BACKBONES (default
+    ~/.cache/headstart/backbones), usable by name.
+    """
+
+    backbone: str = option(required=True, help="text backbone: minilm-l6, smollm2-135m, hf:<folder>, ...")
+    unlabeled: Path = option(
+        required=True,
+        help=".txt (one text per line, or blank-line separated paragraphs), a folder of .txt, or a "
+        "CSV/JSONL/Parquet with a `text` column",
+    )
+    name: str | None = option(
+        None, help="name of the new backbone (default: the --out folder's name, else <backbone>-<data stem>)"
+    )
+    out: Path | None = option(None, help="folder to write (default: the backbones home / NAME)")
+    overwrite: bool = option(False, help="replace an existing backbone of that name")
+    resume: bool = option(
+        False,
+        help="continue the interrupted adaptation of that name from its checkpoints (same texts and "
+        "options; refused for a finished one)",
+    )
+    budget_s: float | None = option(
+        None,
+        flag="--budget",
+        parse=parse_budget,
+        help="stop training after this many seconds: 600, 90s, 10m (the control keeps its share)",
+    )
+    epochs: int = option(3)
+    lr: float | None = option(None, help="rate of the pretrained weights (default 5e-5 MLM, 2e-5 causal LM)")
+    head_lr: float = option(1e-3, help="rate of a fresh MLM head")
+    head_epochs: int = option(10, help="most epochs of the fresh head's warm-up")
+    batch_size: int | None = option(None)
+    max_length: int = option(128, help="tokens per sequence (longer texts are split)")
+    mix_general: Path | None = option(None, help="general text mixed in against forgetting, and scored")
+    mix_fraction: float = option(0.2, parse=_fraction, help="share of each epoch from --mix-general")
+    held_out: float = option(0.1, parse=_fraction, help="share of texts held out for perplexity")
+    txt_layout: str = option(
+        "auto",
+        choices=("auto", "lines", "paragraphs"),
+        help=".txt files: one text per line, or blank-line separated paragraphs (auto: detected)",
+    )
+    seed: int = option(0)
+    device: str = device_option()
+    precision: str = precision_option()
+    json: bool = json_option()
+
+
+@verb(AdaptOptions)
 def cmd_adapt(args: argparse.Namespace) -> int:
     from headstart.pretrain import adapt
 
-    names = ("name", "out", "epochs", "lr", "head_lr", "head_epochs", "batch_size", "max_length")
-    names += ("mix_general", "mix_fraction", "held_out", "txt_layout", "seed", "overwrite")
-    names += ("device", "precision")
-    report = adapt(args.backbone, args.unlabeled, **options(args, *names))
-    if args.json:
-        print_json(report.to_dict())
-        return 0
+    return show(args, adapt(**api_options(args, AdaptOptions)), _print_adapt)
+
+
+def _print_adapt(report: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -59,56 +111,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     )
     ref = report.backbone_ref
     con.print(f"use it: headstart fit DATA --backbone {escape(ref)}   (parent: {escape(report.parent)})")
+    for w in report.warnings:
+        con.print(f"[yellow]warning:[/yellow] {escape(w)}")
     if not report.by_name:
         con.print("[dim]written outside the backbones home: refer to it by its folder path[/dim]")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "adapt",
-        help="continue a text backbone's pretraining on unlabeled domain text (MLM / causal LM)",
-        description="Continue pretraining a text backbone on unlabeled domain text: masked LM for encoders "
-        "(with a fresh MLM head, trained first on the frozen encoder), causal LM for decoder LMs. Reports "
-        "held-out perplexity before and after and saves a new backbone, carded with its parent, under "
-        "HEADSTART_BACKBONES (default ~/.cache/headstart/backbones), usable by name.",
-    )
-    p.add_argument(
-        "--backbone", required=True, help="text backbone: minilm-l6, smollm2-135m, hf:<folder>, ..."
-    )
-    p.add_argument(
-        "--unlabeled",
-        type=Path,
-        required=True,
-        help=".txt (one text per line, or blank-line separated paragraphs), a folder of .txt, or a "
-        "CSV/JSONL/Parquet with a `text` column",
-    )
-    p.add_argument(
-        "--name",
-        help="name of the new backbone (default: the --out folder's name, else <backbone>-<data stem>)",
-    )
-    p.add_argument("--out", type=Path, help="folder to write (default: the backbones home / NAME)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing backbone of that name")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument(
-        "--lr", type=float, help="rate of the pretrained weights (default 5e-5 MLM, 2e-5 causal LM)"
-    )
-    p.add_argument("--head-lr", type=float, default=1e-3, help="rate of a fresh MLM head")
-    p.add_argument("--head-epochs", type=int, default=10, help="most epochs of the fresh head's warm-up")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-length", type=int, default=128, help="tokens per sequence (longer texts are split)")
-    p.add_argument("--mix-general", type=Path, help="general text mixed in against forgetting, and scored")
-    p.add_argument(
-        "--mix-fraction", type=_fraction, default=0.2, help="share of each epoch from --mix-general"
-    )
-    p.add_argument("--held-out", type=_fraction, default=0.1, help="share of texts held out for perplexity")
-    p.add_argument(
-        "--txt-layout",
-        choices=("auto", "lines", "paragraphs"),
-        default="auto",
-        help=".txt files: one text per line, or blank-line separated paragraphs (auto: detected)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    add_engine_flags(p)
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_adapt)

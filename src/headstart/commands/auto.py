@@ -3,29 +3,51 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from headstart.commands import console, fmt, options, print_json
-from headstart.commands.compare import add_comparison_flags, parse_budget
+from headstart.commands import api_options, console, fmt, print_json, verb
+from headstart.commands.compare import ComparisonOptions, strategy_list
+from headstart.config import option, parse_budget
 
 
+@dataclass(kw_only=True)
+class AutoOptions(ComparisonOptions):
+    """the whole job: leakage check, strategy comparison, calibrated evaluation, registration, report
+
+    Check the splits for leakage, compare the probe, the from-scratch baseline and the fine-tuning
+    strategies under one time budget, evaluate and calibrate the recommended run, register it in the model
+    store and write its HTML report.
+    """
+
+    data: Path = option(help="dataset folder or manifest (images, text or audio)")
+    backbone: str = option("efficientnet_lite0")
+    budget_s: float = option(300.0, flag="--budget", parse=parse_budget, help="for the comparison (5m)")
+    strategies: list[str] | None = option(
+        None, parse=strategy_list, help="comma-separated strategies instead of the automatic choice"
+    )
+    out: Path = option(Path("runs/auto"), help="output folder (runs/auto)")
+    store: Path | None = option(None, help="model store (default: $HEADSTART_MODELS or ./headstart-models)")
+    name: str | None = option(None, help="model name in the store (default: the data folder's name)")
+    alias: str = option("production", help="alias pointed at the new version")
+    curve: bool = option(True, help="skip the label-efficiency curve")
+
+
+@verb(AutoOptions, own_first=True)
 def cmd_auto(args: argparse.Namespace) -> int:
     from rich.markup import escape
 
     from headstart.pipeline import auto
 
     con = console()
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
     say = (lambda msg: None) if args.json else (lambda msg: con.print(f"[yellow]{escape(msg)}[/yellow]"))
-    names = ("backbone", "out", "store", "name", "alias", "seed", "keep_duplicates", "device")
-    kw = options(args, *names, budget_s=args.budget, strategies=strategies, curve=not args.no_curve, say=say)
-    result = auto(args.data, **kw)
+    result = auto(**api_options(args, AutoOptions, say=say))
     if args.json:
         print_json(result)
         return 0
     from headstart.commands.compare import print_compare
 
-    print_compare(result["comparison"], str(args.data), args.budget)
+    print_compare(result["comparison"], str(args.data), args.budget_s)
     ev = result["evaluation"]
     if ev.get("calibration_status") == "skipped":
         con.print(
@@ -44,26 +66,3 @@ def cmd_auto(args: argparse.Namespace) -> int:
     )
     con.print(f"report: [bold]{escape(result['report'])}[/bold]")
     return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    a = sub.add_parser(
-        "auto",
-        help="the whole job: leakage check, strategy comparison, calibrated evaluation, registration, report",
-        description="Check the splits for leakage, compare the probe, the from-scratch baseline and the "
-        "fine-tuning strategies under one time budget, evaluate and calibrate the recommended run, register "
-        "it in the model store and write its HTML report.",
-    )
-    a.add_argument("data", type=Path, help="dataset folder or manifest (images, text or audio)")
-    a.add_argument("--backbone", default="efficientnet_lite0")
-    a.add_argument("--budget", type=parse_budget, default=parse_budget("5m"), help="for the comparison (5m)")
-    a.add_argument("--strategies", help="comma-separated strategies instead of the automatic choice")
-    a.add_argument("--out", type=Path, default=Path("runs/auto"), help="output folder (runs/auto)")
-    a.add_argument(
-        "--store", type=Path, help="model store (default: $HEADSTART_MODELS or ./headstart-models)"
-    )
-    a.add_argument("--name", help="model name in the store (default: the data folder's name)")
-    a.add_argument("--alias", default="production", help="alias pointed at the new version")
-    a.add_argument("--no-curve", action="store_true", help="skip the label-efficiency curve")
-    add_comparison_flags(a)
-    a.set_defaults(func=cmd_auto)

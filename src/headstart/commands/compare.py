@@ -3,36 +3,60 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
-from headstart.commands import add_backend_flags, console, fmt, fmt_bytes, options, print_json
-
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_budget(text: str) -> float:
-    """'600', '90s', '10m', '1.5h' -> seconds."""
-    t = text.strip().lower()
-    scale = _UNITS.get(t[-1:])
-    try:
-        value = float(t[:-1] if scale else t) * (scale or 1.0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give seconds or a duration like 90s, 10m, 1h") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: the budget must be positive")
-    return value
+from headstart.commands import api_options, console, fmt, fmt_bytes, show, verb
+from headstart.config import device_option, json_option, option, parse_budget, precision_option
 
 
+def strategy_list(text: str) -> list[str]:
+    """--strategies: comma-separated names (empty: the automatic choice)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+@dataclass(kw_only=True)
+class ComparisonOptions:
+    """The options of `compare` and of `auto`, which runs it (they close each verb's list)."""
+
+    seed: int = option(0)
+    keep_duplicates: bool = option(
+        False, help="keep exact and near copies where the split put them (default: moved into one split)"
+    )
+    device: str = device_option()  # where every row (every step of auto) runs
+    precision: str = precision_option()  # what every fine-tune trains in
+    json: bool = json_option()
+
+
+@dataclass(kw_only=True)
+class CompareOptions(ComparisonOptions):
+    """compare probe, scratch and fine-tuning strategies under one time budget
+
+    Run the linear probe, a from-scratch baseline and the fine-tuning strategies that suit the data size,
+    each with an even share of the time budget; flag negative transfer and overfitting and recommend one.
+    Writes OUT/compare.json and one run folder per strategy.
+    """
+
+    data: str = option(help="dataset folder or CSV")
+    backbone: str = option(required=True, help="backbone name (see `headstart models`)")
+    budget_s: float = option(
+        600.0, flag="--budget", parse=parse_budget, help="total time: 600, 90s, 10m (default 10m)"
+    )
+    strategies: list[str] | None = option(
+        None,
+        parse=strategy_list,
+        help="comma-separated strategies to run instead of the automatic choice; adapt+S (text) continues "
+        "pretraining on the training texts, then runs S",
+    )
+    out: str | None = option(None, help="output folder (default runs/compare-DATA-BACKBONE)")
+    json: bool = json_option("print compare.json instead of the table")
+
+
+@verb(CompareOptions, own_first=True)
 def cmd_compare(args: argparse.Namespace) -> int:
     from headstart.verdicts.compare import compare
 
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()] if args.strategies else None
-    kw = options(args, "seed", "out", "keep_duplicates", "device", strategies=strategies)
-    result = compare(args.data, args.backbone, budget_s=args.budget, **kw)
-    if args.json:
-        print_json(result)
-        return 0
-    print_compare(result, f"{args.data}", args.budget)
-    return 0
+    result = compare(**api_options(args, CompareOptions))
+    return show(args, result, lambda r: print_compare(r, str(args.data), args.budget_s))
 
 
 def print_compare(result: dict, data: str, budget: float) -> None:
@@ -122,38 +146,3 @@ def print_compare(result: dict, data: str, budget: float) -> None:
             verdict = {True: "agrees", False: "disagrees", None: "was not measured"}[rb["agrees"]]
             con.print(f"rule-based recommendation {rb['strategy']} {verdict}: {rb['reason']}", markup=False)
     con.print(f"took {result['elapsed_s']:.0f} s; runs and compare.json in {escape(result['out'])}")
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "compare",
-        help="compare probe, scratch and fine-tuning strategies under one time budget",
-        description="Run the linear probe, a from-scratch baseline and the fine-tuning strategies that "
-        "suit the data size, each with an even share of the time budget; flag negative transfer and "
-        "overfitting and recommend one. Writes OUT/compare.json and one run folder per strategy.",
-    )
-    p.add_argument("data", help="dataset folder or CSV")
-    p.add_argument("--backbone", required=True, help="backbone name (see `headstart models`)")
-    p.add_argument(
-        "--budget", type=parse_budget, default=600.0, help="total time: 600, 90s, 10m (default 10m)"
-    )
-    p.add_argument(
-        "--strategies",
-        help="comma-separated strategies to run instead of the automatic choice; adapt+S (text) continues "
-        "pretraining on the training texts, then runs S",
-    )
-    p.add_argument("--out", help="output folder (default runs/compare-DATA-BACKBONE)")
-    add_comparison_flags(p, json_help="print compare.json instead of the table")
-    p.set_defaults(func=cmd_compare)
-
-
-def add_comparison_flags(parser: argparse.ArgumentParser, *, json_help: str | None = None) -> None:
-    """--seed, --keep-duplicates, --device, --json: the flags of `compare` and of `auto`, which runs it."""
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--keep-duplicates",
-        action="store_true",
-        help="keep exact and near copies where the split put them (default: moved into one split)",
-    )
-    add_backend_flags(parser, backend=False)  # --device: where every row (every step of auto) runs
-    parser.add_argument("--json", action="store_true", help=json_help)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import console, options, print_json
-from headstart.train.engine import add_engine_flags
+from headstart.commands import api_options, console, show, verb
+from headstart.config import device_option, json_option, option, precision_option
 
 
 def _fmt_bytes(n: int | None) -> str:
@@ -19,17 +20,52 @@ def _fmt_ms(side: dict[str, Any], key: str) -> str:
     return "-" if v is None else f"{v:.1f} ms"
 
 
+@dataclass(kw_only=True)
+class DistillOptions:
+    """train a smaller student backbone on a trained run's softened outputs (knowledge distillation)"""
+
+    run: Path = option(api=False, help="the teacher: a run folder written by probe or fit")
+    student: str = option(required=True, help="student backbone, e.g. efficientnet_lite0")
+    strategy: str = option(
+        "lp-ft",
+        help="how the student trains (as for fit); `head` trains the head by gradient on the soft targets",
+    )
+    unlabeled: Path | None = option(
+        None, help="extra unlabeled inputs (a folder): the student learns the teacher's outputs on them"
+    )
+    temperature: float | None = option(None, help="softening temperature T (default 4)")
+    alpha: float | None = option(
+        None, help="weight of the soft (teacher) loss, 1 - alpha on the labels (default 0.8)"
+    )
+    epochs: int | None = option(None, help="total epochs (the recipe's phases are scaled to it)")
+    lr: float | None = option(None, help="head learning rate; groups follow the recipe")
+    batch_size: int | None = option(None)
+    augment: bool | None = option(
+        None,
+        off_help="no augmentation: the student sees exactly the inputs the teacher's targets were computed "
+        "on",
+    )
+    out: Path | None = option(None, help="student run folder (default: runs/<time>-distill-<student>)")
+    overwrite: bool = option(False)
+    seed: int = option(0)
+    backend: str = option("auto", choices=("auto", "torch", "onnx"))
+    latency_repeats: int = option(20, help="timed single-item forwards per model (0: skip)")
+    device: str = device_option()
+    precision: str = precision_option()
+    json: bool = json_option()
+
+
+@verb(DistillOptions)
 def cmd_distill(args: argparse.Namespace) -> int:
     from headstart.train.distill import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, distill
 
-    names = ("student", "strategy", "unlabeled", "out", "seed", "epochs", "lr", "batch_size", "augment")
-    names += ("overwrite", "backend", "latency_repeats", "device", "precision")
     temperature = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
     alpha = DEFAULT_ALPHA if args.alpha is None else args.alpha
-    report = distill(args.run, **options(args, *names, temperature=temperature, alpha=alpha))
-    if args.json:
-        print_json(report.to_dict())
-        return 0
+    report = distill(args.run, **api_options(args, DistillOptions, temperature=temperature, alpha=alpha))
+    return show(args, report, _print_distill)
+
+
+def _print_distill(report: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -62,48 +98,3 @@ def cmd_distill(args: argparse.Namespace) -> int:
     for w in report.warnings:
         con.print(f"[yellow]warning:[/yellow] {escape(w)}")
     con.print(f"student run saved to [bold]{escape(str(report.run_dir))}[/bold] (distill.json inside)")
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    d = sub.add_parser(
-        "distill",
-        help="train a smaller student backbone on a trained run's softened outputs (knowledge distillation)",
-    )
-    d.add_argument("run", type=Path, help="the teacher: a run folder written by probe or fit")
-    d.add_argument("--student", required=True, help="student backbone, e.g. efficientnet_lite0")
-    d.add_argument(
-        "--strategy",
-        default="lp-ft",
-        help="how the student trains (as for fit); `head` trains the head by gradient on the soft targets",
-    )
-    d.add_argument(
-        "--unlabeled",
-        type=Path,
-        help="extra unlabeled inputs (a folder): the student learns the teacher's outputs on them",
-    )
-    d.add_argument("--temperature", type=float, help="softening temperature T (default 4)")
-    d.add_argument(
-        "--alpha", type=float, help="weight of the soft (teacher) loss, 1 - alpha on the labels (default 0.8)"
-    )
-    d.add_argument("--epochs", type=int, help="total epochs (the recipe's phases are scaled to it)")
-    d.add_argument("--lr", type=float, help="head learning rate; groups follow the recipe")
-    d.add_argument("--batch-size", type=int)
-    aug = d.add_mutually_exclusive_group()
-    aug.add_argument("--augment", dest="augment", action="store_true", default=None)
-    aug.add_argument(
-        "--no-augment",
-        dest="augment",
-        action="store_false",
-        help="no augmentation: the student sees exactly the inputs the teacher's targets were computed on",
-    )
-    d.add_argument("--out", type=Path, help="student run folder (default: runs/<time>-distill-<student>)")
-    d.add_argument("--overwrite", action="store_true")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--backend", default="auto", choices=("auto", "torch", "onnx"))
-    d.add_argument(
-        "--latency-repeats", type=int, default=20, help="timed single-item forwards per model (0: skip)"
-    )
-    add_engine_flags(d)
-    d.add_argument("--json", action="store_true")
-    d.set_defaults(func=cmd_distill)

@@ -4,53 +4,57 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import add_backend_flags, console, fmt, options, print_json, run_folder
+from headstart.commands import api_options, console, fmt, print_json, run_folder, verb
+from headstart.config import backend_option, device_option, json_option, option
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "evaluate",
-        help="metrics, calibration (temperature on val), OOD AUROC, latency and memory of a run",
-        description="Evaluate a run. Without DATA the run's own split (split.csv) is used: the "
-        "temperature is refitted on its val rows (kept at T = 1, with a warning and the reason, when val has "
-        "too few errors or scaling does not help on held-out val folds) and calibration.json and "
-        "evaluation.json are written into the run. With DATA (a class-folder DATA is evaluated whole; DATA "
-        "with train/ val/ test/, or a manifest with a split column, gives its --split) the run's own T is "
-        "used as it stands and nothing is written into the run: the result is printed, and written to "
-        "--out FILE when given.",
+@dataclass(kw_only=True)
+class EvaluateOptions:
+    """metrics, calibration (temperature on val), OOD AUROC, latency and memory of a run
+
+    Evaluate a run. Without DATA the run's own split (split.csv) is used: the temperature is refitted on its
+    val rows (kept at T = 1, with a warning and the reason, when val has too few errors or scaling does not
+    help on held-out val folds) and calibration.json and evaluation.json are written into the run. With
+    DATA (a class-folder DATA is evaluated whole; DATA with train/ val/ test/, or a manifest with a split
+    column, gives its --split) the run's own T is used as it stands and nothing is written into the run:
+    the result is printed, and written to --out FILE when given.
+    """
+
+    run: str = option(
+        api=False,
+        help="a run folder (probe or fit), or a stored model: NAME, NAME:v2, NAME@alias (read-only)",
     )
-    p.add_argument(
-        "run", help="a run folder (probe or fit), or a stored model: NAME, NAME:v2, NAME@alias (read-only)"
+    data: Path | None = option(
+        None, positional=True, nargs="?", help="labeled data to evaluate on (default: the run's split)"
     )
-    p.add_argument(
-        "data", type=Path, nargs="?", help="labeled data to evaluate on (default: the run's split)"
+    split: str = option("test", choices=("train", "val", "test"))
+    ood: Path | None = option(None, help="folder of out-of-distribution files (any layout)")
+    latency: bool = option(True, help="skip the latency measurement")
+    backend: str = backend_option()
+    device: str = device_option()
+    store: Path | None = option(
+        None, api=False, help="model store for NAME references (default: $HEADSTART_MODELS)"
     )
-    p.add_argument("--split", default="test", choices=("train", "val", "test"))
-    p.add_argument("--ood", type=Path, help="folder of out-of-distribution files (any layout)")
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    add_backend_flags(p)
-    p.add_argument("--store", type=Path, help="model store for NAME references (default: $HEADSTART_MODELS)")
-    p.add_argument(
-        "--out",
-        type=Path,
+    out: Path | None = option(
+        None,
         metavar="FILE",
         help="also write the evaluation JSON to FILE (the only file written when DATA is given)",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_evaluate)
+    json: bool = json_option("machine-readable output")
 
 
+@verb(EvaluateOptions)
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from headstart.evaluate import evaluate_run
     from headstart.features import forward_device
 
     forward_device(args.backend, args.device)  # before a stored model's files are verified
     run, stored = run_folder(args.run, args.store)
-    kw = options(args, "split", "ood", "backend", "out", "device", latency=not args.no_latency)
-    res = evaluate_run(run, args.data, save=not stored, **kw)
+    res = evaluate_run(run, save=not stored, **api_options(args, EvaluateOptions))
     if args.json:
         if res["calibration"]["status"] == "skipped":  # stdout is the JSON; the warning goes beside it
             print(

@@ -3,35 +3,34 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from headstart.commands import console, print_json
+from headstart.commands import console, print_json, verb
+from headstart.config import json_option, option
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="export a run to ONNX (logits + calibrated probabilities), parity-checked on real inputs",
+@dataclass(kw_only=True)
+class ExportOptions:
+    """export a run to ONNX (logits + calibrated probabilities), parity-checked on real inputs"""
+
+    run: Path = option(help="a run folder (probe or fit)")
+    onnx: bool = option(False, required=True, help="export format (ONNX, opset 17)")
+    out: Path | None = option(None, help="output .onnx file (default: RUN/model.onnx)")
+    quantize: bool = option(
+        False, help="also write a dynamic-int8 copy (*.int8.onnx) and report its test accuracy and latency"
     )
-    p.add_argument("run", type=Path, help="a run folder (probe or fit)")
-    p.add_argument("--onnx", action="store_true", required=True, help="export format (ONNX, opset 17)")
-    p.add_argument("--out", type=Path, help="output .onnx file (default: RUN/model.onnx)")
-    p.add_argument(
-        "--quantize",
-        action="store_true",
-        help="also write a dynamic-int8 copy (*.int8.onnx) and report its test accuracy and latency",
-    )
-    p.add_argument(
-        "--check",
-        type=Path,
+    check: list[Path] | None = option(
+        None,
+        parse=Path,
         nargs="+",
         metavar="FILE",
         help="inputs for the parity check (default: the run's own test/val files, up to 32)",
     )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_export)
+    json: bool = json_option("machine-readable output")
 
 
+@verb(ExportOptions)
 def cmd_export(args: argparse.Namespace) -> int:
     from headstart.export import export_onnx_model
 

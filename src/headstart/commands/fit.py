@@ -3,20 +3,52 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import add_backend_flags, console, fmt_bytes, print_data_notes, print_json
-from headstart.config import FitConfig, add_options, from_args
+from headstart.commands import console, fmt_bytes, print_data_notes, print_json, show, verb
+from headstart.config import FitConfig, backend_option, device_option, from_args, json_option, option
 
 
+@dataclass
+class FitOptions(FitConfig):
+    """fine-tune with a strategy (recipe): head, partial:N, full, gradual, lp-ft, ..."""
+
+    json: bool = json_option()
+
+
+@dataclass(kw_only=True)
+class LrFindOptions:
+    """learning-rate range test for the head; plots loss vs rate"""
+
+    data: Path = option()
+    backbone: str = option("efficientnet_lite0")
+    seed: int = option(0)
+    plot: str = option("lr_find.png", help="where to write the plot (PNG)")
+    backend: str = backend_option()
+    device: str = device_option()
+    json: bool = json_option()
+
+
+@dataclass(kw_only=True)
+class RecipesOptions:
+    """show the built-in strategies as recipes (phases, rates, epochs)"""
+
+    strategy: str | None = option(None, positional=True, nargs="?", help="one strategy, e.g. partial:2")
+    backbone: str = option("efficientnet_lite0")
+    schema: bool = option(False, help="print the JSON schema of a recipe file (for --strategy my.yaml)")
+    json: bool = json_option()
+
+
+@verb(FitOptions)
 def cmd_fit(args: argparse.Namespace) -> int:
     from headstart.train.api import run_fit
 
-    report = run_fit(from_args(FitConfig, args, progress=not args.json))
-    if args.json:
-        print_json(report.to_dict())
-        return 0
+    return show(args, run_fit(from_args(FitConfig, args, progress=not args.json)), _print_fit)
+
+
+def _print_fit(report: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -57,9 +89,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         con.print(f"[yellow]warning:[/yellow] {escape(w)}")
     if report.run_dir:
         con.print(f"run saved to [bold]{escape(str(report.run_dir))}[/bold]")
-    return 0
 
 
+@verb(LrFindOptions)
 def cmd_lr_find(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -97,6 +129,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+@verb(RecipesOptions)
 def cmd_recipes(args: argparse.Namespace) -> int:
     from headstart.backbones import create_backbone
     from headstart.recipes import BUILT_IN, get_recipe, recipe_schema
@@ -119,32 +152,3 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         t.add_row(r.name, r.summary(), r.description)
     console().print(t)
     return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    f = sub.add_parser(
-        "fit", help="fine-tune with a strategy (recipe): head, partial:N, full, gradual, lp-ft, ..."
-    )
-    add_options(f, FitConfig)  # the options, their defaults and help: headstart.config
-    f.add_argument("--json", action="store_true")
-    f.set_defaults(func=cmd_fit)
-
-    lf = sub.add_parser("lr-find", help="learning-rate range test for the head; plots loss vs rate")
-    lf.add_argument("data", type=Path)
-    lf.add_argument("--backbone", default="efficientnet_lite0")
-    lf.add_argument("--seed", type=int, default=0)
-    lf.add_argument("--plot", default="lr_find.png", help="where to write the plot (PNG)")
-    add_backend_flags(lf)
-    lf.add_argument("--json", action="store_true")
-    lf.set_defaults(func=cmd_lr_find)
-
-    r = sub.add_parser("recipes", help="show the built-in strategies as recipes (phases, rates, epochs)")
-    r.add_argument("strategy", nargs="?", help="one strategy, e.g. partial:2")
-    r.add_argument("--backbone", default="efficientnet_lite0")
-    r.add_argument(
-        "--schema",
-        action="store_true",
-        help="print the JSON schema of a recipe file (for --strategy my.yaml)",
-    )
-    r.add_argument("--json", action="store_true")
-    r.set_defaults(func=cmd_recipes)

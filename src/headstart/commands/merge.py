@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import console, print_json
+from headstart.commands import console, print_json, verb
+from headstart.config import json_option, option
 
 
 def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
@@ -96,6 +97,17 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> d
     }
 
 
+@dataclass(kw_only=True)
+class MergeOptions:
+    """fold a LoRA run's adapter into the base weights: a plain run for export and serving"""
+
+    run: Path = option(help="a run folder trained with --strategy lora")
+    out: Path = option(required=True, help="the merged run folder to write")
+    overwrite: bool = option(False)
+    json: bool = json_option()
+
+
+@verb(MergeOptions)
 def cmd_merge(args: argparse.Namespace) -> int:
     summary = merge_run(args.run, args.out, overwrite=args.overwrite)
     if args.json:
@@ -114,14 +126,3 @@ def cmd_merge(args: argparse.Namespace) -> int:
         + ("; `headstart export --onnx` takes it" if summary["supports_onnx"] else "")
     )
     return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "merge", help="fold a LoRA run's adapter into the base weights: a plain run for export and serving"
-    )
-    p.add_argument("run", type=Path, help="a run folder trained with --strategy lora")
-    p.add_argument("--out", type=Path, required=True, help="the merged run folder to write")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_merge)

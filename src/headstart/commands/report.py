@@ -3,27 +3,26 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-from headstart.commands import console, print_json
+from headstart.commands import console, print_json, verb
+from headstart.config import json_option, option
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report",
-        help="write a self-contained HTML report of a run folder (data, curves, errors, model card)",
+@dataclass(kw_only=True)
+class ReportOptions:
+    """write a self-contained HTML report of a run folder (data, curves, errors, model card)"""
+
+    run: Path = option(help="a run folder written by probe, fit or evaluate")
+    out: Path | None = option(None, help="where to write the page (default: RUN/report.html)")
+    open_path_only: bool = option(
+        False, help="print only the report's path (for `xdg-open $(headstart report RUN --open-path-only)`)"
     )
-    p.add_argument("run", type=Path, help="a run folder written by probe, fit or evaluate")
-    p.add_argument("--out", type=Path, help="where to write the page (default: RUN/report.html)")
-    p.add_argument(
-        "--open-path-only",
-        action="store_true",
-        help="print only the report's path (for `xdg-open $(headstart report RUN --open-path-only)`)",
-    )
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.set_defaults(func=cmd_report)
+    json: bool = json_option("machine-readable output")
 
 
+@verb(ReportOptions)
 def cmd_report(args: argparse.Namespace) -> int:
     from headstart.fileio import atomic_write_text
     from headstart.report import REPORT_FILE, build_report

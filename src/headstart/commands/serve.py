@@ -6,38 +6,42 @@ import argparse
 import ipaddress
 import os
 import sys
+from dataclasses import dataclass
 
-from headstart.commands import add_backend_flags, print_json
+from headstart.commands import print_json, verb
+from headstart.config import device_option, json_option, option
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a run folder or stored model over HTTP (POST /predict)")
-    p.add_argument("model", help="a run folder, or a model-store reference such as emoji@production")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument(
-        "--token",
-        default=os.environ.get("HEADSTART_TOKEN"),
-        help="require 'Authorization: Bearer TOKEN' (default: $HEADSTART_TOKEN, else none)",
+@dataclass(kw_only=True)
+class ServeOptions:
+    """serve a run folder or stored model over HTTP (POST /predict)"""
+
+    model: str = option(help="a run folder, or a model-store reference such as emoji@production")
+    host: str = option("127.0.0.1", help="address to listen on (default: loopback only)")
+    port: int = option(8000)
+    token: str | None = option(
+        None, help="require 'Authorization: Bearer TOKEN' (default: $HEADSTART_TOKEN, else none)"
     )
-    p.add_argument("--max-mb", type=float, default=10.0, help="largest request body accepted, in MB")
-    p.add_argument("--max-batch", type=int, default=64, help="most files in one /predict/batch request")
-    p.add_argument(
-        "--max-pixels",
-        type=int,
+    max_mb: float = option(10.0, help="largest request body accepted, in MB")
+    max_text_mb: float = option(
+        1.0,
+        help="a text model's largest text (its JSON), in MB; a batch may hold --max-batch of them. The "
+        "model reads only its first tokens; a larger body only costs parsing time",
+    )
+    max_batch: int = option(64, help="most files in one /predict/batch request")
+    max_pixels: int | None = option(
+        None,
         help="refuse images whose canvas is larger than this (default 40,000,000; guards against "
         "decompression bombs: a 100 kB PNG can claim 900 megapixels)",
     )
-    p.add_argument(
-        "--engine",
+    engine: str = option(
+        "auto",
         choices=("auto", "onnx", "torch"),
-        default="auto",
         help="auto: ONNX Runtime (on the CPU) when RUN/model.onnx was exported from this model and the "
         "device is the CPU, else PyTorch",
     )
-    add_backend_flags(p, backend=False)
-    p.add_argument("--json", action="store_true", help="print the start-up summary as JSON")
-    p.set_defaults(func=cmd_serve)
+    device: str = device_option()
+    json: bool = json_option("print the start-up summary as JSON")
 
 
 def _is_loopback(host: str) -> bool:
@@ -49,6 +53,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@verb(ServeOptions)
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -57,17 +62,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from headstart.serve import SERVE_MAX_PIXELS, create_app
 
     forward_device(args.engine, args.device)  # an absent device is refused before the model is loaded
+    if args.token is None:
+        args.token = os.environ.get("HEADSTART_TOKEN")
 
     if args.max_pixels is not None and args.max_pixels < 1:
         raise HeadstartError(
             f"--max-pixels {args.max_pixels} would refuse every image",
             fix=f"give a positive pixel count (default {SERVE_MAX_PIXELS:,})",
         )
+    if not args.max_text_mb > 0:  # also NaN
+        raise HeadstartError(
+            f"--max-text-mb {args.max_text_mb:g} would refuse every text",
+            fix="give a positive size in MB (default 1)",
+        )
     app = create_app(
         args.model,
         token=args.token,
         max_bytes=int(args.max_mb * 1024 * 1024),
         max_batch=args.max_batch,
+        max_text_bytes=int(args.max_text_mb * 1024 * 1024),
         engine=args.engine,
         max_pixels=args.max_pixels or SERVE_MAX_PIXELS,
         device=args.device,

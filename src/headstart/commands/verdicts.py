@@ -3,18 +3,97 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import add_backend_flags, console, fmt, options, print_data_notes, print_json
+from headstart.commands import api_options, console, fmt, print_data_notes, print_json, verb
+from headstart.config import backend_option, device_option, json_option, option
+
+DATA_HELP = "image folder (class sub-folders, or train/ val/ test/) or a CSV/JSONL manifest"
 
 
+def _sizes(text: str) -> list[int]:
+    """--sizes: comma-separated labels per class."""
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: give whole numbers, comma-separated (e.g. 5,10,20)"
+        ) from None
+
+
+@dataclass(kw_only=True)
+class _Embeds:
+    """What the verbs here that embed the data share (closing each one's list)."""
+
+    data: Path = option(help=DATA_HELP)
+    backend: str = backend_option()
+    device: str = device_option()
+    seed: int = option(0, help="split and sampling seed")
+    json: bool = json_option("machine-readable output")
+
+
+@dataclass(kw_only=True)
+class RankOptions(_Embeds):
+    """rank backbones for a dataset without fine-tuning (LogME, kNN, probe)"""
+
+    backbones: str = option(
+        "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2", help="comma-separated backbone names"
+    )
+    estimate_finetune: bool = option(
+        True, flag="--no-estimate", help="skip timing a fine-tuning step per backbone"
+    )
+
+
+@dataclass(kw_only=True)
+class CurveOptions(_Embeds):
+    """label-efficiency curve: probe accuracy vs labels per class"""
+
+    backbone: str = option("efficientnet_lite0")
+    seeds: int = option(3, help="random subsets per point")
+    sizes: list[int] | None = option(
+        None, parse=_sizes, help="comma-separated labels per class (default 5,10,20,50,... up to the data)"
+    )
+    baseline: str = option(
+        "auto",
+        choices=("auto", "pixels", "tfidf", "logmel", "scratch", "none"),
+        help="auto (default): the data's no-backbone baseline, pixels for images (logistic regression on "
+        "16x16 pixels), tfidf for text (TF-IDF + logistic regression), logmel for audio (log-mel "
+        "statistics + logistic regression); scratch: train the architecture from random init (slow)",
+    )
+    scratch_epochs: int | None = option(None, help="epochs of each from-scratch run")
+    out: Path | None = option(None, help="folder for curve.json and curve.png")
+
+
+@dataclass(kw_only=True)
+class LeakageOptions:
+    """exact and near-duplicate items across train/val/test"""
+
+    data: Path = option(help=DATA_HELP)
+    max_distance: int | None = option(
+        None, help="pHash bits (of 64) that may differ for a near copy (default 6)"
+    )
+    dedupe: Path | None = option(None, help="write the split without later-split copies as OUT (.csv)")
+    show: int = option(20, help="pairs listed per table")
+    seed: int = option(0, help="split and sampling seed")
+    json: bool = json_option("machine-readable output")
+
+
+@dataclass(kw_only=True)
+class DomainOptions(_Embeds):
+    """how far the data is from the backbone's pretraining data (0..1)"""
+
+    backbone: str = option("efficientnet_lite0")
+    sample: int = option(300, help="items read (seeded sample)")
+
+
+@verb(RankOptions, own_first=True)
 def cmd_rank(args: argparse.Namespace) -> int:
     from headstart.verdicts.rank import rank_backbones, ranking_summary
 
     names = [b.strip() for b in args.backbones.split(",") if b.strip()]
-    kw = options(args, "seed", "backend", "device", estimate_finetune=not args.no_estimate)
-    rows = rank_backbones(args.data, names, **kw)
+    rows = rank_backbones(**api_options(args, RankOptions, backbones=names))
     summary = ranking_summary(rows)
     if args.json:
         print_json({"rows": rows, "summary": summary})
@@ -49,13 +128,12 @@ def cmd_rank(args: argparse.Namespace) -> int:
     return 0
 
 
+@verb(CurveOptions, own_first=True)
 def cmd_curve(args: argparse.Namespace) -> int:
     from headstart.verdicts.curve import intervals, label_curve, summarise
 
-    sizes = [int(k) for k in args.sizes.split(",")] if args.sizes else None
     out = args.out or Path("runs") / f"curve-{Path(args.data).name}-{args.backbone.replace(':', '_')}"
-    kw = options(args, "seeds", "baseline", "scratch_epochs", "seed", "backend", "device", sizes=sizes)
-    curve = label_curve(args.data, args.backbone, out=out, **kw)
+    curve = label_curve(**api_options(args, CurveOptions, out=out))
     if args.json:
         print_json({**curve, "intervals": intervals(curve), "out": str(out)})
         return 0
@@ -83,6 +161,7 @@ def cmd_curve(args: argparse.Namespace) -> int:
     return 0
 
 
+@verb(LeakageOptions)
 def cmd_leakage(args: argparse.Namespace) -> int:
     from headstart.data import load_dataset
     from headstart.data.leakage import PHASH_MAX_DISTANCE, dedupe, find_leaks
@@ -138,10 +217,11 @@ def _write_split_manifest(ds: Any, out: Path) -> Path:
     return out
 
 
+@verb(DomainOptions, own_first=True)
 def cmd_domain(args: argparse.Namespace) -> int:
     from headstart.verdicts.domain import domain_distance
 
-    r = domain_distance(args.data, args.backbone, **options(args, "sample", "seed", "backend", "device"))
+    r = domain_distance(**api_options(args, DomainOptions))
     if args.json:
         print_json(r)
         return 0
@@ -160,62 +240,3 @@ def cmd_domain(args: argparse.Namespace) -> int:
         )
     con.print(f"  formula: {r['formula']}", markup=False)
     return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    data_help = "image folder (class sub-folders, or train/ val/ test/) or a CSV/JSONL manifest"
-
-    def verb(name: str, help: str) -> argparse.ArgumentParser:
-        """A verb that reads one dataset: its parser with the DATA argument."""
-        p = sub.add_parser(name, help=help)
-        p.add_argument("data", type=Path, help=data_help)
-        return p
-
-    def common(p: argparse.ArgumentParser, func: Any, *, backend: bool = True) -> None:
-        """The closing flags every verb here shares, and the command it runs."""
-        if backend:
-            add_backend_flags(p)  # --backend and --device
-        p.add_argument("--seed", type=int, default=0, help="split and sampling seed")
-        p.add_argument("--json", action="store_true", help="machine-readable output")
-        p.set_defaults(func=func)
-
-    r = verb("rank", "rank backbones for a dataset without fine-tuning (LogME, kNN, probe)")
-    r.add_argument(
-        "--backbones",
-        default="efficientnet_lite0,efficientnet_lite1,efficientnet_lite2",
-        help="comma-separated backbone names",
-    )
-    r.add_argument("--no-estimate", action="store_true", help="skip timing a fine-tuning step per backbone")
-    common(r, cmd_rank)
-
-    c = verb("curve", "label-efficiency curve: probe accuracy vs labels per class")
-    c.add_argument("--backbone", default="efficientnet_lite0")
-    c.add_argument("--seeds", type=int, default=3, help="random subsets per point")
-    c.add_argument("--sizes", help="comma-separated labels per class (default 5,10,20,50,... up to the data)")
-    c.add_argument(
-        "--baseline",
-        choices=("auto", "pixels", "tfidf", "logmel", "scratch", "none"),
-        default="auto",
-        help="auto (default): the data's no-backbone baseline, pixels for images (logistic regression on "
-        "16x16 pixels), tfidf for text (TF-IDF + logistic regression), logmel for audio (log-mel "
-        "statistics + logistic regression); scratch: train the architecture from random init (slow)",
-    )
-    c.add_argument("--scratch-epochs", type=int, help="epochs of each from-scratch run")
-    c.add_argument("--out", type=Path, help="folder for curve.json and curve.png")
-    common(c, cmd_curve)
-
-    lk = verb("leakage", "exact and near-duplicate items across train/val/test")
-    lk.add_argument(
-        "--max-distance",
-        type=int,
-        default=None,
-        help="pHash bits (of 64) that may differ for a near copy (default 6)",
-    )
-    lk.add_argument("--dedupe", type=Path, help="write the split without later-split copies as OUT (.csv)")
-    lk.add_argument("--show", type=int, default=20, help="pairs listed per table")
-    common(lk, cmd_leakage, backend=False)
-
-    d = verb("domain", "how far the data is from the backbone's pretraining data (0..1)")
-    d.add_argument("--backbone", default="efficientnet_lite0")
-    d.add_argument("--sample", type=int, default=300, help="items read (seeded sample)")
-    common(d, cmd_domain)

@@ -124,6 +124,13 @@ def export_onnx_model(
     if out_path is not None:  # an unusable --out is refused before the model is loaded
         _check_out(Path(out_path))
     model = run_dir_or_model if isinstance(run_dir_or_model, TrainedModel) else load_model(run_dir_or_model)
+    if model.precision == "int8":  # the graph would hold the float backbone under an int8-trained head
+        raise HeadstartError(
+            f"{model.path or model.backbone.name} was trained on int8 features; the ONNX export writes the "
+            "float network, which would feed its head other features than it was trained on",
+            fix="serve the run folder (`headstart serve RUN` uses its int8 forward), or re-run the probe "
+            "with --precision fp32 to export it",
+        )
     if out_path is None:
         if model.path is None:
             raise HeadstartError("the model has no run folder to export into", fix="pass out_path")

@@ -4,11 +4,8 @@ only when it loses (almost) no accuracy."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +14,15 @@ import numpy as np
 from headstart.export.card import card_path, write_metadata
 from headstart.export.graph import batch_rows, load_batch, onnx_feed, ort_session, run_onnx
 from headstart.export.parity import split_items
-from headstart.fileio import atomic_write, atomic_write_json
+from headstart.fileio import atomic_write_json
 from headstart.model import TrainedModel
-
-#: Dynamic quantisation of Conv (ConvInteger) measured 8x slower than float on a 2-core CPU and dropped the
-#: emoji probe on EfficientNet-Lite0 from 0.685 to chance (0.111): only the matrix products are quantised.
-QUANTIZED_OPS = ("MatMul", "Gemm")
+from headstart.quantize_forward import quantize_dynamic_file
 
 
 def quantized_path(onnx_path: str | Path) -> Path:
     """The int8 copy beside `model.onnx`: `model.int8.onnx`."""
     p = Path(onnx_path)
     return p.with_name(p.stem + ".int8.onnx")
-
-
-@contextlib.contextmanager
-def quiet_logging() -> Iterator[None]:
-    """quantize_dynamic logs a warning per tensor it cannot shape-infer (harmless, and very long)."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def op_counts(path: Path, ops: Sequence[str]) -> dict[str, int]:
@@ -74,17 +58,7 @@ def quantize_model(
     ref_logits: np.ndarray,
 ) -> dict[str, Any]:
     """Write `model.int8.onnx` (with its own card) beside `out` and measure it against the float graph."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    qpath = quantized_path(out)
-    with warnings.catch_warnings(), quiet_logging():
-        warnings.simplefilter("ignore")
-        atomic_write(
-            qpath,
-            lambda tmp: quantize_dynamic(
-                str(out), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS)
-            ),
-        )
+    qpath = quantize_dynamic_file(out, quantized_path(out))
     qsession = ort_session(qpath)
     got = run_onnx(qsession, check_batch)
     one = batch_rows(check_batch, 0, 1)

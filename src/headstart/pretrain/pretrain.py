@@ -8,10 +8,12 @@ So the comparison is made with matched head training:
 
 1. warm-up: the encoder stays frozen and only the fresh head trains, one epoch at a time, until held-out
    perplexity improves by less than 1% (at most `head_epochs`); the best head is kept.
-2. control: from that head, the head alone trains for exactly the steps the adaptation will run (same
-   batches, same masks, same rates and schedule) on the *unchanged* encoder. "before" is measured here.
-3. adaptation: from the same warm-up head, encoder and head train together (`lr` for the encoder, small
-   by default against catastrophic forgetting; `head_lr` for the head). "after" is measured at the end.
+2. adaptation: from that head, encoder and head train together (`lr` for the encoder, small by default
+   against catastrophic forgetting; `head_lr` for the head). "after" is measured at the end.
+3. control: from the same warm-up head, the head alone trains for exactly the steps the adaptation ran
+   (same batches, same masks, same rates and schedule) on the *unchanged* encoder. "before" is measured
+   here. It runs after the adaptation so that a time budget that stops the adaptation early stops the
+   control at the same step.
 
 "before" and "after" heads have trained equally long on the same data, so the difference is the
 encoder's; neither side is selected on the held-out texts. An adapted backbone keeps its trained head
@@ -22,15 +24,16 @@ Decoders keep their own LM head: "before" is simply the parent's perplexity. Wit
 of every epoch is general text (rehearsal), and the general text's own held-out part is scored before and
 after: a rise there is forgetting.
 
-Each run (warm-up, control, adaptation) is a `LanguageModeling` task of the one training loop
-(headstart.pretrain.lm), so device, precision and processes are fit's. The new backbone is written atomically
+Each run (warm-up, adaptation, control: headstart.pretrain.runs) is a `LanguageModeling` task of the one
+training loop (headstart.pretrain.lm), so device, precision, processes, checkpoints, resume and the time
+budget are fit's. The new backbone is written atomically
 (headstart.pretrain.folder); under the backbones home it is found by name (`create_backbone(name)`,
 `headstart backbones`).
 """
 
 from __future__ import annotations
 
-import copy
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,16 +43,15 @@ from headstart.backbones.home import FAMILY, backbones_home, check_name
 from headstart.data.unlabeled_text import read_unlabeled
 from headstart.errors import HeadstartError
 from headstart.pretrain.folder import backbone_card, default_name, parent_folder, save_backbone
-from headstart.pretrain.lm import CausalLM, LanguageModeling, MaskedLM, held_out_perplexity
+from headstart.pretrain.lm import CausalLM, MaskedLM
 from headstart.pretrain.objectives import Chunk, chunk_texts
-from headstart.recipes import Phase, Recipe
+from headstart.pretrain.runs import RUN_NAMES, Runs, train
 from headstart.train.engine import check_engine, is_main_process, resolve_device
-from headstart.train.loop import Trainer
+from headstart.train.job import open_work_dir
 
 DEFAULT_LR = {"mlm": 5e-5, "clm": 2e-5}
 DEFAULT_EPOCHS = 3
 DEFAULT_BATCH = {"mlm": 16, "clm": 8}
-HEAD_PLATEAU = 0.01  # the head warm-up stops when held-out perplexity improves by less than this fraction
 OPTIMIZER = "AdamW (weight decay 0.01), linear warm-up 6% then linear decay, grad-norm clip 1.0"
 
 
@@ -72,6 +74,7 @@ class AdaptReport:
     params: dict[str, Any]
     by_name: bool  # under the backbones home: usable as `--backbone NAME`
     card: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. a run the time budget stopped
 
     @property
     def backbone_ref(self) -> str:
@@ -84,123 +87,18 @@ class AdaptReport:
         return d
 
 
-# -- the runs -----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Runs:
-    """adapt's runs of the one training loop over the same data; their epochs join `history`."""
-
-    lm: MaskedLM | CausalLM
-    chunks: dict[str, list[Chunk]]
-    held_out: list[Any]
-    pad: int
-    mix_fraction: float
-    batch_size: int
-    seed: int
-    device: str
-    precision: str
-    progress: bool
-    history: list[dict[str, Any]] = field(default_factory=list)
-    engine: dict[str, Any] = field(default_factory=dict)  # where and how the last run trained
-
-    def run(
-        self,
-        name: str,
-        epochs: int,
-        lr: float,
-        offset: int,
-        *,
-        encoder_lr: float | None = None,
-        plateau: float | None = None,
-    ) -> int:
-        """Train `epochs` at rate `lr` (the MLM head's, or the decoder's) and the encoder at `encoder_lr`
-        (None: frozen); with `plateau`, stop when held-out perplexity improves by less than that fraction
-        and keep the best (the warm-up). Runs with the same `offset` see the same batches and masks.
-        Returns the optimizer steps taken."""
-        warm_up = plateau is not None
-        task = LanguageModeling(
-            self.lm,
-            self.chunks,
-            self.held_out,
-            pad=self.pad,
-            mix_fraction=self.mix_fraction,
-            encoder_lr=encoder_lr,
-            plateau=plateau or 0.0,
-            evaluate_start=warm_up,
-        )
-        phase = Phase(
-            name,
-            train_top="all" if encoder_lr is not None else 0,
-            epochs=epochs,
-            lr=lr,
-            schedule="constant" if warm_up else "linear",
-            warmup=0.06,
-            weight_decay=0.01,
-            patience=1 if warm_up else None,
-        )
-        trainer = Trainer.for_task(
-            task,
-            Recipe(f"adapt-{name}", (phase,), batch_size=self.batch_size),
-            seed=self.seed + offset,
-            device=self.device,
-            precision=self.precision,
-            progress=self.progress,
-            keep_best=warm_up,
-        ).fit()
-        self.engine = trainer.engine.describe()
-        rows = [r for r in trainer.history if r["kind"] == "train"]
-        keys = ("steps", "train_loss", "held_out_perplexity", "seconds")
-        self.history += [{"phase": name, "epoch": r["phase_epoch"], **{k: r[k] for k in keys}} for r in rows]
-        return sum(r["steps"] for r in rows)
-
-
-def _train(
-    runs: _Runs, g_fixed: list[Any], *, epochs: int, lr: float, head_lr: float, head_epochs: int
-) -> tuple[dict[str, Any], int, int]:
-    """The three runs (see the module docstring): (perplexity before/after, steps, warm-up steps)."""
-    lm, dev = runs.lm, next(runs.lm.model.parameters()).device
-    warm_steps = 0
-    if isinstance(lm, MaskedLM):
-        # 1. a fresh head learns on the frozen encoder until held-out perplexity plateaus.
-        if lm.fresh and head_epochs > 0:
-            warm_steps = runs.run("head", head_epochs, head_lr, 1, plateau=HEAD_PLATEAU)
-        start_head = copy.deepcopy(lm.head.state_dict())
-        # 2. the control: the head alone gets the very steps (batches, masks, rates) the adaptation will
-        # run, on the unchanged encoder; "before" and "after" heads have then trained equally long.
-        runs.run("control", epochs, head_lr, 2)
-        before = runs.history[-1]["held_out_perplexity"]
-        g_before = held_out_perplexity(lm, g_fixed, dev) if g_fixed else None
-        lm.head.load_state_dict(start_head)
-    else:
-        before = held_out_perplexity(lm, runs.held_out, dev)
-        g_before = held_out_perplexity(lm, g_fixed, dev) if g_fixed else None
-    # 3. everything trains, the pretrained weights at a small rate.
-    steps = runs.run("adapt", epochs, head_lr if isinstance(lm, MaskedLM) else lr, 2, encoder_lr=lr)
-    after = runs.history[-1]["held_out_perplexity"]
-    g_after = held_out_perplexity(lm, g_fixed, dev) if g_fixed else None
-    ppl = {
-        "domain": {"before": before, "after": after},
-        "general": None if g_before is None else {"before": g_before, "after": g_after},
-    }
-    return ppl, steps, warm_steps
-
-
 # -- the entry point ----------------------------------------------------------------------------------------
 
 
-def _destination(
-    backbone: str, data: Any, name: str | None, out: Any, overwrite: bool
-) -> tuple[str, Path, bool]:
-    """(name, folder, found by name) of the new backbone; refused before any training when taken."""
+def _destination(backbone: str, data: Any, name: str | None, out: Any) -> tuple[str, Path, bool]:
+    """(name, folder, found by name) of the new backbone; refused before any training when taken by
+    another family (whether the folder is free is `_check_out`'s to say)."""
     from headstart.backbones import get_spec
 
     name = check_name(name or (Path(out).name if out is not None else default_name(backbone, data)))
     home = backbones_home()
     dest = Path(out).expanduser() if out is not None else home / name
     by_name = dest.resolve().parent == home.resolve() and dest.name == name
-    if dest.exists() and not overwrite:
-        raise HeadstartError(f"{dest} already exists", fix="pass --overwrite or choose another --name")
     if by_name:
         try:
             clash = get_spec(name)
@@ -211,6 +109,27 @@ def _destination(
                 f"{name!r} already names a {clash.family} backbone", fix="choose another --name"
             )
     return name, dest, by_name
+
+
+def _check_out(
+    dest: Path, request: dict[str, Any], *, resume: bool, overwrite: bool, engine: Any
+) -> dict[str, Any] | None:
+    """Refused before any work, by fit's rules (headstart.train.resume.check_out): a finished backbone
+    without --overwrite, an interrupted adaptation (its checkpoints beside `dest`) without --resume or
+    --overwrite, a --resume with nothing to resume or with other texts, options, device or precision than
+    it was started with. Returns what the resumed adaptation was started with (None: a fresh start)."""
+    from headstart.backbones.home import CARD_FILE
+    from headstart.train.resume import check_out
+
+    return check_out(
+        dest,
+        resume=resume,
+        overwrite=overwrite,
+        request=request,
+        engine=engine,
+        finished_file=CARD_FILE,
+        checkpoints=RUN_NAMES,
+    )
 
 
 def _language_model(backbone: str, seed: int) -> tuple[Any, Path, MaskedLM | CausalLM]:
@@ -230,6 +149,15 @@ def _language_model(backbone: str, seed: int) -> tuple[Any, Path, MaskedLM | Cau
     if "hf_model" in bb.__dict__:
         return bb, folder, MaskedLM(bb, folder, seed)
     raise HeadstartError(f"{backbone} exposes no transformers model to train", fix="use a text backbone")
+
+
+def _texts_of(data: Any, general: Any) -> dict[str, str | None]:
+    """What a --resume must find again: the domain and general texts, by count and content hash."""
+
+    def named(texts: Any) -> str | None:
+        return None if texts is None else f"{len(texts.texts)} texts, sha256 {texts.sha256[:16]}"
+
+    return {"unlabeled": named(data), "mix_general": named(general)}
 
 
 def _chunks(
@@ -274,6 +202,8 @@ def adapt(
     txt_layout: str = "auto",
     seed: int = 0,
     overwrite: bool = False,
+    resume: bool = False,
+    budget_s: float | None = None,
     device: str = "auto",
     precision: str = "auto",
     progress: bool = True,
@@ -282,7 +212,9 @@ def adapt(
 
     See the module docstring for how "before" and "after" are measured. Returns an `AdaptReport`; the new
     backbone is `report.backbone_ref` (its name when written under the backbones home). `device` and
-    `precision` as for `fit` (headstart.train.engine).
+    `precision` as for `fit` (headstart.train.engine). Checkpoints are kept beside the new backbone until
+    it is written: `resume` continues an interrupted adaptation from them (same texts and options).
+    `budget_s`: training stops after this many seconds (the control keeps its share: headstart.pretrain.runs).
     """
     from headstart.backbones.hf_utils import load_tokenizer
 
@@ -295,9 +227,17 @@ def adapt(
         )
     if not 0 <= mix_fraction < 1:
         raise HeadstartError(f"mix fraction {mix_fraction}: must be in [0, 1)", fix="e.g. 0.2")
+    if budget_s is not None and budget_s <= 0:
+        raise HeadstartError(f"budget {budget_s} s: must be positive", fix="give e.g. --budget 10m")
     data = read_unlabeled(unlabeled, txt_layout)
     general = read_unlabeled(mix_general, txt_layout) if mix_general is not None else None
-    name, dest, by_name = _destination(backbone, data, name, out, overwrite)
+    name, dest, by_name = _destination(backbone, data, name, out)
+    # What the adaptation is started with: a --resume with other texts or options is refused.
+    request = {"backbone": backbone, **_texts_of(data, general), "txt_layout": txt_layout}
+    request |= {"epochs": epochs, "lr": lr}
+    request |= {"head_lr": head_lr, "head_epochs": head_epochs, "batch_size": batch_size}
+    request |= {"max_length": max_length, "mix_fraction": mix_fraction, "held_out": held_out, "seed": seed}
+    started = _check_out(dest, request, resume=resume, overwrite=overwrite, engine=(device, precision))
 
     bb, folder, lm = _language_model(backbone, seed)
     length = min(max_length, bb.max_length)
@@ -309,8 +249,11 @@ def adapt(
     lm.model.to(resolve_device(device))
     fixed = lm.fixed_eval(held, batch_size, pad, seed + 1)
     g_fixed = lm.fixed_eval(g_held, batch_size, pad, seed + 2) if g_held else []
-    runs = _Runs(lm, chunks, fixed, pad, mix_fraction, batch_size, seed, device, precision, progress)
-    ppl, steps, warm_steps = _train(
+    runs = Runs(lm, chunks, fixed, pad, mix_fraction, batch_size, seed, device, precision, progress)
+    work = runs.work_dir = open_work_dir(dest, request, resume=resume, started=started)
+    runs.resume = resume
+    runs.deadline = None if budget_s is None else time.perf_counter() + budget_s
+    ppl, steps, warm_steps = train(
         runs, g_fixed, epochs=epochs, lr=lr, head_lr=head_lr, head_epochs=head_epochs
     )
     lm.model.eval().cpu()
@@ -338,37 +281,37 @@ def adapt(
     }
     if lm.objective == "mlm":
         params_used["masking"] = "15% of real tokens; 80% [MASK], 10% random, 10% kept"
+    # What was measured, named once: the card beside the weights and the report both carry it.
+    measured: dict[str, Any] = {
+        "perplexity": ppl,
+        "data": summary,
+        "general": g_summary,
+        "params": params_used,
+        "steps": steps,
+        "head_warmup_steps": warm_steps,
+        "history": runs.history,
+    }
     card = backbone_card(
         name,
         bb,
         lm.objective,
         lm.fresh,
-        perplexity=ppl,
-        data=summary,
-        general=g_summary,
-        params=params_used,
-        steps=steps,
-        head_warmup_steps=warm_steps,
-        history=runs.history,
+        **measured,
         seconds=round(time.perf_counter() - t_start, 2),
         engine=runs.engine,  # device, precision (and why), world size of the adaptation
     )
-    if is_main_process():  # under torchrun, one process writes
+    if is_main_process():  # under torchrun, one process writes; the checkpoints go once the backbone is in
         save_backbone(dest, overwrite, bb, lm.head, folder, card, t_start)
+        shutil.rmtree(work, ignore_errors=True)
     return AdaptReport(
         name=name,
         folder=dest,
         parent=bb.card.name,
         objective=lm.objective,
         fresh_head=lm.fresh,
-        perplexity=ppl,
-        history=runs.history,
-        steps=steps,
-        head_warmup_steps=warm_steps,
         seconds=card["seconds"],
-        data=summary,
-        general=g_summary,
-        params=params_used,
         by_name=by_name,
         card=card,
+        warnings=runs.warnings,
+        **measured,
     )

@@ -98,17 +98,7 @@ def lora(r: int = 8) -> Recipe:
     # far more steps). alpha = 2r keeps the update's scale when the rank changes.
     return Recipe(
         "lora" if r == 8 else f"lora:{r}",
-        (
-            Phase(
-                "lora",
-                train_top="all",
-                epochs=8,
-                lr=1e-3,
-                backbone_lr_ratio=1.0,
-                weight_decay=0.01,
-                head_init="probe",
-            ),
-        ),
+        (Phase("lora", train_top="all", epochs=8, lr=1e-3, backbone_lr_ratio=1.0, head_init="probe"),),
         adapter=LoraSpec(r=r, alpha=2.0 * r),
         description="LoRA adapters on the attention projections of every group + the probe-initialised "
         "head; the base weights stay frozen and only the adapter is stored",

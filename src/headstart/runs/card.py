@@ -107,6 +107,8 @@ def run_card(
         "metrics": split_metrics(read_json(folder / METRICS_FILE)) if folder is not None else {},
         "evaluation": _evaluation(folder),
         "temperature": temperature,
+        # The frozen forward the head was trained on (fp32 for runs from before int8 existed).
+        "frozen_forward": info.extra.get("frozen_forward") or {"precision": "fp32"},
         "data": _data(folder),
         "versions": info.versions,
         "created": info.created,

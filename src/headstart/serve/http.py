@@ -1,11 +1,11 @@
 """The HTTP side of `headstart serve`: a FastAPI app over one `Predictor` (its routes: `headstart.serve`).
 
-A request body is read through `limited_stream`, which refuses it with 413 as soon as it is over the
-limit (declared in Content-Length, or actually sent), before it is all in memory. Forms are parsed by
-Starlette's own multipart parser from that stream, in memory (the limit bounds them). Every refusal is an
-`HTTPError`, answered by one handler as JSON {"error", "fix"}; FastAPI's and Starlette's own errors (404,
-405, validation) get the same shape. Decoding and the forward run in worker threads, never on the event
-loop, so a slow input does not hold up the others.
+Bodies are read within their limits by `headstart.serve.body`. A text model's JSON body has its own,
+lower limit (`--max-text-mb`, per text; a batch's is that per text it may hold): the model reads only
+its first tokens, and every megabyte of JSON costs the event loop milliseconds of parsing that the other
+requests wait through. Every refusal is an `HTTPError`, answered by one handler as JSON {"error", "fix"};
+FastAPI's and Starlette's own errors (404, 405, validation) get the same shape. Decoding and the forward
+run in worker threads, never on the event loop, so a slow input does not hold up the others.
 """
 
 # FastAPI reads the endpoints' annotations as strings and resolves them in this module's globals: the
@@ -13,10 +13,9 @@ loop, so a slow input does not hold up the others.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from starlette.responses import JSONResponse
 from headstart.data.images import ImageTooLarge
 from headstart.errors import BadInput, HeadstartError
 from headstart.model import TrainedModel
+from headstart.serve.body import HTTPError, parse_json, read_body, read_form, too_big
 from headstart.serve.page import render_page
 from headstart.serve.predictor import DEFAULT_TOP, SERVE_MAX_PIXELS, Predictor, load_served_model
 
@@ -34,15 +34,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_BATCH = 64
-FORM_FIX = "let your HTTP client build the form"
-
-
-class HTTPError(Exception):
-    """A request we refuse: status code, a message naming what is wrong, and how to fix it."""
-
-    def __init__(self, status: int, message: str, fix: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.fix = status, message, fix
+#: One text's JSON: 1 MB is a few hundred pages, far more than any text model reads (hundreds of tokens).
+DEFAULT_MAX_TEXT_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -54,6 +47,7 @@ class Server:
     token: str | None
     max_bytes: int
     max_batch: int
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     started: float = field(default_factory=time.time)
     counts: dict[str, int] = field(default_factory=lambda: {"requests": 0, "errors": 0})
 
@@ -69,6 +63,19 @@ class Server:
         authorize(request, self.token)
         return top_k(request, len(self.predictor.classes))
 
+    def text_body_limit(self, *, batch: bool) -> tuple[int, HTTPError]:
+        """A text model's JSON body limit, and its refusal: one text's, or a batch's (`max_batch` texts'),
+        never over --max-mb. The refusal names the flag that set the limit."""
+        per_body = self.max_text_bytes * (self.max_batch if batch else 1)
+        limit = min(self.max_bytes, per_body)
+        flag = "--max-text-mb" if per_body <= self.max_bytes else "--max-mb"
+        if batch:
+            fix = f"send fewer or shorter texts (or raise {flag})"
+            return limit, too_big(limit, " for a batch of texts", fix)
+        reads = getattr(self.predictor.model.backbone, "max_length", None)
+        what = f" for one text (this model reads only its first {reads} tokens)" if reads else " for one text"
+        return limit, too_big(limit, what, f"send the start of the text (or raise {flag})")
+
 
 def create_app(
     model_ref: str | Path | TrainedModel,
@@ -76,12 +83,14 @@ def create_app(
     token: str | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_batch: int = DEFAULT_MAX_BATCH,
+    max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES,
     engine: str = "auto",
     max_pixels: int = SERVE_MAX_PIXELS,
     device: str = "auto",
 ) -> Any:
     """A FastAPI app serving one model (loaded here, once). `token`: require `Authorization: Bearer`.
-    `device`: where the model runs (checked before the model is loaded)."""
+    `max_text_bytes`: a text model's limit per text (see the module docstring). `device`: where the
+    model runs (checked before the model is loaded)."""
     from fastapi import FastAPI
 
     from headstart.features import forward_device
@@ -91,8 +100,10 @@ def create_app(
         model, ref = model_ref, str(model_ref.path)
     else:
         model, ref = load_served_model(model_ref), str(model_ref)
-    predictor = Predictor(model, engine=engine, max_pixels=max_pixels, device=device)
-    server = Server(predictor, ref, token=token, max_bytes=max_bytes, max_batch=max_batch)
+    predictor = Predictor(
+        model, engine=engine, max_pixels=max_pixels, device=device, max_text_chars=max_text_bytes
+    )
+    server = Server(predictor, ref, token, max_bytes, max_batch, max_text_bytes)
     app = FastAPI(title=f"headstart: {ref}", docs_url=None, redoc_url=None)
     app.state.predictor = predictor
     _add_error_handlers(app, server)
@@ -189,7 +200,7 @@ def _add_info_routes(app: Any, server: Server) -> None:
         return HTMLResponse(html)
 
 
-# -- reading a request ----------------------------------------------------------------------------------
+# -- what a request asks for ---------------------------------------------------------------------------------
 
 
 def authorize(request: Request, token: str | None) -> None:
@@ -212,98 +223,6 @@ def top_k(request: Request, n_classes: int) -> int:
     return min(k, n_classes)
 
 
-async def limited_stream(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
-    """The body's chunks, refused as soon as it is over max_bytes (declared or actually sent)."""
-    too_big = HTTPError(
-        413,
-        f"request body over the {max_bytes:,}-byte limit",
-        fix="send a smaller file (or raise --max-mb)",
-    )
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            if int(declared) > max_bytes:
-                raise too_big
-        except ValueError:
-            raise HTTPError(400, f"bad Content-Length {declared!r}") from None
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise too_big
-        yield chunk
-
-
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The whole body, within the limit: one copy at the end, not a buffer regrown on the event loop."""
-    return b"".join([chunk async for chunk in limited_stream(request, max_bytes)])
-
-
-async def read_form(request: Request, max_bytes: int, max_parts: int) -> list[tuple[str, str, bytes]]:
-    """A multipart/form-data body -> (field, file name or else field, bytes) per part, in memory.
-
-    Starlette's parser, told that the form's charset is latin-1: it then hands back a plain field (no
-    file name, as `curl -F 'file=<photo.jpg'` sends it) as text that maps back to its exact bytes, and
-    names are decoded here as UTF-8, the way clients send them.
-    """
-    from python_multipart.multipart import parse_options_header
-    from starlette.datastructures import Headers
-    from starlette.formparsers import MultiPartException, MultiPartParser
-
-    boundary = parse_options_header(request.headers["content-type"])[1].get(b"boundary")
-    if not boundary:
-        raise HTTPError(400, "multipart body without a boundary", fix=FORM_FIX)
-    ctype = b'multipart/form-data; boundary="' + boundary + b'"; charset=latin-1'
-    parser = MultiPartParser(
-        Headers(raw=[(b"content-type", ctype)]),
-        limited_stream(request, max_bytes),
-        max_files=max_parts,
-        max_fields=max_parts,
-        max_part_size=max_bytes,
-    )
-    parser.spool_max_size = max_bytes  # no temp files: the body limit already bounds what is held
-    too_many = HTTPError(413, f"more than {max_parts} parts in one request", fix="send fewer files")
-    try:
-        form = await parser.parse()
-    except MultiPartException as e:
-        if e.message.startswith("Too many"):
-            raise too_many from e
-        # Starlette says "Invalid multipart data."; the parser's own error says where and what.
-        raise HTTPError(400, f"malformed multipart body ({e.__cause__ or e.message})", fix=FORM_FIX) from e
-    try:
-        parts = form.multi_items()
-        if len(parts) > max_parts:  # the parser counts files and plain fields apart
-            raise too_many
-        items = []
-        for latin1_name, value in parts:
-            name = _utf8(latin1_name)
-            if isinstance(value, str):  # a plain field: latin-1 gives back its bytes exactly
-                items.append((name, name, value.encode("latin-1")))
-            else:
-                items.append((name, _utf8(value.filename or "") or name, await value.read()))
-        return items
-    finally:
-        await form.close()
-
-
-def _utf8(latin1: str) -> str:
-    """A name the parser decoded as latin-1, decoded as the UTF-8 that clients send."""
-    return latin1.encode("latin-1").decode("utf-8", "replace")
-
-
-def parse_json(body: bytes) -> Any:
-    """A request body's JSON, through FastAPI's own Rust parser when it is there (pydantic-core).
-
-    It holds the GIL as json does, but ~3x shorter: ~8 ms for a 10 MB text instead of ~25 ms, during
-    which the event loop and every other request wait.
-    """
-    try:
-        from pydantic_core import from_json
-    except ImportError:  # pydantic 1
-        return json.loads(body)
-    return from_json(body)
-
-
 async def request_items(request: Request, server: Server, *, batch: bool) -> list[tuple[str, Any]]:
     """The request's items as (name, raw): raw is bytes (files) or str (texts)."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -315,7 +234,7 @@ async def request_items(request: Request, server: Server, *, batch: bool) -> lis
                 "this model classifies files: JSON bodies are for text models",
                 fix="send the file as multipart/form-data field 'file'",
             )
-        return await _json_texts(request, server.max_bytes, batch=batch)
+        return await _json_texts(request, *server.text_body_limit(batch=batch), batch=batch)
     if text_model:
         raise HTTPError(
             415,
@@ -339,9 +258,11 @@ async def request_items(request: Request, server: Server, *, batch: bool) -> lis
     )
 
 
-async def _json_texts(request: Request, max_bytes: int, *, batch: bool) -> list[tuple[str, Any]]:
+async def _json_texts(
+    request: Request, max_bytes: int, refusal: HTTPError, *, batch: bool
+) -> list[tuple[str, Any]]:
     try:
-        obj = parse_json(await read_body(request, max_bytes))
+        obj = parse_json(await read_body(request, max_bytes, refusal))
     except (ValueError, RecursionError) as e:  # also bad UTF-8, and nesting too deep
         raise HTTPError(400, f"body is not valid JSON ({e})") from e
     key = "texts" if batch else "text"
@@ -367,7 +288,7 @@ def run_items(
     examples, where, results, bad = [], [], [], []
     for name, raw in items:
         try:
-            ex = predictor.decode_text(raw) if isinstance(raw, str) else predictor.decode(raw, name)
+            ex = predictor.decode_text(raw, name) if isinstance(raw, str) else predictor.decode(raw, name)
             examples.append(ex)
             where.append(len(results))
             results.append({"file": name})

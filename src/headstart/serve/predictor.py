@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.errors import HeadstartError
+from headstart.errors import BadInput, HeadstartError
 from headstart.model import TrainedModel, softmax
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,9 @@ class Predictor:
         engine: str = "auto",
         max_pixels: int = SERVE_MAX_PIXELS,
         device: str = "auto",
+        max_text_chars: int | None = None,
     ) -> None:
+        """`max_text_chars`: a longer text is refused (BadInput), like an image over `max_pixels`."""
         from headstart.features import forward_device
 
         if engine not in ("auto", "onnx", "torch"):
@@ -69,10 +71,20 @@ class Predictor:
         self.device = forward_device(engine, device)
         self.model = model
         self.classes = model.classes
-        self.max_pixels = max_pixels
+        self.max_pixels, self.max_text_chars = max_pixels, max_text_chars
         self.lock = threading.Lock()
         self.session: Any = None
         self.onnx_path: Path | None = None
+        # A head trained on int8 features is served on that very forward (rebuilt exactly, or refused).
+        self.int8 = model.int8_forward()
+        if self.int8 is not None:
+            if engine == "torch":
+                raise HeadstartError(
+                    f"{model.path} was trained on int8 features, which ONNX Runtime computes",
+                    fix="serve it with engine auto (or onnx)",
+                )
+            self.device, self.engine = forward_device("onnx", "auto"), "onnx-int8"
+            return
         if engine == "onnx" or (engine == "auto" and self.device.type == "cpu"):
             self.onnx_path = matching_export(model)
             if self.onnx_path is None and engine == "onnx":
@@ -110,7 +122,13 @@ class Predictor:
             f.flush()
             return bb.load_item(f.name)
 
-    def decode_text(self, text: str) -> Any:
+    def decode_text(self, text: str, name: str = "text") -> Any:
+        if self.max_text_chars is not None and len(text) > self.max_text_chars:
+            raise BadInput(
+                name,
+                f"{len(text):,} characters: over the {self.max_text_chars:,}-byte limit for one text "
+                "(send its start, or raise --max-text-mb)",
+            )
         bb = self.model.backbone
         encode, max_length = getattr(bb, "encode", None), getattr(bb, "max_length", None)
         if encode is None or not max_length:
@@ -123,6 +141,8 @@ class Predictor:
         """Preprocessed examples -> calibrated probabilities (N, K)."""
         batch = self.model.backbone.collate(examples)
         with self.lock:
+            if self.int8 is not None:
+                return softmax(self.model.head.logits(self.int8(batch)) / self.model.temperature)
             if self.session is not None:
                 from headstart.export import onnx_feed
 

@@ -25,6 +25,15 @@ def _channels_last(x: Any) -> Any:
     return x
 
 
+def _pinned(x: Any) -> Any:
+    """Page-locked host memory, so the copy to the GPU can overlap the step."""
+    if isinstance(x, torch.Tensor):
+        return x.pin_memory()
+    if isinstance(x, dict):
+        return {k: _pinned(v) for k, v in x.items()}
+    return x
+
+
 def take(states: Any, idx: torch.Tensor) -> Any:
     """The rows `idx` of cached activations (a tensor, or a dict of tensors for text)."""
     if isinstance(states, dict):
@@ -48,7 +57,8 @@ class FrozenPrefix:
     _onnx_prefixes: dict[int, Any]
 
     def _collate(self, split: Split, idx: Sequence[int]) -> Any:
-        return _channels_last(self.backbone.collate([split.examples[int(i)] for i in idx]))
+        x = _channels_last(self.backbone.collate(split.fetch(idx)))
+        return _pinned(x) if self.engine.device.type == "cuda" else x
 
     def _prefix(self, x: Any, k: int) -> Any:
         """Activations entering group k (pooled embeddings when k == n_groups), without autograd."""

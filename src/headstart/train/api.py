@@ -96,7 +96,6 @@ def run_fit(
 
     `probe`: the probe verb's embedding and head options (it has no --resume); for fit's closed-form
     recipes, the probe's defaults."""
-    from headstart.runs import to_jsonable
     from headstart.train.save import evaluate_trained, save_trained, trained_delta
 
     verb = "probe" if probe is not None else "fit"
@@ -106,7 +105,12 @@ def run_fit(
     started = None
     if cfg.save:
         started = check_out(
-            cfg.out, resume=cfg.resume, overwrite=cfg.overwrite, request=request, resumable=verb == "fit"
+            cfg.out,
+            resume=cfg.resume,
+            overwrite=cfg.overwrite,
+            request=request,
+            resumable=verb == "fit",
+            engine=(cfg.device, cfg.precision),
         )
     timings: dict[str, float] = {}
     ds = _load(cfg, request, started, timings)
@@ -127,18 +131,7 @@ def run_fit(
     delta = trained_delta(job, trainer)
     metrics = evaluate_trained(job, trainer, splits, delta, n_extra=len(extra))
     saved = save_trained(job, trainer, metrics, delta)
-    return FitReport(
-        run_dir=saved,
-        backbone=job.bb.name,
-        strategy=trainer.recipe.name,
-        classes=job.ds.classes,
-        metrics=to_jsonable(metrics),
-        history=to_jsonable(trainer.history),
-        recipe=trainer.recipe.to_dict(),
-        warnings=list(trainer.warnings),
-        data=to_jsonable(job.ds.summary()),
-        timings=job.timings,
-    )
+    return job.report(saved, trainer.recipe, metrics, trainer.history, list(trainer.warnings))
 
 
 def _load(
@@ -204,9 +197,10 @@ def _objective(job: FitJob, objective: Objective | None) -> Objective | None:
 
 
 def _decode(job: FitJob) -> tuple[dict[str, Split], list[str]]:
-    """Every input decoded once: the train/val/test Splits (unlabeled inputs join train with label -1)."""
+    """Every input checked once (unreadable ones skipped, or refused with --strict), then the
+    train/val/test Splits that decode as batches need them (unlabeled inputs join train with label -1)."""
     from headstart.data.images import DEFAULT_MAX_PIXELS
-    from headstart.train.data import Split, decode_all
+    from headstart.train.data import check_all, streamed_split
 
     extra: list[str] = []
     if job.cfg.unlabeled is not None:
@@ -215,12 +209,8 @@ def _decode(job: FitJob) -> tuple[dict[str, Split], list[str]]:
         extra = load_unlabeled(job.cfg.unlabeled, job.bb.modality).sources
     t0 = time.perf_counter()
     sources = [it.source for it in job.ds.items]
-    good, bad = decode_all(
-        job.bb,
-        sources + extra,
-        progress=job.cfg.progress,
-        max_pixels=job.cfg.max_pixels or DEFAULT_MAX_PIXELS,
-    )
+    max_pixels = job.cfg.max_pixels or DEFAULT_MAX_PIXELS
+    good, bad = check_all(job.bb, sources + extra, progress=job.cfg.progress, max_pixels=max_pixels)
     if bad and job.cfg.strict:
         listed = "\n".join(f"  {p}: {r}" for p, r in sorted(bad.items()))
         raise HeadstartError(
@@ -237,18 +227,9 @@ def _decode(job: FitJob) -> tuple[dict[str, Split], list[str]]:
     splits: dict[str, Split] = {}
     for s in ("train", "val", "test"):
         items = ds.split(s)
-        splits[s] = Split(
-            examples=[good[it.source] for it in items],
-            y=torch.tensor([index[it.label] for it in items], dtype=torch.long),
-            sources=[it.source for it in items],
-        )
-    if extra:
-        tr = splits["train"]
-        splits["train"] = Split(
-            examples=tr.examples + [good[s] for s in extra],
-            y=torch.cat([tr.y, torch.full((len(extra),), -1, dtype=torch.long)]),
-            sources=tr.sources + extra,
-        )
+        srcs = [it.source for it in items] + (extra if s == "train" else [])
+        y = [index[it.label] for it in items] + ([-1] * len(extra) if s == "train" else [])
+        splits[s] = streamed_split(job.bb, srcs, torch.tensor(y, dtype=torch.long), max_pixels=max_pixels)
     absent = set(ds.classes) - {it.label for it in ds.split("train")}
     if absent:
         raise HeadstartError(

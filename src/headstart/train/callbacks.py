@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from headstart.errors import HeadstartError
-from headstart.train.checkpoint import load_checkpoint, save_checkpoint
+from headstart.train.checkpoint import engine_record, load_checkpoint, resumed_precision, save_checkpoint
 
 if TYPE_CHECKING:
+    from headstart.train.engine import Engine
     from headstart.train.loop import Trainer
 
 log = logging.getLogger(__name__)
@@ -208,19 +209,27 @@ class GapWarning(Callback):
 
 class Budget(Callback):
     """Stops when one more step and the epoch's closing work (BatchNorm pass, validation) would end past
-    `seconds` from the start of `fit`: mid-epoch and ahead of time. Every process stops at the same step."""
+    `seconds` from the start of `fit`: mid-epoch and ahead of time. Every process stops at the same step.
 
-    def __init__(self, seconds: float) -> None:
+    `replayed`: the steps taken will run once more after this fit, within the same `seconds` (adapt's
+    control replays the adaptation's steps), so their time is kept in reserve as they are taken."""
+
+    def __init__(self, seconds: float, *, replayed: bool = False) -> None:
         self.seconds = seconds
+        self.replayed = replayed
         self.step_s = self.tail_s = 0.0  # the last step's and the last epoch end's seconds: the look-ahead
+        self.taken_s = 0.0  # seconds of the steps taken so far (the reserve of a replayed run)
         self.stopped_after: int | None = None
 
     def _over(self, trainer: Trainer) -> bool:
         spent = time.perf_counter() - trainer.started
-        return trainer.engine.agree(spent + self.step_s + self.tail_s > self.seconds)
+        ahead = (self.step_s + self.tail_s) * (2 if self.replayed else 1)
+        reserve = self.taken_s if self.replayed else 0.0
+        return trainer.engine.agree(spent + reserve + ahead > self.seconds)
 
     def after_step(self, trainer: Trainer) -> None:
         self.step_s = trainer.step_seconds
+        self.taken_s += self.step_s
         if self._over(trainer):
             trainer.stop_epoch = True
 
@@ -237,18 +246,44 @@ class Budget(Callback):
             )
 
 
+class StepLimit(Callback):
+    """Stops after `steps` steps in all (a resumed fit counts those of its history): adapt's control
+    replays exactly the steps the adaptation took."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+        self.taken = 0
+
+    def before_epoch(self, trainer: Trainer) -> None:
+        self.taken = sum(r.get("steps", 0) for r in trainer.history if r["kind"] == "train")
+
+    def after_step(self, trainer: Trainer) -> None:
+        self.taken += 1
+        if self.taken >= self.steps:  # stop_fit now: the epoch's checkpoint then says nothing is left
+            trainer.stop_epoch = trainer.stop_fit = True
+
+
 class Checkpoint(Callback):
     """An atomic checkpoint in `folder` after each phase start and epoch (main process only); with
     `resume`, training continues from the one there: model, optimizer with all its parameter groups,
-    scheduler, position, best weights, history."""
+    scheduler, position, best weights, history. It records the device type and precision that ran, and a
+    resume goes on in them (`resumed_precision`)."""
 
     def __init__(self, folder: Path, resume: bool = False) -> None:
         self.folder = folder
         self.resume = resume
+        # Read when the Trainer is built, so its engine is checked against it before any step.
+        self._state = load_checkpoint(folder) if resume else None
         self._pending: dict[str, Any] | None = None  # a loaded checkpoint whose optimizer is still to restore
 
+    def resumed_precision(self, engine: Engine) -> str | None:
+        """The precision to resume in (None: nothing to resume); refuses another device type or precision."""
+        if self._state is None:
+            return None
+        return resumed_precision(self._state.get("engine"), self.folder, engine.device.type, engine.asked)
+
     def before_fit(self, trainer: Trainer) -> None:
-        state = load_checkpoint(self.folder) if self.resume else None
+        state, self._state = self._state, None
         if state is None:
             return
         if state["recipe"] != trainer.recipe.to_dict():
@@ -295,6 +330,7 @@ class Checkpoint(Callback):
             "history": trainer.history,
             "warnings": trainer.warnings,
             "recipe": trainer.recipe.to_dict(),
+            "engine": engine_record(trainer.engine.device, trainer.engine.precision),
         }
         save_checkpoint(self.folder, state)
 

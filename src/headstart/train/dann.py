@@ -89,7 +89,8 @@ class DomainAdversarial(Objective):
         self._stats: dict[str, float] = {}
 
     def setup(self, trainer: Trainer, train: Split) -> None:
-        from headstart.train.data import decode_all
+        from headstart.data.images import DEFAULT_MAX_PIXELS
+        from headstart.train.data import check_all, streamed_split
 
         n_groups = len(trainer.backbone.groups)
         if not any(p.epochs > 0 and p.n_trainable(n_groups) > 0 for p in trainer.recipe.phases):
@@ -105,7 +106,8 @@ class DomainAdversarial(Objective):
             )
         known = set(train.sources)
         sources = [s for s in dict.fromkeys(self.sources) if s not in known]
-        good, self.skipped = decode_all(trainer.backbone, sources)
+        max_pixels = getattr(train.examples, "max_pixels", DEFAULT_MAX_PIXELS)
+        good, self.skipped = check_all(trainer.backbone, sources, max_pixels=max_pixels)
         kept = [s for s in sources if s in good]
         if not kept:
             raise HeadstartError(
@@ -113,8 +115,8 @@ class DomainAdversarial(Objective):
                 f"({len(self.skipped)} unreadable, {len(self.sources) - len(sources)} already labeled)",
                 fix="point --target-unlabeled at inputs from the deployment domain",
             )
-        self.target = Split(
-            examples=[good[s] for s in kept], y=torch.full((len(kept),), -1, dtype=torch.long), sources=kept
+        self.target = streamed_split(
+            trainer.backbone, kept, torch.full((len(kept),), -1, dtype=torch.long), max_pixels=max_pixels
         )
         self.n_extra_unlabeled = len(kept)
         with torch.random.fork_rng(devices=[]):  # seeded init that leaves the global stream untouched

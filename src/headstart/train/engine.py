@@ -59,17 +59,6 @@ def device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{e.message} (fix: {e.fix})") from None
 
 
-def add_device_flag(parser: Any) -> None:
-    """--device, the same on every verb that runs a network (inference runs in float32: no --precision)."""
-    parser.add_argument("--device", default="auto", type=device_arg, help=DEVICE_HELP)
-
-
-def add_engine_flags(parser: Any) -> None:
-    """--device and --precision, the same on every verb that trains a network."""
-    add_device_flag(parser)
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
-
-
 def check_precision(spec: str) -> str:
     if spec not in PRECISIONS:
         raise HeadstartError(f"--precision {spec!r} is not a precision", fix=f"give one of {PRECISIONS}")
@@ -317,7 +306,8 @@ class Engine:
         )
 
     def place(self, obj: Any) -> Any:
-        return place(obj, self.device)
+        # non_blocking: a batch in pinned memory (see train.activations) copies while the GPU works
+        return place(obj, self.device, non_blocking=self.device.type == "cuda")
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """The module to train with: DistributedDataParallel across processes, autocast for bf16/fp16
@@ -331,6 +321,12 @@ class Engine:
         if self.accelerator is None or self.precision != "fp16":
             return optimizer
         return self.accelerator.prepare_optimizer(optimizer, device_placement=False)
+
+    def no_sync(self, model: nn.Module, skip: bool) -> contextlib.AbstractContextManager[Any]:
+        """With `skip`, gradients accumulate locally (a micro-batch that is not the step's last one)."""
+        if skip and self.world > 1 and hasattr(model, "no_sync"):
+            return model.no_sync()
+        return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.accelerator is None:
@@ -385,6 +381,19 @@ class Engine:
 
 def _partial_state(dev: torch.device) -> Any:
     """Accelerate's view of the torchrun processes (it initialises the process group: gloo on CPUs)."""
+    import atexit
+
     from accelerate import PartialState
 
-    return PartialState(cpu=dev.type == "cpu")
+    state = PartialState(cpu=dev.type == "cpu")
+    atexit.register(_close_process_group)
+    return state
+
+
+def _close_process_group() -> None:
+    """Tear the process group down before the interpreter exits: gloo's threads still running at exit
+    abort the process ("terminate called without an active exception"), failing a run that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

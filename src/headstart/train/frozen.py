@@ -35,6 +35,7 @@ class _Embedded:
     row: dict[str, int]  # source -> row of feats.X
     by_split: dict[str, list[Item]]
     index: dict[str, int]  # class name -> class index
+    forward: dict[str, Any]  # the frozen forward's precision and why (run.json's `frozen_forward`)
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         items = self.by_split[split]
@@ -44,43 +45,22 @@ class _Embedded:
 
 def fit_frozen(job: FitJob, opts: ProbeConfig) -> FitReport:
     """Embed (cached), fit the head, evaluate, save: the path of `probe` and `fit --strategy head`."""
-    from headstart.runs import to_jsonable
-    from headstart.train.job import FitReport
-
     emb = _embed(job, opts)
     clf = _fit_head(job, opts, emb)
     metrics, history = _evaluate(job, opts, clf, emb)
     saved = _save(job, clf, metrics, emb)
-    return FitReport(
-        run_dir=saved,
-        backbone=job.bb.name,
-        strategy=job.recipe.name,
-        classes=job.ds.classes,
-        metrics=to_jsonable(metrics),
-        history=to_jsonable(history),
-        recipe=job.recipe.to_dict(),
-        warnings=[],
-        data=to_jsonable(job.ds.summary()),
-        timings=job.timings,
-    )
+    return job.report(saved, job.recipe, metrics, history, warnings=[])
 
 
 def _embed(job: FitJob, opts: ProbeConfig) -> _Embedded:
     """Every item through the feature cache; unreadable ones leave the data (listed in its summary)."""
     from headstart.data.images import DEFAULT_MAX_PIXELS
-    from headstart.features import embed
+    from headstart.features import embed_options
+    from headstart.frozen_precision import frozen_features
 
-    feats = embed(
-        job.bb,
-        [it.source for it in job.ds.items],
-        cache=opts.cache,
-        backend=opts.backend,
-        batch_size=opts.batch_size,
-        strict=opts.strict,
-        progress=opts.progress,
-        max_pixels=opts.max_pixels or DEFAULT_MAX_PIXELS,
-        device=opts.device,
-    )
+    max_pixels = opts.max_pixels or DEFAULT_MAX_PIXELS
+    options = embed_options(opts, max_pixels=max_pixels)
+    feats, forward = frozen_features(job.bb, job.ds, opts.precision, C=opts.C, seed=opts.seed, **options)
     job.timings["hash_and_cache_s"] = feats.stats["hash_s"]
     job.timings["embed_s"] = feats.stats["embed_s"]
     job.ds = ds = job.ds.drop(feats.bad)
@@ -94,7 +74,7 @@ def _embed(job: FitJob, opts: ProbeConfig) -> _Embedded:
             f"no examples of {sorted(absent)}",
             fix="fix or replace the skipped files (listed in the output), or remove those classes",
         )
-    return _Embedded(feats, row, by_split, {c: i for i, c in enumerate(ds.classes)})
+    return _Embedded(feats, row, by_split, {c: i for i, c in enumerate(ds.classes)}, forward)
 
 
 def _fit_head(job: FitJob, opts: ProbeConfig, emb: _Embedded) -> ProbeClassifier:
@@ -111,15 +91,8 @@ def _fit_head(job: FitJob, opts: ProbeConfig, emb: _Embedded) -> ProbeClassifier
                 f"the checkpoint in {work_dir} was written by another recipe",
                 fix="resume with the same strategy and options, or drop --resume",
             )
-    clf = ProbeClassifier(
-        job.cfg.backbone,
-        C=opts.C,
-        seed=opts.seed,
-        backend=opts.backend,
-        cache=opts.cache,
-        batch_size=opts.batch_size,
-        device=opts.device,
-    )
+    # Fitted on the embeddings _embed cached, it embeds nothing itself: no embedding options to pass.
+    clf = ProbeClassifier(job.cfg.backbone, C=opts.C, seed=opts.seed)
     clf.backbone_ = job.bb
     classes = np.asarray(job.ds.classes)
     (E_tr, t_tr), (E_va, t_va) = emb.arrays("train"), emb.arrays("val")
@@ -177,6 +150,7 @@ def _evaluate(
             "objective": Objective().describe(),
             "warnings": [],
             "embed": {k: stats[k] for k in ("n_files", "cache_hits", "forwards", "backend", "device")},
+            "frozen_forward": emb.forward,
             "timings": job.timings,
         }
     )
@@ -215,6 +189,7 @@ def _save(job: FitJob, clf: ProbeClassifier, metrics: dict[str, Any], emb: _Embe
         "recipe": job.recipe.to_dict(),
         "objective": metrics["objective"],
         "data_root": str(root),
+        "frozen_forward": emb.forward,  # what predict, evaluate and serve must embed with
     }
     saved = clf.save(
         job.run_dir,

@@ -26,6 +26,25 @@ def work_dir_of(run_dir: Path) -> Path:
     return run_dir.parent / f".{run_dir.name}{WORK_SUFFIX}"
 
 
+def open_work_dir(
+    run_dir: Path, request: dict[str, Any], *, resume: bool, started: dict[str, Any] | None
+) -> Path:
+    """The work folder of a run's checkpoints and started.json (`request`), emptied for a fresh start; the
+    main process makes it (fit, adapt). `started`: what check_out found the resumed run started with."""
+    from headstart.train.engine import is_main_process
+
+    work_dir = work_dir_of(run_dir)
+    if is_main_process():
+        if not resume:  # a fresh start (check_out refused an interrupted run unless --overwrite)
+            shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        if started is None:  # what this run is, so a later --resume can refuse other options or data
+            from headstart.fileio import atomic_write_json
+
+            atomic_write_json(work_dir / STARTED_FILE, request)
+    return work_dir
+
+
 @dataclass
 class FitReport:
     run_dir: Path | None
@@ -83,17 +102,30 @@ class FitJob:
 
     def open_work_dir(self) -> Path | None:
         """The folder of checkpoints and started.json beside the run (fit only; the main process makes it)."""
-        from headstart.train.engine import is_main_process
-
         if not self.cfg.save or self.verb != "fit":
             return None
-        work_dir = work_dir_of(self.run_dir)
-        if is_main_process():
-            if not self.cfg.resume:  # a fresh start (check_out refused an interrupted run unless --overwrite)
-                shutil.rmtree(work_dir, ignore_errors=True)
-            work_dir.mkdir(parents=True, exist_ok=True)
-            if self.started is None:  # what this run is, so a later --resume can refuse other options or data
-                from headstart.fileio import atomic_write_json
+        return open_work_dir(self.run_dir, self.request, resume=self.cfg.resume, started=self.started)
 
-                atomic_write_json(work_dir / STARTED_FILE, self.request)
-        return work_dir
+    def report(
+        self,
+        run_dir: Path | None,
+        recipe: Recipe,
+        metrics: dict[str, Any],
+        history: list[dict[str, Any]],
+        warnings: list[str],
+    ) -> FitReport:
+        """What the fit returns, whichever path ran it (`recipe`: the one that ran, as the Trainer has it)."""
+        from headstart.runs import to_jsonable
+
+        return FitReport(
+            run_dir=run_dir,
+            backbone=self.bb.name,
+            strategy=recipe.name,
+            classes=self.ds.classes,
+            metrics=to_jsonable(metrics),
+            history=to_jsonable(history),
+            recipe=recipe.to_dict(),
+            warnings=warnings,
+            data=to_jsonable(self.ds.summary()),
+            timings=self.timings,
+        )

@@ -25,12 +25,12 @@ import torch
 
 from headstart.backbones.base import Backbone
 from headstart.recipes import Phase, Recipe
-from headstart.train.callbacks import Callback, Position, default_callbacks
+from headstart.train.callbacks import Callback, Checkpoint, Position, default_callbacks
 from headstart.train.classify import Classification
 from headstart.train.engine import Engine
 from headstart.train.groups import lr_lambda
 from headstart.train.objective import Objective
-from headstart.train.task import StepTotals, Task
+from headstart.train.task import StepOut, StepTotals, Task
 
 
 class RunOptions(TypedDict, total=False):
@@ -64,7 +64,7 @@ class Trainer:
         prefix_cache: bool = True,
         augment: bool | None = None,
         embed_pristine: Callable[[str], np.ndarray] | None = None,
-        eval_batch_size: int = 64,
+        eval_batch_size: int | None = None,
         objective: Objective | None = None,
         **options: Unpack[RunOptions],
     ) -> None:
@@ -111,6 +111,10 @@ class Trainer:
         self.progress = progress
         defaults = default_callbacks(keep_best=keep_best, budget_s=budget_s, work_dir=work_dir, resume=resume)
         self.callbacks: list[Callback] = [*defaults, *(callbacks or [])]  # the caller's after, in their order
+        # A resume goes on in its checkpoint's precision; another device type or precision is refused here.
+        self.resumed_precision = next(
+            (cb.resumed_precision(self.engine) for cb in self.callbacks if isinstance(cb, Checkpoint)), None
+        )
         self.history: list[dict[str, Any]] = []
         self.warnings: list[str] = []
         self.best: dict[str, Any] = {"score": None, "state": None, "epoch": None}
@@ -122,7 +126,7 @@ class Trainer:
         self.opt: Any = None
         self.sched: Any = None
         self.params: list[torch.nn.Parameter] = []
-        self.steps = self.local_batch = 0
+        self.steps = self.local_batch = self.micro_batch = 0
         self.started = self.epoch_started = 0.0
         self.step_seconds = self.epoch_train_seconds = self.train_seconds = 0.0
 
@@ -161,7 +165,11 @@ class Trainer:
             self.engine.place(m)
 
     def _precision(self) -> str:
-        """The precision to run: as asked, or what `auto` means here (on a CPU: the task's timed step)."""
+        """The precision to run: as asked, or what `auto` means here (on a CPU: the task's timed step); a
+        resumed run's is its checkpoint's."""
+        if self.resumed_precision is not None:
+            self.engine.precision, self.engine.reason = self.resumed_precision, "resumed: the checkpoint's"
+            return self.resumed_precision
         timing = None
         if self.engine.asked == "auto" and self.engine.device.type == "cpu":
             timing = self.task.timing(self)
@@ -217,14 +225,8 @@ class Trainer:
         for si, b in enumerate(range(0, len(order), self.local_batch)):
             t_step = time.perf_counter()
             done = (e * self.steps + si) / max(1, self.steps * phase.epochs)
-            out = self.task.step(self, model, order[b : b + self.local_batch], gen, done)
-            if out.loss is not None:
-                self.opt.zero_grad(set_to_none=True)
-                self.engine.backward(out.loss)
-                if self.task.max_grad_norm is not None:
-                    self.engine.clip_grad_norm_(self.params, self.task.max_grad_norm)
-                self.opt.step()
-                self.sched.step()
+            self.task.prefetch(order[b + self.local_batch : b + 2 * self.local_batch])
+            out = self._step(model, order[b : b + self.local_batch], gen, done)
             totals.add(out)
             self.step_seconds = time.perf_counter() - t_step
             self._emit("after_step")
@@ -240,8 +242,34 @@ class Trainer:
         self.row = self._row("train", e + 1, metrics, lr, time.perf_counter() - self.epoch_started)
         self.row["train_seconds"] = self.epoch_train_seconds
         self.row["steps"] = totals.steps
+        self.row["micro_batch"] = self.micro_batch  # items per forward/backward (headstart.train.micro_batch)
         self.score = self.task.score(metrics)
         self._emit("after_epoch")
+
+    def _step(self, model: torch.nn.Module, batch: Any, gen: torch.Generator, done: float) -> StepOut:
+        """One optimizer step over `batch`, run as the task's micro-batches (each backward scaled by its
+        share of the batch, gradients summed, synchronised across processes on the last one)."""
+        micro = self.micro_batch = max(1, min(len(batch), self.task.micro_batch(self, len(batch))))
+        chunks = [batch[i : i + micro] for i in range(0, len(batch), micro)]
+        merged = StepOut(None)
+        self.opt.zero_grad(set_to_none=True)
+        for ci, chunk in enumerate(chunks):
+            with self.engine.no_sync(model, ci < len(chunks) - 1):
+                out = self.task.step(self, model, chunk, gen, done)
+                if out.loss is not None:
+                    scale = len(chunk) / len(batch)
+                    self.engine.backward(out.loss * scale if len(chunks) > 1 else out.loss)
+                    merged.loss = out.loss.detach()
+            merged.total += out.total
+            merged.count += out.count
+            merged.correct += out.correct
+            merged.labeled += out.labeled
+        if merged.loss is not None:
+            if self.task.max_grad_norm is not None:
+                self.engine.clip_grad_norm_(self.params, self.task.max_grad_norm)
+            self.opt.step()
+            self.sched.step()
+        return merged
 
     def _over_processes(self, t: StepTotals) -> StepTotals:
         """The epoch's training metrics over every process's share of the batches."""

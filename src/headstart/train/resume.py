@@ -60,15 +60,21 @@ def check_out(
     overwrite: bool,
     request: dict[str, Any],
     resumable: bool = True,
+    engine: tuple[str, str] | None = None,
+    finished_file: str | None = None,
+    checkpoints: tuple[str, ...] = ("",),
 ) -> dict[str, Any] | None:
     """Refuse, before any work, what would lose a run or resume the wrong one; deletes nothing.
 
     Returns what the interrupted run was started with when it is resumed (None for a fresh start).
     `resumable`: False for a verb without --resume (probe), which keeps no checkpoints of its own.
+    `engine`: the (--device, --precision) a resume would train with, checked against its checkpoints'.
+    `finished_file`: what a finished run holds (run.json; adapt: the backbone's card). `checkpoints`: the
+    folders below the work folder that its trainers checkpoint into (fit: the work folder itself).
     """
     from headstart.fileio import ensure_writable_dir
     from headstart.runs import RUN_FILE
-    from headstart.train.checkpoint import CHECKPOINT_FILE
+    from headstart.train.checkpoint import CHECKPOINT_FILE, check_resume_engine
 
     if out is None:
         if resume:
@@ -79,8 +85,9 @@ def check_out(
         return None
     run_dir = ensure_writable_dir(out, flag="--out")
     work_dir = work_dir_of(run_dir)
-    finished = (run_dir / RUN_FILE).is_file()
-    interrupted = (work_dir / CHECKPOINT_FILE).is_file() and not finished
+    finished = (run_dir / (finished_file or RUN_FILE)).is_file()
+    folders = [work_dir / c for c in checkpoints]
+    interrupted = any((f / CHECKPOINT_FILE).is_file() for f in folders) and not finished
     not_empty = run_dir.is_dir() and any(run_dir.iterdir())
     if resume:
         if finished:
@@ -107,6 +114,8 @@ def check_out(
                 started = {}
         keys = tuple(k for k in request if k not in ("n_items", "split_sha256"))
         refuse_changes(run_dir, started, request, keys)
+        if engine is not None:
+            check_resume_engine(folders, *engine)
         return started
     if overwrite:
         return None

@@ -94,6 +94,13 @@ class Task:
     def begin_epoch(self, trainer: Trainer, phase: Phase) -> None:
         """Train/eval modes before the epoch's steps (evaluation leaves everything in eval mode)."""
 
+    def micro_batch(self, trainer: Trainer, n: int) -> int:
+        """Items per forward/backward within a step of n (one optimizer step either way); n: unsplit."""
+        return n
+
+    def prefetch(self, batch: Sequence[Any]) -> None:
+        """Start reading `batch` (the next step's) in the background; streamed data only."""
+
     def step(
         self, trainer: Trainer, model: nn.Module, batch: Any, gen: torch.Generator, progress: float
     ) -> StepOut:

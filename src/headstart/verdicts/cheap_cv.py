@@ -19,22 +19,37 @@ from headstart.metrics import knn_predict
 CV_FOLDS, CV_REPEATS = 5, 3
 
 
+def n_cv_folds(y: np.ndarray, n_classes: int, folds: int = CV_FOLDS) -> int:
+    """`folds`, or fewer when the rarest class has fewer items (below 2: no cross-validation)."""
+    return int(min(folds, np.bincount(y, minlength=n_classes)[np.unique(y)].min()))
+
+
+def cv_hits(
+    X: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, n_folds: int, seed: int, knn: bool = True
+) -> dict[str, np.ndarray]:
+    """One stratified k-fold pass: {"probe", "knn"}: whether each item was predicted right by a model
+    that never saw it (the same folds for the same `seed`, so two feature sets compare item by item)."""
+    hit = {"probe": np.zeros(len(y), bool), **({"knn": np.zeros(len(y), bool)} if knn else {})}
+    for held in stratified_folds(y, n_folds, seed):
+        train = np.setdiff1d(np.arange(len(y)), held)
+        head = fit_path(X[train], y[train], n_classes, (C,))[0]
+        hit["probe"][held] = head.proba(X[held]).argmax(1) == y[held]
+        if knn:
+            hit["knn"][held] = knn_predict(X[train], y[train], X[held], n_classes) == y[held]
+    return hit
+
+
 def repeated_cv(
     X: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, folds: int, repeats: int, seed: int = 0
 ) -> dict[str, Any]:
     """{"probe": {...}, "knn": {...}, "scheme"}: each with the mean accuracy over repeats and a Wilson
     interval on the n items (every item is predicted once per repeat, by a model that never saw it)."""
-    n_folds = int(min(folds, np.bincount(y, minlength=n_classes)[np.unique(y)].min()))
+    n_folds = n_cv_folds(y, n_classes, folds)
     if n_folds < 2:
         return {}
     correct = {"probe": [], "knn": []}
     for r in range(repeats):
-        hit = {"probe": np.zeros(len(y), bool), "knn": np.zeros(len(y), bool)}
-        for held in stratified_folds(y, n_folds, seed + r):
-            train = np.setdiff1d(np.arange(len(y)), held)
-            head = fit_path(X[train], y[train], n_classes, (C,))[0]
-            hit["probe"][held] = head.proba(X[held]).argmax(1) == y[held]
-            hit["knn"][held] = knn_predict(X[train], y[train], X[held], n_classes) == y[held]
+        hit = cv_hits(X, y, n_classes, C=C, n_folds=n_folds, seed=seed + r)
         for k in correct:
             correct[k].append(int(hit[k].sum()))
     out: dict[str, Any] = {"scheme": f"{repeats}x{n_folds}-fold over train+val ({len(y)} items)"}

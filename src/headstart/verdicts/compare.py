@@ -50,9 +50,7 @@ def _dir_name(strategy: str) -> str:
     return strategy.replace(":", "-").replace("+", "-")
 
 
-def _adapt_on_train(
-    ds: Any, backbone: str, out: Path, seed: int, progress: bool, device: str = "auto"
-) -> str:
+def _adapt_on_train(ds: Any, backbone: str, out: Path, cmp: _Comparison) -> str:
     """`headstart adapt` on the texts of the training split; the adapted backbone's folder."""
     import csv
 
@@ -69,10 +67,16 @@ def _adapt_on_train(
         w = csv.writer(f)
         w.writerow(["text"])
         w.writerows([it.text] for it in ds.split("train"))
-    report = adapt(
-        backbone, texts, out=out / "backbone", seed=seed, overwrite=True, progress=progress, device=device
-    )
+    report = adapt(backbone, texts, out=out / "backbone", overwrite=True, **cmp.engine_options())
     return str(report.folder)
+
+
+def _precision_run(run_dir: Path | None) -> str | None:
+    """The precision a fine-tune ran in, as its run.json records it."""
+    from headstart.runs import RUN_FILE, read_json
+
+    engine = read_json(run_dir / RUN_FILE).get("engine") if run_dir else None
+    return engine.get("precision") if isinstance(engine, dict) else None
 
 
 def _row(strategy: str, metrics: dict[str, Any], run_dir: Path | None, warnings: list[str]) -> dict[str, Any]:
@@ -178,11 +182,16 @@ class _Comparison:
     out_dir: Path
     progress: bool
     device: str = "auto"  # where every row's network runs (--device)
+    precision: str = "auto"  # what every fine-tune trains in (--precision; the probe runs in float32)
     rows: list[dict[str, Any]] = field(default_factory=list)
     correct: dict[str, Any] = field(default_factory=dict)
     expected: list[int] = field(default_factory=list)  # the probe's val labels: what every row pairs on
     skipped: list[str] = field(default_factory=list)
     skip_reasons: dict[str, str] = field(default_factory=dict)
+
+    def engine_options(self) -> dict[str, Any]:
+        """What every training row (fit, adapt) is run with besides its own options."""
+        return {name: getattr(self, name) for name in ("seed", "progress", "device", "precision")}
 
     def add(self, row: dict[str, Any], metrics: dict[str, Any]) -> None:
         c = _correct(metrics, self.expected)
@@ -238,7 +247,7 @@ class _Comparison:
             # on the adapted backbone; the row's time counts both.
             fit_strategy = strategy[len(ADAPT_PREFIX) :]
             adapted = self.out_dir / "adapted-backbones" / _dir_name(strategy)  # outside the run folder
-            fit_backbone = _adapt_on_train(ds, self.backbone, adapted, self.seed, self.progress, self.device)
+            fit_backbone = _adapt_on_train(ds, self.backbone, adapted, self)
         plan = epoch_plan(
             bb,
             fit_strategy,
@@ -258,13 +267,11 @@ class _Comparison:
             backbone=fit_backbone,
             strategy=fit_strategy,
             out=self.out_dir / _dir_name(strategy),
-            seed=self.seed,
             epochs=plan["epochs"] or None,
             # With a plan the clock is only a safety net; without one (no timed step) it is the budget.
             budget_s=HARD_CAP * share if plan["epochs"] else share,
             overwrite=True,
-            progress=self.progress,
-            device=self.device,
+            **self.engine_options(),
         )
         wall = time.perf_counter() - t0
         row = _row(strategy, r.metrics, r.run_dir, r.warnings)
@@ -276,6 +283,7 @@ class _Comparison:
             epochs_run=_epochs_run(r.history),
             budget_stopped=_budget_stopped(r.warnings),
             plan=plan["why"],
+            precision=_precision_run(r.run_dir),
         )
         row["cut_short"] = row["budget_stopped"] or planned < plan["recipe_epochs"]
         self.add(row, r.metrics)
@@ -313,22 +321,24 @@ def compare(
     keep_duplicates: bool = False,
     progress: bool = True,
     device: str = "auto",
+    precision: str = "auto",
 ) -> dict[str, Any]:
     """Probe, then the scratch baseline and fine-tuning strategies, each with an epoch plan fitted to an
     even share of what is left of `budget_s`; strategies not started (budget spent, or one epoch would not
     fit their share) are listed under "skipped" with "skip_reasons". Copies across splits are first
     regrouped into one split (unless `keep_duplicates`); the recommendation follows verdicts.select.
-    `device`: where every row runs, and where the plans' step is timed (recorded as `device`)."""
+    `device`: where every row runs, and where the plans' step is timed (recorded as `device`); `precision`:
+    what every fine-tune trains in (as for `fit`; each row and its run.json record what ran)."""
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.fileio import atomic_write_json
     from headstart.runs import to_jsonable
-    from headstart.train.engine import resolve_device
+    from headstart.train.engine import check_engine
     from headstart.verdicts.plan import probe_seconds
 
     if budget_s <= 0:
         raise HeadstartError(f"budget {budget_s} s: must be positive", fix="give e.g. --budget 10m")
-    used = resolve_device(device)  # an absent device is refused before the data is read
+    used = check_engine(device, precision)  # an absent device, or one without the precision: refused now
     t_start = time.perf_counter()
     out_dir = Path(out) if out else Path("runs") / f"compare-{Path(data).name}-{_dir_name(backbone)}"
     ds = load_dataset(data, seed=seed)
@@ -337,7 +347,7 @@ def compare(
     per_class = float(statistics.median(counts)) if counts else 0.0
     # The probe always runs first, as the reference every other row is read against.
     todo = [s for s in strategies if s != PROBE] if strategies else choose_strategies(per_class)
-    cmp = _Comparison(data_used, backbone, seed, out_dir, progress, device)
+    cmp = _Comparison(data_used, backbone, seed, out_dir, progress, device, precision)
     probe_row = cmp.run_probe(leakage, data)
     # The rule-based recommendation needs only the probe: worked out now, inside the budget.
     rule = _rule(data_used, backbone, per_class, probe_row["val_accuracy"], seed, progress, device)
@@ -361,6 +371,7 @@ def compare(
         "n_val": len(cmp.expected),
         "budget_s": budget_s,
         "device": str(used),
+        "precision": precision,
         "leakage": leakage,
         **cmp.verdicts(len(ds.classes), rule),
         "elapsed_s": time.perf_counter() - t_start,

@@ -95,12 +95,17 @@ def train_step_seconds(backbone: Any, batch_sizes: list[int], device: str = "aut
         model.to(dev)
         set_trainable(model, head, len(model.groups), freeze_batchnorm=True)
         opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=1e-3, momentum=0.9)
+        micro = _micro_batch(model, head, backbone, dev)
         for n in batch_sizes:
-            x, t = _step_input(backbone, n, dev), torch.randint(0, 10, (n,)).to(dev)
+            # As the Trainer runs it: on a CPU in micro-batches within the activation budget, one update.
+            m = min(n, micro)
+            x, t = timed_input(backbone, m, dev), torch.randint(0, 10, (m,)).to(dev)
+            chunks = [m] * (n // m) + ([n % m] if n % m else [])
             synchronize(dev)
             t0 = time.perf_counter()
             opt.zero_grad()
-            torch.nn.functional.cross_entropy(head(model(x)), t).backward()
+            for c in chunks:
+                torch.nn.functional.cross_entropy(head(model(x[:c] if c < m else x)), t[:c]).backward()
             opt.step()
             synchronize(dev)
             times.append(time.perf_counter() - t0)
@@ -113,12 +118,23 @@ def train_step_seconds(backbone: Any, batch_sizes: list[int], device: str = "aut
     return times
 
 
+def _micro_batch(model: Any, head: Any, backbone: Any, dev: Any) -> int:
+    """Items per micro-batch of a `full` step here (train.micro_batch; whole batches off the CPU)."""
+    if dev.type != "cpu":
+        return 1 << 30
+    from headstart.train.micro_batch import micro_batch_size, saved_bytes
+
+    x = timed_input(backbone, 2, dev)
+    per_item = saved_bytes(lambda: head(model(x)), [*model.parameters(), *head.parameters()]) / 2
+    return micro_batch_size(per_item, 1 << 30)
+
+
 # Texts are timed at this many tokens (a typical short document; at most the model's limit): the plan's
 # step time is an estimate for reproducible epoch plans, the wall-clock cap is the safety net.
 TIMED_TEXT_TOKENS = 64
 
 
-def _step_input(backbone: Any, n: int, dev: Any) -> Any:
+def timed_input(backbone: Any, n: int, dev: Any) -> Any:
     """A batch of `n` inputs at the backbone's input size: random pixels for images, texts of
     TIMED_TEXT_TOKENS tokens, the family's own example for other inputs (audio: a full window)."""
     import torch
