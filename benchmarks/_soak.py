@@ -9,13 +9,13 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import multiprocessing
 import os
 import random
 import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,17 +72,34 @@ def rss_mb(pid: int) -> float | None:
 Req = tuple[bytes, str, int]  # body, Content-Type, the status it must get
 
 
+def _post(conn: http.client.HTTPConnection, req: Req) -> tuple[int, bytes]:
+    conn.request("POST", "/predict", body=req[0], headers={"Content-Type": req[1]})
+    r = conn.getresponse()
+    return r.status, r.read()
+
+
+def _load(kind: str, port: int, reqs: list[Req], done: Any, out: Any, pause: float) -> None:
+    """A background client process: `reqs` in turn until `done`, then its rows on `out`."""
+    rng, c, rows = random.Random(0), http.client.HTTPConnection("127.0.0.1", port, timeout=120), []
+    i = 0
+    while not done.is_set():
+        req = reqs[i % len(reqs)] if kind == "large" else rng.choice(reqs)
+        t0 = time.perf_counter()
+        status, _ = _post(c, req)
+        rows.append((kind, status, status == req[2], t0, time.perf_counter()))
+        i += 1
+        time.sleep(pause)
+    c.close()
+    out.put(rows)
+
+
 def soak(
     port: int, pid: int, good: list[Req], bad: list[Req], large: list[Req], *, per_thread: int, idle_n: int
 ) -> dict[str, Any]:
     """Mixed load on a running server: see the module docstring. Raises nothing on wrong answers: counts."""
     import numpy as np
 
-    def post(conn: http.client.HTTPConnection, req: Req) -> tuple[int, bytes]:
-        conn.request("POST", "/predict", body=req[0], headers={"Content-Type": req[1]})
-        r = conn.getresponse()
-        return r.status, r.read()
-
+    post = _post
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     want = []
     for g in good:  # alone: the reference answers
@@ -95,46 +112,28 @@ def soak(
     conn.close()
     rss_before = rss_mb(pid)
     rows: list[tuple[str, int, bool, float, float]] = []  # kind, status, as expected, t0, t1
-    lock, done = threading.Lock(), threading.Event()
-
-    def record(kind: str, status: int, ok: bool, t0: float) -> None:
-        with lock:
-            rows.append((kind, status, ok, t0, time.perf_counter()))
-
-    def goods() -> None:
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        for i in range(per_thread):
-            t0 = time.perf_counter()
-            status, body = post(c, good[i % len(good)])
-            record("good", status, status == 200 and body == want[i % len(good)], t0)
-        c.close()
-
-    def bads() -> None:
-        rng, c = random.Random(0), http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-        while not done.is_set():
-            req, t0 = rng.choice(bad), time.perf_counter()
-            status, _ = post(c, req)
-            record("bad", status, status == req[2], t0)
-            time.sleep(0.005)  # a steady trickle, not a second flood competing with the good requests
-        c.close()
-
-    def heavy() -> None:
-        c, i = http.client.HTTPConnection("127.0.0.1", port, timeout=120), 0
-        while not done.is_set():
-            t0 = time.perf_counter()
-            status, _ = post(c, large[i % len(large)])
-            record("large", status, status == large[i % len(large)][2], t0)
-            i += 1
-        c.close()
-
-    background = [threading.Thread(target=heavy), threading.Thread(target=bads)]
-    for t in background:
-        t.start()
+    # The bad and large requests come from their own processes, as other clients would: threads of this
+    # process would make the measured client wait for the GIL while they build and send their bodies.
+    ctx = multiprocessing.get_context("fork")
+    done, out = ctx.Event(), ctx.Queue()
+    background = [
+        ctx.Process(target=_load, args=("large", port, large, done, out, 0.0)),
+        ctx.Process(target=_load, args=("bad", port, bad, done, out, 0.005)),  # a trickle, not a flood
+    ]
+    for proc in background:
+        proc.start()
     time.sleep(0.05)
-    goods()  # in this thread, while the other two run
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    for i in range(per_thread):
+        t0 = time.perf_counter()  # CLOCK_MONOTONIC: comparable with the other processes' spans
+        status, body = post(c, good[i % len(good)])
+        rows.append(("good", status, status == 200 and body == want[i % len(good)], t0, time.perf_counter()))
+    c.close()
     done.set()
-    for t in background:
-        t.join()
+    for _ in background:
+        rows.extend(out.get(timeout=300))
+    for proc in background:
+        proc.join()
     rss_after = rss_mb(pid)
     spans = [(a, b) for k, _, _, a, b in rows if k == "large"]
     good_ms = [(b - a) * 1000 for k, _, _, a, b in rows if k == "good"]

@@ -25,12 +25,14 @@ this script does no backbone work for the probe):
   ONNX is faster) for one image and for a batch of 32 distinct images, median of several runs each.
 
 - A soak of each server under mixed load (`soak_*` keys for the text server, `soak_image_*` for the
-  image one; both `headstart serve` child processes on loopback, one keep-alive connection per client
-  thread): first every good input alone (its answer is the reference), then `idle_n` good requests
+  image one; both `headstart serve` child processes on loopback, one keep-alive connection per client):
+  first every good input alone (its answer is the reference), then `idle_n` good requests
   one after another (`soak_idle_p50_ms`, `soak_idle_p99_ms`: the noise floor of this machine); then,
-  at once, one thread sends `per_thread` good requests back to back, a second a trickle of bad ones
+  at once, this process sends `per_thread` good requests back to back while two client processes of
+  their own (as other clients would be: threads here would hold up the measured client on the GIL while
+  they build and send their bodies) send, one, a trickle of bad ones
   (malformed JSON, wrong key or type, empty text, wrong Content-Type, a truncated JPEG, not an image, a
-  decompression bomb...) and a third keeps a large request in flight back to back (text: 1 MB texts,
+  decompression bomb...) and the other keeps a large request in flight back to back (text: 1 MB texts,
   the largest `--max-text-mb` accepts by default, answered, and 9.6 MB ones, refused with 413 as they
   stream in; images: a 9.7 MB PNG upload and a 109 kB PNG claiming 30000x30000 pixels). Reported:
   requests sent, non-200 answers by status code (`soak_errors`), 5xx and wrong answers (a good one answering

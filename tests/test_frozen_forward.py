@@ -36,13 +36,34 @@ def test_text_embeddings_through_onnx_runtime_match_pytorch_on_length_bucketed_b
 
     monkeypatch.setattr(OnnxForward, "__call__", spy)
     ref = embed(bb, TEXTS, backend="torch", cache=False, progress=False)
-    got = embed(bb, TEXTS, backend="auto", cache=False, progress=False, batch_size=3)  # auto: ORT on a CPU
+    got = embed(bb, TEXTS, backend="onnx", cache=False, progress=False, batch_size=3)
     assert got.stats["backend"] == "onnx" and ref.stats["backend"] == "torch"
     assert got.paths == ref.paths == TEXTS
     np.testing.assert_allclose(got.X, ref.X, atol=PARITY_ATOL * max(1.0, float(np.abs(ref.X).max())))
     # Length-bucketed: each batch's texts are no shorter than the previous batch's, padding stays small.
     flat = [n for batch in lengths for n in batch]
     assert len(lengths) == 3 and flat == sorted(flat)
+
+
+@pytest.mark.parametrize("onnx_faster", [True, False])
+def test_auto_runs_text_through_onnx_runtime_only_where_a_timed_forward_says_it_is_faster(
+    monkeypatch, onnx_faster: bool
+) -> None:
+    import headstart.features as features
+    from headstart.onnx_forward import OnnxForward
+
+    bb = create_backbone("test_text_encoder")
+    timed: list[str] = []
+
+    def planted(forward, x) -> float:  # ORT 1 s and eager 2 s, or the reverse
+        timed.append("onnx" if isinstance(forward, OnnxForward) else "eager")
+        return 1.0 if (timed[-1] == "onnx") == onnx_faster else 2.0
+
+    monkeypatch.setattr(features, "best_of_3", planted)
+    got = embed(bb, TEXTS, backend="auto", cache=False, progress=False)
+    assert got.stats["backend"] == ("onnx" if onnx_faster else "torch") and sorted(timed) == ["eager", "onnx"]
+    again = embed(bb, TEXTS, backend="auto", cache=False, progress=False)  # remembered: not timed again
+    assert again.stats["backend"] == got.stats["backend"] and len(timed) == 2
 
 
 def test_text_export_is_checked_on_padded_batches_of_different_lengths() -> None:

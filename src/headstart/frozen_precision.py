@@ -70,10 +70,10 @@ def int8_speed(backbone: Backbone, int8: Int8Forward, *, cache: bool = True) -> 
     thread count."""
     import os
     import platform
-    import time
 
     import torch
 
+    from headstart.features import best_of_3
     from headstart.fileio import atomic_write_json, read_json_memo
     from headstart.onnx_forward import OnnxForward
     from headstart.verdicts.rank import timed_input
@@ -84,15 +84,7 @@ def int8_speed(backbone: Backbone, int8: Int8Forward, *, cache: bool = True) -> 
     if isinstance(memo.get(key), dict):
         return {**memo[key], "remembered": True}
     x = timed_input(backbone, TIMED_ITEMS, torch.device("cpu"))
-    seconds = {}
-    for name, forward in (("fp32", OnnxForward(backbone)), ("int8", int8)):
-        forward(x)  # warm-up: allocations, kernel choices
-        runs = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            forward(x)
-            runs.append(time.perf_counter() - t0)
-        seconds[name] = min(runs)
+    seconds = {"fp32": best_of_3(OnnxForward(backbone), x), "int8": best_of_3(int8, x)}
     out = {
         "fp32_s": seconds["fp32"],
         "int8_s": seconds["int8"],
