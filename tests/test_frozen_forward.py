@@ -59,7 +59,7 @@ def test_auto_runs_text_through_onnx_runtime_only_where_a_timed_forward_says_it_
         timed.append("onnx" if isinstance(forward, OnnxForward) else "eager")
         return 1.0 if (timed[-1] == "onnx") == onnx_faster else 2.0
 
-    monkeypatch.setattr(features, "best_of_3", planted)
+    monkeypatch.setattr(features, "forward_seconds", planted)
     got = embed(bb, TEXTS, backend="auto", cache=False, progress=False)
     assert got.stats["backend"] == ("onnx" if onnx_faster else "torch") and sorted(timed) == ["eager", "onnx"]
     again = embed(bb, TEXTS, backend="auto", cache=False, progress=False)  # remembered: not timed again

@@ -186,46 +186,31 @@ def _onnx_pays(backbone: Backbone) -> bool:
 TIMED_ITEMS = 32
 
 
-def best_of_3(forward: Callable[[Any], Any], x: Any) -> float:
-    """Seconds of the fastest of 3 timed calls, after a warm-up (allocations, kernel choices)."""
-    forward(x)
-    runs = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        forward(x)
-        runs.append(time.perf_counter() - t0)
-    return min(runs)
+def forward_seconds(forward: Callable[[Any], Any], x: Any) -> float:
+    """Seconds of the fastest of 3 calls `forward(x)`, after a warm-up (allocations, kernel choices)."""
+    from headstart.train.precision import time_step
+
+    return time_step(lambda: forward(x), repeats=3)
 
 
 def onnx_beats_eager(backbone: Backbone) -> bool:
     """Whether ONNX Runtime's float forward beats eager PyTorch for `backbone` on this CPU (a batch of
-    TIMED_ITEMS; texts of 64 tokens), remembered per backbone, machine and thread count. Text does not
-    gain everywhere: all-MiniLM-L6-v2 on 360 fortunes ran 1.6x faster through ORT on a 2-core AMD EPYC and
-    0.9x on a 2-core Intel Xeon."""
-    import os
-    import platform
-
+    TIMED_ITEMS timed inputs), remembered per backbone, machine and thread count. Text does not gain
+    everywhere: all-MiniLM-L6-v2 on 360 fortunes ran 1.6x faster through ORT on a 2-core AMD EPYC and 0.9x
+    on a 2-core Intel Xeon."""
     import torch
 
-    from headstart.fileio import atomic_write_json, read_json_memo
     from headstart.onnx_forward import OnnxForward
+    from headstart.train.precision import machine_key, remembered, timed_input
 
-    machine = (platform.machine(), os.cpu_count(), torch.get_num_threads())
-    key = "|".join(map(str, (backbone.key, *machine, TIMED_ITEMS)))
-    memo_path = cache_dir() / "onnx_vs_eager.json"
-    memo = read_json_memo(memo_path)
-    if isinstance(memo.get(key), dict):
-        return bool(memo[key]["onnx_faster"])
-    encode = getattr(backbone, "encode", None)
-    if encode is not None:
-        x = backbone.collate([encode(" ".join(["word"] * min(64, int(backbone.max_length))))] * TIMED_ITEMS)
-    else:
-        x = backbone.example_input(TIMED_ITEMS)
-    onnx_s = best_of_3(OnnxForward(backbone), x)
-    eager_s = best_of_3(_torch_forward(backbone, torch.device("cpu")), x)
-    out = {"onnx_s": onnx_s, "eager_s": eager_s, "onnx_faster": onnx_s < eager_s}
-    atomic_write_json(memo_path, {**read_json_memo(memo_path), key: out})
-    return onnx_s < eager_s
+    def measure() -> dict[str, Any]:
+        x = timed_input(backbone, TIMED_ITEMS)
+        onnx_s = forward_seconds(OnnxForward(backbone), x)
+        eager_s = forward_seconds(_torch_forward(backbone, torch.device("cpu")), x)
+        return {"onnx_s": onnx_s, "eager_s": eager_s, "onnx_faster": onnx_s < eager_s}
+
+    out, _ = remembered("onnx_vs_eager.json", f"{backbone.key}|{TIMED_ITEMS} items|{machine_key()}", measure)
+    return bool(out["onnx_faster"])
 
 
 def by_size(backbone: Backbone, items: list[tuple[str, str]]) -> list[tuple[str, str]]:

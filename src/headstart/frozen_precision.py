@@ -58,43 +58,31 @@ def check_frozen_precision(precision: str, backend: str = "auto") -> str:
     return precision
 
 
-def _memo_path() -> Path:
-    from headstart.fileio import cache_dir
-
-    return cache_dir() / "frozen_forward_times.json"
-
-
 def int8_speed(backbone: Backbone, int8: Int8Forward, *, cache: bool = True) -> dict[str, Any]:
     """{"fp32_s", "int8_s", "faster"} for a batch of TIMED_ITEMS items through both ONNX Runtime forwards
     (the faster of 3 timed runs each, after a warm-up), remembered per backbone, method, machine and
     thread count."""
-    import os
-    import platform
-
     import torch
 
-    from headstart.features import best_of_3
-    from headstart.fileio import atomic_write_json, read_json_memo
+    from headstart.features import forward_seconds
     from headstart.onnx_forward import OnnxForward
-    from headstart.verdicts.rank import timed_input
+    from headstart.train.precision import machine_key, remembered, timed_input
 
-    machine = (platform.machine(), os.cpu_count(), torch.get_num_threads())
-    key = "|".join(map(str, (backbone.key, int8.identity.method, *machine, TIMED_ITEMS)))
-    memo = read_json_memo(_memo_path()) if cache else {}
-    if isinstance(memo.get(key), dict):
-        return {**memo[key], "remembered": True}
-    x = timed_input(backbone, TIMED_ITEMS, torch.device("cpu"))
-    seconds = {"fp32": best_of_3(OnnxForward(backbone), x), "int8": best_of_3(int8, x)}
-    out = {
-        "fp32_s": seconds["fp32"],
-        "int8_s": seconds["int8"],
-        "faster": seconds["int8"] <= INT8_MARGIN * seconds["fp32"],
-        "items": TIMED_ITEMS,
-        "threads": machine[2],
-    }
-    if cache:
-        atomic_write_json(_memo_path(), {**read_json_memo(_memo_path()), key: out})
-    return {**out, "remembered": False}
+    def measure() -> dict[str, Any]:
+        x = timed_input(backbone, TIMED_ITEMS)
+        fp32_s, int8_s = forward_seconds(OnnxForward(backbone), x), forward_seconds(int8, x)
+        faster = int8_s <= INT8_MARGIN * fp32_s
+        return {
+            "fp32_s": fp32_s,
+            "int8_s": int8_s,
+            "faster": faster,
+            "items": TIMED_ITEMS,
+            "threads": torch.get_num_threads(),
+        }
+
+    key = f"{backbone.key}|{int8.identity.method}|{TIMED_ITEMS} items|{machine_key()}"
+    out, known = remembered("frozen_forward_times.json", key, measure, use=cache)
+    return {**out, "remembered": known}
 
 
 def accuracy_gate(

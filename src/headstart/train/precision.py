@@ -83,6 +83,42 @@ def timed_steps(
     return out
 
 
+def remembered(
+    memo_file: str, key: str, measure: Callable[[], dict[str, Any]], *, use: bool = True
+) -> tuple[dict[str, Any], bool]:
+    """(`measure()`'s result, False), kept under `key` in the cache's JSON `memo_file`; (the kept result,
+    True) when it is there. `use=False`: measured, the memo neither read nor written."""
+    from headstart.fileio import atomic_write_json, cache_dir, read_json_memo
+
+    path = cache_dir() / memo_file
+    known = read_json_memo(path).get(key) if use else None
+    if isinstance(known, dict):
+        return known, True
+    out = measure()
+    if use:
+        atomic_write_json(path, {**read_json_memo(path), key: out})
+    return out, False
+
+
+# Texts are timed at this many tokens (a typical short document; at most the model's limit): a timing is an
+# estimate for choices and plans, not a promise about every text.
+TIMED_TEXT_TOKENS = 64
+
+
+def timed_input(backbone: Any, n: int) -> Any:
+    """A batch of `n` inputs on the CPU at the backbone's input size, for timed forwards and steps: random
+    pixels for images, texts of TIMED_TEXT_TOKENS tokens, the family's own example for other inputs (audio:
+    a full window)."""
+    import torch
+
+    if backbone.modality == "image":
+        return torch.randn(n, *backbone.example_input(1).shape[1:])
+    if backbone.modality == "text":
+        words = " ".join(["word"] * min(TIMED_TEXT_TOKENS, int(backbone.max_length)))
+        return backbone.collate([backbone.encode(words)] * n)
+    return backbone.example_input(n)
+
+
 def time_step(step: Callable[[], Any], repeats: int = TIMED_REPEATS) -> float:
     """Seconds of the fastest of `repeats` calls of `step`, after one untimed warm-up call."""
     step()

@@ -75,9 +75,9 @@ def train_step_seconds(backbone: Any, batch_sizes: list[int], device: str = "aut
 
     import torch
 
-    from headstart.train.engine import resolve_device, synchronize
+    from headstart.train.engine import place, resolve_device, synchronize
     from headstart.train.groups import set_trainable
-    from headstart.train.precision import side_effect_free
+    from headstart.train.precision import side_effect_free, timed_input
 
     dev = resolve_device(device)
     try:
@@ -99,7 +99,7 @@ def train_step_seconds(backbone: Any, batch_sizes: list[int], device: str = "aut
         for n in batch_sizes:
             # As the Trainer runs it: on a CPU in micro-batches within the activation budget, one update.
             m = min(n, micro)
-            x, t = timed_input(backbone, m, dev), torch.randint(0, 10, (m,)).to(dev)
+            x, t = place(timed_input(backbone, m), dev), torch.randint(0, 10, (m,)).to(dev)
             chunks = [m] * (n // m) + ([n % m] if n % m else [])
             synchronize(dev)
             t0 = time.perf_counter()
@@ -122,31 +122,13 @@ def _micro_batch(model: Any, head: Any, backbone: Any, dev: Any) -> int:
     """Items per micro-batch of a `full` step here (train.micro_batch; whole batches off the CPU)."""
     if dev.type != "cpu":
         return 1 << 30
+    from headstart.train.engine import place
     from headstart.train.micro_batch import micro_batch_size, saved_bytes
+    from headstart.train.precision import timed_input
 
-    x = timed_input(backbone, 2, dev)
+    x = place(timed_input(backbone, 2), dev)
     per_item = saved_bytes(lambda: head(model(x)), [*model.parameters(), *head.parameters()]) / 2
     return micro_batch_size(per_item, 1 << 30)
-
-
-# Texts are timed at this many tokens (a typical short document; at most the model's limit): the plan's
-# step time is an estimate for reproducible epoch plans, the wall-clock cap is the safety net.
-TIMED_TEXT_TOKENS = 64
-
-
-def timed_input(backbone: Any, n: int, dev: Any) -> Any:
-    """A batch of `n` inputs at the backbone's input size: random pixels for images, texts of
-    TIMED_TEXT_TOKENS tokens, the family's own example for other inputs (audio: a full window)."""
-    import torch
-
-    from headstart.train.engine import place
-
-    if backbone.modality == "image":
-        return torch.randn(n, *backbone.example_input(1).shape[1:]).to(dev)
-    if backbone.modality == "text":
-        words = " ".join(["word"] * min(TIMED_TEXT_TOKENS, int(backbone.max_length)))
-        return place(backbone.collate([backbone.encode(words)] * n), dev)
-    return place(backbone.example_input(n), dev)
 
 
 def finetune_step_seconds(
