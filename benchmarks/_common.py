@@ -202,6 +202,19 @@ def machine_load() -> str:
     return f"1-min load average {load:.2f} on {os.cpu_count()} CPUs"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), for the figures' record."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def emit_json(result: dict[str, Any], keys: Sequence[str]) -> None:
     """Print `result` as the last line, checking the required keys are all there."""
     missing = [k for k in keys if k not in result]

@@ -123,7 +123,8 @@ def ort_forward(backbone: Any, paths: list[str]) -> tuple[float, float]:
 def rss_child(list_file: str, fc_root: str) -> None:
     """Child mode: embed the listed files with a fresh cache, print one JSON line with the peak RSS."""
     from headstart.backbones import create_backbone
-    from headstart.features import FeatureCache, embed
+    from headstart.feature_cache import FeatureCache
+    from headstart.features import embed
 
     paths = Path(list_file).read_text().split("\n")
     bb = create_backbone(BACKBONE)
@@ -185,7 +186,8 @@ def main() -> None:
 
         from headstart.backbones import create_backbone
         from headstart.data.images import load_image_tensor
-        from headstart.features import FeatureCache, embed
+        from headstart.feature_cache import FeatureCache
+        from headstart.features import embed
 
         mode = "quick" if args.quick else "full"
         print(

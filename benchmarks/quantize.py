@@ -35,7 +35,6 @@ McNemar at 5 %), `auto_choice` ({task: precision}), `cpu`, and every task's figu
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import REPO, Timer, emit_json, isolated_cache, machine_load, rnd
+from _common import REPO, Timer, cpu_model, emit_json, isolated_cache, machine_load, rnd
 
 KEYS = (
     "image_int8_speedup",
@@ -57,16 +56,6 @@ KEYS = (
 BATCH = 32
 FORTUNES = REPO / "examples" / "fortunes" / "fortunes.csv"
 EMOJI = REPO / "examples" / "emoji" / "images"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def vnni() -> bool:
@@ -213,7 +202,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="Lite0 on emoji and MiniLM on 360 fortunes")
     args = ap.parse_args()
-    print(f"CPU: {cpu_name()} (AVX-512 VNNI: {'yes' if vnni() else 'no'}); {machine_load()}", flush=True)
+    print(f"CPU: {cpu_model()} (AVX-512 VNNI: {'yes' if vnni() else 'no'}); {machine_load()}", flush=True)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="headstart-quantize-") as tmp:
@@ -239,7 +228,7 @@ def main() -> None:
         "serve_latency_ratio": rnd(img["serve_p50_ms_int8"] / img["serve_p50_ms_fp32"]),
         "accuracy_losses": sum(r["probe"]["auto_loses"] for r in results.values()),
         "auto_choice": {k: r["probe"]["auto"] for k, r in results.items()},
-        "cpu": cpu_name(),
+        "cpu": cpu_model(),
         "vnni": vnni(),
         "quick": args.quick,
         "tasks": results,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +114,38 @@ def tiny_vit_folder(root: Path, with_processor: bool = True) -> Path:
             )
         )
     return root
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (Debian package `chromium`)"
+)
+
+
+def render_headless(page: Path, tmp: Path, window: str = "1280,4000") -> tuple[str, Path]:
+    """`page` as headless Chromium renders it: (the DOM after loading, a screenshot of `window` pixels).
+    Fails when Chromium does, or logs a console line or a failed load (the pages have no script)."""
+    shot = tmp / "shot.png"
+    proc = subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--no-first-run",
+            f"--user-data-dir={tmp / 'profile'}",
+            f"--screenshot={shot}",
+            f"--window-size={window}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln or "net::ERR" in ln] == []
+    return proc.stdout, shot

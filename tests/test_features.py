@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from headstart.errors import HeadstartError
-from headstart.features import FeatureCache, embed
+from headstart.feature_cache import FeatureCache
+from headstart.features import embed
 
 
 def _count_forwards(backbone) -> list[int]:

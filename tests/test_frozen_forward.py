@@ -182,7 +182,7 @@ def test_the_feature_cache_never_hands_float_features_to_an_int8_forward_or_back
     assert other.cache_key != int8.cache_key
     assert embed(bb, paths, int8=other, progress=False).stats["cache_hits"] == 0
     # A float cache handed in explicitly is not where int8 features go, nor where they are read from.
-    from headstart.features import FeatureCache
+    from headstart.feature_cache import FeatureCache
 
     float_cache = FeatureCache(bb.key)
     handed = embed(bb, paths, int8=int8, cache=float_cache, progress=False)

@@ -62,6 +62,8 @@ def test_auto_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
     sections = build_report(run_dir).sections
     assert sections["compare"] and sections["curve"] and sections["calibration"]
+    # The tiny backbone has no pretraining label space: the overlap check ran and says so in the report.
+    assert result["overlap"]["supported"] is False and sections["overlap"]
 
     reg = result["registered"]
     assert reg["name"] == "shapes" and reg["alias"] == "production"

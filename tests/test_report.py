@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import TEST_BACKBONE, make_image_folder
+from conftest import TEST_BACKBONE, make_image_folder, needs_chromium, render_headless
 from headstart.cli import main
 from headstart.errors import HeadstartError
 from headstart.report import SECTIONS, build_report, read_run_files, write_report
@@ -71,6 +70,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real probe run (tiny backbone), evaluated for real, plus fit/compare/curve/leakage files."""
     from headstart.api import probe
     from headstart.evaluate import evaluate_run
+    from headstart.explore.clusters import cluster_dataset
 
     tmp = tmp_path_factory.mktemp("report")
     with pytest.MonkeyPatch.context() as mp:
@@ -80,7 +80,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (data / "red" / EVIL_FILE).write_bytes(b"")  # unreadable: listed under skipped files
         ood = make_image_folder(tmp / "ood", classes=("green",), per_class=4)
         run = probe(data, backbone=TEST_BACKBONE, out=tmp / "run", backend="torch", progress=False).run_dir
-        evaluate_run(run, ood=ood, backend="torch")
+        # Every file in a slice, half of them named like a script: the Slices section escapes it.
+        files = sorted(p for p in data.rglob("*.png") if p.stat().st_size)
+        rows = [f'"{p}",{"lit" if i % 2 else EVIL_CLASS}' for i, p in enumerate(files)]
+        (tmp / "slices.csv").write_text("\n".join(["path,group", *rows]))
+        evaluate_run(run, ood=ood, backend="torch", slices=tmp / "slices.csv")
+        cluster_dataset(data, TEST_BACKBONE, out=run, backend="torch", progress=False)  # clusters.json
     ev = json.loads((run / "evaluation.json").read_text())
     # Mistakes are whatever the tiny model got wrong; add one whose file is gone, and one real one.
     real = data / "red" / "red_000.png"
@@ -137,6 +142,22 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pair = {"a": str(real), "b": f"{data}/{EVIL_CLASS}/x.png", "splits": ["train", "test"]}
     leakage = {"exact": [pair], "near": [], "n_exact": 1, "n_near": 0}
     (run / "leakage.json").write_text(json.dumps(leakage))
+    group = {"n": 3, "correct": 2, "accuracy": 2 / 3, "accuracy_ci": [0.21, 0.94]}
+    overlap = {  # what `headstart overlap RUN` writes (the tiny model has no label space: made up here)
+        "supported": True,
+        "check": "pretrained-classifier",
+        "backbone": TEST_BACKBONE,
+        "label_space": "ImageNet-1k",
+        "threshold": 0.5,
+        "n": 6,
+        "n_overlap": 3,
+        "per_class": {
+            EVIL_CLASS: {"n": 3, "n_overlap": 3, "named_classes": [EVIL_CLASS], "top_confident": []}
+        },
+        "unnamed_labels": ["red"],
+        "accuracy": {"overlap": group, "rest": group, "gap": 0.0, "p_value": 1.0, "beyond_noise": False},
+    }
+    (run / "overlap.json").write_text(json.dumps(overlap))
     return run
 
 
@@ -188,7 +209,8 @@ def test_report_has_every_section_escaped_and_offline(report_path: Path) -> None
     thumbs = [a for a in imgs if a["src"].startswith("data:image/jpeg")]
     assert len(thumbs) >= 1  # the mistake whose file exists; the missing one gets a placeholder
     assert "file not available" in text and "no preview" not in text
-    assert sum(a["src"].startswith("data:image/svg+xml") for a in imgs) == 4  # counts, history, calib, curve
+    # counts, history, calibration, curve, accuracy against cost (compare)
+    assert sum(a["src"].startswith("data:image/svg+xml") for a in imgs) == 5
     assert "recommended" in text and "lp-ft" in text
 
 
@@ -200,14 +222,17 @@ def test_sections_without_data_say_how_to_compute_them(bare_run: Path, tmp_path:
         "compare": False,
         "training": False,
         "confusion": True,  # metrics.json of a probe run has one
+        "overlap": False,
+        "slices": False,
         "calibration": False,
         "ood": False,
         "curve": False,
         "mistakes": False,
         "card": True,
         "performance": False,
+        "clusters": False,
     }
-    assert report.html.count("not computed") == 8  # the 7 sections, and the leakage check under data
+    assert report.html.count("not computed") == 11  # the 10 sections, and the leakage check under data
     assert f"headstart evaluate {bare_run}" in report.html
     _parse(report.html)
     broken = tmp_path / "broken"
@@ -230,41 +255,11 @@ def test_cli_prints_the_path(bare_run: Path, tmp_path: Path, capsys: pytest.Capt
     assert main(["report", str(tmp_path), "--json"]) == 2
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (Debian package `chromium`)")
+@needs_chromium
 def test_report_renders_in_a_headless_browser(report_path: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    path = report_path
-    shot = tmp_path / "shot.png"
-    proc = subprocess.run(
-        [
-            str(_chromium()),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--no-first-run",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1280,4000",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--dump-dom",
-            path.resolve().as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    # The page has no script, so any console line (or failed load) is a problem.
-    console = [ln for ln in proc.stderr.splitlines() if ":CONSOLE" in ln or "net::ERR" in ln]
-    assert console == []
-    dom = proc.stdout
+    dom, shot = render_headless(report_path, tmp_path)
     for sid, title in SECTIONS:
         assert f'<section id="{sid}"' in dom and f"<h2>{title}</h2>" in dom
     assert "&lt;script&gt;alert(1)" in dom and "<script" not in dom.lower()

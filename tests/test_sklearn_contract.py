@@ -55,6 +55,7 @@ def test_get_set_params_round_trip() -> None:
     clf = ProbeClassifier()
     params = clf.get_params()
     names = {"backbone", "C", "Cs", "seed", "backend", "cache", "batch_size", "strict", "progress", "device"}
+    names.add("imbalance")  # headstart.imbalance: "auto" weighs skewed classes, "off" does not
     assert set(params) == names
     assert clf.set_params(C=0.5, seed=7) is clf
     assert clf.get_params()["C"] == 0.5 and clf.seed == 7

@@ -19,7 +19,7 @@ _LAZY = {
     "load_dataset": "headstart.data",
     "Dataset": "headstart.data",
     "embed": "headstart.features",
-    "FeatureCache": "headstart.features",
+    "FeatureCache": "headstart.feature_cache",
     "ProbeClassifier": "headstart.api",
     "probe": "headstart.api",
     "load_run": "headstart.runs",
@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from headstart.backbones import Backbone, create_backbone, list_backbones
     from headstart.data import Dataset, load_dataset
     from headstart.errors import HeadstartError
-    from headstart.features import FeatureCache, embed
+    from headstart.feature_cache import FeatureCache
+    from headstart.features import embed
     from headstart.runs import load_run
 
 

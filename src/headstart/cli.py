@@ -136,23 +136,33 @@ def _print_probe(report: Any) -> None:
         t.add_row(c, *[str(counts[s].get(c, 0)) for s in counts])
     con.print(t)
     print_data_notes(con, d)
+    from headstart.imbalance import skewed_in
+    from headstart.intervals import fmt_ci
+
+    skew = skewed_in(m)  # skewed classes: balanced accuracy (what chose C) beside accuracy
     r = Table(title=f"Linear probe on {report.backbone} (L2: C={m['C']})")
-    for col in ("split", "n", "accuracy", "macro-F1", "kNN accuracy"):
+    for col in ("split", "n", "accuracy", "macro-F1", "kNN accuracy", *(["balanced acc"] if skew else [])):
         r.add_column(col, justify="right")
     for s in ("val", "test"):
         if s in m:
+            bal = [fmt_ci(m[s].get("balanced_accuracy"), m[s].get("balanced_accuracy_ci"))] if skew else []
             r.add_row(
-                s, str(m[s]["n"]), _fmt(m[s]["accuracy"]), _fmt(m[s]["macro_f1"]), _fmt(m[s]["knn_accuracy"])
+                s,
+                str(m[s]["n"]),
+                _fmt(m[s]["accuracy"]),
+                _fmt(m[s]["macro_f1"]),
+                _fmt(m[s]["knn_accuracy"]),
+                *bal,
             )
     con.print(r)
+    if skew:
+        con.print(skew, markup=False)
     e = m["embed"]
     total = m["backbone_params"] + m["trainable_params"]
     con.print(f"trainable parameters: {m['trainable_params']:,} (head) of {total:,}")
     con.print(f"embeddings: {e['forwards']} computed ({e['backend']}), {e['cache_hits']} from cache")
     ff = m.get("frozen_forward") or {}
     if ff:
-        from headstart.intervals import fmt_ci
-
         gate = ff.get("gate") or {}
         scores = [
             f"{k} {fmt_ci(gate[k]['accuracy'], gate[k]['accuracy_ci'])}"

@@ -31,6 +31,8 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from headstart.errors import HeadstartError
 from headstart.frozen_precision import FROZEN_PRECISION_HELP, FROZEN_PRECISIONS, check_frozen_precision
+from headstart.imbalance import IMBALANCE_HELP, check_mode
+from headstart.imbalance import MODES as IMBALANCE_MODES
 from headstart.recipes import Recipe
 from headstart.train.engine import (
     BACKEND_HELP,
@@ -209,6 +211,7 @@ class RunConfig:
     strict: bool = option(False, help="fail on any unreadable file instead of skipping it")
     device: str = device_option()
     max_pixels: int | None = option(None, help="skip images larger than this (default 64,000,000)")
+    imbalance: str = option("auto", choices=IMBALANCE_MODES, help=IMBALANCE_HELP)
     save: bool = option(True, cli=False, help="write the run folder (False: only return the report)")
     progress: bool = option(True, cli=False, help="progress bars (the CLI turns them off for --json)")
 
@@ -232,6 +235,7 @@ class ProbeConfig(RunConfig):
         from headstart.features import forward_device
 
         check_frozen_precision(self.precision, self.backend)
+        check_mode(self.imbalance)
         forward_device(self.backend, self.device)  # the device is here, before any data is read
 
 
@@ -292,6 +296,7 @@ class FitConfig(RunConfig):
 
     def __post_init__(self) -> None:
         # Cheap checks run before any data is read.
+        check_mode(self.imbalance)
         if isinstance(self.lr, str) and self.lr != "auto":
             raise HeadstartError(f"--lr {self.lr!r}: give a number or 'auto'")
         if self.bf16:  # one name for the precision from here on (the engine, a resume's check)

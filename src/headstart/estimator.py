@@ -62,6 +62,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         strict: bool = False,
         progress: bool = False,
         device: str = "auto",
+        imbalance: str = "auto",
     ) -> None:
         self.backbone = backbone
         self.C = C
@@ -73,6 +74,7 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         self.strict = strict
         self.progress = progress
         self.device = device
+        self.imbalance = imbalance
 
     # -- embedding ---------------------------------------------------------------------------------
     def _backbone(self) -> Any:
@@ -122,8 +124,14 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
     def fit(
         self, X: Inputs, y: Sequence[Any], *, X_val: Inputs | None = None, y_val: Sequence[Any] | None = None
     ) -> ProbeClassifier:
-        """Fit the head on X; its L2 strength (when C is None) is chosen on (X_val, y_val), or by CV."""
+        """Fit the head on X; its L2 strength (when C is None) is chosen on (X_val, y_val), or by CV.
+        Skewed classes (headstart.imbalance, imbalance="auto"): class-weighted loss, C by balanced
+        accuracy."""
         from sklearn.utils.multiclass import check_classification_targets
+
+        from headstart.imbalance import check_mode, detect
+
+        check_mode(self.imbalance)  # before any embedding
 
         E, y, bad = self._inputs(X, y)
         try:
@@ -147,7 +155,19 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
         t0 = time.perf_counter()
         Cs = (self.C,) if self.C is not None else tuple(self.Cs)
         t = np.searchsorted(classes, y)
-        head, C, scores = fit_head(E, t, len(classes), X_val=Ev, y_val=tv, Cs=Cs, seed=self.seed)
+        imb = detect(np.bincount(t, minlength=len(classes)), self.imbalance)
+        head, C, scores = fit_head(
+            E,
+            t,
+            len(classes),
+            X_val=Ev,
+            y_val=tv,
+            Cs=Cs,
+            seed=self.seed,
+            class_weight=imb.class_weight(),
+            metric=imb.metric,
+        )
+        self.imbalance_ = imb
         self.fit_seconds_ = time.perf_counter() - t0
         self.classes_ = classes
         self.head_ = head
@@ -202,7 +222,12 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
             "preprocess": bb.preprocess.to_dict(),
             "modality": bb.modality,
             "classes": [str(c) for c in self.classes_],
-            "params": {"C": self.C_, "seed": self.seed, "selection_scores": self.selection_scores_},
+            "params": {
+                "C": self.C_,
+                "seed": self.seed,
+                "selection_scores": self.selection_scores_,
+                **({"imbalance": self.imbalance_.to_dict()} if hasattr(self, "imbalance_") else {}),
+            },
             "trained_groups": [],
             "trainable_params": self.head_.num_params,
         }

@@ -17,6 +17,8 @@ The temperature is fitted on the run's own validation rows only when its own spl
 (`calibrate_temperature` decides whether to apply it: too few val errors, or no gain on held-out val
 folds, keep T = 1 with the reason). Evaluating other data uses the T in the run's calibration.json as
 it stands: foreign data never refits it.
+Slices: when items carry a slice (a `group` column of the data, kept in split.csv; or `slices=FILE`),
+every headline score is also given per slice with its gap to overall (`headstart.slices`, "slices").
 """
 
 from __future__ import annotations
@@ -41,17 +43,20 @@ from headstart.runs import (
     RunInfo,
     item_sources,
     read_calibration,
+    read_run_json,
     read_split_rows,
+    run_info_of,
 )
+from headstart.slices import groups_from_file, read_slice_file, slice_scores
 
 N_MISTAKES = 16
 
 
 # -- what to evaluate ------------------------------------------------------------------------------------
-def _run_rows(run_dir: Path, split: str, info: RunInfo) -> tuple[list[str], list[str]]:
-    """(sources, labels) of the run's own split.csv rows of `split`."""
+def _run_rows(run_dir: Path, split: str, info: RunInfo) -> tuple[list[str], list[str], list[str | None]]:
+    """(sources, labels, slices) of the run's own split.csv rows of `split`."""
     rows = [r for r in read_split_rows(run_dir, fix="give DATA to evaluate on") if r.split == split]
-    return item_sources(run_dir, rows, info), [r.label for r in rows]
+    return item_sources(run_dir, rows, info), [r.label for r in rows], [r.group or None for r in rows]
 
 
 def _has_own_split(root: Path) -> bool:
@@ -60,8 +65,10 @@ def _has_own_split(root: Path) -> bool:
     return "split" in table_columns(root)
 
 
-def data_items(data: str | Path, split: str, modality: str) -> tuple[list[str], list[str], str]:
-    """(sources, labels, description) of what to evaluate in `data` (see the module docstring)."""
+def data_items(
+    data: str | Path, split: str, modality: str
+) -> tuple[list[str], list[str], list[str | None], str]:
+    """(sources, labels, slices, description) of what to evaluate in `data` (see the module docstring)."""
     from headstart.data import SPLITS, load_dataset
     from headstart.data.layouts import from_class_folders, read_manifest
 
@@ -81,10 +88,10 @@ def data_items(data: str | Path, split: str, modality: str) -> tuple[list[str], 
         items = [it for it in items if it.split == split]
         if not items:
             raise HeadstartError(f"{root} has no {split!r} items", fix="choose another --split")
-        return [it.source for it in items], [it.label for it in items], f"{root} ({split} split)"
     if not items:
         raise HeadstartError(f"no labeled items under {root}", fix="use one sub-folder per class")
-    return [it.source for it in items], [it.label for it in items], f"{root} (all items)"
+    described = f"{root} ({split} split)" if own else f"{root} (all items)"
+    return [it.source for it in items], [it.label for it in items], [it.group for it in items], described
 
 
 # -- calibration ---------------------------------------------------------------------------------------
@@ -92,7 +99,7 @@ def _calibrate(
     model: Any, run_dir: Path, *, backend: str, progress: bool, device: str = "auto"
 ) -> dict[str, Any] | None:
     """Fit T on the run's validation rows: calibration.json's content, or None without val rows."""
-    sources, labels = _run_rows(run_dir, "val", model.run_info)
+    sources, labels, _ = _run_rows(run_dir, "val", model.run_info)
     t, known = model.targets(labels)
     if not sources or not known.any():
         return None
@@ -183,16 +190,17 @@ def _mistakes(
 # -- the evaluation --------------------------------------------------------------------------------------
 def _items_to_evaluate(
     run_dir: Path, data: str | Path | None, split: str, info: RunInfo
-) -> tuple[list[str], list[str], str]:
-    """(sources, labels, description): the run's own `split` rows, or `data`'s (see the module docstring)."""
+) -> tuple[list[str], list[str], list[str | None], str]:
+    """(sources, labels, slices, description): the run's own `split` rows, or `data`'s (see the module
+    docstring)."""
     if data is not None:
         return data_items(data, split, info.modality or "image")
-    sources, labels = _run_rows(run_dir, split, info)
+    sources, labels, groups = _run_rows(run_dir, split, info)
     if not sources:
         raise HeadstartError(
             f"{run_dir} has no {split!r} rows in {SPLIT_FILE}", fix="choose another --split, or give DATA"
         )
-    return sources, labels, f"{run_dir}/{SPLIT_FILE} ({split} split)"
+    return sources, labels, groups, f"{run_dir}/{SPLIT_FILE} ({split} split)"
 
 
 def evaluate_run(
@@ -207,10 +215,13 @@ def evaluate_run(
     out: str | Path | None = None,
     progress: bool = False,
     device: str = "auto",
+    slices: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate a run folder. On its own split (`data=None`) write calibration.json and evaluation.json
     into it (unless save=False); on other data write nothing into it. `out`: also write the result there.
     `device`: where the network runs (headstart.features.forward_device; recorded as `device`).
+    `slices`: a CSV of path,group (texts: text,group) naming each item's slice, instead of the data's own
+    `group` column; every score is then also given per slice (`headstart.slices`).
     """
     from headstart.features import forward_device
     from headstart.model import load_model
@@ -226,10 +237,16 @@ def evaluate_run(
         )
     out_path = _check_out(out, run_dir, own_split) if out is not None else None
     used = forward_device(backend, device)  # an absent device is refused before the run is loaded
+    slice_map, origin = None, f"the group column of {SPLIT_FILE if own_split else data}"
+    if slices is not None:  # read before the run is loaded: a bad slice file fails at once
+        modality = run_info_of(run_dir, read_run_json(run_dir)).modality or "image"
+        slice_map, origin = read_slice_file(slices, modality), f"--slices {slices}"
     t_start = time.perf_counter()
     model = load_model(run_dir)
     classes = model.classes
-    sources, labels, described = _items_to_evaluate(run_dir, data, split, model.run_info)
+    sources, labels, groups, described = _items_to_evaluate(run_dir, data, split, model.run_info)
+    if slice_map is not None and slices is not None:  # the file replaces the data's own groups
+        groups = groups_from_file(sources, slice_map, model.run_info.modality or "image", slices)
     t, known = model.targets(labels)
     unknown_labels = sorted({labels[i] for i in np.flatnonzero(~known)})
     usable = np.flatnonzero(known)
@@ -269,6 +286,9 @@ def evaluate_run(
         else None,
         "memory": {},
         "mistakes": _mistakes([sources[i] for i in idx], y, z, T, classes),
+        "slices": slice_scores(
+            y, z.argmax(axis=1), [groups[i] for i in idx], [sources[i] for i in idx], classes, origin=origin
+        ),
         "seconds": 0.0,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -13,11 +13,9 @@ each batch, so its copy to the GPU runs asynchronously.
 from __future__ import annotations
 
 import logging
-import sqlite3
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,7 @@ import numpy as np
 from headstart.backbones.base import Backbone
 from headstart.data.images import DEFAULT_MAX_PIXELS
 from headstart.errors import BadInput, HeadstartError
-from headstart.fileio import cache_dir
+from headstart.feature_cache import FeatureCache
 from headstart.modality import Modality
 from headstart.progress import progress_bar
 
@@ -40,47 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnx", "torch")
-
-
-class FeatureCache:
-    """One SQLite file per backbone key: content hash -> float32 vector. Transactions make writes atomic."""
-
-    def __init__(self, backbone_key: str, root: Path | None = None) -> None:
-        folder = (root or cache_dir()) / "features"
-        folder.mkdir(parents=True, exist_ok=True)
-        self.key = backbone_key
-        self.path = folder / f"{backbone_key}.sqlite"
-        self._local = threading.local()
-        with self._conn() as c:
-            c.execute("CREATE TABLE IF NOT EXISTS feats (hash TEXT PRIMARY KEY, dim INTEGER, vec BLOB)")
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60)
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._local.conn = conn
-        return conn
-
-    def get_many(self, hashes: Sequence[str]) -> dict[str, np.ndarray]:
-        out: dict[str, np.ndarray] = {}
-        uniq = list(dict.fromkeys(hashes))
-        conn = self._conn()
-        for i in range(0, len(uniq), 500):
-            chunk = uniq[i : i + 500]
-            rows = conn.execute(
-                f"SELECT hash, vec FROM feats WHERE hash IN ({','.join('?' * len(chunk))})", chunk
-            ).fetchall()
-            out.update((h, np.frombuffer(v, dtype=np.float32)) for h, v in rows)
-        return out
-
-    def put_many(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
-        rows = [(h, int(v.shape[-1]), np.ascontiguousarray(v, dtype=np.float32).tobytes()) for h, v in items]
-        with self._conn() as c:  # one transaction: all rows or none
-            c.executemany("INSERT OR REPLACE INTO feats VALUES (?, ?, ?)", rows)
-
-    def __len__(self) -> int:
-        return int(self._conn().execute("SELECT COUNT(*) FROM feats").fetchone()[0])
 
 
 @dataclass
@@ -259,6 +216,27 @@ def embed_options(config: object, **more: Any) -> dict[str, Any]:
     return {k: getattr(config, k) for k in EMBED_OPTIONS} | more
 
 
+def _content_hashes(backbone: Backbone, paths: list[str]) -> tuple[list[str | None], dict[str, str]]:
+    """Each input's content hash (None where unreadable), and the unreadable ones with the reason."""
+    hashes: list[str | None] = []
+    bad: dict[str, str] = {}
+    for p in paths:
+        try:
+            hashes.append(backbone.item_hash(p))
+        except OSError as e:
+            hashes.append(None)
+            bad[p] = f"cannot read ({e.strerror or e})"
+    return hashes, bad
+
+
+def _tail_cache(backbone: Backbone, store: FeatureCache | None) -> FeatureCache | None:
+    """The plain backbone's cache, for a `depths:` backbone: every depth's features end with the plain
+    embedding, so one pass fills both."""
+    if store is None or backbone.pooled == "last":
+        return None
+    return FeatureCache(backbone.last_key, root=store.path.parent.parent)
+
+
 def embed(
     backbone: Backbone,
     paths: Sequence[str | Path],
@@ -290,18 +268,12 @@ def embed(
     # An absent device is refused before any file is read; the int8 forward is ONNX Runtime's (CPU).
     dev = forward_device(backend, device) if int8 is None else forward_device("onnx", "auto")
     paths = [str(p) for p in paths]
-    hashes: list[str | None] = []
-    bad: dict[str, str] = {}
-    for p in paths:
-        try:
-            hashes.append(backbone.item_hash(p))
-        except OSError as e:
-            hashes.append(None)
-            bad[p] = f"cannot read ({e.strerror or e})"
+    hashes, bad = _content_hashes(backbone, paths)
     key = backbone.key if int8 is None else int8.cache_key  # float and int8 features never mix
     if isinstance(cache, FeatureCache) and cache.key != key:  # a float cache handed to an int8 forward
         cache = FeatureCache(key, root=cache.path.parent.parent)
     store = cache if isinstance(cache, FeatureCache) else FeatureCache(key) if cache else None
+    tail = _tail_cache(backbone, store) if int8 is None else None
     found = store.get_many([h for h in hashes if h]) if store is not None else {}
     t_hash = time.perf_counter()
 
@@ -352,6 +324,8 @@ def embed(
                     computed.update(new)
                     if store is not None:
                         store.put_many(new)
+                    if tail is not None:
+                        tail.put_many((h, v[-backbone.last_dim :]) for h, v in new)
                 advance(len(batch))
     t_embed = time.perf_counter()
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from headstart.imbalance import ACCURACY, item_weights
+
 # Inverse L2 strengths tried, strongest first (sklearn's C: loss = C * sum(CE) + |W|^2 / 2).
 DEFAULT_CS: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 PATH_PATIENCE = 2
@@ -38,18 +40,27 @@ class LinearHead:
 
 
 def _fit_standardised(
-    Z: torch.Tensor, y: torch.Tensor, n_classes: int, C: float, init: torch.Tensor | None
+    Z: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    C: float,
+    init: torch.Tensor | None,
+    sample_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Minimise mean cross-entropy + |W|^2 / (2 C n) over theta = [W.ravel(), b]."""
+    """Minimise mean cross-entropy + |W|^2 / (2 C n) over theta = [W.ravel(), b]; with `sample_weight`
+    (mean 1: headstart.imbalance), each item's cross-entropy weighs that much, as scikit-learn's."""
     n, d = Z.shape
     lam = 1.0 / (C * n)
     onehot = torch.nn.functional.one_hot(y, n_classes).to(Z.dtype)
+    scale = None if sample_weight is None else sample_weight[:, None].to(Z.dtype)
+    if scale is not None:  # the weighted one-hot weighs the loss; `scale` the softmax side of the gradient
+        onehot = onehot * scale
 
     def loss_grad(theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Closed-form gradient: several times faster than autograd for this small convex problem.
         w, c = theta[: n_classes * d].view(n_classes, d), theta[n_classes * d :]
         logp = torch.log_softmax(Z @ w.T + c, dim=1)
-        g = (logp.exp() - onehot) / n
+        g = ((logp.exp() if scale is None else logp.exp() * scale) - onehot) / n
         loss = -(onehot * logp).sum() / n + 0.5 * lam * (w * w).sum()
         return loss, torch.cat([(g.T @ Z + lam * w).reshape(-1), g.sum(0)])
 
@@ -113,26 +124,45 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _iter_path(X: np.ndarray, y: np.ndarray, n_classes: int, Cs: tuple[float, ...]) -> Iterator[LinearHead]:
+def _iter_path(
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    Cs: tuple[float, ...],
+    class_weight: np.ndarray | None = None,
+) -> Iterator[LinearHead]:
     """One head per C, warm-starting each from the previous (strong to weak regularisation)."""
     std = _Standardiser(X)
     Z, t = std(X), torch.from_numpy(y.astype(np.int64))
+    sw = None if class_weight is None else torch.from_numpy(np.asarray(class_weight, np.float32)[y])
     init = None
     for C in Cs:
         with _one_thread():
-            init = _fit_standardised(Z, t, n_classes, C, init)
+            init = _fit_standardised(Z, t, n_classes, C, init, sw)
         yield std.fold(init, n_classes)
 
 
-def fit_path(X: np.ndarray, y: np.ndarray, n_classes: int, Cs: tuple[float, ...]) -> list[LinearHead]:
+def fit_path(
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    Cs: tuple[float, ...],
+    class_weight: np.ndarray | None = None,
+) -> list[LinearHead]:
     """One head per C (warm-started along the path); with one C, the head at that strength."""
-    return list(_iter_path(X, y, n_classes, Cs))
+    return list(_iter_path(X, y, n_classes, Cs, class_weight))
 
 
-def _score(head: LinearHead, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(accuracy, -log loss): higher is better on both; log loss breaks accuracy ties."""
+def _score(head: LinearHead, X: np.ndarray, y: np.ndarray, metric: str = ACCURACY) -> tuple[float, float]:
+    """(accuracy, -log loss): higher is better on both; log loss breaks accuracy ties. By balanced accuracy
+    (skewed classes), both are class-balanced: each item weighs by the inverse of its class's count."""
     p = head.proba(X)
-    return float((p.argmax(1) == y).mean()), float(np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
+    correct = p.argmax(1) == y
+    loglik = np.log(np.maximum(p[np.arange(len(y)), y], 1e-12))
+    if metric == ACCURACY:
+        return float(correct.mean()), float(loglik.mean())
+    w = item_weights(y)
+    return float((correct * w).mean()), float((loglik * w).mean())
 
 
 def stratified_folds(y: np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
@@ -156,22 +186,26 @@ def fit_head(
     Cs: tuple[float, ...] = DEFAULT_CS,
     cv: int = 5,
     seed: int = 0,
+    class_weight: np.ndarray | None = None,
+    metric: str = ACCURACY,
 ) -> tuple[LinearHead, float, dict[float, float]]:
     """Fit the head; choose C on (X_val, y_val), or by stratified CV on the training data when absent.
 
-    Returns (head fitted on X, chosen C, {C: selection accuracy}).
+    `class_weight` (one per class, headstart.imbalance) weighs each item's loss; `metric` ("accuracy" or
+    "balanced_accuracy") is what chooses C. Returns (head fitted on X, chosen C, {C: selection score}).
     """
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y)
+    cw = class_weight
     if len(Cs) == 1:
-        return fit_path(X, y, n_classes, Cs)[0], Cs[0], {}
+        return fit_path(X, y, n_classes, Cs, cw)[0], Cs[0], {}
     if X_val is not None and y_val is not None and len(y_val):
         # Walk the path from strong to weak regularisation and stop once val has not improved for
         # PATH_PATIENCE steps: the weakly regularised end is the slowest to fit and rarely the best.
         heads, scores = [], []
-        for h in _iter_path(X, y, n_classes, Cs):
+        for h in _iter_path(X, y, n_classes, Cs, cw):
             heads.append(h)
-            scores.append(_score(h, X_val, y_val))
+            scores.append(_score(h, X_val, y_val, metric))
             best = max(range(len(scores)), key=lambda i: (scores[i], -i))
             if len(scores) - 1 - best >= PATH_PATIENCE:
                 break
@@ -179,25 +213,25 @@ def fit_head(
         return heads[best], Cs[best], {C: s[0] for C, s in zip(Cs, scores, strict=False)}
     n_folds = int(min(cv, np.bincount(y, minlength=n_classes)[np.unique(y)].min()))
     if n_folds < 2:
-        return fit_path(X, y, n_classes, (1.0,))[0], 1.0, {}
+        return fit_path(X, y, n_classes, (1.0,), cw)[0], 1.0, {}
     # Every fold walks its own path in lockstep; the walk stops, as on a val split, once the summed fold
     # score has not improved for PATH_PATIENCE steps.
     folds = stratified_folds(y, n_folds, seed)
     walks = []
     for held in folds:
         train = np.setdiff1d(np.arange(len(y)), held)
-        walks.append(_iter_path(X[train], y[train], n_classes, Cs))
+        walks.append(_iter_path(X[train], y[train], n_classes, Cs, cw))
     totals = np.full((len(Cs), 2), -np.inf)
     for i in range(len(Cs)):
         totals[i] = 0.0
         for held, walk in zip(folds, walks, strict=True):
-            totals[i] += _score(next(walk), X[held], y[held])
+            totals[i] += _score(next(walk), X[held], y[held], metric)
         best = max(range(i + 1), key=lambda j: (tuple(totals[j]), -j))
         if i - best >= PATH_PATIENCE:
             break
     best = max(range(len(Cs)), key=lambda i: (tuple(totals[i]), -i))
     return (
-        fit_path(X, y, n_classes, (Cs[best],))[0],
+        fit_path(X, y, n_classes, (Cs[best],), cw)[0],
         Cs[best],
         {C: totals[i, 0] / n_folds for i, C in enumerate(Cs) if np.isfinite(totals[i, 0])},
     )

@@ -5,13 +5,20 @@ Which interval, and why:
   keeps close to its nominal coverage down to a few dozen items and near 0 or 1, where the normal
   (Wald) interval collapses to zero width (Brown, Cai & DasGupta, Statistical Science 2001). It is closed
   form: no resampling noise, the same every run.
-- **Macro-F1: percentile bootstrap over items** (1,000 resamples, seeded). It has no closed form; the
-  bootstrap resamples items exactly as a new test set of the same size would.
+- **Macro-F1 and balanced accuracy: percentile bootstrap over items** (1,000 resamples, seeded, the same
+  resamples for both). Neither has a closed form; the bootstrap resamples items exactly as a new test set
+  of the same size would, class counts included. (Averaging per-class Wilson bounds is no interval of the
+  mean: it ignores that the classes' errors partly cancel, and is too wide by about sqrt(K).)
 - **Two models on the same items: exact McNemar test** (binomial test on the items only one of them got
   right) decides; the difference in accuracy is shown with a **paired bootstrap** interval. Pairing
   removes the items' shared difficulty, so it separates two models far sooner than two unpaired
-  intervals would. Several challengers against one reference are Holm-corrected, so trying five
+  intervals would. Compared by balanced accuracy (skewed classes), each item weighs by the inverse of its
+  class's count and the exact test becomes its weighted twin: a sign-flip test on the discordant items
+  (exact up to 16 of them, else 20,000 seeded flips); with equal weights it is McNemar's exact test.
+  Several challengers against one reference are Holm-corrected, so trying five
   fine-tunes does not give five chances to win by luck.
+- **Two accuracies on different items** (a slice against the rest, or two test sets): Newcombe's interval
+  for the difference and Fisher's exact test (`unpaired_difference`; used by `headstart.slices`).
 """
 
 from __future__ import annotations
@@ -55,27 +62,58 @@ def macro_f1_from_confusion(cm: np.ndarray) -> np.ndarray:
     return np.where(present.any(-1), (f1 * present).sum(-1) / np.maximum(present.sum(-1), 1), np.nan)
 
 
+def balanced_accuracy_from_confusion(cm: np.ndarray) -> np.ndarray:
+    """Mean recall over the classes present of one (k, k) or many (B, k, k) confusion matrices."""
+    cm = np.asarray(cm, dtype=float)
+    tp = np.diagonal(cm, axis1=-2, axis2=-1)
+    support = cm.sum(axis=-1)
+    present = support > 0
+    recall = np.where(present, tp / np.maximum(support, 1), 0.0)
+    return np.where(present.any(-1), recall.sum(-1) / np.maximum(present.sum(-1), 1), np.nan)
+
+
 def bootstrap_indices(n: int, n_boot: int = N_BOOT, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def _bootstrap_scores(t: np.ndarray, p: np.ndarray, n_classes: int, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot, 2): macro-F1 and balanced accuracy of each item resample."""
+    idx = bootstrap_indices(len(t), n_boot, seed)
+    out = []
+    # In chunks of 100 resamples: (100, n) indices and (100, k, k) counts stay small for large test sets.
+    for i in range(0, n_boot, 100):
+        cm = _confusions(t, p, n_classes, idx[i : i + 100])
+        out.append(np.stack([macro_f1_from_confusion(cm), balanced_accuracy_from_confusion(cm)], axis=1))
+    return np.concatenate(out)
+
+
+def _interval(
+    y_true: Sequence[int], y_pred: Sequence[int], n_classes: int, n_boot: int, seed: int, col: int
+) -> tuple[float, float]:
+    """Percentile bootstrap of column `col` of _bootstrap_scores (0: macro-F1, 1: balanced accuracy)."""
+    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    if len(t) == 0:
+        return (float("nan"), float("nan"))
+    return _percentiles(_bootstrap_scores(t, p, n_classes, n_boot, seed)[:, col])
+
+
+def _percentiles(scores: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.nanpercentile(scores, [2.5, 97.5])
+    return (float(lo), float(hi))
 
 
 def macro_f1_interval(
     y_true: Sequence[int], y_pred: Sequence[int], n_classes: int, *, n_boot: int = N_BOOT, seed: int = 0
 ) -> tuple[float, float]:
     """Percentile bootstrap (2.5 %, 97.5 %) of macro-F1 over items."""
-    t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
-    if len(t) == 0:
-        return (float("nan"), float("nan"))
-    idx = bootstrap_indices(len(t), n_boot, seed)
-    # In chunks of 100 resamples: (100, n) indices and (100, k, k) counts stay small for large test sets.
-    scores = np.concatenate(
-        [
-            macro_f1_from_confusion(_confusions(t, p, n_classes, idx[i : i + 100]))
-            for i in range(0, n_boot, 100)
-        ]
-    )
-    lo, hi = np.nanpercentile(scores, [2.5, 97.5])
-    return (float(lo), float(hi))
+    return _interval(y_true, y_pred, n_classes, n_boot, seed, 0)
+
+
+def balanced_accuracy_interval(
+    y_true: Sequence[int], y_pred: Sequence[int], n_classes: int, *, n_boot: int = N_BOOT, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap (2.5 %, 97.5 %) of balanced accuracy (mean per-class recall) over items."""
+    return _interval(y_true, y_pred, n_classes, n_boot, seed, 1)
 
 
 def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> float:
@@ -89,11 +127,42 @@ def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> float
     return float(binomtest(only_a, only_a + only_b, 0.5).pvalue)
 
 
+EXACT_FLIPS = 16  # discordant items up to which the weighted sign-flip test enumerates every sign
+N_FLIPS = 20_000
+
+
+def weighted_sign_test(d: Sequence[float], seed: int = 0) -> float:
+    """Two-sided p-value that the weighted paired differences `d` (one per item, 0 where a and b agree)
+    are symmetric about 0: every discordant item's sign flips with probability 1/2 under the null.
+    With equal weights this is the exact McNemar test."""
+    w = np.abs(np.asarray(d, dtype=float))
+    w = w[w > 0]
+    if not len(w):
+        return 1.0
+    if np.allclose(w, w[0]):  # equal weights: the exact binomial test on the discordant items (McNemar's)
+        from scipy.stats import binomtest
+
+        return float(binomtest(int((np.asarray(d) > 0).sum()), len(w), 0.5).pvalue)
+    observed = abs(float(np.asarray(d, dtype=float).sum())) * (1 - 1e-9)  # ties count as extreme
+    if len(w) <= EXACT_FLIPS:
+        signs = 1 - 2 * ((np.arange(2 ** len(w))[:, None] >> np.arange(len(w))) & 1)
+    else:
+        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(N_FLIPS, len(w)))
+    return float(np.mean(np.abs(signs @ w) >= observed))
+
+
 def paired_difference(
-    a_correct: Sequence[bool], b_correct: Sequence[bool], *, n_boot: int = N_BOOT, seed: int = 0
+    a_correct: Sequence[bool],
+    b_correct: Sequence[bool],
+    *,
+    weights: Sequence[float] | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Accuracy of a minus accuracy of b on the same items: the difference, its paired bootstrap 95 %
-    interval, the exact McNemar p-value and the discordant counts."""
+    interval, the exact McNemar p-value and the discordant counts. With per-item `weights` (mean 1, e.g.
+    headstart.imbalance.item_weights: balanced accuracy), the weighted difference and the weighted
+    sign-flip test instead."""
     a, b = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
     if a.shape != b.shape:
         raise ValueError(f"paired scores need the same items: {a.shape} vs {b.shape}")
@@ -102,12 +171,14 @@ def paired_difference(
         nan = float("nan")
         return {"diff": nan, "ci": [nan, nan], "p": 1.0, "n": 0, "only_a": 0, "only_b": 0}
     d = a.astype(np.int8) - b.astype(np.int8)
+    if weights is not None:
+        d = d * np.asarray(weights, dtype=float)
     boot = d[bootstrap_indices(n, n_boot, seed)].mean(axis=1)
     lo, hi = np.percentile(boot, [2.5, 97.5])
     return {
         "diff": float(d.mean()),
         "ci": [float(lo), float(hi)],
-        "p": mcnemar_exact(a, b),
+        "p": mcnemar_exact(a, b) if weights is None else weighted_sign_test(d, seed),
         "n": n,
         "only_a": int((a & ~b).sum()),
         "only_b": int((~a & b).sum()),
@@ -128,13 +199,16 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 
 def score_intervals(y_true: Sequence[int], y_pred: Sequence[int], n_classes: int) -> dict[str, Any]:
-    """The intervals that go with an accuracy and a macro-F1 computed on these items."""
+    """The intervals that go with an accuracy, a macro-F1 and a balanced accuracy on these items."""
     t, p = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
     n = len(t)
+    nan = (float("nan"), float("nan"))
+    boot = _bootstrap_scores(t, p, n_classes, N_BOOT, 0) if n else None
     return {
         "accuracy_ci": list(wilson(int((t == p).sum()), n)),
-        "macro_f1_ci": list(macro_f1_interval(t, p, n_classes)),
-        "interval": "95%: Wilson (accuracy), item bootstrap x1000 (macro-F1)",
+        "macro_f1_ci": list(_percentiles(boot[:, 0]) if boot is not None else nan),
+        "balanced_accuracy_ci": list(_percentiles(boot[:, 1]) if boot is not None else nan),
+        "interval": "95%: Wilson (accuracy), item bootstrap x1000 (macro-F1, balanced accuracy)",
     }
 
 
@@ -156,3 +230,21 @@ def items_to_settle(diff: float, ci: Sequence[float], n: int) -> int | None:
     if not diff or half <= 0 or n <= 0:
         return None
     return int(np.ceil(n * (half / abs(diff)) ** 2))
+
+
+def unpaired_difference(correct_a: int, n_a: int, correct_b: int, n_b: int) -> dict[str, Any]:
+    """Accuracy of a minus accuracy of b on different items (two slices, or two test sets): the difference,
+    Newcombe's hybrid score 95 % interval (from the two Wilson intervals, so it keeps its coverage at small
+    n and near 0 or 1; Newcombe, Statistics in Medicine 1998) and Fisher's exact two-sided p-value."""
+    from scipy.stats import fisher_exact
+
+    if n_a <= 0 or n_b <= 0:
+        nan = float("nan")
+        return {"diff": nan, "ci": [nan, nan], "p": 1.0, "n_a": n_a, "n_b": n_b}
+    pa, pb = correct_a / n_a, correct_b / n_b
+    (la, ua), (lb, ub) = wilson(correct_a, n_a), wilson(correct_b, n_b)
+    d = pa - pb
+    lo = d - np.sqrt((pa - la) ** 2 + (ub - pb) ** 2)
+    hi = d + np.sqrt((ua - pa) ** 2 + (pb - lb) ** 2)
+    p = fisher_exact([[correct_a, n_a - correct_a], [correct_b, n_b - correct_b]]).pvalue
+    return {"diff": float(d), "ci": [float(lo), float(hi)], "p": float(p), "n_a": n_a, "n_b": n_b}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -105,3 +106,26 @@ def measure_latency(
                 _timed(onnx_logits, plain[1], batch_repeats, per=batch), 50
             )
     return out
+
+
+def run_latency_ms(run_dir: str | Path, repeats: int = 10) -> float | None:
+    """Single-item forward latency (p50, ms, torch eager on the CPU, decode excluded) of a saved run on its
+    first test item (else val, else train): the serving cost compare and its report set against accuracy.
+    None where the run cannot be loaded or has no readable item (a row is not lost for its timing)."""
+    from headstart.errors import HeadstartError
+    from headstart.model import load_model
+    from headstart.runs import load_run_info
+    from headstart.runs.folder import read_split_rows
+    from headstart.runs.items import item_sources
+
+    try:
+        rows = read_split_rows(run_dir)
+        first = next((r for s in ("test", "val", "train") for r in rows if r.split == s), None)
+        if first is None:
+            return None
+        source = item_sources(run_dir, [first], load_run_info(run_dir))[0]
+        model = load_model(run_dir)
+        timed = measure_latency(model, source, repeats=repeats, batch=2, backend="torch", device="cpu")
+    except (HeadstartError, OSError, ValueError, RuntimeError):
+        return None
+    return float(timed["single_p50_ms"])

@@ -14,7 +14,7 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, classes: list[str], *, predictions: bool = False
 ) -> dict[str, object]:
-    """Accuracy and macro-F1 (over classes present) with their 95 % intervals, per-class
+    """Accuracy, macro-F1 and balanced accuracy (over classes present) with their 95 % intervals, per-class
     precision/recall/F1/support, confusion matrix; with `predictions`, each item's predicted class index
     too (in the split's order), so two runs on the same items can be compared pair by pair."""
     from headstart.intervals import score_intervals
@@ -34,6 +34,8 @@ def classification_metrics(
         "n": len(y_true),
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else float("nan"),
         "macro_f1": float(f1[present].mean()) if present.any() else float("nan"),
+        # the mean recall over the classes present: what selects when the classes are skewed (imbalance)
+        "balanced_accuracy": float(recall[present].mean()) if present.any() else float("nan"),
         "per_class": {
             c: {
                 "precision": float(precision[i]),

@@ -127,16 +127,12 @@ class TrainedModel:
         a file name is never classified as if it were the text. An unusable text file gives its BadInput."""
         if self.modality != "text":
             return [str(f) for f in files]
-        from headstart.data.text import TABLE_SUFFIXES, read_text_file
+        from headstart.data.text import read_one_text
 
         out: list[str | BadInput] = []
         for f in files:
-            suffix = Path(f).suffix.lower()
-            if suffix in TABLE_SUFFIXES:  # many texts, not one: labeled whole it would be a wrong answer
-                out.append(BadInput(f, f"a {suffix} table, not one text (pass its texts one per line to -)"))
-                continue
             try:
-                out.append(read_text_file(f))
+                out.append(read_one_text(f, table_fix="pass its texts one per line to -"))
             except BadInput as e:
                 out.append(e)
         return out

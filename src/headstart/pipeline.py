@@ -9,7 +9,8 @@
    size, under one time budget, and the recommended one;
 3. label-efficiency curve of the probe against the data's no-backbone baseline (pixels for images, TF-IDF
    for text, log-mel statistics for audio; cheap: cached embeddings);
-4. evaluate the recommended run: metrics, temperature scaling on val, latency and memory;
+4. evaluate the recommended run: metrics, temperature scaling on val, latency and memory; for an image
+   run, the pretraining-overlap check (`headstart.explore.overlap`, about a second);
 5. register it in the model store under an alias (`production` by default);
 6. write its HTML report. The comparison, curve and leakage files are copied into the recommended run's
    folder, so the run, the stored version and the report all carry the evidence for the choice.
@@ -102,9 +103,11 @@ def auto(
     say: Callable[[str], None] = lambda _msg: None,
     device: str = "auto",
     precision: str = "auto",
+    imbalance: str = "auto",
 ) -> dict[str, Any]:
     """Run the steps of the module docstring; returns (and writes to OUT/auto.json) what each produced.
-    `device`: where every step's network runs, `precision`: what every fine-tune trains in (checked first)."""
+    `device`: where every step's network runs, `precision`: what every fine-tune trains in (checked first);
+    `imbalance`: as compare's."""
     from headstart.evaluate import evaluate_run
     from headstart.fileio import atomic_write_json
     from headstart.report import write_report
@@ -146,6 +149,7 @@ def auto(
         progress=progress,
         device=device,
         precision=precision,
+        imbalance=imbalance,
     )
     result["leakage"] = cmp["leakage"]
     leaks = cmp["leakage"]
@@ -216,6 +220,7 @@ def auto(
         "latency": ev.get("latency"),
     }
 
+    result["overlap"] = _overlap(run_dir, plan["skipped"], say, timings, progress=progress, device=device)
     t0 = time.perf_counter()
     result["report"] = str(write_report(run_dir))
     timings["report_s"] = time.perf_counter() - t0
@@ -232,3 +237,33 @@ def auto(
     }
     atomic_write_json(out_dir / AUTO_FILE, to_jsonable(result))
     return result
+
+
+def _overlap(
+    run_dir: Path,
+    skipped: list[dict[str, str]],
+    say: Callable[[str], None],
+    timings: dict[str, float],
+    **kw: Any,
+) -> dict[str, Any] | None:
+    """The pretraining-overlap check of an image run (about a second on the emoji example: the test
+    split's embeddings are cached by then); a text run's LM check takes minutes, so it is left to
+    `headstart overlap RUN`."""
+    from headstart.explore.overlap import check_overlap
+    from headstart.runs import load_run_info
+
+    if load_run_info(run_dir).modality not in (None, "image"):
+        skipped.append({"step": "overlap", "reason": f"not an image run: run `headstart overlap {run_dir}`"})
+        return None
+    t0 = time.perf_counter()
+    try:
+        r = check_overlap(run_dir, **kw)
+    except HeadstartError as e:
+        skipped.append({"step": "overlap", "reason": e.message})
+        say(f"skipping the overlap check: {e.message}")
+        return None
+    finally:
+        timings["overlap_s"] = time.perf_counter() - t0
+    if not r["supported"]:
+        return {"supported": False, "reason": r["reason"]}
+    return {"n": r["n"], "n_overlap": r["n_overlap"], "accuracy": r["accuracy"]}

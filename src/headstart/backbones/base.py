@@ -31,6 +31,8 @@ from headstart.fileio import sha256_file
 from headstart.modality import Modality, Preprocess, PreprocessConfig
 
 P = TypeVar("P", bound=Preprocess)
+#: `depths:<name>`: the backbone <name> giving the pooled output of every layer group (`all_depths`).
+DEPTHS_PREFIX = "depths:"
 
 _hash_memo: dict[tuple[str, int, int], str] = {}
 _hash_lock = threading.Lock()
@@ -105,6 +107,9 @@ class Backbone(nn.Module, Generic[P]):
     #: A pretrained classifier riding along (not part of forward), e.g. EfficientNet-Lite's ImageNet head;
     #: a registered child module when set (in the state dict), so it is an instance attribute.
     pretrained_classifier: nn.Module | None
+    #: What the forward returns: "last", the pooled output of the top group; "all-depths", the pooled
+    #: output of every group, concatenated (Head2Toe's features; see `all_depths`). Part of `key`.
+    pooled: str = "last"
 
     def __init__(
         self,
@@ -144,7 +149,31 @@ class Backbone(nn.Module, Generic[P]):
                 object.__setattr__(self, attr, model)  # plain attribute: nn.Module would register it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_groups(x))
+        if self.pooled == "last":
+            return self.pool(self.forward_groups(x))
+        outs = []
+        for group in self.groups:  # one pass; the same pool (a mean) read at every depth
+            x = group(x)
+            outs.append(self.pool(x))
+        return torch.cat(outs, dim=1)
+
+    def all_depths(self) -> Backbone:
+        """This backbone, in place, as `depths:<name>`: its forward returns the pooled output of every layer
+        group side by side (Head2Toe, Evci et al. 2022: a linear head on intermediate features matches
+        fine-tuning on average, at the cost of one forward pass). Frozen use only: the recipes that take it
+        train no group. `last_key`/`last_dim`: the plain backbone's cache key and width, whose features are
+        the tail of these (the feature cache fills both from one pass)."""
+        if self.pooled == "all-depths":
+            return self
+        self.last_key, self.last_dim = self.key, self.embed_dim
+        self.pooled = "all-depths"
+        was = self.training
+        self.eval()
+        with torch.no_grad():
+            self.embed_dim = int(self.forward(self.example_input(2)).shape[1])
+        self.train(was)
+        self.name = f"{DEPTHS_PREFIX}{self.name}"
+        return self
 
     def forward_groups(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Run groups[start:stop] only (the activations between groups, not pooled)."""
@@ -167,6 +196,8 @@ class Backbone(nn.Module, Generic[P]):
         }
         if self.delta_sha256:  # fine-tuned weights applied on top of the base: a different network
             ident["delta"] = self.delta_sha256
+        if self.pooled != "last":  # another output of the same network
+            ident["pooled"] = self.pooled
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
     # -- inputs: how one raw item becomes a model input (image files by default; text/audio override) --

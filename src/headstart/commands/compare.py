@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from headstart.commands import api_options, console, fmt, fmt_bytes, show, verb
 from headstart.config import device_option, json_option, option, parse_budget, precision_option
+from headstart.imbalance import IMBALANCE_HELP
+from headstart.imbalance import MODES as IMBALANCE_MODES
 
 
 def strategy_list(text: str) -> list[str]:
@@ -24,6 +26,7 @@ class ComparisonOptions:
     )
     device: str = device_option()  # where every row (every step of auto) runs
     precision: str = precision_option()  # what every fine-tune trains in
+    imbalance: str = option("auto", choices=IMBALANCE_MODES, help=IMBALANCE_HELP)  # every row's; the rule's
     json: bool = json_option()
 
 
@@ -65,6 +68,7 @@ def print_compare(result: dict, data: str, budget: float) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from headstart.imbalance import skewed_in
     from headstart.intervals import fmt_ci
 
     rec = result["recommendation"]
@@ -108,6 +112,13 @@ def print_compare(result: dict, data: str, budget: float) -> None:
         )
     con = console()
     con.print(t)
+    skew = skewed_in(result)  # what the rows were compared on, when the classes are skewed
+    if skew:
+        bal = ", ".join(
+            f"{r['strategy']} {fmt_ci(r.get('val_balanced_accuracy'), r.get('val_balanced_accuracy_ci'))}"
+            for r in result["rows"]
+        )
+        con.print(f"{skew}; val balanced accuracy: {bal}", markup=False)
     probe_cv = (result["rows"][0].get("cv") or {}) if result["rows"] else {}
     if probe_cv.get("probe"):
         pr, kn = probe_cv["probe"], probe_cv["knn"]

@@ -21,7 +21,8 @@ class EvaluateOptions:
     help on held-out val folds) and calibration.json and evaluation.json are written into the run. With
     DATA (a class-folder DATA is evaluated whole; DATA with train/ val/ test/, or a manifest with a split
     column, gives its --split) the run's own T is used as it stands and nothing is written into the run:
-    the result is printed, and written to --out FILE when given.
+    the result is printed, and written to --out FILE when given. Items with a slice (a `group` column of a
+    manifest or text table, or --slices FILE) get every score per slice, with its gap to overall.
     """
 
     run: str = option(
@@ -43,6 +44,11 @@ class EvaluateOptions:
         None,
         metavar="FILE",
         help="also write the evaluation JSON to FILE (the only file written when DATA is given)",
+    )
+    slices: Path | None = option(
+        None,
+        metavar="FILE",
+        help="CSV naming each item's slice: path,group (texts: text,group); default: the data's group column",
     )
     json: bool = json_option("machine-readable output")
 
@@ -92,6 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         t.add_row(escape(c), fmt(r["precision"]), fmt(r["recall"]), fmt(r["f1"]), str(r["support"]))
     con.print(t)
 
+    _print_slices(con, res.get("slices"))
     fitted = f"fitted on {cal['n_fit']} val items" if cal["fitted_on"] else "the run's own T, not refitted"
     if cal["status"] == "skipped":
         con.print(
@@ -150,3 +157,32 @@ def _print_latency(con: Any, lat: dict[str, Any]) -> None:
             f"{fmt(lat['onnx_single_p50_ms'], 1)} ms, p95 {fmt(lat['onnx_single_p95_ms'], 1)} ms; "
             f"batch 32 {fmt(lat['onnx_batch32_per_item_ms'], 2)} ms/item"
         )
+
+
+def _print_slices(con: Any, sl: dict[str, Any] | None) -> None:
+    """Every headline score per slice with its gap to overall; slices below overall beyond noise in red."""
+    if not sl:
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    from headstart.intervals import fmt_ci
+    from headstart.slices import SCORE_NAMES
+
+    t = Table(title=f"Per slice ({escape(sl['origin'])}; gap = slice - overall, 95% intervals)")
+    for col in ("slice", "n", "accuracy", "gap", "macro-F1", "gap", "below overall"):
+        t.add_column(col, justify="left" if col in ("slice", "below overall") else "right")
+    for name, r in sl["by_slice"].items():
+        below = ", ".join(SCORE_NAMES.get(s, s) for s in r["below_overall"])
+        t.add_row(
+            escape(name),
+            str(r["n"]),
+            fmt_ci(r["accuracy"], r["accuracy_ci"]),
+            fmt_ci(r["accuracy_gap"], r["accuracy_gap_ci"]),
+            fmt_ci(r["macro_f1"], r["macro_f1_ci"]),
+            fmt_ci(r["macro_f1_gap"], r["macro_f1_gap_ci"]),
+            f"[red]{escape(below)}[/red]" if below else "-",
+        )
+    con.print(t)
+    if sl["n_ungrouped"]:
+        con.print(f"{sl['n_ungrouped']} item(s) are in no slice (counted in the overall scores only)")

@@ -55,15 +55,27 @@ def _print_fit(report: Any) -> None:
     con = console()
     print_data_notes(con, report.data)
     m = report.metrics
+    from headstart.imbalance import skewed_in
+    from headstart.intervals import fmt_ci
+
+    skew = skewed_in(m)  # skewed classes: balanced accuracy (what chose the best epoch) beside accuracy
     t = Table(title=f"{report.strategy} on {report.backbone}")
-    for col in ("split", "n", "accuracy", "macro-F1", "loss"):
+    for col in ("split", "n", "accuracy", "macro-F1", "loss", *(["balanced acc"] if skew else [])):
         t.add_column(col, justify="right")
     for s in ("train", "val", "test"):
         if s in m:
+            bal = [fmt_ci(m[s].get("balanced_accuracy"), m[s].get("balanced_accuracy_ci"))] if skew else []
             t.add_row(
-                s, str(m[s]["n"]), f"{m[s]['accuracy']:.3f}", f"{m[s]['macro_f1']:.3f}", f"{m[s]['loss']:.3f}"
+                s,
+                str(m[s]["n"]),
+                f"{m[s]['accuracy']:.3f}",
+                f"{m[s]['macro_f1']:.3f}",
+                f"{m[s]['loss']:.3f}",
+                *bal,
             )
     con.print(t)
+    if skew:
+        con.print(skew, markup=False)
     con.print(
         f"best epoch {m['best_epoch']}; trained {m['train_s']:.1f} s; "
         f"trainable parameters {m['trainable_params']:,} of {m['backbone_params'] + m['trainable_params']:,}"

@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     promote_help = "point an alias (default production) at a version"
     q = add("promote", promote_help, cmd_promote, "name", ("version", "2 or v2"))
     q.add_argument("--alias", default="production")
+    q.add_argument(
+        "--force",
+        action="store_true",
+        help="promote even when the version is worse than the alias's holder on a slice (recorded)",
+    )
 
     q = add("rollback", "move an alias back to the version it pointed at before", cmd_rollback, "name")
     q.add_argument("--alias", default="production")
@@ -144,7 +149,27 @@ def _print_alias(args: argparse.Namespace, version: int, moved: str) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    return _print_alias(args, _store(args).promote(args.name, args.version, args.alias), "->")
+    done = _store(args).promote_checked(args.name, args.version, args.alias, force=args.force)
+    cmp = done["slices"]
+    if args.json:
+        print_json({"name": args.name, "alias": args.alias, "version": done["version"], "slices": cmp})
+        return 0
+    _print_alias(args, done["version"], "->")
+    con = console()
+    if not cmp["compared"]:
+        con.print(f"slices not compared: {cmp['reason']}", markup=False)
+        return 0
+    for name, r in cmp["by_slice"].items():
+        how = "paired" if r["paired"] else "unpaired"
+        flag = "  REGRESSED (promoted with --force)" if r["regressed"] else ""
+        con.print(
+            f"  slice {name}: accuracy {r['diff']:+.3f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}] vs "
+            f"{cmp['holder']} ({how}, p(Holm) {r['p_holm']:.3g}){flag}",
+            markup=False,
+        )
+    if cmp["not_compared"]:
+        con.print(f"  slices on one side only, not compared: {', '.join(cmp['not_compared'])}", markup=False)
+    return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

@@ -60,12 +60,17 @@ def regroup(ds: Dataset, leaks: dict[str, Any]) -> tuple[Dataset, dict[str, Any]
 
 def write_manifest(ds: Dataset, path: Path) -> Path:
     """The dataset with its splits as a manifest every verb reads: CSV path,label,split for files, JSONL
-    text,label,split for texts. Paths are absolute, so the manifest can live anywhere."""
+    text,label,split for texts, plus `group` when items name their slice. Paths are absolute, so the
+    manifest can live anywhere."""
     path = Path(path)
+    # `split`, and `group` (the slice) when any item names one: as the item records them (None: blank).
+    cols = ["split", *(["group"] if any(it.group is not None for it in ds.items) else [])]
     if ds.modality == "text":
         path = path.with_suffix(".jsonl")
         lines = [
-            json.dumps({"text": it.text, "label": it.label, "split": it.split}, ensure_ascii=False)
+            json.dumps(
+                {"text": it.text, "label": it.label, **{c: getattr(it, c) for c in cols}}, ensure_ascii=False
+            )
             for it in ds.items
         ]
         atomic_write_text(path, "\n".join(lines) + "\n")
@@ -75,8 +80,10 @@ def write_manifest(ds: Dataset, path: Path) -> Path:
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["path", "label", "split"])
-            w.writerows([str(Path(it.path).resolve()), it.label, it.split] for it in ds.items)
+            w.writerow(["path", "label", *cols])
+            w.writerows(
+                [str(Path(it.path).resolve()), it.label, *(getattr(it, c) for c in cols)] for it in ds.items
+            )
 
     atomic_write(path, write)
     return path

@@ -4,7 +4,8 @@ it is not.
 Accepted layouts:
 - `DATA/<class>/<file>`: one sub-folder per class (split later: `headstart.data.splits`).
 - `DATA/{train,val,test}/<class>/<file>`: the user's own split (`val` or `test` may be missing).
-- a CSV or JSONL manifest with `path,label` (and optionally `split`); paths relative to the manifest.
+- a CSV or JSONL manifest with `path,label` (and optionally `split`, and `group` or `slice`: the item's
+  slice, scored apart by evaluate); paths relative to the manifest.
 
 What folders may hold besides data, and what each gets (never a silent drop):
 - OS and archive junk (`__MACOSX`, `.DS_Store`, `Thumbs.db`, ...) and hidden names (`.x`): ignored, listed
@@ -25,14 +26,14 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-from headstart.data.items import SPLITS, Item
+from headstart.data.items import SPLITS, Item, row_group
 from headstart.errors import HeadstartError
 
 MANIFEST_SUFFIXES = (".csv", ".jsonl")
 #: What a table must hold, said by every error about a table's columns (texts and files alike).
 TABLE_COLUMNS = (
     "a table of texts needs columns `text,label`, a manifest of image or audio files `path,label` "
-    "(either may add `split`)"
+    "(either may add `split`, and `group` to name each item's slice)"
 )
 #: Never data: operating-system and archive metadata (compared lowercased). Ignored and listed, never a class.
 JUNK_NAMES = frozenset(
@@ -204,7 +205,8 @@ def read_manifest(path: Path) -> list[Item]:
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append({k: str(v) for k, v in json.loads(line).items()})
+                    # null is a blank value (an empty label, no group), never the string "None"
+                    rows.append({k: "" if v is None else str(v) for k, v in json.loads(line).items()})
                 except (json.JSONDecodeError, AttributeError) as e:
                     raise HeadstartError(
                         f"{path}:{n} is not a JSON object", fix="one JSON object per line"
@@ -227,5 +229,6 @@ def read_manifest(path: Path) -> list[Item]:
         if split is not None and split not in SPLITS:
             raise HeadstartError(f"{path}:{n} has split {split!r}", fix=f"use one of {', '.join(SPLITS)}")
         p = Path(r["path"]).expanduser()
-        items.append(Item(p if p.is_absolute() else base / p, label, split))
+        group = row_group(r, f"{path}:{n}")
+        items.append(Item(p if p.is_absolute() else base / p, label, split, group=group))
     return items

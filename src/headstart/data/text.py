@@ -1,7 +1,8 @@
-"""Labeled texts: a CSV / JSONL / Parquet table with `text,label[,split]`, or folders of `.txt` files.
+"""Labeled texts: a CSV / JSONL / Parquet table with `text,label[,split][,group]`, or folders of `.txt` files.
 
 Accepted layouts (found by `is_text_data`, or forced with `load_dataset(..., modality="text")`):
-- a table with a `text` column and a `label` column (optionally `split`): one text per row;
+- a table with a `text` column and a `label` column (optionally `split`, and `group` or `slice`: the
+  text's slice, scored apart by evaluate): one text per row;
 - `DATA/<class>/*.txt`, or `DATA/{train,val,test}/<class>/*.txt`: one text per file.
 
 Each text becomes `Item(path=Path("<file>:<row>"), label, split, text=...)` (a `.txt` file's item path is
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.data.dataset import Dataset, assemble_dataset
-from headstart.data.items import SPLITS, Item
+from headstart.data.items import GROUP_COLUMNS, SPLITS, Item, row_group
 from headstart.data.layouts import TABLE_COLUMNS, class_folders
 from headstart.errors import BadInput, HeadstartError
 
@@ -136,7 +137,8 @@ def _rows_parquet(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
     names = set(pq.read_schema(path).names)
     try:
-        table = pq.read_table(path, columns=[c for c in ("text", "label", "split") if c in names])
+        wanted = ("text", "label", "split", *GROUP_COLUMNS)
+        table = pq.read_table(path, columns=[c for c in wanted if c in names])
     except (OSError, pa.ArrowException) as e:
         raise HeadstartError(f"cannot read {path}: {e}", fix="check that it is a Parquet file") from e
     return [(i, row) for i, row in enumerate(table.to_pylist(), 1)]
@@ -175,7 +177,7 @@ def read_text_table(path: Path) -> tuple[list[Item], dict[str, str]]:
         if reason:
             skipped[where] = reason
             continue
-        items.append(Item(Path(where), label, split or None, text=str(text)))
+        items.append(Item(Path(where), label, split or None, text=str(text), group=row_group(r, where)))
     return items, skipped
 
 
@@ -228,6 +230,16 @@ def read_text_file(path: str | Path) -> str:
     if reason:
         raise BadInput(path, reason)
     return text
+
+
+def read_one_text(path: str | Path, *, table_fix: str) -> str:
+    """A file given where ONE text is expected (predict, export, search): its text (`read_text_file`). A
+    table holds many texts, so it is refused (`table_fix`: what to do instead) rather than read whole as
+    one text, which would give a wrong answer. Raises BadInput with the reason."""
+    suffix = Path(path).suffix.lower()
+    if suffix in TABLE_SUFFIXES:
+        raise BadInput(path, f"a {suffix} table, not one text ({table_fix})")
+    return read_text_file(path)
 
 
 # -- the dataset ------------------------------------------------------------------------------------------

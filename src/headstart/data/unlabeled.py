@@ -36,6 +36,8 @@ def load_unlabeled(path: str | Path, modality: str) -> Unlabeled:
     if not p.exists():
         raise HeadstartError(f"unlabeled data {p} does not exist", fix="check the path")
     got = _texts(p) if modality == "text" else _files(p)
+    if modality != "text":
+        _check_modality(p, got.sources, modality)
     if not got.sources:
         raise HeadstartError(
             f"no usable unlabeled {modality} inputs in {p} ({len(got.skipped)} skipped)",
@@ -43,6 +45,31 @@ def load_unlabeled(path: str | Path, modality: str) -> Unlabeled:
             "`text` column",
         )
     return got
+
+
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def _check_modality(path: Path, sources: list[str], modality: str) -> None:
+    """Refuse files that are mostly of another modality (texts or tables for an image model, images for an
+    audio one ...) by their suffix, before any of them is decoded."""
+    from collections import Counter
+
+    from headstart.data.audio import is_audio_path
+    from headstart.data.text import TABLE_SUFFIXES
+
+    def kind(src: str) -> str | None:
+        suffix = Path(src).suffix.lower()
+        if suffix in (".txt", *TABLE_SUFFIXES):
+            return "text"
+        return "audio" if is_audio_path(src) else "image" if suffix in _IMAGE_SUFFIXES else None
+
+    found, n = Counter(kind(s) for s in sources).most_common(1)[0] if sources else (None, 0)
+    if found is not None and found != modality and 2 * n > len(sources):
+        raise HeadstartError(
+            f"{path} holds {found} inputs ({n} of {len(sources)} files) but the model reads {modality}",
+            fix=f"give a folder of {modality} files (or use a {found} model)",
+        )
 
 
 def _files(path: Path) -> Unlabeled:

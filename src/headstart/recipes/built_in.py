@@ -9,7 +9,17 @@ from __future__ import annotations
 from headstart.recipes.schema import LoraSpec, Phase, Recipe
 
 # The names `--strategy` accepts (partial:N and lora:R take a number), as listed in errors and `recipes`.
-BUILT_IN = ("head", "partial:N", "full", "discriminative", "gradual", "lp-ft", "scratch", "lora")
+BUILT_IN = (
+    "head",
+    "multi-depth",
+    "partial:N",
+    "full",
+    "discriminative",
+    "gradual",
+    "lp-ft",
+    "scratch",
+    "lora",
+)
 
 
 def head(n_groups: int) -> Recipe:
@@ -17,6 +27,16 @@ def head(n_groups: int) -> Recipe:
         "head",
         (Phase("head", train_top=0, epochs=0, head_init="probe"),),
         description="frozen backbone + a new linear head, fitted on cached embeddings",
+    )
+
+
+def multi_depth(n_groups: int) -> Recipe:
+    return Recipe(
+        "multi-depth",
+        (Phase("head", train_top=0, epochs=0, head_init="probe"),),
+        pooled="all-depths",
+        description="frozen backbone + a linear head on the pooled output of every layer group (Head2Toe), "
+        "one forward pass",
     )
 
 

@@ -134,6 +134,9 @@ class Recipe:
     description: str = ""
     # A parameter-efficient method: only its weights (and the head) train, the base weights stay frozen.
     adapter: LoraSpec | None = None
+    # The features the head reads: "last", the backbone's embedding; "all-depths", the pooled output of
+    # every layer group side by side (Head2Toe; the backbone runs as `depths:<name>`). Head-only recipes.
+    pooled: Literal["last", "all-depths"] = "last"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -157,6 +160,11 @@ class Recipe:
             p.validate()
         if self.adapter is not None:
             self.adapter.validate()
+        if self.pooled != "last" and any(p.train_top != 0 or p.epochs != 0 for p in self.phases):
+            raise HeadstartError(
+                f"recipe {self.name!r}: pooled={self.pooled!r} features feed a head on the frozen backbone",
+                fix='give every phase train_top 0 and epochs 0, or use pooled "last"',
+            )
 
     def with_overrides(
         self, *, epochs: int | None = None, lr: float | None = None, batch_size: int | None = None

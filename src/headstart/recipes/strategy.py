@@ -24,6 +24,8 @@ def get_recipe(strategy: str | Recipe | dict[str, Any] | Path, n_groups: int) ->
         return load_recipe_file(Path(s))
     if s == "head":
         return built_in.head(n_groups)
+    if s == "multi-depth":
+        return built_in.multi_depth(n_groups)
     if s.startswith("partial"):
         _, _, n = s.partition(":")
         if not n.isdigit() or int(n) < 1:

@@ -24,6 +24,7 @@ from headstart.report.loader import RunFiles, read_run_files
 from headstart.report.sections import (
     calibration,
     card,
+    clusters,
     compare,
     confusion,
     curve,
@@ -31,8 +32,10 @@ from headstart.report.sections import (
     hero,
     mistakes,
     ood,
+    overlap,
     overview,
     performance,
+    slices,
     training,
 )
 from headstart.runs import REPORT_FILE
@@ -46,10 +49,13 @@ _SECTIONS: tuple[tuple[str, str, Callable[[RunFiles], tuple[Html, bool]]], ...] 
     ("compare", "Strategy comparison", compare.section),
     ("training", "Learning curves", training.section),
     ("confusion", "Confusion matrix and per-class scores", confusion.section),
+    ("overlap", "Pretraining overlap", overlap.section),
+    ("slices", "Slices", slices.section),
     ("calibration", "Calibration", calibration.section),
     ("ood", "Out-of-distribution detection", ood.section),
     ("curve", "Label efficiency", curve.section),
     ("mistakes", "Most confident mistakes", mistakes.section),
+    ("clusters", "Clusters and suspected mislabels", clusters.section),
     ("card", "Model card", card.section),
     ("performance", "Latency and memory", performance.section),
 )

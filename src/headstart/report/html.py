@@ -151,7 +151,8 @@ def section_html(s: Section) -> Html:
     )
 
 
-def page(title: str, hero: Html, sections: Sequence[Section]) -> str:
+def page(title: str, hero: Html, sections: Sequence[Section], *, by: str = "headstart report") -> str:
+    """The page of `sections`; `by`: the command that writes it (named in the footer)."""
     links: list[Html] = []
     for i, s in enumerate(sections):
         if not s.computed and (i == 0 or sections[i - 1].computed):
@@ -164,14 +165,14 @@ def page(title: str, hero: Html, sections: Sequence[Section]) -> str:
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        '<meta name="generator" content="headstart report">'
+        f'<meta name="generator" content="{esc(by)}">'
         f'<meta name="headstart-sections" content="{esc(ids)}">'
         f'<meta name="headstart-sections-computed" content="{esc(computed)}">'
         f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
         '<div class="layout">'
         f'<nav class="toc" aria-label="Contents"><p class="toc-title">Contents</p>{toc}</nav>'
         f"<main>{hero}{join(section_html(s) for s in sections)}"
-        "<footer>Written by <code>headstart report</code>. Self-contained: no scripts, no network.</footer>"
+        f"<footer>Written by <code>{esc(by)}</code>. Self-contained: no scripts, no network.</footer>"
         "</main></div></body></html>\n"
     )
 

@@ -11,6 +11,7 @@ from typing import Any
 from headstart.report.html import num
 from headstart.runs import (
     CALIBRATION_FILE,
+    CLUSTERS_FILE,
     COMPARE_FILE,
     CURVE_FILE,
     DATA_FILE,
@@ -18,6 +19,7 @@ from headstart.runs import (
     HISTORY_FILE,
     LEAKAGE_FILE,
     METRICS_FILE,
+    OVERLAP_FILE,
     RECIPE_FILE,
     RunInfo,
     read_run_json,
@@ -43,6 +45,8 @@ class RunFiles:
     leakage: dict[str, Any] | None = None
     recipe: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
+    clusters: dict[str, Any] | None = None
+    overlap: dict[str, Any] | None = None
     problems: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -68,6 +72,8 @@ def read_run_files(run_dir: str | Path) -> RunFiles:
         ("leakage", LEAKAGE_FILE),
         ("recipe", RECIPE_FILE),
         ("calibration", CALIBRATION_FILE),
+        ("clusters", CLUSTERS_FILE),
+        ("overlap", OVERLAP_FILE),
     ):
         f = path / name
         if not f.is_file():

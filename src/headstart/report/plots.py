@@ -217,6 +217,39 @@ def label_efficiency(points: list[dict[str, Any]]) -> str:
     return _svg_uri(fig)
 
 
+@_styled
+def accuracy_vs_cost(rows: list[dict[str, Any]], recommended: str | None) -> str:
+    """Each strategy's test accuracy (val where it has no test) with its 95 % interval, against training
+    seconds and against single-item latency; the recommended row ringed."""
+    split = "test" if any(r.get("test_accuracy") is not None for r in rows) else "val"
+    costs = [("train_s", "training seconds (this machine)"), ("latency_ms", "single-item latency, ms")]
+    costs = [c for c in costs if any(_num(r.get(c[0])) > 0 for r in rows)]
+    fig, axes = _figure(3.6 * max(1, len(costs)), 3.4, ncols=max(1, len(costs)))
+    for ax, (key, label) in zip(axes, costs, strict=False):
+        for i, r in enumerate(rows):
+            x, y = _num(r.get(key)), _num(r.get(f"{split}_accuracy"))
+            if math.isnan(x) or math.isnan(y) or x <= 0:
+                continue
+            lo, hi = (r.get(f"{split}_accuracy_ci") or [y, y])[:2]
+            colour = SERIES[i % len(SERIES)]
+            err = [[max(0.0, y - _num(lo))], [max(0.0, _num(hi) - y)]]
+            ax.errorbar([x], [y], yerr=err, fmt="o", color=colour, capsize=3, markersize=5)
+            if r.get("strategy") == recommended:
+                ax.plot([x], [y], "o", markersize=13, markerfacecolor="none", markeredgecolor=INK)
+            ax.annotate(
+                _short(str(r.get("strategy", "?")), 18),
+                (x, y),
+                xytext=(5, 4),
+                fontsize=8,
+                textcoords="offset points",
+                color=colour,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"{split} accuracy (95% interval)")
+    return _svg_uri(fig)
+
+
 def _num(v: Any) -> float:
     try:
         return float(v) if v is not None else math.nan

@@ -12,11 +12,12 @@ head.safetensors  HEAD_FILE: the trained linear head (logits = x @ weight.T + bi
 metrics.json      METRICS_FILE: val/test metrics, timings, parameter counts
 data.json         DATA_FILE: data summary: layout, class counts per split, skipped files with reasons
 split.csv         SPLIT_FILE: `SplitRow`s: path (relative to data_root), label, split, sha256 of every item
-                  used (a text run: the texts themselves)
+                  used (a text run: the texts themselves), and its slice (`group`) when the data named one
 history.json/.csv HISTORY_FILE, HISTORY_CSV_FILE: per-epoch curves of a fit; recipe.json RECIPE_FILE
 Written later into the folder: calibration.json (CALIBRATION_FILE) and evaluation.json (EVALUATION_FILE)
 by evaluate; compare.json, leakage.json, curve.json (COMPARE_FILE, LEAKAGE_FILE, CURVE_FILE) and
-report.html (REPORT_FILE) by auto; distill.json (DISTILL_FILE) by distill; model.onnx (ONNX_FILE) by export.
+report.html (REPORT_FILE) by auto; distill.json (DISTILL_FILE) by distill; model.onnx (ONNX_FILE) by export;
+overlap.json (OVERLAP_FILE) by overlap and auto.
 
 Schema versions: run.json's `schema_version` (absent: 1). Every reader reads every version up to
 `SCHEMA_VERSION` through `RunInfo.from_dict`, which maps older field places to the current ones; a newer
@@ -59,6 +60,7 @@ from headstart.runs.items import (
 from headstart.runs.names import (
     ADAPTER_FILE,
     CALIBRATION_FILE,
+    CLUSTERS_FILE,
     COMPARE_FILE,
     CURVE_FILE,
     DATA_FILE,
@@ -71,6 +73,7 @@ from headstart.runs.names import (
     LEAKAGE_FILE,
     METRICS_FILE,
     ONNX_FILE,
+    OVERLAP_FILE,
     RECIPE_FILE,
     REPORT_FILE,
     RUN_FILE,
@@ -93,6 +96,7 @@ from headstart.runs.records import (
 __all__ = [
     "ADAPTER_FILE",
     "CALIBRATION_FILE",
+    "CLUSTERS_FILE",
     "COMPARE_FILE",
     "CURVE_FILE",
     "DATA_FILE",
@@ -105,6 +109,7 @@ __all__ = [
     "LEAKAGE_FILE",
     "METRICS_FILE",
     "ONNX_FILE",
+    "OVERLAP_FILE",
     "RECIPE_FILE",
     "REPORT_FILE",
     "RUN_FILE",

@@ -133,18 +133,20 @@ def read_split_rows(
                 path, label, split = (r.get(c) for c in SPLIT_COLUMNS[:3])
                 if path is None or label is None or split is None:
                     raise HeadstartError(f"{f}:{reader.line_num} has too few fields", fix=damaged)
-                rows.append(SplitRow(path, label, split, r.get("sha256") or ""))
+                rows.append(SplitRow(path, label, split, r.get("sha256") or "", r.get("group") or ""))
     except (UnicodeDecodeError, csv.Error) as e:
         raise HeadstartError(f"{f} is not UTF-8 CSV ({e})", fix=damaged) from e
     return rows
 
 
 def split_csv(rows: Sequence[SplitRow]) -> str:
-    """split.csv's text: the header (`SPLIT_COLUMNS`), then one line per row."""
+    """split.csv's text: the header (`SPLIT_COLUMNS`), then one line per row. The `group` column is written
+    only when an item has a slice, so a run without slices writes the file older readers know."""
+    cols = SPLIT_COLUMNS if any(r.group for r in rows) else SPLIT_COLUMNS[:4]
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(SPLIT_COLUMNS)
-    w.writerows(r.as_csv() for r in rows)
+    w.writerow(cols)
+    w.writerows(r.as_csv()[: len(cols)] for r in rows)
     return buf.getvalue()
 
 

@@ -40,7 +40,7 @@ def make_split_rows(items: Any, hashes: Mapping[str, str], data_root: str | Path
             full = os.path.abspath(path)
             rel = os.path.relpath(full, root)
             path = full if rel == os.pardir or rel.startswith(os.pardir + os.sep) else Path(rel).as_posix()
-        rows.append(SplitRow(path, it.label, it.split or "", hashes.get(it.source, "")))
+        rows.append(SplitRow(path, it.label, it.split or "", hashes.get(it.source, ""), it.group or ""))
     return rows
 
 

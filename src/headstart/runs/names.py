@@ -22,8 +22,11 @@ EVALUATION_FILE = "evaluation.json"
 COMPARE_FILE = "compare.json"
 LEAKAGE_FILE = "leakage.json"
 CURVE_FILE = "curve.json"
+CLUSTERS_FILE = "clusters.json"
+OVERLAP_FILE = "overlap.json"
 REPORT_FILE = "report.html"
 DISTILL_FILE = "distill.json"
 ONNX_FILE = "model.onnx"
-#: split.csv's columns; a reader needs the first three (runs before content hashes have no sha256).
-SPLIT_COLUMNS = ("path", "label", "split", "sha256")
+#: split.csv's columns; a reader needs the first three (runs before content hashes have no sha256; `group`,
+#: the item's slice, is written only when the data named slices).
+SPLIT_COLUMNS = ("path", "label", "split", "sha256", "group")

@@ -279,15 +279,17 @@ class RunInfo:
 class SplitRow:
     """One row of split.csv. `path`: a file item's path relative to the run's data_root (absolute when it
     lies outside it; in a version-1 run, as given on the command line); a text item: the text itself (in
-    older text runs, a `<file>:<row>` id). `sha256`: the item's content hash ("" if it was unreadable)."""
+    older text runs, a `<file>:<row>` id). `sha256`: the item's content hash ("" if it was unreadable).
+    `group`: the item's slice ("" for none; older split.csv files have no such column)."""
 
     path: str
     label: str
     split: str
     sha256: str = ""
+    group: str = ""
 
-    def as_csv(self) -> tuple[str, str, str, str]:
-        return (self.path, self.label, self.split, self.sha256)
+    def as_csv(self) -> tuple[str, str, str, str, str]:
+        return (self.path, self.label, self.split, self.sha256, self.group)
 
 
 @dataclass(frozen=True)

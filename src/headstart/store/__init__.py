@@ -67,9 +67,14 @@ def load(ref: str, *, store: str | Path | None = None) -> Any:
 
 
 def promote(
-    name: str, version: int | str, alias: str = "production", *, store: str | Path | None = None
+    name: str,
+    version: int | str,
+    alias: str = "production",
+    *,
+    store: str | Path | None = None,
+    force: bool = False,
 ) -> int:
-    return ModelStore(store).promote(name, version, alias)
+    return ModelStore(store).promote(name, version, alias, force=force)
 
 
 def rollback(name: str, alias: str = "production", *, store: str | Path | None = None) -> int:

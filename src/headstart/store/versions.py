@@ -295,16 +295,31 @@ class ModelStore:
                 ) from e
         return n
 
-    def promote(self, name: str, version: int | str, alias: str = "production") -> int:
+    def promote(
+        self, name: str, version: int | str, alias: str = "production", *, force: bool = False
+    ) -> int:
         """Point `alias` at a version (checked against its manifest first); remembered for rollback."""
+        return int(self.promote_checked(name, version, alias, force=force)["version"])
+
+    def promote_checked(
+        self, name: str, version: int | str, alias: str = "production", *, force: bool = False
+    ) -> dict[str, Any]:
+        """`promote`, refused when the version is worse than the alias's holder on a slice beyond noise
+        (`headstart.slices.promotion_guard`) unless `force`, which the event log records; returns
+        {"version", "slices": the comparison}."""
+        from headstart.slices import promotion_guard
+
         n = _version_number(version)
         _check_name(alias)
         with _locked(self.root):
-            self.verify(name, n)
+            vdir = self.verify(name, n)
             index = self._index(name)
-            _promote_in(index, n, alias)
+            held = self._model_dir(name) / f"v{index['aliases'].get(alias)}"
+            holder = held if alias in index["aliases"] and held != vdir and held.is_dir() else None
+            compared, extra = promotion_guard(vdir, holder, force=force, what=f"{name}:v{n} as @{alias}")
+            _promote_in(index, n, alias, **extra)
             self._write_index(name, index)
-        return n
+        return {"version": n, "slices": compared}
 
     def rollback(self, name: str, alias: str = "production") -> int:
         """Move `alias` back to the version it pointed at before its latest promotion."""
@@ -357,10 +372,10 @@ def _event(action: str, version: int, **extra: Any) -> dict[str, Any]:
     return {"action": action, "version": version, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
 
 
-def _promote_in(index: dict[str, Any], n: int, alias: str) -> None:
+def _promote_in(index: dict[str, Any], n: int, alias: str, **extra: Any) -> None:
     index["aliases"][alias] = n
     index["history"].setdefault(alias, []).append(n)
-    index["events"].append(_event("promote", n, alias=alias))
+    index["events"].append(_event("promote", n, alias=alias, **extra))
 
 
 def default_name(path: Path) -> str:

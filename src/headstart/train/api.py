@@ -167,6 +167,8 @@ def _build(
     recipe = get_recipe(strategy, len(bb.groups))
     if not recipe.pretrained:
         bb = create_backbone(cfg.backbone, pretrained=False)
+    if recipe.pooled == "all-depths":
+        bb.all_depths()  # run.json names it depths:<backbone>: predict, serve and export rebuild it
     base_key = bb.key
     ds = ds.note_cuts(bb)  # clips longer than the backbone's window: each cut is listed
     timings["load_backbone_s"] = time.perf_counter() - t0
@@ -243,6 +245,7 @@ def _decode(job: FitJob) -> tuple[dict[str, Split], list[str]]:
 def _train(job: FitJob, splits: dict[str, Split], objective: Objective | None) -> Trainer:
     """The Trainer runs the recipe (after the learning-rate range test, for --lr auto)."""
     from headstart.features import embed
+    from headstart.imbalance import train_imbalance
     from headstart.train.loop import Trainer
 
     cfg, bb = job.cfg, job.bb
@@ -283,6 +286,7 @@ def _train(job: FitJob, splits: dict[str, Split], objective: Objective | None) -
         budget_s=cfg.budget_s,
         embed_pristine=embed_pristine,
         objective=objective,
+        imbalance=train_imbalance(splits["train"].y.numpy(), len(job.ds.classes), cfg.imbalance),
     )
     trainer.fit(splits["train"], splits["val"])
     job.timings["train_s"] = trainer.train_seconds

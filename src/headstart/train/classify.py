@@ -3,7 +3,9 @@
 Per phase the top `n` groups train and the rest are frozen *in eval mode* (BatchNorm running statistics
 never move in frozen groups); the optimizer gets one parameter group per trainable layer group with the
 recipe's discriminative rates; the epoch is judged on validation accuracy (val loss breaks ties). The loss
-is an Objective (cross-entropy, distillation, domain-adversarial).
+is an Objective (cross-entropy, distillation, domain-adversarial). Skewed classes (headstart.imbalance):
+classes weigh by inverse frequency in the loss, and epochs (and the probe head's C) are judged on balanced
+accuracy.
 
 Frozen-prefix caching: when a phase does not augment, the activations entering the first trainable group
 are computed once per phase and each epoch runs only the top groups (head-only phases read the pooled
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headstart.backbones.base import Backbone
+from headstart.imbalance import ACCURACY, Imbalance, balanced_accuracy
 from headstart.recipes import Phase
 from headstart.train import groups
 from headstart.train.activations import FrozenPrefix, take
@@ -54,8 +57,14 @@ class Classification(FrozenPrefix, Task):
         eval_batch_size: int | None = None,
         objective: Objective | None = None,
         engine: Engine | None = None,
+        imbalance: Imbalance | None = None,
     ) -> None:
         self.backbone = backbone
+        self.imbalance = imbalance
+        self.metric = imbalance.metric if imbalance is not None else ACCURACY
+        w = imbalance.class_weight() if imbalance is not None else None
+        self.class_weight = None if w is None else torch.tensor(w, dtype=torch.float32)
+        self.score_key = "val_acc" if self.metric == ACCURACY else "val_bal_acc"  # what judges an epoch
         self.pretrained = pretrained
         self.seed = seed
         self.prefix_cache = prefix_cache
@@ -122,33 +131,37 @@ class Classification(FrozenPrefix, Task):
         labeled = split.y >= 0
         return z[labeled], split.y[labeled]
 
-    def _metrics(self, name: str, split: Split) -> tuple[float, float]:
+    def _metrics(self, name: str, split: Split) -> tuple[float, float, float]:
+        """(loss, accuracy, balanced accuracy) of the split's labeled items."""
         z, y = self.labeled_logits(name, split)
         if not len(y):
-            return float("nan"), float("nan")
+            return float("nan"), float("nan"), float("nan")
         loss = float(F.cross_entropy(z, y))
-        acc = float((z.argmax(1) == y).float().mean())
-        return loss, acc
+        pred = z.argmax(1)
+        acc = float((pred == y).float().mean())
+        return loss, acc, balanced_accuracy(y.numpy(), pred.numpy())
 
     def evaluate(self, trainer: Trainer, totals: StepTotals | None) -> dict[str, float]:
         assert self.train is not None and self.val is not None
-        vl, va = self._metrics("val", self.val)
+        vl, va, vb = self._metrics("val", self.val)
         if totals is None:
-            tl, ta = self._metrics("train", self.train)
+            tl, ta, _ = self._metrics("train", self.train)
         else:
             tl, ta = totals.total / max(1, totals.count), totals.correct / max(1, totals.labeled)
-        return {"train_loss": tl, "train_acc": ta, "val_loss": vl, "val_acc": va}
+        row = {"train_loss": tl, "train_acc": ta, "val_loss": vl, "val_acc": va}
+        return row if self.score_key == "val_acc" else {**row, self.score_key: vb}
 
     def score(self, metrics: dict[str, float]) -> tuple[float, float]:
-        if math.isnan(metrics["val_acc"]):  # no validation split: the best is the lowest training loss
+        if math.isnan(metrics[self.score_key]):  # no validation split: the best is the lowest training loss
             tl = metrics["train_loss"]
             return (0.0, -tl if not math.isnan(tl) else -math.inf)
-        return (metrics["val_acc"], -metrics["val_loss"])
+        return (metrics[self.score_key], -metrics["val_loss"])
 
     def describe_metrics(self, row: dict[str, Any]) -> str:
+        bal = f" bal acc {row['val_bal_acc']:.3f}" if "val_bal_acc" in row else ""
         return (
             f"train loss {row['train_loss']:.3f} acc {row['train_acc']:.3f} | val loss {row['val_loss']:.3f} "
-            f"acc {row['val_acc']:.3f}"
+            f"acc {row['val_acc']:.3f}{bal}"
         )
 
     # -- phases -------------------------------------------------------------------------------------------
@@ -180,6 +193,8 @@ class Classification(FrozenPrefix, Task):
                 X_val=Ev,
                 y_val=val.y.numpy() if len(val) else None,
                 seed=self.seed,
+                class_weight=None if self.class_weight is None else self.class_weight.numpy(),
+                metric=self.metric,
             )
             with torch.no_grad():
                 self.head.weight.copy_(torch.from_numpy(lin.weight))
@@ -270,6 +285,7 @@ class Classification(FrozenPrefix, Task):
             augment=self._augment_now,
             generator=gen,
             progress=progress,
+            class_weight=None if self.class_weight is None else self.engine.place(self.class_weight),
         )
         loss = self.objective.loss(step)
         labeled = y >= 0
@@ -373,9 +389,8 @@ class Classification(FrozenPrefix, Task):
         best = trainer.best
         if self.objective.start_is_candidate or best["score"] is None:
             return
-        starts = [
-            r["val_acc"] for r in trainer.history if r["kind"] == "init" and not math.isnan(r["val_acc"])
-        ]
+        key = self.score_key
+        starts = [r[key] for r in trainer.history if r["kind"] == "init" and not math.isnan(r[key])]
         if starts and max(starts) > best["score"][0]:
             trainer.warnings.append(
                 f"the starting point scored higher on validation ({max(starts):.3f}) than the trained model "

@@ -138,7 +138,7 @@ class DomainAdversarial(Objective):
         }
 
     def loss(self, step: Step) -> torch.Tensor:
-        ce = labeled_cross_entropy(step.logits, step.y)
+        ce = labeled_cross_entropy(step.logits, step.y, step.class_weight)
         trainer = step.trainer
         if (
             self.target is None

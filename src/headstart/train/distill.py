@@ -134,7 +134,7 @@ class Distillation(Objective):
         )
 
     def loss(self, step: Step) -> torch.Tensor:
-        hard = labeled_cross_entropy(step.logits, step.y)
+        hard = labeled_cross_entropy(step.logits, step.y, step.class_weight)
         if self.alpha == 0.0:
             return hard
         return self.alpha * self.soft_loss(step) + (1.0 - self.alpha) * hard

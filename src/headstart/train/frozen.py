@@ -92,7 +92,7 @@ def _fit_head(job: FitJob, opts: ProbeConfig, emb: _Embedded) -> ProbeClassifier
                 fix="resume with the same strategy and options, or drop --resume",
             )
     # Fitted on the embeddings _embed cached, it embeds nothing itself: no embedding options to pass.
-    clf = ProbeClassifier(job.cfg.backbone, C=opts.C, seed=opts.seed)
+    clf = ProbeClassifier(job.cfg.backbone, C=opts.C, seed=opts.seed, imbalance=opts.imbalance)
     clf.backbone_ = job.bb
     classes = np.asarray(job.ds.classes)
     (E_tr, t_tr), (E_va, t_va) = emb.arrays("train"), emb.arrays("val")
@@ -131,7 +131,11 @@ def _evaluate(
     from headstart.train.objective import Objective
 
     t0 = time.perf_counter()
-    metrics: dict[str, Any] = {"C": clf.C_, "val_selection": clf.selection_scores_}
+    metrics: dict[str, Any] = {
+        "C": clf.C_,
+        "val_selection": clf.selection_scores_,
+        "imbalance": clf.imbalance_.to_dict(),  # what the training counts said and what was done
+    }
     scores = {s: (float("nan"), float("nan")) for s in SPLITS}
     for s in SPLITS:
         if emb.by_split[s]:

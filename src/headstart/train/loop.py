@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from headstart.backbones.base import Backbone
+from headstart.imbalance import Imbalance
 from headstart.recipes import Phase, Recipe
 from headstart.train.callbacks import Callback, Checkpoint, Position, default_callbacks
 from headstart.train.classify import Classification
@@ -66,6 +67,7 @@ class Trainer:
         embed_pristine: Callable[[str], np.ndarray] | None = None,
         eval_batch_size: int | None = None,
         objective: Objective | None = None,
+        imbalance: Imbalance | None = None,
         **options: Unpack[RunOptions],
     ) -> None:
         self._setup(recipe, **options)
@@ -80,6 +82,7 @@ class Trainer:
             eval_batch_size=eval_batch_size,
             objective=objective,
             engine=self.engine,
+            imbalance=imbalance,
         )
 
     @classmethod

@@ -30,6 +30,7 @@ class Step:
     augment: bool
     generator: torch.Generator
     progress: float  # fraction of all training steps done, in [0, 1)
+    class_weight: torch.Tensor | None = None  # per class, when the classes are skewed (headstart.imbalance)
 
 
 class Objective:
@@ -56,11 +57,21 @@ class Objective:
         return {"name": "cross-entropy"}
 
     def loss(self, step: Step) -> torch.Tensor:
-        return labeled_cross_entropy(step.logits, step.y)
+        return labeled_cross_entropy(step.logits, step.y, step.class_weight)
 
 
-def labeled_cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over the labeled examples of a batch (0 when it has none)."""
-    if bool((y >= 0).any()):
+def labeled_cross_entropy(
+    z: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Cross-entropy over the labeled examples of a batch (0 when it has none). With per-class `weight`
+    (mean 1 per training item: headstart.imbalance), each item's loss times its class's weight, averaged
+    over the labeled items: not over the batch's summed weight (PyTorch's `weight=`), which would undo the
+    weighting in every batch that holds one class only, and rescale the step from batch to batch."""
+    labeled = y >= 0
+    if not bool(labeled.any()):
+        return z.sum() * 0.0
+    if weight is None:
         return F.cross_entropy(z.float(), y, ignore_index=-1)
-    return z.sum() * 0.0
+    ce = F.cross_entropy(z.float(), y, ignore_index=-1, reduction="none")
+    w = weight.to(ce.dtype)[y.clamp(min=0)] * labeled
+    return (ce * w).sum() / labeled.sum()

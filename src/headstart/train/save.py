@@ -89,6 +89,8 @@ def evaluate_trained(
             # transfer-set items in the training split + what the objective brought (DANN's target inputs)
             "unlabeled": n_extra + trainer.objective.n_extra_unlabeled,
             "objective": trainer.objective.describe(),
+            # what the training counts said and what was done (None: a Trainer made without it)
+            "imbalance": trainer.imbalance.to_dict() if trainer.imbalance is not None else None,
             "warnings": trainer.warnings,
             "timings": job.timings,
         }

@@ -76,3 +76,58 @@ def probe_cv(p: Any, data: str | Path, backbone: str, seed: int, device: str = "
     return repeated_cv(
         X, y, len(ds.classes), C=float(p.metrics["C"]), folds=CV_FOLDS, repeats=CV_REPEATS, seed=seed
     )
+
+
+def paired_head_hits(
+    data: str | Path, heads: dict[str, tuple[str, float]], seed: int, device: str = "auto"
+) -> dict[str, np.ndarray]:
+    """{row: each train+val item's correctness} for frozen heads (row -> (backbone, C)): one stratified
+    k-fold pass per head on the same folds and the same items (those every backbone embedded), through
+    the cache their runs filled. A paired test on these uses every labeled item, not the val split alone.
+    One pass, not repeats: repeated passes would count each item several times in the test."""
+    from headstart.backbones import create_backbone
+    from headstart.data import load_dataset
+    from headstart.features import embed
+
+    ds = load_dataset(data, seed=seed)
+    items = [it for it in ds.items if it.split in ("train", "val")]
+    sources = [it.source for it in items]
+    feats = {
+        k: embed(create_backbone(b), sources, progress=False, device=device) for k, (b, _) in heads.items()
+    }
+    rows = {k: {src: i for i, src in enumerate(f.paths)} for k, f in feats.items()}
+    items = [it for it in items if all(it.source in r for r in rows.values())]
+    index = {c: i for i, c in enumerate(ds.classes)}
+    y = np.array([index[it.label] for it in items], dtype=np.int64)
+    n_folds = n_cv_folds(y, len(ds.classes))
+    if n_folds < 2:
+        return {}
+    out = {}
+    for k, (_, C) in heads.items():
+        X = feats[k].X[[rows[k][it.source] for it in items]]
+        out[k] = cv_hits(X, y, len(ds.classes), C=C, n_folds=n_folds, seed=seed, knn=False)["probe"]
+    return out
+
+
+def frozen_head_hits(rows: list[dict[str, Any]], data: str | Path, seed: int, device: str) -> dict[str, Any]:
+    """Of compare's `rows`, the frozen heads that ran (the probe and HEAD_STRATEGIES): each train+val item's
+    k-fold correctness on the same folds (`paired_head_hits`), so their test against the probe uses every
+    labeled item."""
+    import json
+
+    from headstart.runs import METRICS_FILE, RUN_FILE
+    from headstart.verdicts.select import HEAD_STRATEGIES, PROBE
+
+    heads = {}
+    for row in rows:
+        run = Path(row["run_dir"]) if row.get("run_dir") else None
+        if (
+            row["strategy"] in (PROBE, *HEAD_STRATEGIES)
+            and run is not None
+            and (run / METRICS_FILE).is_file()
+        ):
+            C = json.loads((run / METRICS_FILE).read_text()).get("C")
+            backbone = json.loads((run / RUN_FILE).read_text()).get("backbone")
+            if C is not None and backbone:
+                heads[row["strategy"]] = (backbone["name"] if isinstance(backbone, dict) else backbone, C)
+    return paired_head_hits(data, heads, seed, device) if len(heads) > 1 else {}

@@ -16,9 +16,11 @@ from typing import Any
 
 from headstart.data.grouped_split import regroup_copies
 from headstart.errors import HeadstartError
+from headstart.imbalance import ACCURACY, check_mode, item_weights
 from headstart.runs import COMPARE_FILE, HEAD_FILE
 from headstart.verdicts.cheap_cv import probe_cv
-from headstart.verdicts.select import PROBE, SCRATCH, overfitting, select, transfer_verdict
+from headstart.verdicts.recommend import rule_of_thumb, rule_verdict
+from headstart.verdicts.select import HEAD_STRATEGIES, PROBE, SCRATCH, overfitting, select, transfer_verdict
 
 # Below this many validation items, the cheap rows (probe, kNN) are also scored by repeated stratified
 # k-fold over train+val on cached embeddings: at 300 items a Wilson interval around 0.75 is +-0.05 wide,
@@ -39,11 +41,12 @@ ADAPT_PREFIX = "adapt+"
 
 
 def choose_strategies(train_per_class: float) -> list[str]:
-    """The baseline first, then the fine-tuning strategies that fit `train_per_class` labels per class."""
+    """The other frozen heads first (cheapest), then the baseline and the fine-tuning strategies that fit
+    `train_per_class` labels per class."""
     tuned = list(SMALL_DATA_STRATEGIES)
     if train_per_class >= FULL_MIN_PER_CLASS:
         tuned.append("full")
-    return [TRANSFER_BASELINE, *tuned]
+    return [*HEAD_STRATEGIES, TRANSFER_BASELINE, *tuned]
 
 
 def _dir_name(strategy: str) -> str:
@@ -84,6 +87,7 @@ def _row(strategy: str, metrics: dict[str, Any], run_dir: Path | None, warnings:
         m = metrics.get(split)
         return None if not m or m.get(key) is None else m[key]
 
+    balanced = ("balanced_accuracy", "balanced_accuracy_ci")  # what skewed classes are compared on
     return {
         "strategy": strategy,
         "train_accuracy": get("train"),
@@ -96,6 +100,7 @@ def _row(strategy: str, metrics: dict[str, Any], run_dir: Path | None, warnings:
         "test_accuracy_ci": get("test", "accuracy_ci"),
         "test_macro_f1": get("test", "macro_f1"),
         "test_macro_f1_ci": get("test", "macro_f1_ci"),
+        **{f"{s}_{k}": get(s, k) for s in ("val", "test") for k in balanced},
         "n_test": get("test", "n"),
         "train_s": None,
         "trainable_params": metrics.get("trainable_params"),
@@ -125,52 +130,6 @@ def _budget_stopped(warnings: list[str]) -> bool:
     return any(str(w).startswith("stopped after epoch") for w in warnings)
 
 
-def _rule(
-    data: str | Path,
-    backbone: str,
-    per_class: float,
-    probe_acc: float | None,
-    seed: int,
-    progress: bool,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """The recommendation from data size, domain distance and probe accuracy, before any fine-tune."""
-    from headstart.verdicts.domain import domain_distance
-    from headstart.verdicts.recommend import recommend
-
-    try:
-        distance = domain_distance(data, backbone, seed=seed, progress=progress, device=device)["distance"]
-    except HeadstartError:
-        distance = None
-    return {**recommend(per_class, distance, probe_acc), "domain_distance": distance}
-
-
-def _rule_verdict(rule: dict[str, Any], rows: list[dict[str, Any]], separated: bool) -> dict[str, Any]:
-    """The rule's recommendation and whether the measured rows held it up. When no row separated from the
-    probe beyond noise, any rule would "agree": that is reported as untested, not as agreement."""
-    from headstart.verdicts.recommend import agree
-
-    if not separated:
-        return {
-            **rule,
-            "agrees": None,
-            "untested": "no measured row separated from the probe beyond noise, so the rows cannot confirm "
-            "or refute the rule",
-        }
-    rec = {k: v for k, v in rule.items() if k != "domain_distance"}
-    # The rule's "head" is a linear head on frozen features: the probe stands in when "head" was not run.
-    stand_in = not any(r["strategy"] == "head" for r in rows)
-    if stand_in:
-        measured = [dict(r, strategy="head") if r["strategy"] == PROBE else r for r in rows]
-    else:
-        measured = [r for r in rows if r["strategy"] != PROBE]
-    verdict = agree(rec, measured)
-    if stand_in:  # name the probe as the probe again
-        for k in ("best", "recommended_row"):
-            verdict[k] = PROBE if verdict[k] == "head" else verdict[k]
-    return {**rule, **verdict}
-
-
 @dataclass
 class _Comparison:
     """The state one comparison builds up: its rows, each row's per-item val correctness (for the paired
@@ -183,15 +142,18 @@ class _Comparison:
     progress: bool
     device: str = "auto"  # where every row's network runs (--device)
     precision: str = "auto"  # what every fine-tune trains in (--precision; the probe runs in float32)
+    imbalance: str = "auto"  # --imbalance: every row's, and what the rows are compared on
     rows: list[dict[str, Any]] = field(default_factory=list)
     correct: dict[str, Any] = field(default_factory=dict)
     expected: list[int] = field(default_factory=list)  # the probe's val labels: what every row pairs on
     skipped: list[str] = field(default_factory=list)
     skip_reasons: dict[str, str] = field(default_factory=dict)
+    cv_correct: dict[str, Any] = field(default_factory=dict)  # the frozen heads' k-fold hits (select)
+    balance: dict[str, Any] = field(default_factory=dict)  # the probe's metrics["imbalance"]
 
     def engine_options(self) -> dict[str, Any]:
         """What every training row (fit, adapt) is run with besides its own options."""
-        return {name: getattr(self, name) for name in ("seed", "progress", "device", "precision")}
+        return {k: getattr(self, k) for k in ("seed", "progress", "device", "precision")}
 
     def add(self, row: dict[str, Any], metrics: dict[str, Any]) -> None:
         c = _correct(metrics, self.expected)
@@ -213,6 +175,7 @@ class _Comparison:
                 save=False,
                 progress=self.progress,
                 device=self.device,
+                imbalance=self.imbalance,
             )
             leakage["probe_raw"] = {s: (raw.metrics.get(s) or {}).get("accuracy") for s in ("val", "test")}
         p = probe(
@@ -223,7 +186,9 @@ class _Comparison:
             overwrite=True,
             progress=self.progress,
             device=self.device,
+            imbalance=self.imbalance,
         )
+        self.balance = p.metrics.get("imbalance") or {}  # what the probe's training counts said
         row = _row(PROBE, p.metrics, p.run_dir, [])
         row["train_s"] = time.perf_counter() - t0
         row["stored_bytes"] = (p.run_dir / HEAD_FILE).stat().st_size if p.run_dir else None
@@ -271,6 +236,7 @@ class _Comparison:
             # With a plan the clock is only a safety net; without one (no timed step) it is the budget.
             budget_s=HARD_CAP * share if plan["epochs"] else share,
             overwrite=True,
+            imbalance=self.imbalance,
             **self.engine_options(),
         )
         wall = time.perf_counter() - t0
@@ -291,8 +257,17 @@ class _Comparison:
     def verdicts(self, n_classes: int, rule: dict[str, Any]) -> dict[str, Any]:
         for row in self.rows:
             row["overfitting"] = overfitting(row)
-        selection = select(self.rows, self.correct, n_classes=n_classes)
-        transfer = transfer_verdict(self.rows, self.correct)
+        metric = self.balance.get("metric") or ACCURACY
+        weights = item_weights(self.expected) if metric != ACCURACY else None
+        selection = select(
+            self.rows,
+            self.correct,
+            n_classes=n_classes,
+            metric=metric,
+            weights=weights,
+            cv_correct=self.cv_correct,
+        )
+        transfer = transfer_verdict(self.rows, self.correct, metric=metric, weights=weights)
         return {
             "rows": self.rows,
             "skipped": self.skipped,
@@ -306,7 +281,8 @@ class _Comparison:
                 k: selection[k] for k in ("strategy", "reason", "separated") if k in selection
             },
             "selection": {k: v for k, v in selection.items() if k not in ("strategy", "reason")},
-            "rule_based": _rule_verdict(rule, self.rows, bool(selection.get("separated"))),
+            "imbalance": self.balance or None,
+            "rule_based": rule_verdict(rule, self.rows, bool(selection.get("separated"))),
         }
 
 
@@ -322,22 +298,26 @@ def compare(
     progress: bool = True,
     device: str = "auto",
     precision: str = "auto",
+    imbalance: str = "auto",
 ) -> dict[str, Any]:
     """Probe, then the scratch baseline and fine-tuning strategies, each with an epoch plan fitted to an
     even share of what is left of `budget_s`; strategies not started (budget spent, or one epoch would not
     fit their share) are listed under "skipped" with "skip_reasons". Copies across splits are first
     regrouped into one split (unless `keep_duplicates`); the recommendation follows verdicts.select.
     `device`: where every row runs, and where the plans' step is timed (recorded as `device`); `precision`:
-    what every fine-tune trains in (as for `fit`; each row and its run.json record what ran)."""
+    what every fine-tune trains in; `imbalance` as for `fit` (skewed: rows compared by balanced accuracy)."""
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.fileio import atomic_write_json
+    from headstart.latency import run_latency_ms
     from headstart.runs import to_jsonable
     from headstart.train.engine import check_engine
+    from headstart.verdicts.cheap_cv import frozen_head_hits
     from headstart.verdicts.plan import probe_seconds
 
     if budget_s <= 0:
         raise HeadstartError(f"budget {budget_s} s: must be positive", fix="give e.g. --budget 10m")
+    check_mode(imbalance)
     used = check_engine(device, precision)  # an absent device, or one without the precision: refused now
     t_start = time.perf_counter()
     out_dir = Path(out) if out else Path("runs") / f"compare-{Path(data).name}-{_dir_name(backbone)}"
@@ -347,14 +327,18 @@ def compare(
     per_class = float(statistics.median(counts)) if counts else 0.0
     # The probe always runs first, as the reference every other row is read against.
     todo = [s for s in strategies if s != PROBE] if strategies else choose_strategies(per_class)
-    cmp = _Comparison(data_used, backbone, seed, out_dir, progress, device, precision)
+    cmp = _Comparison(data_used, backbone, seed, out_dir, progress, device, precision, imbalance)
     probe_row = cmp.run_probe(leakage, data)
     # The rule-based recommendation needs only the probe: worked out now, inside the budget.
-    rule = _rule(data_used, backbone, per_class, probe_row["val_accuracy"], seed, progress, device)
+    rule = rule_of_thumb(data_used, backbone, per_class, probe_row["val_accuracy"], seed, progress, device)
     bb = create_backbone(backbone) if todo else None
     # Shares are worked out once, from the budget and the priced probe, never from the clock, so the same
     # data, seed, budget and machine give the same plans (see verdicts.plan).
-    share = (budget_s - probe_seconds(bb, len(ds.items), device)) / len(todo) if todo else 0.0
+    # The frozen heads cost a probe's pass each; the trained rows share what is left evenly.
+    heads = [s for s in todo if s in HEAD_STRATEGIES]
+    pass_s = probe_seconds(bb, len(ds.items), device)
+    trained = len(todo) - len(heads)
+    share = (budget_s - pass_s * (1 + len(heads))) / trained if trained else budget_s - pass_s
     for i, strategy in enumerate(todo):
         over = time.perf_counter() - t_start > HARD_CAP * budget_s
         if share <= 0 or over:
@@ -362,7 +346,10 @@ def compare(
             cmp.skipped.extend(todo[i:])
             cmp.skip_reasons.update({s: why for s in todo[i:]})
             break
-        cmp.run_strategy(strategy, share, bb, ds)
+        cmp.run_strategy(strategy, max(pass_s, 1.0) if strategy in heads else share, bb, ds)
+    cmp.cv_correct = frozen_head_hits(cmp.rows, data_used, seed, device)
+    for row in cmp.rows:  # what each row costs to serve, set against its accuracy in the report
+        row["latency_ms"] = run_latency_ms(row["run_dir"]) if row.get("run_dir") else None
     result: dict[str, Any] = {
         "data": str(data),
         "data_used": str(data_used),

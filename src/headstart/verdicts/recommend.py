@@ -14,7 +14,11 @@ A linear probe that is already near perfect overrides the table: nothing will be
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from headstart.errors import HeadstartError
+from headstart.verdicts.select import PROBE
 
 # Labels per class at or above which a dataset counts as large. Below ~100 per class, full fine-tuning of
 # millions of weights is reliably matched or beaten by a probe or a partial fine-tune (Kornblith et al.
@@ -102,3 +106,46 @@ def agree(recommendation: dict[str, Any], compare_rows: list[dict[str, Any]]) ->
         "recommended_row": mine["strategy"],
         "gap": gap,
     }
+
+
+def rule_of_thumb(
+    data: str | Path,
+    backbone: str,
+    per_class: float,
+    probe_acc: float | None,
+    seed: int,
+    progress: bool,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """The recommendation from data size, domain distance and probe accuracy, before any fine-tune."""
+    from headstart.verdicts.domain import domain_distance
+
+    try:
+        distance = domain_distance(data, backbone, seed=seed, progress=progress, device=device)["distance"]
+    except HeadstartError:
+        distance = None
+    return {**recommend(per_class, distance, probe_acc), "domain_distance": distance}
+
+
+def rule_verdict(rule: dict[str, Any], rows: list[dict[str, Any]], separated: bool) -> dict[str, Any]:
+    """The rule's recommendation and whether the measured rows held it up. When no row separated from the
+    probe beyond noise, any rule would "agree": that is reported as untested, not as agreement."""
+    if not separated:
+        return {
+            **rule,
+            "agrees": None,
+            "untested": "no measured row separated from the probe beyond noise, so the rows cannot confirm "
+            "or refute the rule",
+        }
+    rec = {k: v for k, v in rule.items() if k != "domain_distance"}
+    # The rule's "head" is a linear head on frozen features: the probe stands in when "head" was not run.
+    stand_in = not any(r["strategy"] == "head" for r in rows)
+    if stand_in:
+        measured = [dict(r, strategy="head") if r["strategy"] == PROBE else r for r in rows]
+    else:
+        measured = [r for r in rows if r["strategy"] != PROBE]
+    verdict = agree(rec, measured)
+    if stand_in:  # name the probe as the probe again
+        for k in ("best", "recommended_row"):
+            verdict[k] = PROBE if verdict[k] == "head" else verdict[k]
+    return {**rule, **verdict}

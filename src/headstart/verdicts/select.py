@@ -11,6 +11,10 @@ The rule (see docs/verdicts.md):
 4. When nothing separates, the probe stays and the reason says so in plain words, with roughly how many
    validation items (and labels per class) would settle the closest call.
 
+Skewed classes (headstart.imbalance): every "accuracy" above reads balanced accuracy (the rows'
+`val_balanced_accuracy`), and the paired test weighs each validation item by the inverse of its class's
+count (intervals.paired_difference with weights: a weighted sign-flip test in McNemar's place).
+
 Flags are computed the same way for every row: overfitting is a train-minus-val gap above OVERFIT_GAP even
 at the top of the val interval; negative transfer needs the from-scratch row better than the best transfer
 row beyond noise, and a scratch row cut short by its budget makes that verdict "inconclusive".
@@ -22,10 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from headstart.imbalance import ACCURACY
 from headstart.intervals import ALPHA, holm, items_to_settle, paired_difference
 
 PROBE = "probe"
+# How the frozen heads' `cv_correct` is made (headstart.verdicts.cheap_cv.paired_head_hits).
+CV_TEST = "each predicted once by a k-fold model that never saw it"
 SCRATCH = "scratch"
+# Heads on the frozen backbone beside the probe: one forward pass each, priced like the probe, run first.
+HEAD_STRATEGIES = ("multi-depth",)
 # Train-minus-val accuracy gap (beyond the val interval's upper end) above which a row overfits.
 OVERFIT_GAP = 0.2
 
@@ -39,10 +48,14 @@ def cost_key(row: dict[str, Any]) -> tuple[float, float, float]:
     )
 
 
-def _paired(correct: dict[str, np.ndarray], a: str, b: str) -> dict[str, Any] | None:
+def _paired(
+    correct: dict[str, np.ndarray], a: str, b: str, weights: np.ndarray | None = None
+) -> dict[str, Any] | None:
     if a not in correct or b not in correct or correct[a].shape != correct[b].shape:
         return None
-    return paired_difference(correct[a], correct[b])
+    if weights is not None and len(weights) != len(correct[a]):
+        weights = None  # not the items the weights were made for: nothing to weigh them by
+    return paired_difference(correct[a], correct[b], weights=weights)
 
 
 def select(
@@ -51,17 +64,36 @@ def select(
     *,
     n_classes: int | None = None,
     val_fraction: float = 0.15,
+    metric: str = ACCURACY,
+    weights: np.ndarray | None = None,
+    cv_correct: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """{"strategy", "reason", "separated", "tests", "settle"} from compare's rows and each row's per-item
-    validation correctness (`correct[strategy]`, aligned on the same items)."""
-    scored = [r for r in rows if r.get("val_accuracy") is not None and r["strategy"] != SCRATCH]
+    validation correctness (`correct[strategy]`, aligned on the same items). `metric`: what the rows are
+    compared on ("accuracy", or "balanced_accuracy" with `weights`: headstart.imbalance.item_weights of
+    the validation labels). `cv_correct`: for the frozen heads (the probe and its kin), each train+val
+    item's correctness in one k-fold pass on the same folds: where the reference and a challenger both
+    have it (and rows are compared on accuracy), that test, on every labeled item, replaces the val one."""
+    key = f"val_{metric}"
+    if metric != ACCURACY and weights is None:
+        raise ValueError(f"select by {metric} needs the validation items' weights")
+    scored = [r for r in rows if r.get(key) is not None and r["strategy"] != SCRATCH]
     if not scored:
         return {"strategy": None, "reason": "no strategy finished within the budget", "separated": False}
     ref = next((r for r in scored if r["strategy"] == PROBE), None) or min(scored, key=cost_key)
     challengers = [r for r in scored if r is not ref and r["strategy"] in correct]
     tests: dict[str, dict[str, Any]] = {}
+
+    def test(a: str, b: str) -> dict[str, Any] | None:
+        """a against b: on every labeled item where both are frozen heads, else on the val items."""
+        t = _paired(cv_correct or {}, a, b) if metric == ACCURACY else None
+        if t is not None:
+            t["on"] = f"{t['n']} train+val items, {CV_TEST}"
+            return t
+        return _paired(correct, a, b, weights)
+
     for r in challengers:
-        t = _paired(correct, r["strategy"], ref["strategy"])
+        t = test(r["strategy"], ref["strategy"])
         if t is not None:
             tests[r["strategy"]] = t
     for name, p in zip(tests, holm([t["p"] for t in tests.values()]), strict=True):
@@ -69,12 +101,16 @@ def select(
         tests[name]["beats_reference"] = bool(tests[name]["diff"] > 0 and p < ALPHA)
     winners = [r for r in challengers if tests.get(r["strategy"], {}).get("beats_reference")]
     n_val = len(correct.get(ref["strategy"], ()))
+    by = "" if metric == ACCURACY else f" by {metric.replace('_', ' ')}"
     if not winners:
         reason = (
-            f"no strategy beat the {ref['strategy']} beyond noise on {n_val} validation items, so the "
+            f"no strategy beat the {ref['strategy']}{by} beyond noise on {n_val} validation items, so the "
             f"{ref['strategy']} (the cheapest) is recommended"
         )
-        settle = _settle(tests, n_val, n_classes, val_fraction)
+        on_cv = [f"{k} on {t['on']}" for k, t in tests.items() if t.get("on")]
+        if on_cv:
+            reason += f" (tested: {'; '.join(on_cv)})"
+        settle = _settle({k: t for k, t in tests.items() if not t.get("on")}, n_val, n_classes, val_fraction)
         if settle:
             per_class = settle["labels_per_class"]
             reason += (
@@ -92,25 +128,26 @@ def select(
             "settle": settle,
         }
     pool = [ref, *winners]
-    best = max(pool, key=lambda r: (r["val_accuracy"], [-c for c in cost_key(r)]))
+    best = max(pool, key=lambda r: (r[key], [-c for c in cost_key(r)]))
     chosen = best
     for r in sorted(pool, key=cost_key):
         if r is best:
             break
-        vs_best = _paired(correct, best["strategy"], r["strategy"])
+        vs_best = test(best["strategy"], r["strategy"])
         if vs_best is not None and not (vs_best["diff"] > 0 and vs_best["p"] < ALPHA):
             chosen = r
             break
     t = tests[chosen["strategy"]]  # a winner: only winners are more accurate than the reference
     reason = (
-        f"{chosen['strategy']} beats the {ref['strategy']} beyond noise on {n_val} validation items "
+        f"{chosen['strategy']} beats the {ref['strategy']}{by} beyond noise on "
+        f"{t.get('on') or f'{n_val} validation items'} "
         f"({t['diff']:+.1%}, 95% interval [{t['ci'][0]:+.1%}, {t['ci'][1]:+.1%}], "
-        f"McNemar p={t['p_holm']:.3g} Holm-corrected)"
+        f"{'McNemar' if weights is None else 'weighted sign test'} p={t['p_holm']:.3g} Holm-corrected)"
     )
     if chosen is not best:
         reason += (
             f"; it is the cheapest strategy not significantly worse than the best, {best['strategy']} "
-            f"({best['val_accuracy']:.1%} vs {chosen['val_accuracy']:.1%} on validation)"
+            f"({best[key]:.1%} vs {chosen[key]:.1%} on validation)"
         )
     return {
         "strategy": chosen["strategy"],
@@ -148,16 +185,25 @@ def overfitting(row: dict[str, Any]) -> bool:
     return tr - ci[1] > OVERFIT_GAP
 
 
-def transfer_verdict(rows: list[dict[str, Any]], correct: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Negative transfer: from-scratch beats the best transfer row beyond noise, and ran its epochs.
+def transfer_verdict(
+    rows: list[dict[str, Any]],
+    correct: dict[str, np.ndarray],
+    *,
+    metric: str = ACCURACY,
+    weights: np.ndarray | None = None,
+    cv_correct: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """Negative transfer: from-scratch beats the best transfer row beyond noise, and ran its epochs
+    (`metric`, `weights`: as select's).
 
     {"negative_transfer": bool | None (None: inconclusive), "reason"}."""
-    scratch = next((r for r in rows if r["strategy"] == SCRATCH and r.get("val_accuracy") is not None), None)
-    transfer = [r for r in rows if r["strategy"] != SCRATCH and r.get("val_accuracy") is not None]
+    key = f"val_{metric}"
+    scratch = next((r for r in rows if r["strategy"] == SCRATCH and r.get(key) is not None), None)
+    transfer = [r for r in rows if r["strategy"] != SCRATCH and r.get(key) is not None]
     if scratch is None or not transfer:
         return {"negative_transfer": None, "reason": "no from-scratch baseline was measured"}
-    best = max(transfer, key=lambda r: r["val_accuracy"])
-    t = _paired(correct, SCRATCH, best["strategy"])
+    best = max(transfer, key=lambda r: r[key])
+    t = _paired(correct, SCRATCH, best["strategy"], weights)
     # Cut short: its plan gave it fewer epochs than its recipe asks for, or the safety cap stopped it.
     ran, planned = scratch.get("epochs_run"), scratch.get("recipe_epochs") or scratch.get("epochs_planned")
     cut = bool(scratch.get("cut_short")) and ran is not None and planned is not None and ran < planned

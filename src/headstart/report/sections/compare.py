@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from headstart.report.html import Html, join, not_computed, note, num, size_bytes, table, tag
+from headstart.report.html import Html, figure, join, not_computed, note, num, size_bytes, table, tag
 from headstart.report.loader import RunFiles, ci_text
 
 
@@ -50,6 +50,16 @@ def section(files: RunFiles) -> tuple[Html, bool]:
                 class_="muted",
             )
         )
+    from headstart.report import plots  # matplotlib: only when there is a comparison to draw
+
+    parts.append(
+        figure(
+            plots.accuracy_vs_cost(rows_in, best),
+            alt="Accuracy against training time and latency, per strategy",
+            caption="Each strategy's score with its 95% interval against what it cost to train (left) and "
+            "to serve one item (right, torch eager forward); the ringed point is the recommendation.",
+        )
+    )
     parts.append(
         table(
             [
@@ -60,11 +70,12 @@ def section(files: RunFiles) -> tuple[Html, bool]:
                 "test macro-F1 (95%)",
                 "epochs run / planned (of recipe)",
                 "train s",
+                "latency ms",
                 "trainable params",
                 "stored",
             ],
             rows,
-            numeric=range(1, 9),
+            numeric=range(1, 10),
             row_class=classes,
         )
     )
@@ -100,6 +111,7 @@ def _row(r: dict[str, Any], best: Any, overfit: set[str], tests: dict[str, Any])
             else ""
         ),
         num(r.get("train_s"), 1),
+        num(r.get("latency_ms"), 1),
         num(r.get("trainable_params")),
         size_bytes(r.get("stored_bytes")),
     ]

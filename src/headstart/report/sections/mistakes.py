@@ -48,7 +48,7 @@ def _mistake_card(m: dict[str, Any], modality: str, files: RunFiles) -> Html:
         visual = tag("blockquote", source)
     else:
         path = find_file(source, files)
-        thumb = _thumbnail(path) if path and modality == "image" else None
+        thumb = thumbnail(path) if path and modality == "image" else None
         if thumb:
             alt = f"{Path(source).name}: labelled {m.get('label')}, predicted {m.get('pred')}"
             visual = Html(f'<img src="{esc(thumb)}" alt="{esc(alt)}">')
@@ -58,16 +58,17 @@ def _mistake_card(m: dict[str, Any], modality: str, files: RunFiles) -> Html:
     return tag("figure", join([visual, tag("figcaption", caption)]), class_="mistake")
 
 
-def _thumbnail(path: Path) -> str | None:
-    """A small inline JPEG of an image file, or None when it cannot be decoded."""
+def thumbnail(path: Path, px: int = THUMB_PX) -> str | None:
+    """A small inline JPEG of an image file (`px` its longest side at most), or None when it cannot be
+    decoded."""
     from headstart.data.images import open_image
     from headstart.errors import BadInput
 
     try:
-        img = open_image(path, draft_to=THUMB_PX * 2)
+        img = open_image(path, draft_to=px * 2)
     except BadInput:
         return None
-    img.thumbnail((THUMB_PX, THUMB_PX))
+    img.thumbnail((px, px))
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=82, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from headstart.imbalance import skewed_in
 from headstart.report.html import Html, join, not_computed, num, table, tag
 from headstart.report.loader import RunFiles, as_float, ci_text, eval_cmd, test_metrics
 
@@ -14,6 +15,10 @@ def section(files: RunFiles) -> tuple[Html, bool]:
     parts: list[Any] = []
     if metrics:
         parts.append(tag("p", f"Held-out scores: {source}."))
+        # Skewed classes: what was done, and balanced accuracy (what chose) beside accuracy.
+        skew = skewed_in(files.metrics or {})
+        if skew:
+            parts.append(tag("p", skew[0].upper() + skew[1:] + "."))
         rows = []
         for s in ("val", "test"):
             m = (files.metrics or {}).get(s)
@@ -23,16 +28,18 @@ def section(files: RunFiles) -> tuple[Html, bool]:
                         s,
                         num(m.get("n")),
                         ci_text(m, "accuracy"),
+                        *([ci_text(m, "balanced_accuracy")] if skew else []),
                         ci_text(m, "macro_f1"),
                         num(m.get("knn_accuracy")),
                     ]
                 )
         if rows:
+            bal = ["balanced accuracy (95%)"] if skew else []
             parts.append(
                 table(
-                    ["split", "n", "accuracy (95%)", "macro-F1 (95%)", "kNN accuracy"],
+                    ["split", "n", "accuracy (95%)", *bal, "macro-F1 (95%)", "kNN accuracy"],
                     rows,
-                    numeric=(1, 2, 3, 4),
+                    numeric=range(1, 5 + len(bal)),
                 )
             )
     else:

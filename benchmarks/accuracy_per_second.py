@@ -1,0 +1,242 @@
+"""Accuracy per CPU second: does a strategy beyond the linear probe buy test accuracy within a fixed CPU
+budget, and what does it cost to train and to serve?
+
+What is measured: every task of benchmarks/selection.py (built offline from packaged data), once per seed,
+runs the comparison `headstart auto` uses, `headstart.verdicts.compare.compare(DATA, BACKBONE,
+budget_s=BUDGET, seed=SEED)`, with its default strategies (the probe, the frozen `multi-depth` head, the
+from-scratch baseline and the fine-tunes that fit the data). For every row: test accuracy with its Wilson
+95 % interval, training seconds (`train_s`, wall clock on this machine) and the single-item forward latency
+of the saved run (compare's `latency_ms`: headstart.latency.run_latency_ms, p50, torch eager).
+
+Per task, "beyond noise" is the paired test on the test items: the row's per-item correctness against the
+probe's, pooled over the seeds, exact McNemar at 5 % (headstart.intervals.paired_difference, whose
+bootstrap interval is shown). `wins_vs_probe`: tasks where the best row other than the probe and scratch
+beats the probe beyond noise; `losses_vs_probe`: tasks where the recommended row loses to the probe beyond
+noise. `multi_depth_cost_ratio`: a cold `fit --strategy multi-depth` over a cold probe, both from an empty
+feature cache, on the first task's data (the issue's goal: at most 1.5).
+
+    .venv/bin/python benchmarks/accuracy_per_second.py            # 6 tasks x 3 seeds x 300 s: ~2 hours
+    .venv/bin/python benchmarks/accuracy_per_second.py --quick    # digits + fortunes, 1 seed, 120 s each
+    .venv/bin/python benchmarks/accuracy_per_second.py --tasks emoji --seeds 2 --budget 180
+    .venv/bin/python benchmarks/accuracy_per_second.py --strategies multi-depth   # frozen heads only: minutes
+
+Last line: one JSON object with `wins_vs_probe`, `losses_vs_probe`, `per_task` (each strategy's mean test
+accuracy, interval, train_s, latency_ms; the gain of the best new strategy and its pooled paired test),
+`multi_depth_cost_ratio`, the CPU model, budget, seeds and elapsed seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import Timer, cpu_model, emit_json, isolated_cache, machine_load, rnd
+from selection import TASKS
+
+KEYS = (
+    "wins_vs_probe",
+    "losses_vs_probe",
+    "multi_depth_cost_ratio",
+    "per_task",
+    "cpu",
+    "budget_s",
+    "seeds",
+    "elapsed_s",
+)
+DEFAULT_TASKS = ("emoji", "fashion_mnist_20", "digits", "fortunes", "speech", "shift")
+QUICK_TASKS = ("digits", "fortunes")
+NOT_NEW = ("probe", "scratch")
+
+
+def _metrics(row: dict[str, Any]) -> dict[str, Any]:
+    path = Path(row["run_dir"]) / "metrics.json" if row.get("run_dir") else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def _test_correct(row: dict[str, Any]) -> list[bool] | None:
+    test = _metrics(row).get("test") or {}
+    if "true" not in test or "pred" not in test:
+        return None
+    return [t == p for t, p in zip(test["true"], test["pred"], strict=True)]
+
+
+def run_seed(
+    task: Any, data: Path, seed: int, budget: float, out: Path, strategies: list[str] | None
+) -> list[dict[str, Any]]:
+    from headstart.intervals import wilson
+    from headstart.verdicts.compare import compare
+
+    result = compare(
+        data, task.backbone, budget_s=budget, seed=seed, out=out, progress=False, strategies=strategies
+    )
+    rec = (result.get("recommendation") or {}).get("strategy")
+    rows = []
+    for r in result["rows"]:
+        correct = _test_correct(r)
+        if correct is None:
+            continue
+        n = len(correct)
+        rows.append(
+            {
+                "strategy": r["strategy"],
+                "recommended": r["strategy"] == rec,
+                "test_accuracy": sum(correct) / n,
+                "test_ci": list(wilson(sum(correct), n)),
+                "n_test": n,
+                "train_s": r.get("train_s"),
+                "latency_ms": r.get("latency_ms"),
+                "correct": correct,
+            }
+        )
+    print(
+        f"  seed {seed}: "
+        + ", ".join(f"{r['strategy']} {r['test_accuracy']:.3f} ({r['train_s'] or 0:.0f} s)" for r in rows)
+        + f"; recommended {rec}",
+        flush=True,
+    )
+    return rows
+
+
+def _pooled(runs: list[list[dict[str, Any]]], a: str, b: str) -> dict[str, Any] | None:
+    """a minus b on the test items of every seed where both ran, paired per item."""
+    from headstart.intervals import paired_difference
+
+    ca, cb = [], []
+    for rows in runs:
+        by = {r["strategy"]: r["correct"] for r in rows}
+        if a in by and b in by and len(by[a]) == len(by[b]):
+            ca += by[a]
+            cb += by[b]
+    if not ca:
+        return None
+    t = paired_difference(ca, cb)
+    return {"diff": rnd(t["diff"], 4), "ci": [rnd(x, 4) for x in t["ci"]], "p": rnd(t["p"], 4), "n": len(ca)}
+
+
+def summarise(runs: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    from headstart.intervals import wilson
+
+    names = list(dict.fromkeys(r["strategy"] for rows in runs for r in rows))
+    strategies = {}
+    for s in names:
+        got = [r for rows in runs for r in rows if r["strategy"] == s]
+        right, n = sum(sum(r["correct"]) for r in got), sum(r["n_test"] for r in got)
+        lat = [r["latency_ms"] for r in got if r["latency_ms"] is not None]
+        strategies[s] = {
+            "test_accuracy": rnd(right / n, 4),
+            "test_ci": [rnd(x, 4) for x in wilson(right, n)],
+            "train_s": rnd(statistics.mean(r["train_s"] or 0.0 for r in got), 1),
+            "latency_ms": rnd(statistics.median(lat), 2) if lat else None,
+            "recommended": sum(r["recommended"] for r in got),
+            "seeds": len(got),
+        }
+    new = [s for s in names if s not in NOT_NEW]
+    best = max(new, key=lambda s: strategies[s]["test_accuracy"]) if new else None
+    vs_probe = _pooled(runs, best, "probe") if best else None
+    recs = [r["strategy"] for rows in runs for r in rows if r["recommended"]]
+    rec = statistics.mode(recs) if recs else None
+    rec_vs_probe = _pooled(runs, rec, "probe") if rec and rec != "probe" else None
+    return {
+        "strategies": strategies,
+        "best_new": best,
+        "gain_vs_probe": vs_probe,
+        "best_new_wins": bool(vs_probe and vs_probe["diff"] > 0 and vs_probe["p"] < 0.05),
+        "recommended": rec,
+        "recommended_loses": bool(rec_vs_probe and rec_vs_probe["diff"] < 0 and rec_vs_probe["p"] < 0.05),
+    }
+
+
+def cost_ratio(data: Path, backbone: str) -> dict[str, float]:
+    """Cold multi-depth fit over a cold probe on `data`, each from an empty feature cache."""
+    from headstart.api import probe
+    from headstart.train import fit
+
+    times = {}
+    for name, run in (
+        ("probe_s", lambda: probe(data, backbone=backbone, save=False, progress=False)),
+        (
+            "multi_depth_s",
+            lambda: fit(data, backbone=backbone, strategy="multi-depth", save=False, progress=False),
+        ),
+    ):
+        with isolated_cache("headstart-bench-aps-cold-"):
+            t0 = time.perf_counter()
+            run()
+            times[name] = time.perf_counter() - t0
+    return {
+        **{k: rnd(v, 2) for k, v in times.items()},
+        "ratio": rnd(times["multi_depth_s"] / times["probe_s"], 3),
+    }
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="digits + fortunes, 1 seed, 120 s budget")
+    p.add_argument("--tasks", help=f"comma-separated, of {', '.join(TASKS)}")
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--budget", type=float, help="compare's budget per task and seed, seconds (default 300)")
+    p.add_argument("--out", type=Path, help="keep the built data and runs here")
+    p.add_argument(
+        "--strategies",
+        help="comma-separated rows beside the probe (default: compare's choice), e.g. multi-depth for the "
+        "frozen heads alone",
+    )
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    tasks = args.tasks.split(",") if args.tasks else list(QUICK_TASKS if args.quick else DEFAULT_TASKS)
+    seeds = args.seeds or (1 if args.quick else 3)
+    budget = args.budget or (120.0 if args.quick else 300.0)
+    strategies = args.strategies.split(",") if args.strategies else None
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        sys.exit(f"unknown task(s) {unknown}: choose from {', '.join(TASKS)}")
+    print(f"cpu: {cpu_model()}; {machine_load()}", flush=True)
+    per_task: dict[str, Any] = {}
+    ratio: dict[str, float] | None = None
+    with Timer() as total, isolated_cache("headstart-bench-aps-") as tmp:
+        root = args.out or tmp
+        for name in tasks:
+            task = TASKS[name]
+            built = task.build(root / "data")
+            if ratio is None:
+                ratio = cost_ratio(built if task.per_seed is None else task.per_seed(built, 0), task.backbone)
+                print(f"multi-depth cold / probe cold on {name}: {ratio}", flush=True)
+            print(f"{name} ({task.backbone}):", flush=True)
+            runs = []
+            for seed in range(seeds):
+                data = built if task.per_seed is None else task.per_seed(built, seed)
+                out = root / "runs" / name / f"seed{seed}"
+                runs.append(run_seed(task, data, seed, budget, out, strategies))
+            per_task[name] = summarise(runs)
+            s = per_task[name]
+            print(
+                f"  best new: {s['best_new']} {s['gain_vs_probe']}; recommended: {s['recommended']}",
+                flush=True,
+            )
+    emit_json(
+        {
+            "wins_vs_probe": sum(s["best_new_wins"] for s in per_task.values()),
+            "losses_vs_probe": sum(s["recommended_loses"] for s in per_task.values()),
+            "multi_depth_cost_ratio": ratio["ratio"] if ratio else None,
+            "multi_depth_cost": ratio,
+            "per_task": per_task,
+            "cpu": cpu_model(),
+            "budget_s": budget,
+            "seeds": seeds,
+            "strategies": strategies or "compare's default",
+            "elapsed_s": rnd(total.s, 1),
+        },
+        KEYS,
+    )
+
+
+if __name__ == "__main__":
+    main()

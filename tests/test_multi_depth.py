@@ -1,0 +1,97 @@
+"""Multi-depth features (`depths:<backbone>`, the `multi-depth` recipe): every group's pooled output from one
+forward pass, the plain embedding as its tail, its own cache identity, and a run that reloads the same
+forward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tests.conftest import TEST_BACKBONE, make_image_folder
+
+from headstart.backbones import create_backbone
+from headstart.errors import HeadstartError
+from headstart.feature_cache import FeatureCache
+from headstart.features import embed
+from headstart.recipes import Recipe, get_recipe
+from headstart.recipes.schema import Phase
+
+
+@pytest.mark.parametrize("name", [TEST_BACKBONE, "test_text_encoder"])
+def test_all_depths_is_every_group_pooled_with_the_plain_embedding_last(name: str) -> None:
+    plain, deep = create_backbone(name).eval(), create_backbone(f"depths:{name}").eval()
+    x = (
+        plain.example_input(3)
+        if name == TEST_BACKBONE
+        else plain.collate([plain.load_item(t) for t in ("a b c", "d e", "f")])
+    )
+    with torch.no_grad():
+        z, zz = plain(x), deep(x)
+        widths, h = [], x
+        for g in plain.groups:
+            h = g(h)
+            widths.append(plain.pool(h).shape[1])
+    assert deep.name == f"depths:{name}" and deep.embed_dim == sum(widths) == zz.shape[1]
+    torch.testing.assert_close(zz[:, -plain.embed_dim :], z)  # the probe's features are the tail
+    assert deep.key != plain.key and deep.last_key == plain.key  # never mixed in the cache
+
+
+def test_one_pass_fills_the_plain_backbones_cache_too(tmp_path: Path) -> None:
+    data = make_image_folder(tmp_path / "d", per_class=3)
+    paths = sorted(str(p) for p in data.rglob("*.png"))
+    deep = create_backbone(f"depths:{TEST_BACKBONE}")
+    first = embed(deep, paths, progress=False, backend="torch")
+    assert first.stats["forwards"] == len(paths)
+    plain = create_backbone(TEST_BACKBONE)
+    again = embed(plain, paths, progress=False, backend="torch")
+    assert again.stats["forwards"] == 0 and again.stats["cache_hits"] == len(paths)
+    np.testing.assert_allclose(again.X, first.X[:, -plain.embed_dim :])
+    assert len(FeatureCache(deep.key)) == len(paths)
+
+
+def test_the_recipe_runs_a_head_on_every_depth_and_predict_rebuilds_it(tmp_path: Path) -> None:
+    from headstart.model import load_model
+    from headstart.train import fit
+
+    data = make_image_folder(tmp_path / "d", ("red", "blue", "green"), per_class=8)
+    r = fit(data, backbone=TEST_BACKBONE, strategy="multi-depth", out=tmp_path / "run", progress=False)
+    assert r.backbone == f"depths:{TEST_BACKBONE}"
+    deep = create_backbone(f"depths:{TEST_BACKBONE}")
+    assert r.metrics["trainable_params"] == 3 * (deep.embed_dim + 1)  # a head on every depth, nothing else
+    m = load_model(tmp_path / "run")
+    assert m.backbone.name == deep.name and m.backbone.embed_dim == deep.embed_dim
+    files = sorted(str(p) for p in (data / "red").glob("*.png"))[:3]
+    proba, _, bad = m.predict_proba(files)
+    assert proba.shape == (3, 3) and not bad
+
+
+def test_all_depths_features_are_refused_for_recipes_that_train_groups() -> None:
+    assert get_recipe("multi-depth", 5).pooled == "all-depths"
+    with pytest.raises(HeadstartError, match="frozen backbone"):
+        Recipe("mine", (Phase("p", train_top=1, epochs=2),), pooled="all-depths").validate()
+
+
+def _row(name: str, val: float, params: int) -> dict:
+    return {"strategy": name, "val_accuracy": val, "trainable_params": params, "stored_bytes": params}
+
+
+def test_a_frozen_head_is_tested_against_the_probe_on_every_labeled_item() -> None:
+    from headstart.verdicts.select import select
+
+    # On 40 val items the two heads differ by 3 items: noise. On 300 train+val items, k-fold, by 36.
+    val = {"probe": np.array([True] * 30 + [False] * 10), "multi-depth": np.array([True] * 33 + [False] * 7)}
+    rows = [_row("probe", 0.75, 100), _row("multi-depth", 0.825, 200)]
+    assert select(rows, val)["strategy"] == "probe"
+    cv = {
+        "probe": np.array([True] * 210 + [False] * 90),
+        "multi-depth": np.array([True] * 246 + [False] * 54),
+    }
+    chosen = select(rows, val, cv_correct=cv)
+    assert chosen["strategy"] == "multi-depth" and chosen["separated"]
+    assert "300 train+val items" in chosen["reason"]
+    # A tie on every labeled item stays a tie, and the probe (cheaper) is kept.
+    tie = {"probe": cv["probe"], "multi-depth": np.roll(cv["probe"], 1)}
+    kept = select(rows, val, cv_correct=tie)
+    assert kept["strategy"] == "probe" and "train+val" in kept["reason"]
