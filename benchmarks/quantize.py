@@ -14,8 +14,9 @@ Per task (a backbone on a packaged data set), in one fresh cache (HEADSTART_CACH
   both heads' test accuracy with intervals; `test_int8_minus_fp32`: the paired difference on test.
 - `auto`: what `--precision auto` chose, and why.
 - images: `serve_p50_ms_fp32` / `serve_p50_ms_int8`: `headstart serve`'s predictor (loaded run, decoded
-  upload, forward and head) on a single image, median of 30 after 3 warm-ups; the float run is exported
-  first (`headstart export`), so both serve through ONNX Runtime.
+  upload, forward and head) on a single image, median of 30 after 3 warm-ups, on the forward it picks by
+  default (no export needed: the cached ONNX backbone and the head, at the run's precision);
+  `serve_forward_*` says which forward answered.
 - text: `eager_s`: today's eager PyTorch path (`embed(backend="torch")`), the baseline of the text ratios.
 
 Tasks: EfficientNet-Lite0 and -Lite2 on the emoji example (360 images) and on a photo-like packaged set
@@ -96,7 +97,8 @@ def pure_forward(bb: Any, forward: Any, sources: list[str]) -> float:
     return len(sources) / t.s
 
 
-def serve_p50_ms(run: Path, source: str) -> float:
+def serve_p50_ms(run: Path, source: str) -> tuple[float, str]:
+    """(median ms of a single-image prediction, the forward that answered)."""
     from headstart.model import load_model
     from headstart.serve.predictor import Predictor
 
@@ -109,7 +111,7 @@ def serve_p50_ms(run: Path, source: str) -> float:
         t0 = time.perf_counter()
         pred.predict([example])
         times.append(time.perf_counter() - t0)
-    return float(np.median(times) * 1000)
+    return float(np.median(times) * 1000), pred.forward
 
 
 def probe_runs(data: Path, backbone: str, root: Path) -> dict[str, Any]:
@@ -174,12 +176,10 @@ def task(name: str, backbone: str, data: Path, *, serve: bool) -> dict[str, Any]
         out["forward_int8_s"] = rnd(pure_forward(bb, int8, sources), 1)
         out["probe"] = probe_runs(data, backbone, root)
         if serve:
-            from headstart.export import export_onnx_model
-
-            export_onnx_model(out["probe"]["runs"]["fp32"])  # float serves through ONNX Runtime too
             one = sources[0]
             for p in ("fp32", "int8"):
-                out[f"serve_p50_ms_{p}"] = rnd(serve_p50_ms(out["probe"]["runs"][p], one), 2)
+                ms, out[f"serve_forward_{p}"] = serve_p50_ms(out["probe"]["runs"][p], one)
+                out[f"serve_p50_ms_{p}"] = rnd(ms, 2)
         out["probe"].pop("runs")
     print(f"{name}: " + ", ".join(f"{k} {v}" for k, v in out.items() if not isinstance(v, dict)), flush=True)
     p = out["probe"]

@@ -132,8 +132,10 @@ def test_planted_cross_split_copies_are_regrouped(tmp_path: Path) -> None:
 
 def test_strategies_follow_data_size() -> None:
     small, large = choose_strategies(8), choose_strategies(50)
-    # The frozen heads come first (a probe's pass each), then the baseline, then the fine-tunes.
+    # The frozen heads come first (priced in probe passes), then the baseline, then the fine-tunes.
     assert small[:2] == ["multi-depth", "scratch"] and {"partial:2", "lp-ft"} <= set(small)
+    # Augmented views are asked for by name (--strategies views): no measured gain yet.
+    assert "views" not in small + choose_strategies(8, "text")
     assert "head" not in small + large  # the probe's own pipeline: its row would repeat the probe's
     assert "full" not in small and "full" in large
 

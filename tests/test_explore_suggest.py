@@ -13,7 +13,15 @@ import pytest
 
 from conftest import TEST_BACKBONE, make_image_folder
 from headstart.errors import HeadstartError
-from headstart.explore.suggest import STRATEGIES, k_center, margins, normalise, select
+from headstart.explore.suggest import (
+    COLD_START_PER_CLASS,
+    STRATEGIES,
+    k_center,
+    margins,
+    normalise,
+    select,
+    typical,
+)
 
 
 def _two_blobs(n: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -62,8 +70,58 @@ def test_margin_diverse_spreads_a_batch_over_different_confusions() -> None:
     m = np.where(group == 0, 0.01, 0.02) + 0.001 * rng.random(50)
     P = np.stack([(1 + m) / 2, (1 - m) / 2], axis=1)
     assert set(group[[p.index for p in select(U, P, 3, strategy="margin")]]) == {0}
-    for strategy in ("margin-diverse", "margin-kcenter"):
+    for strategy in ("margin-diverse", "margin-kcenter", "badge"):
         assert set(group[[p.index for p in select(U, P, 3, strategy=strategy, pool_factor=20)]]) == {0, 1, 2}
+
+
+def test_badge_asks_where_the_head_is_unsure() -> None:
+    """Gradient embeddings are long near the boundary: though k-means++ samples rather than sorts, at
+    least 3/4 of BADGE's picks lie in the lowest-margin quarter (a random draw: about 1/4)."""
+    U, P = _two_blobs(400)
+    m = margins(P)
+    picked = [p.index for p in select(U, P, 20, strategy="badge", seed=3)]
+    assert np.mean(m[picked] <= np.quantile(m, 0.25)) >= 0.75
+
+
+def _blobs(sizes: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Well-separated Gaussian blobs of these sizes in 8-D (blob i around 4 * e_i), and each row's blob."""
+    rng = np.random.default_rng(seed)
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    U = 4.0 * np.eye(8)[group] + 0.5 * rng.normal(size=(len(group), 8))
+    return U.astype(np.float32), group
+
+
+@pytest.mark.parametrize("sample", [2000, 15])  # 15: large clusters judged on samples
+def test_typical_covers_unlabeled_regions_with_their_densest_items(
+    sample: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three blobs, the largest already labeled: the two picks are one per uncovered blob, each among
+    the most central items of its blob (an outlier is never "typical")."""
+    import headstart.explore.suggest as suggest
+
+    monkeypatch.setattr(suggest, "TYPICAL_SAMPLE", sample)
+    U, group = _blobs((60, 40, 20))
+    labeled, cand, cand_group = U[:1], U[1:], group[1:]
+    picks = [r for r, _ in typical(cand, labeled, 2, seed=0)]
+    assert sorted(cand_group[picks].tolist()) == [1, 2]
+    for r in picks:
+        members = np.flatnonzero(cand_group == cand_group[r])
+        centre = normalise(cand[members]).mean(axis=0)
+        closeness = normalise(cand[members]) @ centre
+        assert closeness[list(members).index(r)] >= np.quantile(closeness, 0.75)
+
+
+def test_typical_margin_is_typical_at_cold_start_then_margin_diverse() -> None:
+    U, P = _two_blobs(300)
+    few, many = U[:2], U[: 2 * COLD_START_PER_CLASS]  # 2 classes: 1 and COLD_START_PER_CLASS per class
+    cand, Pc = U[20:], P[20:]
+
+    def picked(labeled: np.ndarray, strategy: str) -> list[int]:
+        return [p.index for p in select(cand, Pc, 6, labeled=labeled, strategy=strategy, seed=2)]
+
+    assert picked(few, "typical-margin") == [r for r, _ in typical(cand, few, 6, seed=2)]
+    assert picked(few, "typical-margin") != picked(few, "margin-diverse")
+    assert picked(many, "typical-margin") == picked(many, "margin-diverse")
 
 
 def test_k_center_picks_lie_farther_apart_than_random_ones() -> None:
@@ -83,9 +141,16 @@ def test_k_center_picks_lie_farther_apart_than_random_ones() -> None:
 
 
 def test_cli_strategies_match_the_selector() -> None:
-    from headstart.commands.suggest import _STRATEGIES
+    import dataclasses
+
+    from headstart.commands.suggest import _STRATEGIES, SuggestOptions
+    from headstart.explore.suggest import DEFAULT_STRATEGY
 
     assert _STRATEGIES == STRATEGIES
+    # typical-margin needed the fewest labels in benchmarks/suggest.py (docs/suggest.md); the verb and the
+    # selector must agree on it.
+    default = {f.name: f.default for f in dataclasses.fields(SuggestOptions)}["strategy"]
+    assert default == DEFAULT_STRATEGY == "typical-margin"
 
 
 # -- the verb ---------------------------------------------------------------------------------------------

@@ -86,7 +86,8 @@ def test_batch_reports_bad_items_and_predicts_the_rest(client) -> None:
 
 def test_health_model_and_page(client, run_dir: Path) -> None:
     h = client.get("/health").json()
-    assert h["status"] == "ok" and h["engine"] == "torch" and h["classes"] == 3
+    # No export in the run: the cached ONNX backbone and the head answer on the CPU (not PyTorch).
+    assert h["status"] == "ok" and h["engine"] == "onnx" and h["forward"] == "onnx-fp32" and h["classes"] == 3
     card = client.get("/model", headers=AUTH).json()
     run = json.loads((run_dir / "run.json").read_text())
     assert card["classes"] == run["classes"]
@@ -155,16 +156,16 @@ def test_serves_through_onnx_when_this_models_export_is_there(run_dir: Path, tmp
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
-    torch_client = TestClient(create_app(run))
+    torch_client = TestClient(create_app(run, engine="torch"))
     export_onnx_model(run)
     onnx_client = TestClient(create_app(run))
-    assert onnx_client.get("/health").json()["engine"] == "onnx"
+    assert onnx_client.get("/health").json()["forward"] == "onnx-export"
     data = _jpeg("green", 11)
     a = torch_client.post("/predict?top=3", files=_file(data)).json()
     b = onnx_client.post("/predict?top=3", files=_file(data)).json()
     np.testing.assert_allclose(
         [t["probability"] for t in a["top"]], [t["probability"] for t in b["top"]], atol=1e-5
     )
-    # A re-calibrated run no longer matches its export: the server falls back to PyTorch.
+    # A re-calibrated run no longer matches its export: the server answers through the backbone and head.
     (run / CALIBRATION_FILE).write_text(json.dumps({"temperature": 3.0}))
-    assert TestClient(create_app(run)).get("/health").json()["engine"] == "torch"
+    assert TestClient(create_app(run)).get("/health").json()["forward"] == "onnx-fp32"

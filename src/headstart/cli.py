@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -11,17 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from headstart import __version__
-from headstart.commands import add_verbs, console, print_data_notes, show, verb
+from headstart.commands import add_verbs, console, print_data_notes, print_json, show, verb
 from headstart.config import ProbeConfig, backend_option, device_option, from_args, json_option, option
 
 # Set before torch loads (it is imported lazily, below; OpenMP reads it once): with both cores busy,
 # spin-waiting threads make small ops many times slower (a Lite0 training step measured 7.5x slower while
 # another process ran); sleeping costs little.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
 
 
 @dataclass(kw_only=True)
@@ -88,7 +83,7 @@ def cmd_backbones(args: argparse.Namespace) -> int:
         for s in specs
     ]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
         return 0
     from rich.markup import escape
     from rich.table import Table
@@ -270,7 +265,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             results.append({**named, "error": reason})
     n_bad = sum("error" in r for r in results)
     if args.json:
-        _print_json(results)
+        print_json(results)
     else:
         for r in results:
             shown = r["file"] if "file" in r else _shown(r["text"])
@@ -316,10 +311,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except HeadstartError as e:
         if getattr(args, "json", False):
-            _print_json({"error": e.message, "fix": e.fix})
+            print_json({"error": e.message, "fix": e.fix})
         else:
             print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (`| head`): what it wanted was printed; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

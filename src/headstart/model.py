@@ -81,6 +81,9 @@ class TrainedModel:
         self.head = head
         self.temperature = temperature
         self._int8: Any = None  # the int8 frozen forward of an int8-trained run, rebuilt on first use
+        #: Which frozen forward the last `embed` ran ({"backend": onnx | onnx-int8 | torch | none (all from
+        #: the cache), "precision"}): predict's answer to "was this the fast forward?".
+        self.last_forward: dict[str, Any] | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -165,6 +168,7 @@ class TrainedModel:
             int8=self.int8_forward(),
             **limit,
         )
+        self.last_forward = {k: feats.stats[k] for k in ("backend", "precision")}
         index: dict[str, list[int]] = {}
         for i, s in enumerate(srcs):
             index.setdefault(s, []).append(i)

@@ -63,8 +63,21 @@ def fmt_bytes(n: int | None) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
 
 
+def _finite(obj: Any) -> Any:
+    """`obj` with NaN and infinities as None: --json output is strict JSON (`NaN` is not)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, default=str))
+    from headstart.runs import to_jsonable
+
+    print(json.dumps(_finite(to_jsonable(obj)), indent=2, default=str, allow_nan=False))
 
 
 Command = Callable[[argparse.Namespace], int]

@@ -51,18 +51,22 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     q = report.get("quantized")
     if q:
-        con.print(f"int8: [bold]{escape(q['onnx'])}[/bold] ({q['bytes'] / 1e6:.1f} MB)")
-        lat = q["latency_single_p50_ms"]
-        con.print(f"  one-item latency p50: float {lat['float']:.2f} ms, int8 {lat['int8']:.2f} ms")
+        from headstart.intervals import fmt_ci
+
+        con.print(f"int8 ({q['method']}): [bold]{escape(q['onnx'])}[/bold] ({q['bytes'] / 1e6:.1f} MB)")
+        lat = ", ".join(f"{k} {v:.2f} ms" for k, v in q["latency_single_p50_ms"].items())
+        con.print(f"  one-item latency p50: {lat}")
         t = q.get("test")
         if t:
+            d = t["int8_minus_float"]
             con.print(
-                f"  test accuracy (n={t['n']}): float {t['accuracy_float']:.3f}, "
-                f"int8 {t['accuracy_int8']:.3f} (change {t['accuracy_change']:+.3f})"
+                f"  test accuracy (n={t['n']}, 95 % Wilson): float "
+                f"{fmt_ci(t['accuracy_float'], t['accuracy_float_ci'])}, int8 "
+                f"{fmt_ci(t['accuracy_int8'], t['accuracy_int8_ci'])}; int8 - float "
+                f"{fmt_ci(d['diff'], d['ci'])}, McNemar p {d['p']:.2g}"
             )
         else:
             con.print("  no test split files found: accuracy change not measured")
-        con.print(f"  note: {q['note']}", markup=False)
         if q.get("warning"):
             con.print(f"  [yellow]warning: {escape(q['warning'])}[/yellow]")
     return 0

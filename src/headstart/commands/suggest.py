@@ -11,16 +11,18 @@ from headstart.commands import api_options, console, print_data_notes, run_folde
 from headstart.config import backend_option, device_option, json_option, option
 
 # explore.suggest.STRATEGIES, spelled out so `headstart --help` need not import numpy (a test ties them)
-_STRATEGIES = ("margin-diverse", "margin-kcenter", "margin", "random")
+_STRATEGIES = ("typical-margin", "margin-diverse", "badge", "margin-kcenter", "margin", "random")
 
 
 @dataclass(kw_only=True)
 class SuggestOptions:
-    """which unlabeled items to label next (margin sampling spread over clusters)
+    """which unlabeled items to label next (typical items first, then margin spread over clusters)
 
-    Ranks the items of UNLABELED by how much a label would teach the run's head: the most uncertain
-    (smallest gap between the two likeliest classes), spread over k-means clusters so the K picks are K
-    different confusions. Items the run already has labels for (its split.csv) are never suggested.
+    Ranks the items of UNLABELED by how much a label would teach the run's head. While the run has fewer
+    than 5 labels per class: the most typical item of each region no label covers yet (the head's
+    uncertainty means little so early). Then the most uncertain (smallest gap between the two likeliest
+    classes), spread over k-means clusters so the K picks are K different confusions. Items the run
+    already has labels for (its split.csv) are never suggested.
     Label the picks, add them to the data, and probe or fit again.
     """
 
@@ -33,10 +35,12 @@ class SuggestOptions:
     )
     n: int = option(20, help="how many items to suggest")
     strategy: str = option(
-        "margin-diverse",
+        "typical-margin",
         choices=_STRATEGIES,
-        help="margin-diverse (default): lowest margins spread by k-means; margin-kcenter: spread by "
-        "k-center greedy; margin: lowest margins alone; random: a seeded random draw (a baseline)",
+        help="typical-margin (default): the densest item of each region no label covers (TypiClust) "
+        "while under 5 labels per class, then margin-diverse: lowest margins spread by k-means; badge: "
+        "k-means++ on the head's gradient embeddings; margin-kcenter: lowest margins spread by k-center "
+        "greedy; margin: lowest margins alone; random: a seeded random draw (a baseline)",
     )
     seed: int = option(0, help="seed of the clustering and of `random`")
     out: Path | None = option(None, api=False, metavar="FILE", help="also write the ranked list as a CSV")

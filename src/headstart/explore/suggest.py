@@ -1,25 +1,27 @@
-"""Which unlabeled items to label next: margin sampling spread by clustering (`select`).
+"""Which items to label next (`select`): typical items at cold start, then margin spread by clusters.
 
-The default strategy, `margin-diverse`, is cluster-margin:
+The default strategy, `typical-margin`, works in two regimes:
 
-1. **Margin** (top-1 minus top-2 class probability of the trained head): the items the head is least sure
-   about lie next to its decision boundaries, and a linear head only moves when such items get labels. It
-   is the cheapest uncertainty measure that uses more than the top class, and with a linear head on good
-   embeddings among the strongest single strategies (Settles, "Active Learning Literature Survey", 2009).
-2. **Diversity**: margin alone picks a batch of near copies, the same confusion K times over (one label
-   would have taught what all K did). So the `POOL_FACTOR * K` lowest-margin candidates form a pool,
-   k-means splits it (L2-normalised embeddings) into K clusters, and each cluster gives its lowest-margin
-   item: K different confusions, each the most uncertain of its kind (Zhdanov, "Diverse mini-batch active
+1. **Cold start** (fewer than COLD_START_PER_CLASS labels per class): TypiClust (Hacohen, Dekel &
+   Weinshall, "Active learning on a budget", ICML 2022). With a handful of labels the head's
+   probabilities are mostly noise, so uncertainty picks noise; what teaches most is to cover the data:
+   k-means the labeled and unlabeled items into (labeled + K) clusters and take the most typical (densest)
+   item of each cluster no label covers yet, largest first.
+2. **Then `margin-diverse`** (cluster-margin): **margin** (top-1 minus top-2 class probability) finds the
+   items next to the head's decision boundaries, the only ones whose labels move a linear head (Settles,
+   "Active Learning Literature Survey", 2009); **diversity** keeps a batch from being K near copies of one
+   confusion: the `POOL_FACTOR * K` lowest-margin candidates are split by k-means (L2-normalised
+   embeddings) into K clusters and each gives its lowest-margin item (Zhdanov, "Diverse mini-batch active
    learning", 2019; Citovsky et al., "Batch active learning at scale", NeurIPS 2021).
 
-Why clusters rather than k-center greedy (`margin-kcenter`, also selectable: the pool item farthest from
-everything labeled or picked, Sener & Savarese's core-set, ICLR 2018): farthest-first favours outliers, the
-odd items whose labels teach little about the bulk. In benchmarks/suggest.py's labeling loop k-center lost
-to margin alone early on emoji (54 labels: 0.41 test accuracy against 0.47 for margin and 0.51 for
-clusters). Clusters needed the fewest labels to reach the full-pool accuracy on emoji and led early in the
-loop; margin alone needed fewer on fortunes and digits, within the intervals (docs/suggest.md).
-
-`margin` (no diversity) and `random` (the baseline any strategy must beat) are selectable too.
+In benchmarks/suggest.py's labeling loop (docs/suggest.md) the cold-start phase cut the labels to the
+full-pool accuracy on Fashion-MNIST and digits against margin-diverse alone (within the intervals;
+a tie on emoji), and led the first rounds on Fashion-MNIST, digits and both fortunes tasks;
+`badge` (Ash et al., ICLR 2020: k-means++ on the head's gradient embeddings, uncertainty and diversity in
+one) needed more labels than either on the image tasks. `margin-kcenter` (k-center greedy over the
+lowest margins, Sener & Savarese's core-set, ICLR 2018) favours outliers, the odd items whose labels
+teach little about the bulk, and lost to clusters early on emoji. `margin` (no diversity) and `random`
+(the baseline any strategy must beat) are selectable too.
 
 Exact copies are never suggested: a candidate whose embedding equals a labeled item's (the feature cache is
 content-addressed, so the same bytes or text give the same vector) or an earlier candidate's is left out.
@@ -35,8 +37,16 @@ import numpy as np
 
 from headstart.errors import HeadstartError
 
-STRATEGIES = ("margin-diverse", "margin-kcenter", "margin", "random")
-DEFAULT_STRATEGY = "margin-diverse"
+STRATEGIES = ("typical-margin", "margin-diverse", "badge", "margin-kcenter", "margin", "random")
+DEFAULT_STRATEGY = "typical-margin"
+# typical-margin: representative picks (TypiClust) until this many labels per class, then margin-diverse.
+# Below it the head's margins are mostly noise (Hacohen et al., ICML 2022: typical items win at budgets of
+# a few labels per class, uncertainty above).
+COLD_START_PER_CLASS = 5
+MAX_CLUSTERS = 500  # TypiClust's cap: more clusters than this are too small for "typical" to mean much
+MIN_CLUSTER = 5  # clusters smaller than this are outliers' clusters, skipped while larger ones remain
+TYPICAL_NEIGHBOURS = 20  # typicality = 1 / mean distance to this many nearest neighbours in the cluster
+TYPICAL_SAMPLE = 2000  # a larger cluster is judged on this many seeded random rows (bounded memory)
 # The K picks come from the POOL_FACTOR * K lowest margins: how far from the boundary diversity may reach
 # (10 for clusters measured better than 5 on two of three tasks; k-center, outlier-prone, keeps closer).
 POOL_FACTOR = {"margin-diverse": 10, "margin-kcenter": 2}
@@ -133,6 +143,17 @@ def select(
             else "give unlabeled items not yet labeled",
         )
     m = margins(proba)
+    n_labeled = 0 if labeled is None else len(labeled)
+    if strategy == "typical-margin" and n_labeled < COLD_START_PER_CLASS * proba.shape[1]:
+        return [
+            Pick(int(fresh[r]), float(m[fresh[r]]), why) for r, why in typical(U[fresh], labeled, k, seed)
+        ]
+    if strategy == "badge":
+        return [
+            Pick(int(fresh[r]), float(m[fresh[r]]), "k-means++ on gradient embeddings")
+            for r in badge(U[fresh], proba[fresh], k, seed)
+        ]
+    strategy = "margin-diverse" if strategy == "typical-margin" else strategy
     if strategy == "random":
         idx = np.random.default_rng(seed).choice(fresh, size=k, replace=False)
         return [Pick(int(i), float(m[i]), "random draw") for i in idx]
@@ -182,6 +203,79 @@ def cluster_margin(Z: np.ndarray, m: np.ndarray, k: int, seed: int, ids: np.ndar
         rows = [int(idx[np.argmin(m[idx])]) for c in range(k) if len(idx := np.flatnonzero(label == c))]
         rows += [r for r in np.argsort(m, kind="stable").tolist() if r not in set(rows)][: k - len(rows)]
     return [int(ids[r]) for r in sorted(rows, key=lambda r: (m[r], r))]
+
+
+def typical(U: np.ndarray, labeled: np.ndarray | None, k: int, seed: int) -> list[tuple[int, str]]:
+    """TypiClust (Hacohen et al., ICML 2022): k-means the labeled and candidate items (L2-normalised) into
+    labeled + `k` clusters (at most MAX_CLUSTERS), then `k` times take the cluster with the fewest labels
+    and picks so far (the largest on ties; those under MIN_CLUSTER items last) and its most typical
+    candidate (densest: the smallest mean cosine distance to its nearest neighbours in the cluster).
+    Returns (row of `U`, why) pairs: each pick stands for a region no label covers yet."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    n_lab = 0 if labeled is None else len(labeled)
+    Z = normalise(U if labeled is None or not n_lab else np.vstack([labeled, U]))
+    n_clusters = min(len(Z), max(k, min(n_lab + k, MAX_CLUSTERS)))
+    km = (  # full k-means gets slow with many clusters
+        KMeans(n_clusters=n_clusters, n_init=1, random_state=seed)
+        if n_clusters <= 50
+        else MiniBatchKMeans(n_clusters=n_clusters, n_init=1, random_state=seed, batch_size=4096)
+    )
+    cluster = km.fit_predict(Z)
+    size = np.bincount(cluster, minlength=n_clusters)
+    covered = np.bincount(cluster[:n_lab], minlength=n_clusters).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    picks: list[tuple[int, str]] = []
+    taken: set[int] = set()
+    while len(picks) < k:
+        c = int(np.lexsort((-size, covered, size < min(MIN_CLUSTER, size.max())))[0])
+        rows = np.flatnonzero(cluster == c)
+        free = np.array([r for r in rows if r >= n_lab and r - n_lab not in taken], dtype=np.int64)
+        if not len(free):
+            covered[c] = np.inf  # nothing left to pick here (k <= len(U): another cluster has some)
+            continue
+        if len(rows) > TYPICAL_SAMPLE:  # a large cluster: sampled candidates against sampled neighbours
+            rows, free = (
+                np.sort(rng.choice(a, min(len(a), TYPICAL_SAMPLE), replace=False)) for a in (rows, free)
+            )
+        # sorted distances to the cluster; the first is the row itself (0) (a sampled-out neighbour else)
+        dist = np.sort(1.0 - Z[free] @ Z[rows].T, axis=1)[:, 1 : TYPICAL_NEIGHBOURS + 1]
+        best = int(free[int(np.argmin(dist.mean(axis=1)))] if dist.size else free[0])
+        picks.append(
+            (
+                best - n_lab,
+                f"most typical of a cluster of {size[c]} with {int(covered[c])} labeled or picked",
+            )
+        )
+        taken.add(picks[-1][0])
+        covered[c] += 1
+    return picks
+
+
+def badge(U: np.ndarray, proba: np.ndarray, k: int, seed: int) -> list[int]:
+    """BADGE (Ash et al., ICLR 2020) for a linear head: k-means++ seeding on the gradient of the loss
+    wrt the head's weights had the predicted class been right, g = (p - onehot(argmax p)) (x) x (x
+    L2-normalised): long where the head is unsure, pointing apart where the items differ, so one batch is
+    both uncertain and diverse. Distances come from <g_i, g_j> = <a_i, a_j><x_i, x_j> (g never formed)."""
+    X = normalise(U).astype(np.float64)
+    A = np.array(proba, dtype=np.float64)
+    A[np.arange(len(A)), A.argmax(axis=1)] -= 1.0
+    sq = (A * A).sum(axis=1) * (X * X).sum(axis=1)
+
+    def dist2(j: int) -> np.ndarray:
+        return np.maximum(sq + sq[j] - 2.0 * (A @ A[j]) * (X @ X[j]), 0.0)
+
+    rng = np.random.default_rng(seed)
+    picks = [int(np.argmax(sq))]
+    d = dist2(picks[0])
+    while len(picks) < k:
+        d[picks] = 0.0
+        total = d.sum()
+        rest = np.setdiff1d(np.arange(len(d)), picks)
+        j = int(rng.choice(len(d), p=d / total)) if total > 0 else int(rng.choice(rest))
+        picks.append(j)
+        d = np.minimum(d, dist2(j))
+    return picks
 
 
 # -- a run's suggestions (`headstart suggest`) ------------------------------------------------------------

@@ -12,7 +12,8 @@ A text model's graph takes `input_ids` and `attention_mask` (int64, batch x leng
 written beside the .onnx (`model.tokenizer.json`), and its check inputs are the texts of its split.
 
 graph.py builds and runs the graph; parity.py proves it equal to PyTorch; card.py writes and reads the card;
-quantize.py makes and measures the int8 copy. This module runs them in order.
+quantize.py makes and measures the int8 model (the whole export of a run trained on int8 features). This
+module runs them in order.
 """
 
 from __future__ import annotations
@@ -40,9 +41,17 @@ from headstart.export.graph import (
     named_inputs,
     onnx_feed,
     ort_session,
+    torch_logits,
 )
 from headstart.export.parity import check_batch, measure_parity, parity_holds, split_items
-from headstart.export.quantize import quantize_model, quantized_path
+from headstart.export.quantize import (
+    Int8Classifier,
+    compare_with_float,
+    int8_card,
+    quantize_model,
+    quantized_path,
+    write_int8_model,
+)
 from headstart.fileio import atomic_write, atomic_write_json, atomic_write_text, ensure_writable_file
 from headstart.model import TrainedModel, load_model
 from headstart.runs import ONNX_FILE
@@ -117,20 +126,15 @@ def export_onnx_model(
 
     Parity: max |logits difference| and top-1 agreement between ONNX Runtime and PyTorch on up to 32 real
     inputs (`check_inputs`, else the run's test then val files); refused unless every top-1 agrees and the
-    difference is float rounding. `quantize=True` also writes a dynamic-int8 copy (`model.int8.onnx`; for
-    conv nets this quantises the MatMul/Gemm layers only) and reports its accuracy on the run's test split
-    against the float export.
+    difference is float rounding. `quantize=True` also writes the int8 model (`model.int8.onnx`: the int8
+    backbone, static QDQ for conv nets calibrated on the run's training split, dynamic for transformers,
+    under the float head; headstart.export.quantize) and compares it with float on the run's test split,
+    with intervals. A run trained on int8 features is exported as that int8 model itself (its head's own
+    forward), proven against the in-process int8 predict path, and always reports the comparison.
     """
     if out_path is not None:  # an unusable --out is refused before the model is loaded
         _check_out(Path(out_path))
     model = run_dir_or_model if isinstance(run_dir_or_model, TrainedModel) else load_model(run_dir_or_model)
-    if model.precision == "int8":  # the graph would hold the float backbone under an int8-trained head
-        raise HeadstartError(
-            f"{model.path or model.backbone.name} was trained on int8 features; the ONNX export writes the "
-            "float network, which would feed its head other features than it was trained on",
-            fix="serve the run folder (`headstart serve RUN` uses its int8 forward), or re-run the probe "
-            "with --precision fp32 to export it",
-        )
     if out_path is None:
         if model.path is None:
             raise HeadstartError("the model has no run folder to export into", fix="pass out_path")
@@ -141,13 +145,18 @@ def export_onnx_model(
     check_exportable(model, batch)
     if model.modality == "image" and not batch.dtype.is_floating_point:
         raise HeadstartError(f"{model.backbone.name} collates images to {batch.dtype}, not float")
+    # A head trained on int8 features is exported on that very int8 backbone (rebuilt exactly, or refused).
+    int8 = model.int8_forward()
 
-    classifier = model.module()
+    classifier = model.module() if int8 is None else Int8Classifier(model, int8)  # what parity is against
     t0 = time.perf_counter()
-    card = build_card(model, batch)
+    card = build_card(model, batch) if int8 is None else int8_card(build_card(model, batch), int8)
     if model.modality == "text":
         card["preprocess"]["tokenizer_file"] = tokenizer_path(out).name
-    _write_graph(model, classifier, batch, out, card)
+    if int8 is None:
+        _write_graph(model, classifier, batch, out, card)
+    else:
+        write_int8_model(model, int8, out, card)
     export_s = time.perf_counter() - t0
 
     session = ort_session(out)
@@ -177,6 +186,15 @@ def export_onnx_model(
         )
     card["parity"] = parity
     _finish(model, out, card, report)
-    if quantize:
+    if int8 is not None:  # already the int8 model: how it compares with the float backbone under its head
+        float_ref = torch_logits(model.module(), batch)
+        cmp = compare_with_float(model, session, float_session=None, check_batch=batch, ref_logits=float_ref)
+        report["quantized"] = {
+            "onnx": str(out),
+            "bytes": report["bytes"],
+            "method": int8.identity.method,
+            **cmp,
+        }
+    elif quantize:
         report["quantized"] = quantize_model(model, out, session, card, check_batch=batch, ref_logits=ref)
     return report

@@ -1,4 +1,5 @@
-"""The built-in recipes, one maker each: head, partial:N, full, discriminative, gradual, lp-ft, scratch, lora.
+"""The built-in recipes, one maker each: head, multi-depth, views:K, partial:N, full, discriminative, gradual,
+lp-ft, scratch, lora.
 
 Each returns a fresh `Recipe` (headstart.recipes.schema); `headstart.recipes.strategy.get_recipe` turns a
 `--strategy` value into a call of one of them.
@@ -12,6 +13,7 @@ from headstart.recipes.schema import LoraSpec, Phase, Recipe
 BUILT_IN = (
     "head",
     "multi-depth",
+    "views",
     "partial:N",
     "full",
     "discriminative",
@@ -19,6 +21,7 @@ BUILT_IN = (
     "lp-ft",
     "scratch",
     "lora",
+    "setfit",
 )
 
 
@@ -37,6 +40,21 @@ def multi_depth(n_groups: int) -> Recipe:
         pooled="all-depths",
         description="frozen backbone + a linear head on the pooled output of every layer group (Head2Toe), "
         "one forward pass",
+    )
+
+
+# Augmented views per training image of `views` (views:K asks for K). Not tuned: at 4, on emoji,
+# fashion_mnist_20, digits and shift, views beat the probe beyond noise on no task (docs/augmented-views.md).
+DEFAULT_VIEWS = 4
+
+
+def views(k: int = DEFAULT_VIEWS) -> Recipe:
+    return Recipe(
+        "views" if k == DEFAULT_VIEWS else f"views:{k}",
+        (Phase("head", train_top=0, epochs=0, head_init="probe"),),
+        views=k,
+        description=f"frozen backbone + the probe's head trained on each training image and {k} augmented "
+        "views of it (embedded once, cached); predicts exactly as a probe",
     )
 
 
@@ -122,4 +140,30 @@ def lora(r: int = 8) -> Recipe:
         adapter=LoraSpec(r=r, alpha=2.0 * r),
         description="LoRA adapters on the attention projections of every group + the probe-initialised "
         "head; the base weights stay frozen and only the adapter is stored",
+    )
+
+
+def setfit() -> Recipe:
+    # SetFit's defaults (Tunstall et al. 2022): body rate 2e-5, batch 16. An epoch draws 2 pairs per item
+    # (SetFit's iteration); SetFit runs 20 iterations on 8 items per class, 4 fit a CPU on a few hundred
+    # items (docs/setfit.md). The head's own rate: it learns on detached embeddings alongside.
+    return Recipe(
+        "setfit",
+        (
+            # Started from the probe (its row is the reference, and kept if tuning never beats it on val).
+            Phase(
+                "contrastive",
+                train_top="all",
+                epochs=4,
+                lr=1e-3,
+                backbone_lr_ratio=0.02,
+                patience=None,
+                head_init="probe",
+            ),
+            Phase("probe", train_top=0, epochs=0, head_init="probe"),
+        ),
+        batch_size=16,
+        objective="contrastive",
+        description="SetFit (Tunstall et al. 2022): the sentence encoder tuned on balanced same/other-class "
+        "pairs (cosine-similarity loss), then the probe's closed-form head on its embeddings; text only",
     )

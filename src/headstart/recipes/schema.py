@@ -22,6 +22,8 @@ SCHEDULES: tuple[str, ...] = get_args(Schedule)
 HEAD_INITS: tuple[str, ...] = get_args(HeadInit)
 # Unknown keys in a recipe file are refused (a misspelt field would otherwise be silently ignored).
 _STRICT_KEYS = {"extra": "forbid"}
+# More augmented views than this per image buy nothing a linear head can use and cost a forward each.
+MAX_VIEWS = 64
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,14 @@ class Recipe:
     # The features the head reads: "last", the backbone's embedding; "all-depths", the pooled output of
     # every layer group side by side (Head2Toe; the backbone runs as `depths:<name>`). Head-only recipes.
     pooled: Literal["last", "all-depths"] = "last"
+    # Augmented views per training image (headstart.views): each is embedded once by the frozen backbone
+    # (cached) and the head trains on the originals plus their views; val, test and predict see originals
+    # only, so the run predicts as a probe does. 0: none. Head-only recipes, image data.
+    views: int = 0
+    # The loss of the phases that train: "cross-entropy" on the labels, or "contrastive" (SetFit: cosine
+    # similarity of pairs drawn from the labels; headstart.train.setfit), which moves only the encoder, so
+    # a contrastive recipe ends with a `head_init: probe` phase that fits the head on the tuned embeddings.
+    objective: Literal["cross-entropy", "contrastive"] = "cross-entropy"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -160,10 +170,23 @@ class Recipe:
             p.validate()
         if self.adapter is not None:
             self.adapter.validate()
-        if self.pooled != "last" and any(p.train_top != 0 or p.epochs != 0 for p in self.phases):
+        if not isinstance(self.views, int) or not 0 <= self.views <= MAX_VIEWS:
             raise HeadstartError(
-                f"recipe {self.name!r}: pooled={self.pooled!r} features feed a head on the frozen backbone",
-                fix='give every phase train_top 0 and epochs 0, or use pooled "last"',
+                f"recipe {self.name!r}: views must be an integer from 0 to {MAX_VIEWS}, got {self.views!r}",
+                fix="e.g. views: 4 (augmented copies of each training image), or 0 for none",
+            )
+        if self.objective == "contrastive" and self.phases[-1].head_init != "probe":
+            raise HeadstartError(
+                f"recipe {self.name!r}: a contrastive objective trains no usable head",
+                fix="end the recipe with a phase of head_init: probe (train_top 0, epochs 0), as setfit does",
+            )
+        frozen_only = [f"pooled={self.pooled!r}"] if self.pooled != "last" else []
+        frozen_only += [f"views={self.views}"] if self.views else []
+        if frozen_only and any(p.train_top != 0 or p.epochs != 0 for p in self.phases):
+            raise HeadstartError(
+                f"recipe {self.name!r}: {' and '.join(frozen_only)} features feed a head on the frozen "
+                "backbone",
+                fix='give every phase train_top 0 and epochs 0, or use pooled "last" and views 0',
             )
 
     def with_overrides(
@@ -199,6 +222,8 @@ class Recipe:
             a = self.adapter
             targets = ",".join(a.target_modules) if a.target_modules else "per architecture"
             parts.append(f"r {a.r}, alpha {a.alpha:g}, dropout {a.dropout:g}, targets {targets}")
+        if self.views:
+            parts.append(f"{self.views} augmented views per training image")
         return "; ".join(parts)
 
 

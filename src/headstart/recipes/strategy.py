@@ -1,5 +1,5 @@
-"""What `--strategy` names: a built-in recipe (`head`, `partial:N`, `lora:R`, ...), a recipe file, a dict or
-a `Recipe`, parsed and checked against the backbone's layer groups before any training starts."""
+"""What `--strategy` names: a built-in recipe (`head`, `partial:N`, `lora:R`, `views:K`, ...), a recipe file,
+a dict or a `Recipe`, parsed and checked against the backbone's layer groups before any training starts."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 from headstart.errors import HeadstartError
 from headstart.recipes import built_in
 from headstart.recipes.built_in import BUILT_IN
-from headstart.recipes.schema import Recipe, load_recipe_file
+from headstart.recipes.schema import MAX_VIEWS, Recipe, load_recipe_file
 
 
 def get_recipe(strategy: str | Recipe | dict[str, Any] | Path, n_groups: int) -> Recipe:
@@ -26,6 +26,14 @@ def get_recipe(strategy: str | Recipe | dict[str, Any] | Path, n_groups: int) ->
         return built_in.head(n_groups)
     if s == "multi-depth":
         return built_in.multi_depth(n_groups)
+    if s == "views" or s.startswith("views:"):
+        k = s.partition(":")[2] or str(built_in.DEFAULT_VIEWS)
+        if not k.isdigit() or not 1 <= int(k) <= MAX_VIEWS:
+            raise HeadstartError(
+                f"bad strategy {s!r}",
+                fix=f"write views:K with K from 1 to {MAX_VIEWS} augmented views per image, e.g. views:4",
+            )
+        return built_in.views(int(k))
     if s.startswith("partial"):
         _, _, n = s.partition(":")
         if not n.isdigit() or int(n) < 1:
@@ -50,6 +58,7 @@ def get_recipe(strategy: str | Recipe | dict[str, Any] | Path, n_groups: int) ->
         "lp-ft": built_in.lp_ft,
         "scratch": built_in.scratch,
         "lora": built_in.lora,
+        "setfit": built_in.setfit,
     }
     if s not in makers:
         import difflib

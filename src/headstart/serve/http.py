@@ -57,6 +57,11 @@ class Server:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         return JSONResponse(body, status_code=status, headers=headers)
 
+    @property
+    def forward_header(self) -> dict[str, str]:
+        """Which forward answered (Predictor.forward: onnx-int8, onnx-fp32, onnx-export or torch)."""
+        return {"X-Headstart-Forward": self.predictor.forward}
+
     def admit(self, request: Request) -> int:
         """Count a prediction request, check its token, and return its `top`."""
         self.counts["requests"] += 1
@@ -155,7 +160,7 @@ def _add_prediction_routes(app: Any, server: Server) -> None:
         if "error" in res:
             raise HTTPError(422, f"cannot use {res['file']}: {res['error']}", fix="send a readable file")
         res.pop("file")
-        return JSONResponse(res)
+        return JSONResponse(res, headers=server.forward_header)
 
     @app.post("/predict/batch")
     async def predict_batch(request: Request) -> JSONResponse:
@@ -166,7 +171,7 @@ def _add_prediction_routes(app: Any, server: Server) -> None:
         if len(items) > server.max_batch:
             raise HTTPError(413, f"{len(items)} inputs: over the batch limit of {server.max_batch}")
         results, _ = await guarded(run_items, predictor, items, top)
-        return JSONResponse({"results": results})
+        return JSONResponse({"results": results}, headers=server.forward_header)
 
 
 def _add_info_routes(app: Any, server: Server) -> None:
@@ -181,6 +186,8 @@ def _add_info_routes(app: Any, server: Server) -> None:
             "model": server.ref,
             "modality": model.modality,
             "engine": predictor.engine,
+            "forward": predictor.forward,
+            "precision": predictor.precision,
             "device": str(predictor.device),
             "classes": len(predictor.classes),
             "uptime_s": round(time.time() - server.started, 1),

@@ -2,9 +2,13 @@
 
 Uploads are decoded from memory (no temp files for images) with exactly the preprocessing the backbone's
 own loader applies; the forward runs under a lock (one at a time: the cores are better used by one batch
-than by two competing ones), through ONNX Runtime on the CPU when an export of this very model (`headstart
-export RUN --onnx`) sits in the run folder and the device is the CPU, else PyTorch in inference mode on the
-device (`--device`: the model moves there once; each batch goes there, its logits come back). A text is
+than by two competing ones). On the CPU it is the fast forward `predict` uses, at the run's precision: a run
+trained on int8 features answers through that very int8 backbone (ONNX Runtime) and the head; otherwise an
+export of this very model in the run folder (`headstart export RUN --onnx`) when there is one, else the
+cached ONNX export of the backbone and the head (images always; text where ONNX Runtime is faster here,
+as `embed` decides). PyTorch in inference mode answers on a GPU (`--device`: the model moves there once;
+each batch goes there, its logits come back) and where ONNX Runtime does not pay. `forward` says which
+answered (/health, the card, and each answer's X-Headstart-Forward header). A text is
 tokenized only as far as the model reads it (`encode_head`): a 10 MB text would otherwise keep the Rust
 tokenizer, which holds the GIL, busy for seconds. Nothing here knows about HTTP (that is
 `headstart.serve.http`).
@@ -73,35 +77,38 @@ class Predictor:
         self.classes = model.classes
         self.max_pixels, self.max_text_chars = max_pixels, max_text_chars
         self.lock = threading.Lock()
-        self.session: Any = None
-        self.onnx_path: Path | None = None
+        self.session: Any = None  # RUN/model.onnx (the whole classifier), when that is what answers
+        self.onnx_path: Path | None = None  # the ONNX file ONNX Runtime runs, whichever it is
+        # The frozen forward (ONNX Runtime) whose embeddings the head then scores, as `predict` does.
+        self.backbone_forward: Callable[[Any], np.ndarray] | None = None
         # A head trained on int8 features is served on that very forward (rebuilt exactly, or refused).
         self.int8 = model.int8_forward()
+        self.precision = "fp32" if self.int8 is None else "int8"
         if self.int8 is not None:
             if engine == "torch":
                 raise HeadstartError(
                     f"{model.path} was trained on int8 features, which ONNX Runtime computes",
                     fix="serve it with engine auto (or onnx)",
                 )
-            self.device, self.engine = forward_device("onnx", "auto"), "onnx-int8"
+            self.device, self.engine, self.forward = forward_device("onnx", "auto"), "onnx-int8", "onnx-int8"
+            self.backbone_forward, self.onnx_path = self.int8, self.int8.ensure()
             return
         if engine == "onnx" or (engine == "auto" and self.device.type == "cpu"):
             self.onnx_path = matching_export(model)
-            if self.onnx_path is None and engine == "onnx":
-                raise HeadstartError(
-                    f"no ONNX export of this model in {model.path}",
-                    fix=f"run `headstart export {model.path} --onnx` first, or use engine torch",
-                )
-        if self.onnx_path is not None:
+            if self.onnx_path is None:
+                self.backbone_forward, self.onnx_path = fast_forward(model, engine)
+        if self.backbone_forward is not None:
+            self.engine, self.forward = "onnx", "onnx-fp32"
+        elif self.onnx_path is not None:
             from headstart.export import ort_session as _session
 
             self.session = _session(self.onnx_path)
-            self.engine = "onnx"
+            self.engine, self.forward = "onnx", "onnx-export"
         else:
             from headstart.train.engine import place
 
             self.module = place(model.module(), self.device)  # for the server's lifetime
-            self.engine = "torch"
+            self.engine, self.forward = "torch", "torch"
 
     def decode(self, data: bytes, name: str = "upload") -> Any:
         """Upload bytes -> one preprocessed example (raises BadInput with the reason)."""
@@ -141,8 +148,9 @@ class Predictor:
         """Preprocessed examples -> calibrated probabilities (N, K)."""
         batch = self.model.backbone.collate(examples)
         with self.lock:
-            if self.int8 is not None:
-                return softmax(self.model.head.logits(self.int8(batch)) / self.model.temperature)
+            if self.backbone_forward is not None:
+                E = self.backbone_forward(batch)
+                return softmax(self.model.head.logits(E) / self.model.temperature)
             if self.session is not None:
                 from headstart.export import onnx_feed
 
@@ -176,6 +184,8 @@ class Predictor:
             "modality": m.modality,
             "classes": self.classes,
             "engine": self.engine,
+            "forward": self.forward,
+            "precision": self.precision,
             "device": str(self.device),
         }
         if self.onnx_path is not None:
@@ -222,3 +232,21 @@ def matching_export(model: TrainedModel) -> Path | None:
         log.warning("ignoring %s: exported from a different model (re-export it)", path)
         return None
     return path
+
+
+def fast_forward(model: TrainedModel, engine: str) -> tuple[Callable[[Any], np.ndarray] | None, Path | None]:
+    """(the frozen forward `predict` runs on the CPU, its ONNX file) when that is ONNX Runtime: the cached
+    export of this very backbone (its key includes a fine-tuned delta), chosen as `embed` chooses (images
+    always; text where a timed forward on this machine says ONNX Runtime is faster); (None, None) where
+    PyTorch answers. `engine` "onnx" insists, and a backbone without an ONNX path is then an error."""
+    from headstart.features import make_forward
+
+    try:
+        forward, used = make_forward(model.backbone, engine)
+    except HeadstartError as e:
+        raise HeadstartError(
+            f"{model.path or model.backbone.name}: {e.message}", fix="serve it with engine torch (or auto)"
+        ) from e
+    if used != "onnx":
+        return None, None
+    return forward, getattr(forward, "path", None)

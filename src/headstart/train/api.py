@@ -186,7 +186,20 @@ def _build(
 
 
 def _objective(job: FitJob, objective: Objective | None) -> Objective | None:
-    """The loss: the caller's, or domain-adversarial training toward --target-unlabeled."""
+    """The loss: the caller's, the recipe's (`objective: contrastive`: SetFit's pairs), or domain-adversarial
+    training toward --target-unlabeled."""
+    if job.recipe.objective == "contrastive":
+        from headstart.train.setfit import ContrastivePairs, refuse_unusable
+
+        if objective is not None or job.cfg.target_unlabeled is not None:
+            raise HeadstartError(
+                f"strategy {job.recipe.name!r} brings its own loss (contrastive pairs)",
+                fix="drop --target-unlabeled (or the objective), or pick another strategy",
+            )
+        index = {c: i for i, c in enumerate(job.ds.classes)}  # before decoding: a cheap refusal
+        train = [index[it.label] for it in job.ds.split("train")]
+        refuse_unusable(job.bb.modality, job.bb.name, train, job.ds.classes)
+        return ContrastivePairs(job.ds.classes)
     if job.cfg.target_unlabeled is None:
         return objective
     if objective is not None:

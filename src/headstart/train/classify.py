@@ -199,8 +199,7 @@ class Classification(FrozenPrefix, Task):
             with torch.no_grad():
                 self.head.weight.copy_(torch.from_numpy(lin.weight))
                 self.head.bias.copy_(torch.from_numpy(lin.bias))
-        # A fresh zero head predicts one class everywhere: nothing to learn from evaluating it (and for a
-        # from-scratch network it would cost a full pass over train and val).
+        # A zero head predicts one class: nothing to learn from evaluating it (from scratch: a full pass).
         return phase.head_init == "probe" or (phase.head_init == "keep" and phase.epochs == 0)
 
     def prepare_phase(self, trainer: Trainer, phase: Phase) -> None:
@@ -242,7 +241,7 @@ class Classification(FrozenPrefix, Task):
         )
         key = (k, self._augment_now)
         if key not in self._item_bytes:
-            self._item_bytes[key] = self._activation_bytes_per_item(k)
+            self._item_bytes[key] = self._activation_bytes_per_item(k) * self.objective.passes
         return micro_batch_size(self._item_bytes[key], n, floor=GHOST_BATCH if batch_stats else 1)
 
     def _activation_bytes_per_item(self, k: int) -> float:
@@ -329,7 +328,8 @@ class Classification(FrozenPrefix, Task):
         return self.net.state_dict()
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.net.load_state_dict(state)
+        self.net.load_state_dict(state)  # e.g. the best weights: cached states that ran the others are stale
+        self._forget_states(min(self.trained_groups, default=self.n_groups))
 
     def checkpoint_state(self) -> dict[str, Any]:
         return {

@@ -73,6 +73,7 @@ class DomainAdversarial(Objective):
     """
 
     needs_features = True
+    passes = 2  # each step also runs a target batch of the source batch's size: the micro-batch budget
     # The probe that starts LP-FT / partial:N never saw the target: keeping it because its *source*
     # validation accuracy is highest would throw the adaptation away.
     start_is_candidate = False

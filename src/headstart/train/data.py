@@ -69,9 +69,11 @@ class ItemDataset(Dataset):
                 self._pending[i] = pool.submit(self.__getitem__, i)
 
     def fetch(self, indices: Sequence[int]) -> list[Any]:
-        """The decoded items `indices`, in order, decoded in parallel (or taken from a prefetch)."""
+        """The decoded items `indices`, in order, decoded in parallel (or taken from a prefetch); an index
+        may repeat (pairs and target batches are drawn with replacement)."""
         self.prefetch(indices)
-        return [self._pending.pop(int(i)).result() for i in indices]
+        done = {i: self._pending.pop(i).result() for i in dict.fromkeys(int(i) for i in indices)}
+        return [done[int(i)] for i in indices]
 
 
 @dataclass

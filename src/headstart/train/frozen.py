@@ -36,6 +36,10 @@ class _Embedded:
     by_split: dict[str, list[Item]]
     index: dict[str, int]  # class name -> class index
     forward: dict[str, Any]  # the frozen forward's precision and why (run.json's `frozen_forward`)
+    views: np.ndarray | None = (
+        None  # (n_train, K, D): augmented views of the training items (headstart.views)
+    )
+    views_stats: dict[str, Any] | None = None
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         items = self.by_split[split]
@@ -45,7 +49,12 @@ class _Embedded:
 
 def fit_frozen(job: FitJob, opts: ProbeConfig) -> FitReport:
     """Embed (cached), fit the head, evaluate, save: the path of `probe` and `fit --strategy head`."""
+    from headstart.views import check_views
+
+    check_views(job.recipe.views, job.bb.modality, job.cfg.data, opts.precision)  # before any embedding
     emb = _embed(job, opts)
+    if job.recipe.views:
+        _embed_views(job, opts, emb)
     clf = _fit_head(job, opts, emb)
     metrics, history = _evaluate(job, opts, clf, emb)
     saved = _save(job, clf, metrics, emb)
@@ -77,6 +86,20 @@ def _embed(job: FitJob, opts: ProbeConfig) -> _Embedded:
     return _Embedded(feats, row, by_split, {c: i for i, c in enumerate(ds.classes)}, forward)
 
 
+def _embed_views(job: FitJob, opts: ProbeConfig, emb: _Embedded) -> None:
+    """The recipe's augmented views of the training items (never val or test), through their own cache."""
+    from headstart.features import embed_options
+    from headstart.views import embed_views
+
+    train = emb.by_split["train"]
+    hashes = [emb.feats.hashes[emb.row[it.source]] for it in train]
+    options = embed_options(opts, max_pixels=opts.max_pixels)
+    emb.views, emb.views_stats = embed_views(
+        job.bb, [it.source for it in train], hashes, job.recipe.views, seed=opts.seed, **options
+    )
+    job.timings["views_embed_s"] = emb.views_stats["embed_s"]
+
+
 def _fit_head(job: FitJob, opts: ProbeConfig, emb: _Embedded) -> ProbeClassifier:
     """The probe on the training embeddings, its L2 strength chosen on val (or by CV without one)."""
     from headstart.estimator import ProbeClassifier
@@ -96,6 +119,10 @@ def _fit_head(job: FitJob, opts: ProbeConfig, emb: _Embedded) -> ProbeClassifier
     clf.backbone_ = job.bb
     classes = np.asarray(job.ds.classes)
     (E_tr, t_tr), (E_va, t_va) = emb.arrays("train"), emb.arrays("val")
+    if emb.views is not None:  # the originals, then their views; val stays originals (C is chosen there)
+        from headstart.views import with_views
+
+        E_tr, t_tr = with_views(E_tr, t_tr, emb.views)
     has_val = len(t_va) > 0
     clf.fit(E_tr, classes[t_tr], X_val=E_va if has_val else None, y_val=classes[t_va] if has_val else None)
     job.timings["fit_head_s"] = clf.fit_seconds_
@@ -158,6 +185,8 @@ def _evaluate(
             "timings": job.timings,
         }
     )
+    if emb.views_stats is not None:
+        metrics["views"] = {**emb.views_stats, "train_rows": len(clf.train_targets_)}
     (tl, ta), (vl, va) = scores["train"], scores["val"]
     phase = next(p for p in job.recipe.phases if p.head_init == "probe")
     history = [

@@ -39,6 +39,8 @@ class Objective:
     """
 
     needs_features = False
+    # Forward passes per training item (SetFit's pair partners: 3); the CPU micro-batch budget counts them.
+    passes = 1
     # Whether the untrained starting point (e.g. the linear probe of LP-FT) may be kept as the best epoch. An
     # objective whose gains do not show on the source validation split (domain adaptation) turns it off.
     start_is_candidate = True

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.head import fit_path, stratified_folds
+from headstart.head import fit_head, fit_path, stratified_folds
 from headstart.intervals import wilson
 from headstart.metrics import knn_predict
 
@@ -25,14 +25,27 @@ def n_cv_folds(y: np.ndarray, n_classes: int, folds: int = CV_FOLDS) -> int:
 
 
 def cv_hits(
-    X: np.ndarray, y: np.ndarray, n_classes: int, *, C: float, n_folds: int, seed: int, knn: bool = True
+    X: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    *,
+    C: float,
+    n_folds: int,
+    seed: int,
+    knn: bool = True,
+    views: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """One stratified k-fold pass: {"probe", "knn"}: whether each item was predicted right by a model
-    that never saw it (the same folds for the same `seed`, so two feature sets compare item by item)."""
+    that never saw it (the same folds for the same `seed`, so two feature sets compare item by item).
+    `views` (n, K, D): augmented views of each item (headstart.views); a fold's head trains on its items'
+    originals and views, and predicts the held-out originals."""
+    from headstart.views import with_views
+
     hit = {"probe": np.zeros(len(y), bool), **({"knn": np.zeros(len(y), bool)} if knn else {})}
     for held in stratified_folds(y, n_folds, seed):
         train = np.setdiff1d(np.arange(len(y)), held)
-        head = fit_path(X[train], y[train], n_classes, (C,))[0]
+        X_fit, y_fit = (X[train], y[train]) if views is None else with_views(X[train], y[train], views[train])
+        head = fit_path(X_fit, y_fit, n_classes, (C,))[0]
         hit["probe"][held] = head.proba(X[held]).argmax(1) == y[held]
         if knn:
             hit["knn"][held] = knn_predict(X[train], y[train], X[held], n_classes) == y[held]
@@ -79,22 +92,24 @@ def probe_cv(p: Any, data: str | Path, backbone: str, seed: int, device: str = "
 
 
 def paired_head_hits(
-    data: str | Path, heads: dict[str, tuple[str, float]], seed: int, device: str = "auto"
+    data: str | Path, heads: dict[str, tuple[str, float, int]], seed: int, device: str = "auto"
 ) -> dict[str, np.ndarray]:
-    """{row: each train+val item's correctness} for frozen heads (row -> (backbone, C)): one stratified
-    k-fold pass per head on the same folds and the same items (those every backbone embedded), through
-    the cache their runs filled. A paired test on these uses every labeled item, not the val split alone.
-    One pass, not repeats: repeated passes would count each item several times in the test."""
+    """{row: each train+val item's correctness} for frozen heads (row -> (backbone, C, augmented views per
+    item)): one stratified k-fold pass per head on the same folds and the same items (those every backbone
+    embedded), through the cache their runs filled. A paired test on these uses every labeled item, not
+    the val split alone. One pass, not repeats: repeated passes would count each item several times in
+    the test. A head without views gets its L2 strength by CV on these items (the run's was chosen on a
+    few dozen val items, too noisy for 2,000 features): slightly optimistic, alike for every head."""
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.features import embed
+    from headstart.views import embed_views
 
     ds = load_dataset(data, seed=seed)
     items = [it for it in ds.items if it.split in ("train", "val")]
     sources = [it.source for it in items]
-    feats = {
-        k: embed(create_backbone(b), sources, progress=False, device=device) for k, (b, _) in heads.items()
-    }
+    bbs = {k: create_backbone(b) for k, (b, _, _) in heads.items()}
+    feats = {k: embed(bb, sources, progress=False, device=device) for k, bb in bbs.items()}
     rows = {k: {src: i for i, src in enumerate(f.paths)} for k, f in feats.items()}
     items = [it for it in items if all(it.source in r for r in rows.values())]
     index = {c: i for i, c in enumerate(ds.classes)}
@@ -103,9 +118,19 @@ def paired_head_hits(
     if n_folds < 2:
         return {}
     out = {}
-    for k, (_, C) in heads.items():
-        X = feats[k].X[[rows[k][it.source] for it in items]]
-        out[k] = cv_hits(X, y, len(ds.classes), C=C, n_folds=n_folds, seed=seed, knn=False)["probe"]
+    for k, (_, C, n_views) in heads.items():
+        at = [rows[k][it.source] for it in items]
+        V = None
+        if n_views:  # the run's views of its training items are cache hits; val items' are new
+            hashes = [feats[k].hashes[i] for i in at]
+            V, _ = embed_views(
+                bbs[k], [it.source for it in items], hashes, n_views, seed=seed, progress=False, device=device
+            )
+        X = feats[k].X[at]
+        if not n_views:  # the L2 strength for these features by CV, not the run's pick on a few val items
+            C = fit_head(X, y, len(ds.classes), cv=n_folds, seed=seed)[1]
+        hit = cv_hits(X, y, len(ds.classes), C=C, n_folds=n_folds, seed=seed, knn=False, views=V)
+        out[k] = hit["probe"]
     return out
 
 
@@ -116,18 +141,20 @@ def frozen_head_hits(rows: list[dict[str, Any]], data: str | Path, seed: int, de
     import json
 
     from headstart.runs import METRICS_FILE, RUN_FILE
-    from headstart.verdicts.select import HEAD_STRATEGIES, PROBE
+    from headstart.verdicts.select import PROBE, frozen_head
 
     heads = {}
     for row in rows:
         run = Path(row["run_dir"]) if row.get("run_dir") else None
         if (
-            row["strategy"] in (PROBE, *HEAD_STRATEGIES)
+            (row["strategy"] == PROBE or frozen_head(row["strategy"]))
             and run is not None
             and (run / METRICS_FILE).is_file()
         ):
             C = json.loads((run / METRICS_FILE).read_text()).get("C")
-            backbone = json.loads((run / RUN_FILE).read_text()).get("backbone")
+            info = json.loads((run / RUN_FILE).read_text())
+            backbone, views = info.get("backbone"), (info.get("recipe") or {}).get("views") or 0
             if C is not None and backbone:
-                heads[row["strategy"]] = (backbone["name"] if isinstance(backbone, dict) else backbone, C)
+                name = backbone["name"] if isinstance(backbone, dict) else backbone
+                heads[row["strategy"]] = (name, C, int(views))
     return paired_head_hits(data, heads, seed, device) if len(heads) > 1 else {}

@@ -20,7 +20,16 @@ from headstart.imbalance import ACCURACY, check_mode, item_weights
 from headstart.runs import COMPARE_FILE, HEAD_FILE
 from headstart.verdicts.cheap_cv import probe_cv
 from headstart.verdicts.recommend import rule_of_thumb, rule_verdict
-from headstart.verdicts.select import HEAD_STRATEGIES, PROBE, SCRATCH, overfitting, select, transfer_verdict
+from headstart.verdicts.select import (
+    PROBE,
+    SCRATCH,
+    frozen_head,
+    head_passes,
+    head_strategies,
+    overfitting,
+    select,
+    transfer_verdict,
+)
 
 # Below this many validation items, the cheap rows (probe, kNN) are also scored by repeated stratified
 # k-fold over train+val on cached embeddings: at 300 items a Wilson interval around 0.75 is +-0.05 wide,
@@ -40,13 +49,15 @@ TRANSFER_BASELINE = SCRATCH
 ADAPT_PREFIX = "adapt+"
 
 
-def choose_strategies(train_per_class: float) -> list[str]:
-    """The other frozen heads first (cheapest), then the baseline and the fine-tuning strategies that fit
-    `train_per_class` labels per class."""
+def choose_strategies(train_per_class: float, modality: str = "image") -> list[str]:
+    """The other frozen heads `modality` can take first (cheapest), then the baseline and the fine-tuning
+    strategies that fit `train_per_class` labels per class."""
     tuned = list(SMALL_DATA_STRATEGIES)
+    if modality == "text":
+        tuned.append("setfit")  # contrastive pairs tune a sentence encoder (headstart.train.setfit)
     if train_per_class >= FULL_MIN_PER_CLASS:
         tuned.append("full")
-    return [*HEAD_STRATEGIES, TRANSFER_BASELINE, *tuned]
+    return [*head_strategies(modality), TRANSFER_BASELINE, *tuned]
 
 
 def _dir_name(strategy: str) -> str:
@@ -310,10 +321,12 @@ def compare(
     from headstart.data import load_dataset
     from headstart.fileio import atomic_write_json
     from headstart.latency import run_latency_ms
+    from headstart.recipes import get_recipe
     from headstart.runs import to_jsonable
     from headstart.train.engine import check_engine
     from headstart.verdicts.cheap_cv import frozen_head_hits
     from headstart.verdicts.plan import probe_seconds
+    from headstart.views import check_views
 
     if budget_s <= 0:
         raise HeadstartError(f"budget {budget_s} s: must be positive", fix="give e.g. --budget 10m")
@@ -326,7 +339,9 @@ def compare(
     counts = [sum(1 for it in ds.split("train") if it.label == c) for c in ds.classes]
     per_class = float(statistics.median(counts)) if counts else 0.0
     # The probe always runs first, as the reference every other row is read against.
-    todo = [s for s in strategies if s != PROBE] if strategies else choose_strategies(per_class)
+    todo = [s for s in strategies if s != PROBE] if strategies else choose_strategies(per_class, ds.modality)
+    for s in filter(frozen_head, todo):  # a head the data cannot take is refused now, before the probe
+        check_views(get_recipe(s, 1).views, ds.modality, data)
     cmp = _Comparison(data_used, backbone, seed, out_dir, progress, device, precision, imbalance)
     probe_row = cmp.run_probe(leakage, data)
     # The rule-based recommendation needs only the probe: worked out now, inside the budget.
@@ -334,11 +349,11 @@ def compare(
     bb = create_backbone(backbone) if todo else None
     # Shares are worked out once, from the budget and the priced probe, never from the clock, so the same
     # data, seed, budget and machine give the same plans (see verdicts.plan).
-    # The frozen heads cost a probe's pass each; the trained rows share what is left evenly.
-    heads = [s for s in todo if s in HEAD_STRATEGIES]
+    # The frozen heads cost `head_passes` probe passes each; the trained rows share what is left evenly.
     pass_s = probe_seconds(bb, len(ds.items), device)
+    heads = {s: pass_s * head_passes(s) for s in todo if frozen_head(s)}
     trained = len(todo) - len(heads)
-    share = (budget_s - pass_s * (1 + len(heads))) / trained if trained else budget_s - pass_s
+    share = (budget_s - pass_s - sum(heads.values())) / trained if trained else budget_s - pass_s
     for i, strategy in enumerate(todo):
         over = time.perf_counter() - t_start > HARD_CAP * budget_s
         if share <= 0 or over:
@@ -346,7 +361,7 @@ def compare(
             cmp.skipped.extend(todo[i:])
             cmp.skip_reasons.update({s: why for s in todo[i:]})
             break
-        cmp.run_strategy(strategy, max(pass_s, 1.0) if strategy in heads else share, bb, ds)
+        cmp.run_strategy(strategy, max(heads[strategy], 1.0) if strategy in heads else share, bb, ds)
     cmp.cv_correct = frozen_head_hits(cmp.rows, data_used, seed, device)
     for row in cmp.rows:  # what each row costs to serve, set against its accuracy in the report
         row["latency_ms"] = run_latency_ms(row["run_dir"]) if row.get("run_dir") else None

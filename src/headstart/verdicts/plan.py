@@ -26,6 +26,13 @@ def _step_seconds(backbone: Any, batch_size: int, device: str = "auto") -> float
     return finetune_step_seconds(backbone, device=device) * batch_size / FINETUNE_BATCH
 
 
+def _passes(recipe: Any) -> int:
+    """Forward/backward passes per training item of the recipe's objective."""
+    from headstart.train.setfit import CONTRASTIVE, ContrastivePairs
+
+    return ContrastivePairs.passes if recipe.objective == CONTRASTIVE else 1
+
+
 def probe_seconds(backbone: Any, n_items: int, device: str = "auto") -> float:
     """The priced cost of the probe's pass over every item (0 without a timed step, or without a backbone)."""
     if backbone is None:
@@ -60,8 +67,10 @@ def epoch_plan(
         return {"epochs": None, "recipe_epochs": total, "epoch_s": None, "why": f"no step timing: {e}"}
     batches = math.ceil(n_train / recipe.batch_size)
     forward = step * FORWARD_SHARE / recipe.batch_size  # seconds per item
-    # Each epoch: the steps, the validation pass, and for from-scratch the BatchNorm pass over train.
-    epoch_s = batches * step + forward * (n_eval + (n_train if not recipe.pretrained else 0))
+    # Each epoch: the steps, the validation pass, and for from-scratch the BatchNorm pass over train. A
+    # contrastive (setfit) step runs each item with its two pair partners: three items' worth.
+    passes = _passes(recipe)
+    epoch_s = batches * step * passes + forward * (n_eval + (n_train if not recipe.pretrained else 0))
     fixed = overhead_s + forward * (n_train + n_eval) * len(recipe.phases)  # prefix caches, final scores
     fits = int((share_s - fixed) // epoch_s) if epoch_s > 0 else total
     epochs = max(1, min(total, fits))

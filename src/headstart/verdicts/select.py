@@ -33,10 +33,33 @@ PROBE = "probe"
 # How the frozen heads' `cv_correct` is made (headstart.verdicts.cheap_cv.paired_head_hits).
 CV_TEST = "each predicted once by a k-fold model that never saw it"
 SCRATCH = "scratch"
-# Heads on the frozen backbone beside the probe: one forward pass each, priced like the probe, run first.
-HEAD_STRATEGIES = ("multi-depth",)
+# Heads on the frozen backbone beside the probe, run first, each priced at `head_passes` probe passes.
+HEAD_STRATEGIES = ("multi-depth", "views")
+# The frozen heads compare runs unasked: `views` is opt-in (--strategies views) until a measurement shows it
+# buys accuracy (4 image tasks x 3 seeds: no gain beyond noise, docs/augmented-views.md).
+DEFAULT_HEADS = ("multi-depth",)
 # Train-minus-val accuracy gap (beyond the val interval's upper end) above which a row overfits.
 OVERFIT_GAP = 0.2
+
+
+def frozen_head(strategy: str) -> bool:
+    """A head on the frozen backbone beside the probe: a HEAD_STRATEGIES name, or one with its parameter
+    (views:8)."""
+    return strategy.partition(":")[0] in HEAD_STRATEGIES
+
+
+def head_strategies(modality: str) -> list[str]:
+    """The default frozen heads `modality` can take (augmented views are image augmentations)."""
+    return [s for s in DEFAULT_HEADS if modality == "image" or s != "views"]
+
+
+def head_passes(strategy: str) -> int:
+    """What a frozen head costs, in passes of the probe's forward over the data: one for a new forward
+    (multi-depth); views:K reads the probe's cached originals, embeds K views of each train+val item (the
+    run's and its k-fold test's) and fits on 1 + K times the rows: priced 1 + K."""
+    from headstart.recipes import get_recipe
+
+    return 1 + get_recipe(strategy, 1).views
 
 
 def cost_key(row: dict[str, Any]) -> tuple[float, float, float]:
