@@ -15,8 +15,8 @@ The default strategy, `typical-margin`, works in two regimes:
    learning", 2019; Citovsky et al., "Batch active learning at scale", NeurIPS 2021).
 
 In benchmarks/suggest.py's labeling loop (docs/suggest.md) the cold-start phase cut the labels to the
-full-pool accuracy on Fashion-MNIST and digits against margin-diverse alone (within the intervals;
-a tie on emoji), and led the first rounds on Fashion-MNIST, digits and both fortunes tasks;
+full-pool accuracy on Fashion-MNIST against margin-diverse alone (within the intervals; ties on digits
+and emoji) and led the first rounds on Fashion-MNIST, digits and both fortunes tasks;
 `badge` (Ash et al., ICLR 2020: k-means++ on the head's gradient embeddings, uncertainty and diversity in
 one) needed more labels than either on the image tasks. `margin-kcenter` (k-center greedy over the
 lowest margins, Sener & Savarese's core-set, ICLR 2018) favours outliers, the odd items whose labels
