@@ -251,8 +251,8 @@ class FitConfig(RunConfig):
     overwrite: bool = option(False, help="replace the run in --out, or start an interrupted one over")
     strategy: str | Recipe | dict[str, Any] = option(
         "lp-ft",
-        help="head | partial:N | full | discriminative | gradual | lp-ft | scratch | lora | lora:R | "
-        "a recipe .json/.yaml (schema: `headstart recipes --schema`)",
+        help="head | multi-depth | views | views:K | partial:N | full | discriminative | gradual | lp-ft | "
+        "setfit | scratch | lora | lora:R | a recipe .json/.yaml (schema: `headstart recipes --schema`)",
     )
     lora_r: int | None = option(None, help="LoRA rank (strategy lora; default 8)")
     lora_alpha: float | None = option(None, help="LoRA scale alpha (default 2 x rank)")
