@@ -211,6 +211,11 @@ class RunConfig:
     strict: bool = option(False, help="fail on any unreadable file instead of skipping it")
     device: str = device_option()
     max_pixels: int | None = option(None, help="skip images larger than this (default 64,000,000)")
+    input_size: int | None = option(
+        None,
+        help="feed an image backbone N-pixel inputs instead of its own size (smaller: cheaper steps; the "
+        "run records the backbone as size:N:B)",
+    )
     imbalance: str = option("auto", choices=IMBALANCE_MODES, help=IMBALANCE_HELP)
     save: bool = option(True, cli=False, help="write the run folder (False: only return the report)")
     progress: bool = option(True, cli=False, help="progress bars (the CLI turns them off for --json)")

@@ -104,10 +104,11 @@ def auto(
     device: str = "auto",
     precision: str = "auto",
     imbalance: str = "auto",
+    input_size: str = "native",
 ) -> dict[str, Any]:
     """Run the steps of the module docstring; returns (and writes to OUT/auto.json) what each produced.
     `device`: where every step's network runs, `precision`: what every fine-tune trains in (checked first);
-    `imbalance`: as compare's."""
+    `imbalance`, `input_size`: as compare's."""
     from headstart.evaluate import evaluate_run
     from headstart.fileio import atomic_write_json
     from headstart.report import write_report
@@ -150,6 +151,7 @@ def auto(
         device=device,
         precision=precision,
         imbalance=imbalance,
+        input_size=input_size,
     )
     result["leakage"] = cmp["leakage"]
     leaks = cmp["leakage"]

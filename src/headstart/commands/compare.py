@@ -16,6 +16,17 @@ def strategy_list(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
+def input_size_option(text: str) -> str:
+    """--input-size: native, auto, or pixels."""
+    from headstart.errors import HeadstartError
+    from headstart.verdicts.input_size import parse_input_size
+
+    try:
+        return parse_input_size(text)
+    except HeadstartError as e:
+        raise argparse.ArgumentTypeError(f"{e.message}: {e.fix}") from None
+
+
 @dataclass(kw_only=True)
 class ComparisonOptions:
     """The options of `compare` and of `auto`, which runs it (they close each verb's list)."""
@@ -27,6 +38,12 @@ class ComparisonOptions:
     device: str = device_option()  # where every row (every step of auto) runs
     precision: str = precision_option()  # what every fine-tune trains in
     imbalance: str = option("auto", choices=IMBALANCE_MODES, help=IMBALANCE_HELP)  # every row's; the rule's
+    input_size: str = option(
+        "native",
+        parse=input_size_option,
+        help="pixels the fine-tunes train at (image backbones): native (the weights' own), N, or auto (the "
+        "smallest of 160/128 px where the probe's k-fold score loses nothing beyond noise)",
+    )
     json: bool = json_option()
 
 
@@ -138,6 +155,8 @@ def print_compare(result: dict, data: str, budget: float) -> None:
     reasons = result.get("skip_reasons") or {}
     for name in result["skipped"]:
         con.print(f"not run: {name} ({reasons.get(name, 'budget spent')})", markup=False)
+    if result.get("input_size"):
+        con.print(f"input size: {result['input_size']['reason']}", markup=False)
     flags = result["flags"]
     transfer = flags.get("transfer")
     if flags["negative_transfer"]:

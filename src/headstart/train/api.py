@@ -167,6 +167,13 @@ def _build(
     recipe = get_recipe(strategy, len(bb.groups))
     if not recipe.pretrained:
         bb = create_backbone(cfg.backbone, pretrained=False)
+    if cfg.input_size:
+        if bb.modality != "image":
+            raise HeadstartError(
+                f"--input-size {cfg.input_size}: {bb.name} reads {bb.modality}, not images",
+                fix="drop --input-size",
+            )
+        bb.at_input_size(cfg.input_size)  # the run records size:N:<backbone>
     if recipe.pooled == "all-depths":
         bb.all_depths()  # run.json names it depths:<backbone>: predict, serve and export rebuild it
     base_key = bb.key

@@ -152,4 +152,5 @@ def request_of(cfg: FitConfig, strategy: Any) -> dict[str, Any]:
         "unlabeled": str(cfg.unlabeled) if cfg.unlabeled is not None else None,
         "target_unlabeled": str(cfg.target_unlabeled) if cfg.target_unlabeled is not None else None,
         "imbalance": cfg.imbalance,
+        "input_size": cfg.input_size,
     }

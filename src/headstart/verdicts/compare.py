@@ -19,6 +19,7 @@ from headstart.errors import HeadstartError
 from headstart.imbalance import ACCURACY, check_mode, item_weights
 from headstart.runs import COMPARE_FILE, HEAD_FILE
 from headstart.verdicts.cheap_cv import probe_cv
+from headstart.verdicts.input_size import fine_tune_size, parse_input_size
 from headstart.verdicts.recommend import rule_of_thumb, rule_verdict
 from headstart.verdicts.select import (
     PROBE,
@@ -159,6 +160,7 @@ class _Comparison:
     expected: list[int] = field(default_factory=list)  # the probe's val labels: what every row pairs on
     skipped: list[str] = field(default_factory=list)
     skip_reasons: dict[str, str] = field(default_factory=dict)
+    input_size: int | None = None  # the trained rows' input pixels (None: the backbone's own)
     cv_correct: dict[str, Any] = field(default_factory=dict)  # the frozen heads' k-fold hits (select)
     balance: dict[str, Any] = field(default_factory=dict)  # the probe's metrics["imbalance"]
 
@@ -248,6 +250,7 @@ class _Comparison:
             budget_s=HARD_CAP * share if plan["epochs"] else share,
             overwrite=True,
             imbalance=self.imbalance,
+            input_size=None if frozen_head(strategy) else self.input_size,  # the heads read native features
             **self.engine_options(),
         )
         wall = time.perf_counter() - t0
@@ -310,13 +313,15 @@ def compare(
     device: str = "auto",
     precision: str = "auto",
     imbalance: str = "auto",
+    input_size: str = "native",
 ) -> dict[str, Any]:
     """Probe, then the scratch baseline and fine-tuning strategies, each with an epoch plan fitted to an
     even share of what is left of `budget_s`; strategies not started (budget spent, or one epoch would not
     fit their share) are listed under "skipped" with "skip_reasons". Copies across splits are first
     regrouped into one split (unless `keep_duplicates`); the recommendation follows verdicts.select.
     `device`: where every row runs, and where the plans' step is timed (recorded as `device`); `precision`:
-    what every fine-tune trains in; `imbalance` as for `fit` (skewed: rows compared by balanced accuracy)."""
+    what every fine-tune trains in; `imbalance` as for `fit` (skewed: rows compared by balanced accuracy);
+    `input_size`: native, N pixels or auto (verdicts.input_size) for the trained rows."""
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.fileio import atomic_write_json
@@ -331,6 +336,7 @@ def compare(
     if budget_s <= 0:
         raise HeadstartError(f"budget {budget_s} s: must be positive", fix="give e.g. --budget 10m")
     check_mode(imbalance)
+    parse_input_size(input_size)
     used = check_engine(device, precision)  # an absent device, or one without the precision: refused now
     t_start = time.perf_counter()
     out_dir = Path(out) if out else Path("runs") / f"compare-{Path(data).name}-{_dir_name(backbone)}"
@@ -347,6 +353,8 @@ def compare(
     # The rule-based recommendation needs only the probe: worked out now, inside the budget.
     rule = rule_of_thumb(data_used, backbone, per_class, probe_row["val_accuracy"], seed, progress, device)
     bb = create_backbone(backbone) if todo else None
+    cmp.input_size, sizing = fine_tune_size(input_size, data_used, backbone, seed, device, progress)
+    tuned_bb = create_backbone(f"size:{cmp.input_size}:{backbone}") if todo and cmp.input_size else bb
     # Shares are worked out once, from the budget and the priced probe, never from the clock, so the same
     # data, seed, budget and machine give the same plans (see verdicts.plan).
     # The frozen heads cost `head_passes` probe passes each; the trained rows share what is left evenly.
@@ -361,7 +369,10 @@ def compare(
             cmp.skipped.extend(todo[i:])
             cmp.skip_reasons.update({s: why for s in todo[i:]})
             break
-        cmp.run_strategy(strategy, max(heads[strategy], 1.0) if strategy in heads else share, bb, ds)
+        if strategy in heads:
+            cmp.run_strategy(strategy, max(heads[strategy], 1.0), bb, ds)
+        else:
+            cmp.run_strategy(strategy, share, tuned_bb, ds)
     cmp.cv_correct = frozen_head_hits(cmp.rows, data_used, seed, device)
     for row in cmp.rows:  # what each row costs to serve, set against its accuracy in the report
         row["latency_ms"] = run_latency_ms(row["run_dir"]) if row.get("run_dir") else None
@@ -375,6 +386,7 @@ def compare(
         "device": str(used),
         "precision": precision,
         "leakage": leakage,
+        "input_size": sizing,
         **cmp.verdicts(len(ds.classes), rule),
         "elapsed_s": time.perf_counter() - t_start,
         "out": str(out_dir),
