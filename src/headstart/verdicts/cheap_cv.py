@@ -7,6 +7,7 @@ cost by the path's length); that makes the CV score slightly optimistic, which t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,47 @@ def probe_cv(p: Any, data: str | Path, backbone: str, seed: int, device: str = "
     )
 
 
+@dataclass
+class TrainVal:
+    """The train+val items that every one of several backbones embedded, in one order: their labels, and
+    each backbone's features and content hashes of them (keyed as the caller keyed the backbones)."""
+
+    sources: list[str]
+    y: np.ndarray
+    n_classes: int
+    X: dict[Any, np.ndarray]
+    hashes: dict[Any, list[str]]
+
+    @property
+    def n_folds(self) -> int:
+        return n_cv_folds(self.y, self.n_classes)
+
+
+def embedded_train_val(
+    data: str | Path, backbones: dict[Any, Any], seed: int, device: str = "auto", progress: bool = False
+) -> TrainVal:
+    """`data`'s train+val items through each backbone's cached embedding, aligned on the items all of them
+    could read (the k-fold comparisons of frozen heads and of input sizes pair on them)."""
+    from headstart.data import load_dataset
+    from headstart.features import embed
+
+    ds = load_dataset(data, seed=seed)
+    items = [it for it in ds.items if it.split in ("train", "val")]
+    sources = [it.source for it in items]
+    feats = {k: embed(bb, sources, progress=progress, device=device) for k, bb in backbones.items()}
+    rows = {k: {src: i for i, src in enumerate(f.paths)} for k, f in feats.items()}
+    items = [it for it in items if all(it.source in r for r in rows.values())]
+    index = {c: i for i, c in enumerate(ds.classes)}
+    at = {k: [rows[k][it.source] for it in items] for k in feats}
+    return TrainVal(
+        sources=[it.source for it in items],
+        y=np.array([index[it.label] for it in items], dtype=np.int64),
+        n_classes=len(ds.classes),
+        X={k: feats[k].X[at[k]] for k in feats},
+        hashes={k: [feats[k].hashes[i] for i in at[k]] for k in feats},
+    )
+
+
 def paired_head_hits(
     data: str | Path, heads: dict[str, tuple[str, float, int]], seed: int, device: str = "auto"
 ) -> dict[str, np.ndarray]:
@@ -101,35 +143,23 @@ def paired_head_hits(
     the test. A head without views gets its L2 strength by CV on these items (the run's was chosen on a
     few dozen val items, too noisy for 2,000 features): slightly optimistic, alike for every head."""
     from headstart.backbones import create_backbone
-    from headstart.data import load_dataset
-    from headstart.features import embed
     from headstart.views import embed_views
 
-    ds = load_dataset(data, seed=seed)
-    items = [it for it in ds.items if it.split in ("train", "val")]
-    sources = [it.source for it in items]
     bbs = {k: create_backbone(b) for k, (b, _, _) in heads.items()}
-    feats = {k: embed(bb, sources, progress=False, device=device) for k, bb in bbs.items()}
-    rows = {k: {src: i for i, src in enumerate(f.paths)} for k, f in feats.items()}
-    items = [it for it in items if all(it.source in r for r in rows.values())]
-    index = {c: i for i, c in enumerate(ds.classes)}
-    y = np.array([index[it.label] for it in items], dtype=np.int64)
-    n_folds = n_cv_folds(y, len(ds.classes))
+    tv = embedded_train_val(data, bbs, seed, device)
+    n_folds = tv.n_folds
     if n_folds < 2:
         return {}
     out = {}
     for k, (_, C, n_views) in heads.items():
-        at = [rows[k][it.source] for it in items]
         V = None
         if n_views:  # the run's views of its training items are cache hits; val items' are new
-            hashes = [feats[k].hashes[i] for i in at]
             V, _ = embed_views(
-                bbs[k], [it.source for it in items], hashes, n_views, seed=seed, progress=False, device=device
+                bbs[k], tv.sources, tv.hashes[k], n_views, seed=seed, progress=False, device=device
             )
-        X = feats[k].X[at]
-        if not n_views:  # the L2 strength for these features by CV, not the run's pick on a few val items
-            C = fit_head(X, y, len(ds.classes), cv=n_folds, seed=seed)[1]
-        hit = cv_hits(X, y, len(ds.classes), C=C, n_folds=n_folds, seed=seed, knn=False, views=V)
+        else:  # the L2 strength for these features by CV, not the run's pick on a few val items
+            C = fit_head(tv.X[k], tv.y, tv.n_classes, cv=n_folds, seed=seed)[1]
+        hit = cv_hits(tv.X[k], tv.y, tv.n_classes, C=C, n_folds=n_folds, seed=seed, knn=False, views=V)
         out[k] = hit["probe"]
     return out
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from headstart.intervals import ALPHA, paired_difference
 
 # Candidate sizes as shares of the native one (224 px: 160 and 128), rounded to multiples of 32: the
@@ -42,10 +40,8 @@ def choose_input_size(
     """{"chosen": pixels or None (the native size), "native", "scores": {size: k-fold accuracy},
     "tests": {size: paired difference to native}, "reason"}. Not an image backbone: chosen None."""
     from headstart.backbones import create_backbone
-    from headstart.data import load_dataset
-    from headstart.features import embed
     from headstart.head import fit_head
-    from headstart.verdicts.cheap_cv import cv_hits, n_cv_folds
+    from headstart.verdicts.cheap_cv import cv_hits, embedded_train_val
 
     native_bb = create_backbone(backbone)
     if native_bb.modality != "image":
@@ -56,30 +52,15 @@ def choose_input_size(
     native = native_bb.image_preprocess.input_size
     smaller = {round(native * r / STEP) * STEP for r in SCALES} - {native, 0}
     sizes = [native, *sorted(smaller, reverse=True)]
-    ds = load_dataset(data, seed=seed)
-    items = [it for it in ds.items if it.split in ("train", "val")]
-    sources = [it.source for it in items]
-    feats = {
-        s: embed(
-            native_bb if s == native else create_backbone(f"size:{s}:{backbone}"),
-            sources,
-            progress=progress,
-            device=device,
-        )
-        for s in sizes
-    }
-    rows = {s: {src: i for i, src in enumerate(f.paths)} for s, f in feats.items()}
-    items = [it for it in items if all(it.source in r for r in rows.values())]
-    index = {c: i for i, c in enumerate(ds.classes)}
-    y = np.array([index[it.label] for it in items], dtype=np.int64)
-    n_folds = n_cv_folds(y, len(ds.classes))
+    bbs = {s: native_bb if s == native else create_backbone(f"size:{s}:{backbone}") for s in sizes}
+    tv = embedded_train_val(data, bbs, seed, device, progress)
+    n_folds = tv.n_folds
     if n_folds < 2:
         return {"chosen": None, "native": native, "reason": "too few items per class for a k-fold score"}
     hits = {}
     for s in sizes:
-        X = feats[s].X[[rows[s][it.source] for it in items]]
-        C = fit_head(X, y, len(ds.classes), cv=n_folds, seed=seed)[1]
-        hits[s] = cv_hits(X, y, len(ds.classes), C=C, n_folds=n_folds, seed=seed, knn=False)["probe"]
+        C = fit_head(tv.X[s], tv.y, tv.n_classes, cv=n_folds, seed=seed)[1]
+        hits[s] = cv_hits(tv.X[s], tv.y, tv.n_classes, C=C, n_folds=n_folds, seed=seed, knn=False)["probe"]
     tests = {s: paired_difference(hits[s], hits[native]) for s in sizes if s != native}
     keeps = [
         s for s, t in tests.items() if t["diff"] >= -NATIVE_MARGIN and not (t["diff"] < 0 and t["p"] < ALPHA)
@@ -88,13 +69,13 @@ def choose_input_size(
     scores = {s: float(h.mean()) for s, h in hits.items()}
     if chosen is None:
         reason = (
-            f"every smaller input lost to {native} px on {len(y)} train+val items: the fine-tunes keep it"
+            f"every smaller input lost to {native} px on {len(tv.y)} train+val items: the fine-tunes keep it"
         )
     else:
         t = tests[chosen]
         reason = (
             f"{chosen} px scores {scores[chosen]:.3f} against {scores[native]:.3f} at {native} px "
-            f"({t['diff']:+.3f}, 95% [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], p={t['p']:.2g}) on {len(y)} "
+            f"({t['diff']:+.3f}, 95% [{t['ci'][0]:+.3f}, {t['ci'][1]:+.3f}], p={t['p']:.2g}) on {len(tv.y)} "
             f"train+val items: the fine-tunes train at {chosen} px"
         )
     return {
