@@ -28,7 +28,6 @@ accuracy, interval, train_s, latency_ms; the gain of the best new strategy and i
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import Timer, cpu_model, emit_json, isolated_cache, machine_load, rnd
-from selection import TASKS
+from selection import TASKS, run_metrics
 
 KEYS = (
     "wins_vs_probe",
@@ -53,13 +52,8 @@ QUICK_TASKS = ("digits", "fortunes")
 NOT_NEW = ("probe", "scratch")
 
 
-def _metrics(row: dict[str, Any]) -> dict[str, Any]:
-    path = Path(row["run_dir"]) / "metrics.json" if row.get("run_dir") else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
-
-
 def _test_correct(row: dict[str, Any]) -> list[bool] | None:
-    test = _metrics(row).get("test") or {}
+    test = run_metrics(row).get("test") or {}
     if "true" not in test or "pred" not in test:
         return None
     return [t == p for t, p in zip(test["true"], test["pred"], strict=True)]

@@ -55,14 +55,13 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import EMOJI_ROOT, REPO, Timer, emit_json, isolated_cache, machine_load, rnd
+from _common import EMOJI_ROOT, REPO, Timer, cpu_model, emit_json, isolated_cache, machine_load, rnd
 
 sys.path.insert(0, str(REPO / "examples"))
 
@@ -181,14 +180,14 @@ def _wilson(correct: float, n: int) -> tuple[float, float]:
     return wilson(round(correct), n)
 
 
-def _run_metrics(row: dict[str, Any]) -> dict[str, Any]:
+def run_metrics(row: dict[str, Any]) -> dict[str, Any]:
     path = Path(row["run_dir"]) / "metrics.json" if row.get("run_dir") else None
     return json.loads(path.read_text()) if path is not None and path.is_file() else {}
 
 
 def val_interval(row: dict[str, Any]) -> tuple[list[float] | None, int | None, str]:
     """(95 % val interval, val size, where the interval came from) of one compare row."""
-    val = _run_metrics(row).get("val") or {}
+    val = run_metrics(row).get("val") or {}
     n = row.get("n_val") or val.get("n")
     if row.get("val_accuracy_ci"):
         return [float(x) for x in row["val_accuracy_ci"]], n, "row"
@@ -251,7 +250,7 @@ def refit_probe_test(result: dict[str, Any], backbone: str, seed: int) -> float 
     probe = next((r for r in result["rows"] if r["strategy"] == "probe"), None)
     if probe is None or not probe.get("run_dir"):
         return None
-    C = float(_run_metrics(probe)["C"])
+    C = float(run_metrics(probe)["C"])
     ds = load_dataset(result.get("data_used") or result["data"], seed=seed)
     feats = embed(create_backbone(backbone), [it.source for it in ds.items], progress=False)
     row = {p: i for i, p in enumerate(feats.paths)}
@@ -310,16 +309,6 @@ def task_summary(runs: list[dict[str, Any]], same_distribution: bool) -> dict[st
         "recommended": [r["recommended"] for r in runs],
         "runs": runs,
     }
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-    except OSError:
-        return "unknown"
-    return next(
-        (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), "unknown"
-    )
 
 
 # -- main -----------------------------------------------------------------------------------------------

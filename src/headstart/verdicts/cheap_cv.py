@@ -76,20 +76,10 @@ def repeated_cv(
 def probe_cv(p: Any, data: str | Path, backbone: str, seed: int, device: str = "auto") -> dict[str, Any]:
     """Repeated k-fold of the probe and kNN over train+val, on the embeddings the probe just cached."""
     from headstart.backbones import create_backbone
-    from headstart.data import load_dataset
-    from headstart.features import embed
 
-    ds = load_dataset(data, seed=seed)
-    items = [it for it in ds.items if it.split in ("train", "val")]
-    feats = embed(create_backbone(backbone), [it.source for it in items], progress=False, device=device)
-    row = {src: i for i, src in enumerate(feats.paths)}
-    items = [it for it in items if it.source in row]
-    index = {c: i for i, c in enumerate(ds.classes)}
-    X = feats.X[[row[it.source] for it in items]]
-    y = np.array([index[it.label] for it in items], dtype=np.int64)
-    return repeated_cv(
-        X, y, len(ds.classes), C=float(p.metrics["C"]), folds=CV_FOLDS, repeats=CV_REPEATS, seed=seed
-    )
+    tv = embedded_train_val(data, {backbone: create_backbone(backbone)}, seed, device)
+    C = float(p.metrics["C"])
+    return repeated_cv(tv.X[backbone], tv.y, tv.n_classes, C=C, folds=CV_FOLDS, repeats=CV_REPEATS, seed=seed)
 
 
 @dataclass
@@ -170,7 +160,7 @@ def frozen_head_hits(rows: list[dict[str, Any]], data: str | Path, seed: int, de
     labeled item."""
     import json
 
-    from headstart.runs import METRICS_FILE, RUN_FILE
+    from headstart.runs import METRICS_FILE, load_run_info
     from headstart.verdicts.select import PROBE, frozen_head
 
     heads = {}
@@ -182,9 +172,7 @@ def frozen_head_hits(rows: list[dict[str, Any]], data: str | Path, seed: int, de
             and (run / METRICS_FILE).is_file()
         ):
             C = json.loads((run / METRICS_FILE).read_text()).get("C")
-            info = json.loads((run / RUN_FILE).read_text())
-            backbone, views = info.get("backbone"), (info.get("recipe") or {}).get("views") or 0
-            if C is not None and backbone:
-                name = backbone["name"] if isinstance(backbone, dict) else backbone
-                heads[row["strategy"]] = (name, C, int(views))
+            info = load_run_info(run)
+            if C is not None:
+                heads[row["strategy"]] = (info.backbone.name, C, int((info.recipe or {}).get("views") or 0))
     return paired_head_hits(data, heads, seed, device) if len(heads) > 1 else {}
