@@ -263,6 +263,7 @@ def check_overlap(
     known pretraining label space or LM head gives `supported: False` with the reason, not an error."""
     from headstart.backbones import create_backbone
     from headstart.features import forward_device
+    from headstart.verdicts.curve import check_backbone_modality
 
     if not 0.0 < threshold <= 1.0:
         raise HeadstartError(f"--threshold {threshold} is not a probability", fix="give a value in (0, 1]")
@@ -270,11 +271,8 @@ def check_overlap(
     src = _read_target(Path(target), seed)
     name = backbone or src["backbone"] or _DEFAULT_BACKBONE.get(src["modality"], "efficientnet_lite0")
     bb = create_backbone(name)
-    if src["modality"] and bb.modality.value != src["modality"]:
-        raise HeadstartError(
-            f"{name} is a {bb.modality.value} backbone but {target} holds {src['modality']} items",
-            fix=f"give a backbone for {src['modality']} with --backbone",
-        )
+    if src["modality"]:
+        check_backbone_modality(bb, src["modality"], target)
     result: dict[str, Any] = {
         "target": str(target),
         "kind": src["kind"],
