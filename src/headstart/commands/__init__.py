@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import pkgutil
 from collections.abc import Callable
 from pathlib import Path
@@ -66,7 +67,7 @@ def fmt_bytes(n: int | None) -> str:
 def _finite(obj: Any) -> Any:
     """`obj` with NaN and infinities as None: --json output is strict JSON (`NaN` is not)."""
     if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+        return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: _finite(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
