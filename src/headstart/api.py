@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from headstart.config import FitConfig, ProbeConfig
 from headstart.estimator import ARRAY_FIX, InputError, NotFitted, ProbeClassifier
 from headstart.fileio import report_dict
+
+if TYPE_CHECKING:
+    from headstart.shapes import ShapeReport
 
 __all__ = ["ARRAY_FIX", "FitConfig", "InputError", "NotFitted", "ProbeClassifier", "ProbeReport", "probe"]
 
@@ -43,8 +46,13 @@ def probe(data: str | Path, **options: Any) -> ProbeReport:
     return run_probe(ProbeConfig(data, **options))
 
 
-def run_probe(cfg: ProbeConfig) -> ProbeReport:
+def run_probe(cfg: ProbeConfig) -> ProbeReport | ShapeReport:
+    from headstart.shapes import shape_of_task
     from headstart.train.api import run_fit
+
+    shape = shape_of_task(cfg.task)
+    if shape is not None:
+        return shape.probe(cfg)
 
     r = run_fit(FitConfig(**cfg.shared(), strategy="head"), probe=cfg)
     # A probe report is the fit report cut to the fields they share.

@@ -112,8 +112,10 @@ def _fmt(v: Any) -> str:
 @verb(ProbeOptions)
 def cmd_probe(args: argparse.Namespace) -> int:
     from headstart.api import run_probe
+    from headstart.commands import print_shape_result
 
-    return show(args, run_probe(from_args(ProbeConfig, args, progress=not args.json)), _print_probe)
+    report = run_probe(from_args(ProbeConfig, args, progress=not args.json))
+    return show(args, report, _print_probe if args.task == "classify" else print_shape_result)
 
 
 def _print_probe(report: Any) -> None:
@@ -236,6 +238,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top < 1:
         raise HeadstartError(f"--top {args.top} lists no class", fix="give --top 1 or more")
     run, _ = run_folder(args.run, args.store)
+    from headstart.shapes import shape_of_run
+
+    shape = shape_of_run(run)
+    if shape is not None:  # a task shape's answers: label sets, numbers, tagged spans, generated text
+        return _predict_shape(args, shape.predictor(run, device=args.device, backend=args.backend))
     model = load_model(run)
     classes = model.classes
     inputs = _predict_inputs(args, model)
@@ -284,6 +291,34 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"error: {n_bad} of {len(results)} input(s) not labeled (ERROR lines)\n  fix: {fix}",
                 file=sys.stderr,
             )
+    return 1 if n_bad else 0
+
+
+def _predict_shape(args: argparse.Namespace, predictor: Any) -> int:
+    """predict for a task shape (headstart.shapes): each answer is the shape's JSON; the plain output shows
+    its `summary`. Inputs read as for a classifier (files always files; texts by --text or -)."""
+    from headstart.errors import BadInput
+
+    inputs = _predict_inputs(args, predictor)
+    usable = [i for i, (_, src) in enumerate(inputs) if isinstance(src, str)]
+    answers, kept, bad = predictor.answer([inputs[i][1] for i in usable]) if usable else ([], [], {})
+    by_index = {usable[k]: a for k, a in zip(kept, answers, strict=True)}
+    results: list[dict[str, Any]] = []
+    for i, (named, src) in enumerate(inputs):
+        if i in by_index:
+            results.append({**named, **by_index[i]})
+        else:
+            reason = src.reason if isinstance(src, BadInput) else bad.get(src, "unreadable")
+            results.append({**named, "error": reason})
+    n_bad = sum("error" in r for r in results)
+    if args.json:
+        print_json(results)
+    else:
+        for r in results:
+            shown = r["file"] if "file" in r else _shown(r["text"])
+            print(f"{shown}\tERROR\t{r['error']}" if "error" in r else f"{shown}\t{r.get('summary', '')}")
+        if n_bad:
+            print(f"error: {n_bad} of {len(results)} input(s) not answered (ERROR lines)", file=sys.stderr)
     return 1 if n_bad else 0
 
 

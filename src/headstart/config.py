@@ -29,6 +29,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from headstart.data.targets import TASKS
 from headstart.errors import HeadstartError
 from headstart.frozen_precision import FROZEN_PRECISION_HELP, FROZEN_PRECISIONS, check_frozen_precision
 from headstart.imbalance import IMBALANCE_HELP, check_mode
@@ -217,6 +218,12 @@ class RunConfig:
         "run records the backbone as size:N:B)",
     )
     imbalance: str = option("auto", choices=IMBALANCE_MODES, help=IMBALANCE_HELP)
+    task: str = option(
+        "classify",
+        choices=TASKS,
+        help="classify (one class per item) | multilabel (labels a|b) | regress (a numeric label) | tag "
+        "(CoNLL token tags) | generate (JSONL prompt/response pairs, decoder LMs)",
+    )
     save: bool = option(True, cli=False, help="write the run folder (False: only return the report)")
     progress: bool = option(True, cli=False, help="progress bars (the CLI turns them off for --json)")
 

@@ -225,9 +225,25 @@ def evaluate_run(
     """
     from headstart.features import forward_device
     from headstart.model import load_model
+    from headstart.shapes import shape_of_run
     from headstart.store import is_stored_version
 
     run_dir = Path(run_dir)
+    shape = shape_of_run(run_dir)
+    if shape is not None:  # its own scores (headstart.shapes); the same keywords
+        return shape.evaluate(
+            run_dir,
+            data=data,
+            split=split,
+            ood=ood,
+            latency=latency,
+            backend=backend,
+            save=save,
+            out=out,
+            progress=progress,
+            device=device,
+            slices=slices,
+        )
     own_split = data is None
     writes_run = save and own_split  # other data never overwrites what describes the run's own split
     if writes_run and is_stored_version(run_dir):

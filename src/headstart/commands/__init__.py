@@ -134,6 +134,32 @@ def show(args: argparse.Namespace, result: Any, table: Callable[[Any], None]) ->
     return 0
 
 
+def print_shape_result(result: Any) -> None:
+    """The plain output of a task shape's probe, fit or evaluate (headstart.shapes): its one table, then its
+    lines, warnings and run folder. `result`: a ShapeReport, or evaluate's dict with the same keys."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    get = result.get if isinstance(result, dict) else lambda k, d=None: getattr(result, k, d)
+    con = console()
+    if get("data"):
+        print_data_notes(con, get("data"))
+    if get("table"):
+        title, columns, rows = get("table")
+        t = Table(title=title)
+        for c in columns:
+            t.add_column(c, justify="right")
+        for row in rows:
+            t.add_row(*[escape(str(v)) for v in row])
+        con.print(t)
+    for line in get("lines") or []:
+        con.print(line, markup=False)
+    for w in get("warnings") or []:
+        con.print(f"[yellow]warning:[/yellow] {escape(w)}")
+    if get("run_dir"):
+        con.print(f"run saved to [bold]{escape(str(get('run_dir')))}[/bold]")
+
+
 # Width for output that is not a terminal (piped, redirected, captured): rich would fit it to 80 columns and
 # cut backbone, model and alias names to "…"; a reader of a pipe (grep, a file, `less -S`) wants whole lines.
 PIPED_WIDTH = 10_000

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart.commands import api_options, console, fmt, print_json, run_folder, verb
+from headstart.commands import (
+    api_options,
+    console,
+    fmt,
+    print_json,
+    print_shape_result,
+    run_folder,
+    show,
+    verb,
+)
 from headstart.config import backend_option, device_option, json_option, option
 
 
@@ -53,6 +62,15 @@ class EvaluateOptions:
     json: bool = json_option("machine-readable output")
 
 
+def _print_json_result(res: dict[str, Any]) -> None:
+    if res["calibration"]["status"] == "skipped":  # stdout is the JSON; the warning goes beside it
+        print(
+            f"warning: temperature scaling not applied (T=1): {res['calibration']['reason']}",
+            file=sys.stderr,
+        )
+    print_json(res)
+
+
 @verb(EvaluateOptions)
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from headstart.evaluate import evaluate_run
@@ -61,13 +79,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     forward_device(args.backend, args.device)  # before a stored model's files are verified
     run, stored = run_folder(args.run, args.store)
     res = evaluate_run(run, save=not stored, **api_options(args, EvaluateOptions))
+    if res.get("task", "classify") != "classify":  # a task shape's scores (headstart.shapes)
+        return show(args, res, print_shape_result)
     if args.json:
-        if res["calibration"]["status"] == "skipped":  # stdout is the JSON; the warning goes beside it
-            print(
-                f"warning: temperature scaling not applied (T=1): {res['calibration']['reason']}",
-                file=sys.stderr,
-            )
-        print_json(res)
+        _print_json_result(res)
         return 0
     from rich.markup import escape
     from rich.table import Table

@@ -43,9 +43,11 @@ class RecipesOptions:
 
 @verb(FitOptions)
 def cmd_fit(args: argparse.Namespace) -> int:
+    from headstart.commands import print_shape_result
     from headstart.train.api import run_fit
 
-    return show(args, run_fit(from_args(FitConfig, args, progress=not args.json)), _print_fit)
+    report = run_fit(from_args(FitConfig, args, progress=not args.json))
+    return show(args, report, _print_fit if args.task == "classify" else print_shape_result)
 
 
 def _print_fit(report: Any) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from headstart.data.items import SPLITS, Item
 from headstart.data.layouts import EMPTY_CLASS, MAX_NAMED, named
-from headstart.data.splits import stratified_split
+from headstart.data.targets import classes_of, label_set, merge_label_copies, normalise_labels, stratify
 from headstart.errors import HeadstartError
 
 
@@ -36,18 +36,28 @@ class Dataset:
     val: float = 0.15
     test: float = 0.15
     split_drawn: bool = False  # True: headstart drew the split (redrawn by `drop`); False: the user's own
+    task: str = "classify"  # how labels read (headstart.data.targets): classify | multilabel | regress
 
     def split(self, name: str) -> list[Item]:
         return [it for it in self.items if it.split == name]
 
     def counts(self) -> dict[str, dict[str, int]]:
-        """{split: {class: n}} with every class present (zeros included)."""
+        """{split: {class: n}} with every class present (zeros included); a multi-label item counts once
+        under each of its labels; a regression has one count per split, under "items"."""
         out: dict[str, dict[str, int]] = {}
         for s in SPLITS:
-            c = Counter(it.label for it in self.items if it.split == s)
+            here = [it for it in self.items if it.split == s]
+            if self.task == "regress":
+                if here:
+                    out[s] = {"items": len(here)}
+                continue
+            c = Counter(lab for it in here for lab in self._labels(it))
             if c:
                 out[s] = {k: c.get(k, 0) for k in self.classes}
         return out
+
+    def _labels(self, it: Item) -> list[str]:
+        return label_set(it.label) if self.task == "multilabel" else [it.label]
 
     def drop(self, bad: dict[str, str]) -> Dataset:
         """The same dataset without the items whose sources are in `bad` (source -> reason).
@@ -58,8 +68,9 @@ class Dataset:
         keep = [it for it in self.items if it.source not in bad]
         if self.split_drawn and len(keep) < len(self.items):
             try:
-                keep = stratified_split(
+                keep = stratify(
                     [replace(it, split=None) for it in keep],
+                    self.task,
                     val=self.val,
                     test=self.test,
                     seed=self.seed,
@@ -104,6 +115,7 @@ class Dataset:
             "root": str(self.root),
             "layout": self.layout,
             "modality": self.modality,
+            "task": self.task,
             "classes": self.classes,
             "counts": self.counts(),
             "n_items": len(self.items),
@@ -126,18 +138,28 @@ def assemble_dataset(
     seed: int,
     one_class_fix: str,
     skipped: dict[str, str] | None = None,
+    task: str = "classify",
 ) -> Dataset:
-    """The checks every reader shares: no content under two classes (copies in one class kept once), two
-    classes at least, all-or-no splits (else a stratified split), a training split."""
+    """The checks every reader shares: no content under two classes (copies in one class kept once; a
+    multi-label item's copies under several classes merged into one item with each label), two classes at
+    least (a regression: two values), all-or-no splits (else a stratified split), a training split."""
     skipped = dict(skipped or {})
+    items = normalise_labels(items, task)
+    if task == "multilabel":
+        items = merge_label_copies(items, _content_keys(items, skipped))
     drawn = any(it.split is None for it in items)
     if drawn and any(it.split is not None for it in items):
         raise HeadstartError(
             f"{root}: some rows have a split and some do not", fix="fill every split or none"
         )
     items, warnings = _without_copies(root, items, skipped)
-    classes = sorted({it.label for it in items})
-    if len(classes) < 2:
+    classes = classes_of(items, task)
+    if task == "regress" and len({it.label for it in items}) < 2:
+        raise HeadstartError(
+            f"{root}: a regression needs at least two different target values ({len(items)} item(s))",
+            fix="add items with other values",
+        )
+    if task != "regress" and len(classes) < 2:
         empty = [p for p, r in skipped.items() if r == EMPTY_CLASS]
         found = (
             f"only one class ({classes[0]!r}) found under {root}: a classifier needs at least two"
@@ -149,7 +171,7 @@ def assemble_dataset(
             fix=one_class_fix,
         )
     if drawn:
-        items = stratified_split(items, val=val, test=test, seed=seed)
+        items = stratify(items, task, val=val, test=test, seed=seed)
     if not any(it.split == "train" for it in items):
         raise HeadstartError(f"{root} has no training items", fix="add a train split")
     return Dataset(
@@ -164,6 +186,7 @@ def assemble_dataset(
         val=val,
         test=test,
         split_drawn=drawn,
+        task=task,
     )
 
 
@@ -175,18 +198,8 @@ def _without_copies(root: Path, items: list[Item], skipped: dict[str, str]) -> t
     across the user's own splits are kept for `headstart leakage` to report, and warned about here.
     Unreadable files are listed too. Hashes are memoised, so the embedding step does not read them again.
     """
-    from headstart.backbones.base import content_hash
-
     groups: dict[str, list[int]] = {}
-    for i, it in enumerate(items):
-        if it.text is not None:
-            key = "text:" + hashlib.sha256(it.text.encode("utf-8", "surrogatepass")).hexdigest()
-        else:
-            try:
-                key = content_hash(it.path)
-            except OSError as e:
-                skipped[str(it.path)] = f"cannot read ({e.strerror or e})"
-                continue
+    for i, key in _content_keys(items, skipped).items():
         groups.setdefault(key, []).append(i)
     what = "text" if any(it.text is not None for it in items) else "bytes"
     conflicts = [g for g in groups.values() if len({items[i].label for i in g}) > 1]
@@ -223,6 +236,22 @@ def _without_copies(root: Path, items: list[Item], skipped: dict[str, str]) -> t
             f"are inflated (`headstart leakage {root}` lists them, --dedupe removes them)"
         )
     return [it for i, it in enumerate(items) if i in keep], warnings
+
+
+def _content_keys(items: list[Item], skipped: dict[str, str]) -> dict[int, str]:
+    """{index: sha256 of the item's bytes or text}; unreadable files are listed in `skipped` instead."""
+    from headstart.backbones.base import content_hash
+
+    keys: dict[int, str] = {}
+    for i, it in enumerate(items):
+        if it.text is not None:
+            keys[i] = "text:" + hashlib.sha256(it.text.encode("utf-8", "surrogatepass")).hexdigest()
+        else:
+            try:
+                keys[i] = content_hash(it.path)
+            except OSError as e:
+                skipped[str(it.path)] = f"cannot read ({e.strerror or e})"
+    return keys
 
 
 def detect_modality(items: list[Item]) -> str:

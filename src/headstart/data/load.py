@@ -25,16 +25,18 @@ def load_dataset(
     val: float = 0.15,
     test: float = 0.15,
     seed: int = 0,
+    task: str = "classify",
 ) -> Dataset:
     """Read labeled items from `path` and give each a split (the layouts: `headstart.data.layouts`; texts:
     `headstart.data.text`).
 
-    `modality=None` detects it from the items (`detect_modality`)."""
+    `modality=None` detects it from the items (`detect_modality`). `task`: how labels read
+    (`headstart.data.targets`: classify, multilabel, regress)."""
     root = Path(path).expanduser()
     if not root.exists():
         raise HeadstartError(f"data path not found: {root}", fix="check the path")
     if modality == "text" or (modality is None and is_text_data(root)):
-        return load_text_dataset(root, val=val, test=test, seed=seed)
+        return load_text_dataset(root, val=val, test=test, seed=seed, task=task)
     skipped: dict[str, str] = {}
     if root.is_file():
         if root.suffix.lower() not in MANIFEST_SUFFIXES:
@@ -66,4 +68,5 @@ def load_dataset(
         seed=seed,
         one_class_fix="add a folder of examples for each other class",
         skipped=skipped,
+        task=task,
     )

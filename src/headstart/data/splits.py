@@ -8,20 +8,29 @@ it again over the items that remain: one unreadable file never moves the readabl
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import replace
 
 from headstart.data.items import Item
 from headstart.errors import HeadstartError
 
 
-def stratified_split(items: list[Item], *, val: float, test: float, seed: int) -> list[Item]:
+def stratified_split(
+    items: list[Item],
+    *,
+    val: float,
+    test: float,
+    seed: int,
+    key: Callable[[Item], str] | None = None,
+) -> list[Item]:
     """Assign train/val/test per class (seeded); every class gets at least one item in each split.
+    `key`: the stratum of an item when it is not its label (`headstart.data.targets.stratify`).
 
     A function of the set of items alone (sorted, then shuffled by the seed): `Dataset.drop` draws it again
     over the readable items, so they land where they would without the unreadable ones."""
     by_class: dict[str, list[Item]] = {}
     for it in items:
-        by_class.setdefault(it.label, []).append(it)
+        by_class.setdefault(it.label if key is None else key(it), []).append(it)
     too_few = {c: len(v) for c, v in by_class.items() if len(v) < 3}
     if too_few:
         listed = ", ".join(f"{c!r} ({n})" for c, n in sorted(too_few.items()))

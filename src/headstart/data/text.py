@@ -245,7 +245,9 @@ def read_one_text(path: str | Path, *, table_fix: str) -> str:
 # -- the dataset ------------------------------------------------------------------------------------------
 
 
-def load_text_dataset(root: Path, *, val: float = 0.15, test: float = 0.15, seed: int = 0) -> Dataset:
+def load_text_dataset(
+    root: Path, *, val: float = 0.15, test: float = 0.15, seed: int = 0, task: str = "classify"
+) -> Dataset:
     """Read labeled texts from `root` (see the module docstring) and give each a split."""
     skipped: dict[str, str] = {}
     if root.is_file():
@@ -272,4 +274,5 @@ def load_text_dataset(root: Path, *, val: float = 0.15, test: float = 0.15, seed
         seed=seed,
         one_class_fix="add texts of each other class",
         skipped=skipped,
+        task=task,
     )

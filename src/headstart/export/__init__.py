@@ -134,6 +134,17 @@ def export_onnx_model(
     """
     if out_path is not None:  # an unusable --out is refused before the model is loaded
         _check_out(Path(out_path))
+    if not isinstance(run_dir_or_model, TrainedModel):
+        from headstart.shapes import shape_of_run
+
+        shape = shape_of_run(run_dir_or_model)
+        if shape is not None:
+            return shape.export(
+                Path(run_dir_or_model),
+                None if out_path is None else Path(out_path),
+                quantize=quantize,
+                check_inputs=check_inputs,
+            )
     model = run_dir_or_model if isinstance(run_dir_or_model, TrainedModel) else load_model(run_dir_or_model)
     if out_path is None:
         if model.path is None:

@@ -60,6 +60,8 @@ _SECTIONS: tuple[tuple[str, str, Callable[[RunFiles], tuple[Html, bool]]], ...] 
     ("performance", "Latency and memory", performance.section),
 )
 SECTIONS = tuple((sid, title) for sid, title, _ in _SECTIONS)
+#: The sections a run of any task shape shows (headstart.shapes); the shape adds its own after them.
+SHAPE_COMMON = ("data", "training", "compare", "card")
 
 
 @dataclass
@@ -70,9 +72,16 @@ class Report:
 
 def build_report(run_dir: str | Path) -> Report:
     """The report page for `run_dir` as a string, plus which sections had data."""
+    from headstart.shapes import shape_of_run
+
     files = read_run_files(run_dir)
+    shape = shape_of_run(run_dir)
+    chosen = list(_SECTIONS)
+    if shape is not None:  # a multi-label, regression, tagging or generation run: its own scores' sections
+        common = [s for s in _SECTIONS if s[0] in SHAPE_COMMON]
+        chosen = [*common[:1], *shape.report_sections(), *common[1:]]
     sections = []
-    for sid, title, build in _SECTIONS:
+    for sid, title, build in chosen:
         try:
             body, computed = build(files)
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:

@@ -117,6 +117,7 @@ _KNOWN = {
     "schema_version",
     "kind",
     "strategy",
+    "task",
     "pretrained",
     "backbone",
     "preprocess",
@@ -148,6 +149,8 @@ class RunInfo:
 
     kind: str = "probe"
     strategy: str | None = None
+    #: the task shape (headstart.shapes): classify, multilabel, regress, tag, generate
+    task: str = "classify"
     pretrained: bool = True
     backbone: BackboneRef = field(default_factory=BackboneRef)
     preprocess: dict[str, Any] = field(default_factory=dict)
@@ -209,6 +212,7 @@ class RunInfo:
         return cls(
             kind=str(d.get("kind") or "probe"),
             strategy=_opt_str(strategy),
+            task=str(d.get("task") or "classify"),
             pretrained=d.get("pretrained", True) is not False,
             backbone=BackboneRef.from_dict(d.get("backbone")),
             preprocess=_dict(d.get("preprocess")),
@@ -238,6 +242,8 @@ class RunInfo:
         out: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "kind": self.kind}
         if self.strategy is not None:
             out["strategy"] = self.strategy
+        if self.task != "classify":  # a classification run's run.json stays as it was
+            out["task"] = self.task
         out.update(
             {
                 "pretrained": self.pretrained,

@@ -96,8 +96,12 @@ def run_fit(
 
     `probe`: the probe verb's embedding and head options (it has no --resume); for fit's closed-form
     recipes, the probe's defaults."""
+    from headstart.shapes import shape_of_task
     from headstart.train.save import evaluate_trained, save_trained, trained_delta
 
+    shape = shape_of_task(cfg.task)
+    if shape is not None:  # multi-label, regression, tagging, generation: the shape's own pipeline
+        return shape.probe(probe) if probe is not None else shape.fit(cfg)  # type: ignore[return-value]
     verb = "probe" if probe is not None else "fit"
     strategy = lora_strategy(cfg)
     request = request_of(cfg, strategy)
