@@ -105,6 +105,7 @@ def auto(
     precision: str = "auto",
     imbalance: str = "auto",
     input_size: str = "native",
+    task: str = "classify",
 ) -> dict[str, Any]:
     """Run the steps of the module docstring; returns (and writes to OUT/auto.json) what each produced.
     `device`: where every step's network runs, `precision`: what every fine-tune trains in (checked first);
@@ -116,6 +117,8 @@ def auto(
     from headstart.train.engine import check_engine
     from headstart.verdicts.compare import compare
 
+    if task != "classify":  # a task shape: its own strategies and paired verdicts (headstart.shapes.auto)
+        return _auto_shape(task, data, locals())
     out_dir = Path(out)
     timings: dict[str, float] = {}
     result: dict[str, Any] = {
@@ -183,8 +186,7 @@ def auto(
         r["strategy"]: {"val_accuracy": r.get("val_accuracy"), "test_accuracy": r.get("test_accuracy")}
         for r in cmp["rows"]
     }
-    result["flags"] = cmp["flags"]
-    result["comparison"] = cmp
+    result.update(flags=cmp["flags"], comparison=cmp)
     for f in (COMPARE_FILE, LEAKAGE_FILE):
         shutil.copy2(out_dir / f, run_dir / f)
 
@@ -239,6 +241,18 @@ def auto(
     }
     atomic_write_json(out_dir / AUTO_FILE, to_jsonable(result))
     return result
+
+
+def _auto_shape(task: str, data: str | Path, options: dict[str, Any]) -> dict[str, Any]:
+    from headstart.shapes import shape_of_task
+    from headstart.shapes.auto import auto_shape
+
+    keys = ("backbone", "budget_s", "out", "strategies", "store", "name", "alias", "seed", "progress")
+    shape = shape_of_task(task)
+    assert shape is not None
+    return auto_shape(
+        shape, data, say=options["say"], device=options["device"], **{k: options[k] for k in keys}
+    )
 
 
 def _overlap(

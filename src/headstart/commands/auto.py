@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from headstart.commands import api_options, console, fmt, print_json, verb
 from headstart.commands.compare import ComparisonOptions, strategy_list
 from headstart.config import option, parse_budget
+from headstart.data.targets import TASKS
 
 
 @dataclass(kw_only=True)
@@ -31,6 +33,12 @@ class AutoOptions(ComparisonOptions):
     name: str | None = option(None, help="model name in the store (default: the data folder's name)")
     alias: str = option("production", help="alias pointed at the new version")
     curve: bool = option(True, help="skip the label-efficiency curve")
+    task: str = option(
+        "classify",
+        choices=TASKS,
+        help="the task shape (as fit's --task): multilabel and regress compare their probe with their "
+        "fine-tunes, item by item on val",
+    )
 
 
 @verb(AutoOptions, own_first=True)
@@ -44,6 +52,9 @@ def cmd_auto(args: argparse.Namespace) -> int:
     result = auto(**api_options(args, AutoOptions, say=say))
     if args.json:
         print_json(result)
+        return 0
+    if args.task != "classify":
+        _print_shape_auto(result)
         return 0
     from headstart.commands.compare import print_compare
 
@@ -66,3 +77,35 @@ def cmd_auto(args: argparse.Namespace) -> int:
     )
     con.print(f"report: [bold]{escape(result['report'])}[/bold]")
     return 0
+
+
+def _print_shape_auto(result: dict[str, Any]) -> None:
+    """auto --task T: each strategy's mean per-item val and test score, its paired gain over the probe on
+    val with the interval (a tie when it holds 0), the recommendation, where it went."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    con = console()
+    cmp = result["comparison"]
+    t = Table(title=f"{result['task']} on {result['backbone']}: mean {cmp['item_score']} per item")
+    for col in ("strategy", "val", "test", "gain over probe on val [95% CI]", "verdict", "seconds"):
+        t.add_column(col, justify="right")
+    for r in cmp["rows"]:
+        if "error" in r:
+            t.add_row(r["strategy"], "-", "-", escape(r["error"]), "failed", "-")
+            continue
+        g = r.get("vs_probe_val") or {}
+        gain = f"{g['diff']:+.4f} [{g['ci'][0]:+.4f}, {g['ci'][1]:+.4f}]" if g.get("ci") else "reference"
+        t.add_row(
+            r["strategy"],
+            fmt(r["val_score"], 4),
+            fmt(r["test_score"], 4),
+            gain,
+            g.get("verdict", "-"),
+            fmt(r["seconds"], 1),
+        )
+    con.print(t)
+    rec, reg = result["recommended"], result["registered"]
+    con.print(f"recommended: [bold]{escape(rec['strategy'])}[/bold]: {escape(rec['reason'])}")
+    con.print(f"registered as [bold]{reg['name']}:v{reg['version']}[/bold] (alias {reg['alias']})")
+    con.print(f"report: [bold]{escape(result['report'])}[/bold]")

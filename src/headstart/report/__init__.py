@@ -61,7 +61,7 @@ _SECTIONS: tuple[tuple[str, str, Callable[[RunFiles], tuple[Html, bool]]], ...] 
 )
 SECTIONS = tuple((sid, title) for sid, title, _ in _SECTIONS)
 #: The sections a run of any task shape shows (headstart.shapes); the shape adds its own after them.
-SHAPE_COMMON = ("data", "training", "compare", "card")
+SHAPE_COMMON = ("data", "training", "card")
 
 
 @dataclass
@@ -79,7 +79,10 @@ def build_report(run_dir: str | Path) -> Report:
     chosen = list(_SECTIONS)
     if shape is not None:  # a multi-label, regression, tagging or generation run: its own scores' sections
         common = [s for s in _SECTIONS if s[0] in SHAPE_COMMON]
-        chosen = [*common[:1], *shape.report_sections(), *common[1:]]
+        from headstart.report.sections import shape_compare
+
+        compared = ("shape_compare", "Strategy comparison", shape_compare.section)
+        chosen = [*common[:1], compared, *shape.report_sections(), *common[1:]]
     sections = []
     for sid, title, build in chosen:
         try:

@@ -89,6 +89,10 @@ class Shape:
     modalities: tuple[str, ...] = ()
     #: fit strategies the shape runs (its --strategy choices), the first the default.
     strategies: tuple[str, ...] = ()
+    #: what `auto --task` compares (headstart.shapes.auto): the probe ("head") first, the reference.
+    auto_strategies: tuple[str, ...] = ("head", "lp-ft")
+    #: what one item's score is (higher is better), for auto's paired verdicts.
+    item_score_name: str = "per-item score"
 
     def _unsupported(self, verb: str) -> HeadstartError:
         return HeadstartError(
@@ -111,6 +115,23 @@ class Shape:
 
     def export(self, run_dir: Path, out: Path | None, **kw: Any) -> dict[str, Any]:
         raise self._unsupported("export")
+
+    def item_scores(self, run_dir: Path, split: str) -> Any:
+        """One score per item of `split` (np.ndarray, higher is better) for auto's paired verdicts: by
+        default metrics.json's `<split>.item_scores`, which the shape's probe and fit record; None when the
+        split has none."""
+        import json
+
+        import numpy as np
+
+        from headstart.runs.names import METRICS_FILE
+
+        try:
+            metrics = json.loads((Path(run_dir) / METRICS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+        scores = (metrics.get(split) or {}).get("item_scores") if isinstance(metrics, dict) else None
+        return None if scores is None else np.asarray(scores, dtype=float)
 
     def report_sections(self) -> list[tuple[str, str, Callable[[RunFiles], tuple[Any, bool]]]]:
         """The report's sections of this shape as (id, title, build(files) -> (html, computed)), shown
