@@ -32,11 +32,9 @@ from typing import Any
 
 from headstart.errors import HeadstartError
 from headstart.runs import COMPARE_FILE, LEAKAGE_FILE
+from headstart.runs.names import AUTO_FILE
 
-AUTO_FILE = "auto.json"
 CURVE_SEEDS = 2  # random subsets per curve point: enough for a spread, cheap next to the comparison
-# Data folders named like this say nothing about the model: it is named after their parent instead.
-GENERIC_FOLDER_NAMES = {"images", "data", "train", "dataset"}
 CURVE_OFF = "turned off (--no-curve)"
 
 
@@ -56,7 +54,7 @@ def preflight(
     from headstart.backbones import create_backbone
     from headstart.data import load_dataset
     from headstart.fileio import ensure_writable_dir
-    from headstart.store import ModelStore, check_name, default_name
+    from headstart.store import ModelStore, check_name, data_model_name
     from headstart.verdicts.curve import check_backbone_modality, resolve_baseline
 
     ds = load_dataset(data, seed=seed)  # missing path, bad manifest, fewer than two classes
@@ -65,10 +63,7 @@ def preflight(
     ensure_writable_dir(out, flag="--out")
     model_store = ModelStore(store)
     ensure_writable_dir(model_store.root, flag="--store")
-    folder = Path(data).resolve()
-    if folder.name in GENERIC_FOLDER_NAMES:
-        folder = folder.parent
-    model_name = check_name(name) if name else default_name(folder)
+    model_name = check_name(name) if name else data_model_name(data)
     check_name(alias)
     skipped: list[dict[str, str]] = []
     baseline = None

@@ -27,6 +27,11 @@ OVERLAP_FILE = "overlap.json"
 REPORT_FILE = "report.html"
 DISTILL_FILE = "distill.json"
 ONNX_FILE = "model.onnx"
+AUTO_FILE = "auto.json"  # auto's summary, in its --out folder
+SHAPE_COMPARE_FILE = "shape_compare.json"  # auto --task T's comparison (headstart.shapes.auto)
+#: A task shape's read-out state (headstart.shapes.linear: thresholds, target scale, ...), recorded with its
+#: sha256 in run.json `files` so load_run checks it and the store keeps it.
+SHAPE_FILE = "shape.json"
 #: split.csv's columns; a reader needs the first three (runs before content hashes have no sha256; `group`,
 #: the item's slice, is written only when the data named slices).
 SPLIT_COLUMNS = ("path", "label", "split", "sha256", "group")

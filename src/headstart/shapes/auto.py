@@ -20,9 +20,8 @@ from typing import Any
 import numpy as np
 
 from headstart.errors import HeadstartError
+from headstart.runs.names import SHAPE_COMPARE_FILE
 from headstart.shapes import Shape
-
-SHAPE_COMPARE_FILE = "shape_compare.json"
 
 
 def paired_gain(a: np.ndarray, b: np.ndarray, *, seed: int = 0) -> dict[str, Any]:
@@ -153,17 +152,15 @@ def auto_shape(
     import shutil
 
     from headstart.fileio import atomic_write_json, ensure_writable_dir
-    from headstart.pipeline import AUTO_FILE, GENERIC_FOLDER_NAMES
     from headstart.report import write_report
     from headstart.runs import to_jsonable
-    from headstart.store import ModelStore, check_name, default_name
+    from headstart.runs.names import AUTO_FILE
+    from headstart.store import ModelStore, check_name, data_model_name
 
     out_dir = ensure_writable_dir(out, flag="--out")  # the cheap checks first
     model_store = ModelStore(store)
     ensure_writable_dir(model_store.root, flag="--store")
-    folder = Path(data).resolve()
-    folder = folder.parent if folder.name in GENERIC_FOLDER_NAMES else folder
-    model_name = check_name(name) if name else default_name(folder)
+    model_name = check_name(name) if name else data_model_name(data)
     check_name(alias)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -385,6 +385,17 @@ def default_name(path: Path) -> str:
     return safe or "model"
 
 
+#: Data folders named like this say nothing about the model: `data_model_name` names it after the parent.
+GENERIC_FOLDER_NAMES = frozenset({"images", "data", "train", "dataset"})
+
+
+def data_model_name(data: str | Path) -> str:
+    """The default model name of a run made from `data` (auto's): the data folder's name, or its parent's
+    when the folder is generically named (`emoji/images` -> `emoji`)."""
+    folder = Path(data).resolve()
+    return default_name(folder.parent if folder.name in GENERIC_FOLDER_NAMES else folder)
+
+
 def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(obj, dict):
         out: dict[str, Any] = {}

@@ -7,11 +7,10 @@ import json
 
 from headstart.report.html import Html, join, not_computed, note, num, table, tag
 from headstart.report.loader import RunFiles
+from headstart.runs.names import SHAPE_COMPARE_FILE
 
 
 def section(files: RunFiles) -> tuple[Html, bool]:
-    from headstart.shapes.auto import SHAPE_COMPARE_FILE
-
     path = files.path / SHAPE_COMPARE_FILE
     if not path.is_file():
         return not_computed(
