@@ -64,6 +64,12 @@ def _build(name: str, root: Path) -> Path | str:
 
             build(root / name)
             return root / name
+        if name == "emoji_full":  # every usable emoji of each group, up to 250: ~1,800 images
+            sys.path.insert(0, str(REPO / "examples" / "emoji"))
+            from build import main as build_emoji
+
+            build_emoji(["--out", str(root / name), "--per-class", "250"])
+            return root / name
         if name == "fashion_mnist":
             from build_fashion_mnist import build as build_fashion
 
@@ -82,6 +88,7 @@ TASKS: dict[str, tuple[Callable[[Path], Path | str], str]] = {
     "fortunes": (lambda root: REPO / "examples" / "fortunes" / "fortunes.csv", "minilm-l6"),
     "digits": (lambda root: _build("digits", root), "efficientnet_lite0"),
     "fashion_mnist": (lambda root: _build("fashion_mnist", root), "efficientnet_lite0"),
+    "emoji_full": (lambda root: _build("emoji_full", root), "efficientnet_lite0"),
     "fortunes_810": (lambda root: _build("fortunes_810", root), "minilm-l6"),
 }
 

@@ -125,8 +125,9 @@ def test_adapt_budget_stops_the_adaptation_and_the_control_replays_its_steps(
     adapted = [h for h in out["history"] if h["phase"] == "adapt"]
     control = [h for h in out["history"] if h["phase"] == "control"]
     assert 0 < len(adapted) < 200 and any("time budget" in w for w in out["warnings"]), out["warnings"]
-    # However early it stopped, the head-only control took exactly the adaptation's steps.
-    assert [h["steps"] for h in control] == [h["steps"] for h in adapted]
+    # However early it stopped, the head-only control took exactly the adaptation's steps (in total: a
+    # budget that stops the adaptation inside an epoch may split its last steps over two history rows).
+    assert sum(h["steps"] for h in control) == sum(h["steps"] for h in adapted) == out["steps"]
     assert out["steps"] == sum(h["steps"] for h in adapted)
     assert (backbones_home / "quick").is_dir() and not (backbones_home / ".quick.training").exists()
 

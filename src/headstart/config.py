@@ -305,10 +305,20 @@ class FitConfig(RunConfig):
         "features of the labeled data with them",
     )
     domain_weight: float = option(1.0, help="weight of the domain-adversarial loss (DANN)")
+    loss: str | None = option(
+        None,
+        choices=("huber", "mse"),
+        help="--task regress: the training loss, huber (default; delta 1 on the standardised target) or mse",
+    )
 
     def __post_init__(self) -> None:
         # Cheap checks run before any data is read.
         check_mode(self.imbalance)
+        if self.loss is not None and self.task != "regress":
+            raise HeadstartError(
+                f"--loss {self.loss} is for --task regress (--task {self.task} has one loss)",
+                fix="drop --loss, or add --task regress",
+            )
         if isinstance(self.lr, str) and self.lr != "auto":
             raise HeadstartError(f"--lr {self.lr!r}: give a number or 'auto'")
         if self.bf16:  # one name for the precision from here on (the engine, a resume's check)

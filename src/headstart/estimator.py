@@ -208,17 +208,14 @@ class ProbeClassifier(ClassifierMixin, BaseEstimator):
     # -- persistence ----------------------------------------------------------------------------------
     def run_info(self) -> dict[str, Any]:
         """run.json of a probe (kind "probe"): the head on a frozen, referenced base."""
+        from headstart.runs import BackboneRef
+
         self._check_fitted()
         bb = self._backbone()
         return {
             "kind": "probe",
             "pretrained": True,
-            "backbone": {
-                "name": bb.name,
-                "key": bb.key,
-                "weights_sha256": bb.card.weights_sha256,
-                "card": bb.card.to_dict(),
-            },
+            "backbone": BackboneRef.of(bb).to_dict(),
             "preprocess": bb.preprocess.to_dict(),
             "modality": bb.modality,
             "classes": [str(c) for c in self.classes_],

@@ -229,21 +229,6 @@ def evaluate_run(
     from headstart.store import is_stored_version
 
     run_dir = Path(run_dir)
-    shape = shape_of_run(run_dir)
-    if shape is not None:  # its own scores (headstart.shapes); the same keywords
-        return shape.evaluate(
-            run_dir,
-            data=data,
-            split=split,
-            ood=ood,
-            latency=latency,
-            backend=backend,
-            save=save,
-            out=out,
-            progress=progress,
-            device=device,
-            slices=slices,
-        )
     own_split = data is None
     writes_run = save and own_split  # other data never overwrites what describes the run's own split
     if writes_run and is_stored_version(run_dir):
@@ -252,6 +237,21 @@ def evaluate_run(
             fix="evaluate the run folder before registering it, or pass save=False",
         )
     out_path = _check_out(out, run_dir, own_split) if out is not None else None
+    shape = shape_of_run(run_dir)
+    if shape is not None:  # its own scores (headstart.shapes): the checks above done, the same keywords
+        return shape.evaluate(
+            run_dir,
+            data=data,
+            split=split,
+            ood=ood,
+            latency=latency,
+            backend=backend,
+            save=save,
+            out=out_path,
+            progress=progress,
+            device=device,
+            slices=slices,
+        )
     used = forward_device(backend, device)  # an absent device is refused before the run is loaded
     slice_map, origin = None, f"the group column of {SPLIT_FILE if own_split else data}"
     if slices is not None:  # read before the run is loaded: a bad slice file fails at once

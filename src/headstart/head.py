@@ -6,7 +6,7 @@ the standardisation is folded into the weights, so the stored head is a plain `l
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -65,6 +65,13 @@ def _fit_standardised(
         return loss, torch.cat([(g.T @ Z + lam * w).reshape(-1), g.sum(0)])
 
     x = torch.zeros(n_classes * (d + 1), dtype=Z.dtype) if init is None else init.clone()
+    return minimise(loss_grad, x)
+
+
+def minimise(
+    loss_grad: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor
+) -> torch.Tensor:
+    """Full-batch L-BFGS (strong Wolfe line search) from `x`, on a closed-form (loss, gradient)."""
     x.requires_grad_(True)
     opt = torch.optim.LBFGS(
         [x],

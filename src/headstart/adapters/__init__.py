@@ -1,4 +1,5 @@
-"""Parameter-efficient adapters inside a backbone's layer groups (one module per method, like PEFT).
+"""Parameter-efficient adapters inside a backbone's layer groups (one module per method, like PEFT): `lora`
+(lora.py), `prompt-tuning` and `prefix-tuning` (prompt.py). Each module offers inject, state and merge.
 
     info = inject_adapter(backbone, LoraSpec(r=8))   # before the Trainer is built
     ...train: only adapter weights (and the head) have requires_grad...
@@ -22,45 +23,65 @@ if TYPE_CHECKING:
     import torch
 
     from headstart.backbones.base import Backbone
-    from headstart.recipes import LoraSpec
+    from headstart.recipes import AdapterSpec
     from headstart.runs import AdapterRef
 
-METHODS = ("lora",)
+METHODS = ("lora", "prompt-tuning", "prefix-tuning")
 
 
-def _spec(spec: LoraSpec | dict[str, Any]) -> LoraSpec:
-    from headstart.recipes import LoraSpec
+def _spec(spec: AdapterSpec | dict[str, Any]) -> AdapterSpec:
+    from headstart.recipes import adapter_spec
 
-    if isinstance(spec, LoraSpec):
-        spec.validate()
-        return spec
-    keys = ("method", "r", "alpha", "dropout", "target_modules")
-    return LoraSpec.from_dict({k: spec[k] for k in keys if k in spec})
+    if isinstance(spec, dict):
+        return adapter_spec(spec)
+    spec.validate()
+    return spec
+
+
+def _module(method: str) -> Any:
+    """The module of an adapter kind (each has inject, state, merge)."""
+    if method not in METHODS:
+        raise HeadstartError(f"unknown adapter method {method!r}", fix=f"use one of {METHODS}")
+    from headstart.adapters import lora, prompt
+
+    return lora if method == "lora" else prompt
+
+
+def _method_of(backbone: Backbone) -> str:
+    from headstart.adapters import prompt
+
+    return (
+        "prompt-tuning" if any(prompt.is_adapter_param(n) for n, _ in backbone.named_parameters()) else "lora"
+    )
 
 
 def inject_adapter(
-    backbone: Backbone, spec: LoraSpec | dict[str, Any], *, top_groups: int | None = None, seed: int = 0
+    backbone: Backbone, spec: AdapterSpec | dict[str, Any], *, top_groups: int | None = None, seed: int = 0
 ) -> dict[str, Any]:
-    """Add adapter layers to the top `top_groups` groups (all by default), in place, and set the backbone's
-    `trainable_filter` so only they train. Returns the adapter's description (method, r, alpha, dropout,
-    target_modules, groups, trainable_params, ...) as run.json records it."""
+    """Add the adapter to the top `top_groups` groups (all by default), in place, and set the backbone's
+    `trainable_filter` so only it trains. Returns the adapter's description (method, its settings, groups,
+    trainable_params, ...) as run.json records it."""
     s = _spec(spec)
-    if s.method not in METHODS:
-        raise HeadstartError(f"unknown adapter method {s.method!r}", fix=f"use one of {METHODS}")
-    from headstart.adapters import lora
-
-    return lora.inject(backbone, s, top_groups=top_groups, seed=seed)
+    return _module(s.method).inject(backbone, s, top_groups=top_groups, seed=seed)  # type: ignore[no-any-return]
 
 
 def adapter_state(backbone: Backbone) -> dict[str, torch.Tensor]:
-    from headstart.adapters import lora
+    return _module(_method_of(backbone)).state(backbone)  # type: ignore[no-any-return]
 
-    return lora.state(backbone)
+
+def refuse_merge(ref: AdapterRef, run: str | Path) -> None:
+    """A clear refusal, before anything loads, for an adapter kind with no weights to fold into."""
+    from headstart.adapters.prompt import NO_MERGE
+
+    if ref.method in NO_MERGE:
+        raise HeadstartError(
+            f"cannot merge {run}: {NO_MERGE[ref.method]}",
+            fix=f"serve the run as it is (`headstart serve {run}`); its store entry holds only the vectors",
+        )
 
 
 def load_adapter(backbone: Backbone, run_path: str | Path, ref: AdapterRef) -> Backbone:
     """The base backbone + the run's adapter: injected with the recorded config, tensors loaded exactly."""
-    from headstart.adapters import lora
     from headstart.fileio import sha256_file
     from headstart.runs import load_tensors
 
@@ -75,9 +96,10 @@ def load_adapter(backbone: Backbone, run_path: str | Path, ref: AdapterRef) -> B
             fix="load the run with the backbone it was trained on",
         )
     groups = [names.index(g) for g in ref.groups] if "groups" in ref.spec else None
-    lora.inject(backbone, _spec(ref.spec), groups=groups)
+    module = _module(ref.method)
+    module.inject(backbone, _spec(ref.spec), groups=groups)
     saved = load_tensors(path)
-    own = lora.state(backbone)
+    own = module.state(backbone)
     missing = sorted(set(own) - set(saved))
     unexpected = sorted(set(saved) - set(own))
     wrong = [k for k in saved if k in own and tuple(own[k].shape) != tuple(saved[k].shape)]
@@ -85,7 +107,7 @@ def load_adapter(backbone: Backbone, run_path: str | Path, ref: AdapterRef) -> B
         raise HeadstartError(
             f"{path} does not fit {backbone.name} with this adapter config: missing {missing[:3]}, "
             f"unexpected {unexpected[:3]}, wrong shape {wrong[:3]}",
-            fix="load the run with the backbone and peft version it was trained with",
+            fix="load the run with the backbone (and peft version) it was trained with",
         )
     backbone.load_state_dict(saved, strict=False)
     backbone.delta_sha256 = sha256_file(path)  # a different network from the base: its own cache key
@@ -94,12 +116,11 @@ def load_adapter(backbone: Backbone, run_path: str | Path, ref: AdapterRef) -> B
 
 def merge_adapter(backbone: Backbone) -> Backbone:
     """Fold the adapter into the base weights: a plain backbone (no adapter layers) that computes the same
-    function up to float rounding. `backbone.merged_groups` lists the groups whose weights changed."""
-    from headstart.adapters import lora
-
-    groups = lora.merge(backbone)
+    function up to float rounding. `backbone.merged_groups` lists the groups whose weights changed. Learned
+    tokens (prompt/prefix tuning) have no weights to fold into: refused."""
+    groups = _module(_method_of(backbone)).merge(backbone)
     backbone.__dict__["merged_groups"] = groups
     return backbone
 
 
-__all__ = ["ADAPTER_FILE", "adapter_state", "inject_adapter", "load_adapter", "merge_adapter"]
+__all__ = ["ADAPTER_FILE", "adapter_state", "inject_adapter", "load_adapter", "merge_adapter", "refuse_merge"]

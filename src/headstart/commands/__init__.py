@@ -142,7 +142,7 @@ def print_shape_result(result: Any) -> None:
 
     get = result.get if isinstance(result, dict) else lambda k, d=None: getattr(result, k, d)
     con = console()
-    if get("data"):
+    if isinstance(get("data"), dict):  # evaluate's `data` is a description (a string), not a summary
         print_data_notes(con, get("data"))
     if get("table"):
         title, columns, rows = get("table")

@@ -45,9 +45,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     con = console()
     par = report["parity"]
     con.print(f"wrote [bold]{escape(report['onnx'])}[/bold] ({report['bytes'] / 1e6:.1f} MB) and its card")
+    agree = "" if report.get("task") == "regress" else f"top-1 agreement {par['top1_agreement']:.0%}, "
     con.print(
-        f"parity with PyTorch on {par['n']} real inputs ({par['inputs']}): top-1 agreement "
-        f"{par['top1_agreement']:.0%}, max |logit diff| {par['max_abs_diff']:.2e}"
+        f"parity with PyTorch on {par['n']} real inputs ({par['inputs']}): {agree}"
+        f"max |output diff| {par['max_abs_diff']:.2e}"
     )
     q = report.get("quantized")
     if q:

@@ -83,11 +83,14 @@ def _print_fit(report: Any) -> None:
         f"trainable parameters {m['trainable_params']:,} of {m['backbone_params'] + m['trainable_params']:,}"
     )
     a = m.get("adapter")
-    if a:
+    if a and a.get("method", "lora") != "lora":  # prompt/prefix tuning: learned tokens, no adapted layer
+        con.print(f"{a['method']}: {a['n_tokens']} learned tokens in {escape(', '.join(a['groups']))}")
+    elif a:
         con.print(
             f"LoRA r={a['r']} alpha={a['alpha']:g} dropout={a['dropout']:g} on {a['n_modules']} layers: "
             f"{escape(', '.join(a['target_modules']))} ({escape(a['targets_reason'])})"
         )
+    if a:
         con.print(
             f"trainable: {m['trainable_params']:,} (adapter + head) vs {m['full_trainable_params']:,} for "
             f"full fine-tuning ({m['trainable_params'] / m['full_trainable_params']:.2%})"

@@ -20,7 +20,7 @@ from headstart.config import json_option, option
 
 def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Write the merged copy of adapter run `run` to `out`; returns a summary."""
-    from headstart.adapters import merge_adapter
+    from headstart.adapters import merge_adapter, refuse_merge
     from headstart.errors import HeadstartError
     from headstart.model import load_model
     from headstart.runs import (
@@ -30,6 +30,7 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> d
         METRICS_FILE,
         RUN_FILE,
         DeltaRef,
+        load_run_info,
         read_json,
         write_run,
     )
@@ -38,6 +39,9 @@ def merge_run(run: str | Path, out: str | Path, *, overwrite: bool = False) -> d
     src, dest = Path(run), Path(out)
     if src.resolve() == dest.resolve():
         raise HeadstartError("--out must differ from the run being merged", fix="give a new folder")
+    recorded = load_run_info(src).adapter
+    if recorded is not None:
+        refuse_merge(recorded, src)  # prompt/prefix tuning: nothing to fold, said before the model loads
     model = load_model(src)
     source = model.run_info
     adapter = source.adapter

@@ -8,6 +8,11 @@ from typing import Any
 
 from headstart.commands import console, fmt, print_json
 
+ACCEPT_HELP = (
+    "point the alias at a generative fine-tune even though its behaviour check is flagged (it lost a "
+    "refusal: behaviour.json); the store's event log records it"
+)
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="versioned model store: register, promote, rollback, diff, rm")
@@ -34,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--name", help="model name (default: the run folder's name)")
     q.add_argument("--alias", help="also point this alias at the new version")
     q.add_argument("--mlflow", metavar="URI", help="also log the version to this MLflow tracking URI")
+    q.add_argument("--accept-behaviour-change", action="store_true", help=ACCEPT_HELP)
 
     promote_help = "point an alias (default production) at a version"
     q = add("promote", promote_help, cmd_promote, "name", ("version", "2 or v2"))
@@ -43,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="promote even when the version is worse than the alias's holder on a slice (recorded)",
     )
+    q.add_argument("--accept-behaviour-change", action="store_true", help=ACCEPT_HELP)
 
     q = add("rollback", "move an alias back to the version it pointed at before", cmd_rollback, "name")
     q.add_argument("--alias", default="production")
@@ -127,7 +134,13 @@ def cmd_register(args: argparse.Namespace) -> int:
     from headstart.store import default_name
 
     name = args.name or default_name(args.run)
-    n = store.register(args.run, name, alias=args.alias, mlflow_uri=args.mlflow)
+    n = store.register(
+        args.run,
+        name,
+        alias=args.alias,
+        mlflow_uri=args.mlflow,
+        accept_behaviour_change=args.accept_behaviour_change,
+    )
     out = {"name": name, "version": n, "ref": f"{name}:v{n}", "path": str(store.version_dir(name, n))}
     if args.alias:
         out["alias"] = args.alias
@@ -149,7 +162,13 @@ def _print_alias(args: argparse.Namespace, version: int, moved: str) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    done = _store(args).promote_checked(args.name, args.version, args.alias, force=args.force)
+    done = _store(args).promote_checked(
+        args.name,
+        args.version,
+        args.alias,
+        force=args.force,
+        accept_behaviour_change=args.accept_behaviour_change,
+    )
     cmp = done["slices"]
     if args.json:
         print_json({"name": args.name, "alias": args.alias, "version": done["version"], "slices": cmp})

@@ -5,7 +5,8 @@ One training loop (headstart.train) runs any recipe. A phase says how many of th
 (discriminative rates: group lr = head lr x backbone_lr_ratio x decay^(depth from the top)), epochs,
 schedule, weight decay and early-stopping patience.
 
-Built in by name: head, partial:N, full, discriminative, gradual, lp-ft, scratch, lora (lora:R). Users write
+Built in by name: head, partial:N, full, discriminative, gradual, lp-ft, scratch, lora (lora:R),
+prompt-tuning (prompt-tuning:N), prefix-tuning (prefix-tuning:N). Users write
 their own in YAML/JSON (same fields as `Recipe.to_dict()`; `recipe_schema()`, printed by `headstart recipes
 --schema`, is its JSON schema) or Python.
 
@@ -19,11 +20,14 @@ from headstart.recipes.schema import (
     HEAD_INITS,
     SCHEDULES,
     SCHEMA_FIX,
+    AdapterSpec,
     HeadInit,
     LoraSpec,
     Phase,
+    PromptSpec,
     Recipe,
     Schedule,
+    adapter_spec,
     load_recipe_file,
     recipe_schema,
 )
@@ -34,11 +38,14 @@ __all__ = [
     "HEAD_INITS",
     "SCHEDULES",
     "SCHEMA_FIX",
+    "AdapterSpec",
     "HeadInit",
     "LoraSpec",
     "Phase",
+    "PromptSpec",
     "Recipe",
     "Schedule",
+    "adapter_spec",
     "get_recipe",
     "load_recipe_file",
     "recipe_schema",

@@ -1,5 +1,5 @@
 """The built-in recipes, one maker each: head, multi-depth, views:K, partial:N, full, discriminative, gradual,
-lp-ft, scratch, lora.
+lp-ft, scratch, lora, prompt-tuning, prefix-tuning.
 
 Each returns a fresh `Recipe` (headstart.recipes.schema); `headstart.recipes.strategy.get_recipe` turns a
 `--strategy` value into a call of one of them.
@@ -7,7 +7,7 @@ Each returns a fresh `Recipe` (headstart.recipes.schema); `headstart.recipes.str
 
 from __future__ import annotations
 
-from headstart.recipes.schema import LoraSpec, Phase, Recipe
+from headstart.recipes.schema import LoraSpec, Phase, PromptSpec, Recipe
 
 # The names `--strategy` accepts (partial:N and lora:R take a number), as listed in errors and `recipes`.
 BUILT_IN = (
@@ -21,6 +21,8 @@ BUILT_IN = (
     "lp-ft",
     "scratch",
     "lora",
+    "prompt-tuning",
+    "prefix-tuning",
     "setfit",
 )
 
@@ -140,6 +142,31 @@ def lora(r: int = 8) -> Recipe:
         adapter=LoraSpec(r=r, alpha=2.0 * r),
         description="LoRA adapters on the attention projections of every group + the probe-initialised "
         "head; the base weights stay frozen and only the adapter is stored",
+    )
+
+
+# Virtual tokens by default: Lester et al. 2021 saw prompt tuning gain little past 20 tokens; Li & Liang
+# 2021 used prefixes of 10 for their classification-sized tasks (PEFT's examples: 20 and 10 too).
+PROMPT_TOKENS = {"prompt-tuning": 20, "prefix-tuning": 10}
+
+
+def learned_tokens(method: str, n: int | None = None) -> Recipe:
+    """prompt-tuning(:N) and prefix-tuning(:N): only the learned vectors and the head train."""
+    n = PROMPT_TOKENS[method] if n is None else n
+    # The vectors learn at 10x the head's rate (1e-2): they start from real token activations, at the
+    # scale of hidden states (norm ~ sqrt(width)), and need steps of that order to move within 8 epochs
+    # (PEFT's classification examples use 1e-2..3e-2 for both; Lester et al. used 0.3 with Adafactor).
+    return Recipe(
+        method if n == PROMPT_TOKENS[method] else f"{method}:{n}",
+        (Phase(method, train_top="all", epochs=8, lr=1e-3, backbone_lr_ratio=10.0, head_init="probe"),),
+        adapter=PromptSpec(method, n_tokens=n),  # type: ignore[arg-type]
+        description=(
+            f"{n} learned vectors before the text's first layer"
+            if method == "prompt-tuning"
+            else f"{n} learned keys and values in every attention layer"
+        )
+        + " + the probe-initialised head; no backbone weight changes, only the vectors are stored "
+        "(text backbones)",
     )
 
 

@@ -1,9 +1,11 @@
-"""The recipe schema: `Phase`, `LoraSpec` and `Recipe` (frozen dataclasses), their checks, and recipe files.
+"""The recipe schema: `Phase`, the adapter specs (`LoraSpec`, `PromptSpec`) and `Recipe` (frozen dataclasses),
+their checks, and recipe files.
 
 A file or dict is validated against the JSON schema pydantic derives from these dataclasses (types, allowed
 values, no unknown keys; `recipe_schema()`, printed by `headstart recipes --schema`), then by `validate()`
-(ranges). A recipe with an `adapter` (LoraSpec) trains low-rank adapters inside the groups its phases train
-instead of the groups' own weights.
+(ranges). A recipe with an `adapter` trains its vectors instead of the groups' own weights: low-rank
+adapters inside the groups its phases train (LoraSpec, `method: lora`), or learned tokens (PromptSpec,
+`method: prompt-tuning` or `prefix-tuning`). `method` is the adapter's kind, as run.json records it.
 """
 
 from __future__ import annotations
@@ -126,6 +128,52 @@ class LoraSpec:
 
 
 @dataclass(frozen=True)
+class PromptSpec:
+    """Learned tokens, no weight of the backbone changes (headstart.adapters.prompt): `prompt-tuning`, N
+    vectors prepended to the input of the first transformer layer (Lester et al. 2021); `prefix-tuning`, N
+    key and value vectors prepended in every attention layer (Li & Liang 2021). Text backbones only."""
+
+    __pydantic_config__ = _STRICT_KEYS
+
+    method: Literal["prompt-tuning", "prefix-tuning"]
+    n_tokens: int = 20  # virtual tokens (prompt) or prefix positions per layer (prefix)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def validate(self) -> None:
+        if not isinstance(self.n_tokens, int) or not 1 <= self.n_tokens <= MAX_VIRTUAL_TOKENS:
+            raise HeadstartError(
+                f"{self.method}: n_tokens must be an integer from 1 to {MAX_VIRTUAL_TOKENS}, "
+                f"got {self.n_tokens!r}",
+                fix=f"e.g. {self.method}:20",
+            )
+
+
+# Every virtual token costs attention on every text; beyond a few hundred they outnumber the text's own.
+MAX_VIRTUAL_TOKENS = 256
+AdapterSpec = LoraSpec | PromptSpec
+
+
+def adapter_spec(d: dict[str, Any]) -> AdapterSpec:
+    """An adapter spec from its dict form (run.json's adapter, a recipe file's `adapter`), by `method`."""
+    fields = {
+        "lora": ("method", "r", "alpha", "dropout", "target_modules"),
+        "prompt-tuning": ("method", "n_tokens"),
+        "prefix-tuning": ("method", "n_tokens"),
+    }
+    method = d.get("method", "lora")
+    if method not in fields:
+        raise HeadstartError(f"unknown adapter method {method!r}", fix=f"use one of {list(fields)}")
+    kept = {k: d[k] for k in fields[method] if k in d}
+    if method == "lora":
+        return LoraSpec.from_dict(kept)
+    spec: PromptSpec = _validated(PromptSpec, kept, f"{method} adapter")
+    spec.validate()
+    return spec
+
+
+@dataclass(frozen=True)
 class Recipe:
     __pydantic_config__ = _STRICT_KEYS
 
@@ -135,7 +183,7 @@ class Recipe:
     batch_size: int = 32
     description: str = ""
     # A parameter-efficient method: only its weights (and the head) train, the base weights stay frozen.
-    adapter: LoraSpec | None = None
+    adapter: LoraSpec | PromptSpec | None = None
     # The features the head reads: "last", the backbone's embedding; "all-depths", the pooled output of
     # every layer group side by side (Head2Toe; the backbone runs as `depths:<name>`). Head-only recipes.
     pooled: Literal["last", "all-depths"] = "last"
@@ -158,7 +206,8 @@ class Recipe:
     def from_dict(cls, d: dict[str, Any], *, source: str | Path | None = None) -> Recipe:
         """A recipe from its dict form (a parsed .json/.yaml file: `source` names it in errors)."""
         if isinstance(d.get("adapter"), dict):
-            d = {**d, "adapter": _split_targets(d["adapter"])}
+            # `method` tells the kind; a LoRA spec may leave it out (written before there were kinds)
+            d = {**d, "adapter": _split_targets({"method": "lora", **d["adapter"]})}
         r: Recipe = _validated(Recipe, d, f"recipe {source}" if source else "recipe")
         r.validate()
         return r
@@ -216,9 +265,12 @@ class Recipe:
             )
             if self.adapter is not None and p.train_top != 0:
                 where = "all groups" if p.train_top == "all" else f"the top {p.train_top} groups"
-                what = f"LoRA in {where} + head"
+                kind = "LoRA" if isinstance(self.adapter, LoraSpec) else self.adapter.method
+                what = f"{kind} in {where} + head"
             parts.append(f"{p.name}: {what}, {p.epochs} ep, lr {p.lr:g}")
-        if self.adapter is not None:
+        if isinstance(self.adapter, PromptSpec):
+            parts.append(f"{self.adapter.n_tokens} virtual tokens")
+        elif self.adapter is not None:
             a = self.adapter
             targets = ",".join(a.target_modules) if a.target_modules else "per architecture"
             parts.append(f"r {a.r}, alpha {a.alpha:g}, dropout {a.dropout:g}, targets {targets}")

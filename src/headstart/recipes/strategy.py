@@ -1,5 +1,6 @@
-"""What `--strategy` names: a built-in recipe (`head`, `partial:N`, `lora:R`, `views:K`, ...), a recipe file,
-a dict or a `Recipe`, parsed and checked against the backbone's layer groups before any training starts."""
+"""What `--strategy` names: a built-in recipe (`head`, `partial:N`, `lora:R`, `views:K`, `prompt-tuning:N`,
+...), a recipe file, a dict or a `Recipe`, parsed and checked against the backbone's layer groups before any
+training starts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from headstart.errors import HeadstartError
 from headstart.recipes import built_in
 from headstart.recipes.built_in import BUILT_IN
-from headstart.recipes.schema import MAX_VIEWS, Recipe, load_recipe_file
+from headstart.recipes.schema import MAX_VIEWS, MAX_VIRTUAL_TOKENS, Recipe, load_recipe_file
 
 
 def get_recipe(strategy: str | Recipe | dict[str, Any] | Path, n_groups: int) -> Recipe:
@@ -51,6 +52,14 @@ def get_recipe(strategy: str | Recipe | dict[str, Any] | Path, n_groups: int) ->
         if not r.isdigit() or int(r) < 1:
             raise HeadstartError(f"bad strategy {s!r}", fix="write lora:R with the rank R >= 1, e.g. lora:16")
         return built_in.lora(int(r))
+    method, _, n = s.partition(":")
+    if method in built_in.PROMPT_TOKENS:
+        if n and (not n.isdigit() or not 1 <= int(n) <= MAX_VIRTUAL_TOKENS):
+            raise HeadstartError(
+                f"bad strategy {s!r}",
+                fix=f"write {method}:N with N from 1 to {MAX_VIRTUAL_TOKENS} virtual tokens, e.g. {method}:8",
+            )
+        return built_in.learned_tokens(method, int(n) if n else None)
     makers = {
         "full": built_in.full,
         "discriminative": built_in.discriminative,

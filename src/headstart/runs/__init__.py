@@ -18,6 +18,7 @@ Written later into the folder: calibration.json (CALIBRATION_FILE) and evaluatio
 by evaluate; compare.json, leakage.json, curve.json (COMPARE_FILE, LEAKAGE_FILE, CURVE_FILE) and
 report.html (REPORT_FILE) by auto; distill.json (DISTILL_FILE) by distill; model.onnx (ONNX_FILE) by export;
 overlap.json (OVERLAP_FILE) by overlap and auto.
+shape.json        SHAPE_FILE: a task shape's read-out state (headstart.shapes.linear), its sha256 in `files`
 
 Schema versions: run.json's `schema_version` (absent: 1). Every reader reads every version up to
 `SCHEMA_VERSION` through `RunInfo.from_dict`, which maps older field places to the current ones; a newer
@@ -30,6 +31,7 @@ from headstart.runs.card import run_card, run_recipe, split_metrics
 from headstart.runs.folder import (
     Run,
     check_base,
+    check_stored_files,
     default_run_dir,
     library_versions,
     load_head,
@@ -59,6 +61,7 @@ from headstart.runs.items import (
 )
 from headstart.runs.names import (
     ADAPTER_FILE,
+    BEHAVIOUR_FILE,
     CALIBRATION_FILE,
     CLUSTERS_FILE,
     COMPARE_FILE,
@@ -78,6 +81,7 @@ from headstart.runs.names import (
     REPORT_FILE,
     RUN_FILE,
     SCHEMA_VERSION,
+    SHAPE_FILE,
     SPLIT_COLUMNS,
     SPLIT_FILE,
 )
@@ -95,6 +99,7 @@ from headstart.runs.records import (
 
 __all__ = [
     "ADAPTER_FILE",
+    "BEHAVIOUR_FILE",
     "CALIBRATION_FILE",
     "CLUSTERS_FILE",
     "COMPARE_FILE",
@@ -114,6 +119,7 @@ __all__ = [
     "REPORT_FILE",
     "RUN_FILE",
     "SCHEMA_VERSION",
+    "SHAPE_FILE",
     "SPLIT_COLUMNS",
     "SPLIT_FILE",
     "AdapterRef",
@@ -127,6 +133,7 @@ __all__ = [
     "RunInfo",
     "SplitRow",
     "check_base",
+    "check_stored_files",
     "data_root_of",
     "default_run_dir",
     "expected_path",

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart.runs.folder import read_evaluation, read_json
-from headstart.runs.names import CALIBRATION_FILE, DATA_FILE, METRICS_FILE, RECIPE_FILE
+from headstart.runs.names import CALIBRATION_FILE, DATA_FILE, METRICS_FILE, RECIPE_FILE, SHAPE_FILE
 from headstart.runs.records import Calibration, RunInfo
 
 
@@ -92,6 +92,7 @@ def run_card(
         temperature = Calibration.from_dict(read_json(folder / CALIBRATION_FILE)).temperature
     return {
         "kind": info.kind,
+        "task": info.task,
         "strategy": info.strategy,
         "modality": info.modality,
         "classes": list(info.classes),
@@ -107,6 +108,8 @@ def run_card(
         "metrics": split_metrics(read_json(folder / METRICS_FILE)) if folder is not None else {},
         "evaluation": _evaluation(folder),
         "temperature": temperature,
+        # A task shape's read-out of its outputs (thresholds, target scale: headstart.shapes.linear).
+        "readout": (read_json(folder / SHAPE_FILE) or None) if folder is not None else None,
         # The frozen forward the head was trained on (fp32 for runs from before int8 existed).
         "frozen_forward": info.extra.get("frozen_forward") or {"precision": "fp32"},
         "data": _data(folder),

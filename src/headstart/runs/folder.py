@@ -183,19 +183,21 @@ def write_run(
     out: str | Path,
     *,
     run: RunInfo | dict[str, Any],
-    head: LinearHead,
+    head: LinearHead | None,
     metrics: dict[str, Any],
     data: dict[str, Any] | None = None,
     split_rows: Sequence[SplitRow] | None = None,
     tensors: dict[str, dict[str, Any]] | None = None,
     json_files: dict[str, Any] | None = None,
     text_files: dict[str, str] | None = None,
+    checked: Sequence[str] = (),
     overwrite: bool = False,
 ) -> Path:
     """Write the whole run into a temp folder beside `out`, then move it into place in one rename.
 
     run.json is written at the current schema version, with the head's and every tensor file's sha256
-    and the data root's place relative to the run (so the pair can move together)."""
+    (and of the `json_files` named in `checked`: a shape's read-out state, which load_run then checks and
+    the store keeps), and the data root's place relative to the run (so the pair can move together)."""
     out = ensure_writable_dir(out, flag="--out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise HeadstartError(
@@ -205,16 +207,22 @@ def write_run(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        save_head(tmp / HEAD_FILE, head, info.classes)
+        if head is not None:  # a generative run (headstart.shapes.generate) has no head
+            save_head(tmp / HEAD_FILE, head, info.classes)
         recorded: dict[str, str] = {}
         for name, state in (tensors or {}).items():
             save_tensors(tmp / name, state)
             recorded[name] = sha256_file(tmp / name)
-        info = replace(info, head=FileRef(HEAD_FILE, sha256_file(tmp / HEAD_FILE)), files=recorded)
+        for name in checked:
+            atomic_write_json(tmp / name, (json_files or {})[name])
+            recorded[name] = sha256_file(tmp / name)
+        head_ref = FileRef(HEAD_FILE, sha256_file(tmp / HEAD_FILE)) if head is not None else None
+        info = replace(info, head=head_ref, files=recorded)
         if info.data_root is not None:
             info.data_root_from_run = Path(os.path.relpath(info.data_root, os.path.abspath(out))).as_posix()
         for name, obj in (json_files or {}).items():
-            atomic_write_json(tmp / name, obj)
+            if name not in checked:
+                atomic_write_json(tmp / name, obj)
         for name, text in (text_files or {}).items():
             atomic_write_text(tmp / name, text)
         atomic_write_json(tmp / RUN_FILE, to_jsonable(info.to_dict()))
@@ -326,6 +334,14 @@ def _check_file(path: Path, sha: str) -> None:
         )
 
 
+def check_stored_files(path: Path, info: RunInfo) -> None:
+    """The head (if any) and every file run.json lists are there with their recorded sha256."""
+    if info.head is not None:
+        _check_file(path / info.head.file, info.head.sha256)
+    for name, sha in info.files.items():
+        _check_file(path / name, sha)
+
+
 def load_run(path: str | Path) -> Run:
     """Read a run folder, checking that the head and every stored file are the ones the run recorded."""
     path = Path(path)
@@ -337,9 +353,7 @@ def load_run(path: str | Path) -> Run:
             fix="the run folder is damaged; re-run it",
         )
     head_path = path / info.head.file
-    _check_file(head_path, info.head.sha256)
-    for name, sha in info.files.items():
-        _check_file(path / name, sha)
+    check_stored_files(path, info)
     metrics = read_json(path / METRICS_FILE)
     head = load_head(head_path)
     if head.weight.shape[0] != len(info.classes):

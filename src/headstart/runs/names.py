@@ -27,6 +27,9 @@ OVERLAP_FILE = "overlap.json"
 REPORT_FILE = "report.html"
 DISTILL_FILE = "distill.json"
 ONNX_FILE = "model.onnx"
+#: A generative fine-tune's behaviour check (headstart.shapes.generate_behaviour), sha256 in `files`: a run
+#: that lost a refusal is flagged there, and the store will not promote it without --accept-behaviour-change.
+BEHAVIOUR_FILE = "behaviour.json"
 AUTO_FILE = "auto.json"  # auto's summary, in its --out folder
 SHAPE_COMPARE_FILE = "shape_compare.json"  # auto --task T's comparison (headstart.shapes.auto)
 #: A task shape's read-out state (headstart.shapes.linear: thresholds, target scale, ...), recorded with its

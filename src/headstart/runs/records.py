@@ -47,6 +47,11 @@ class BackboneRef:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "key": self.key, "weights_sha256": self.weights_sha256, "card": self.card}
 
+    @classmethod
+    def of(cls, backbone: Any) -> BackboneRef:
+        """The reference to a built backbone (headstart.backbones.Backbone) a run records."""
+        return cls(backbone.name, backbone.key, backbone.card.weights_sha256, backbone.card.to_dict())
+
 
 @dataclass
 class FileRef:

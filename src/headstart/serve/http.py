@@ -101,13 +101,28 @@ def create_app(
     from headstart.features import forward_device
 
     forward_device(engine, device)
-    if isinstance(model_ref, TrainedModel):
-        model, ref = model_ref, str(model_ref.path)
+    shape, folder = (None, None) if isinstance(model_ref, TrainedModel) else _shape_of(model_ref)
+    predictor: Any
+    if shape is not None and folder is not None:  # a task shape's run (multi-label, regression, ...)
+        from headstart.serve.shape_predictor import ShapeServePredictor
+
+        ref = str(model_ref)
+        predictor = ShapeServePredictor(
+            shape.predictor(folder, device=device, backend=engine),
+            folder,
+            engine=engine,
+            device=device,
+            max_pixels=max_pixels,
+            max_text_chars=max_text_bytes,
+        )
     else:
-        model, ref = load_served_model(model_ref), str(model_ref)
-    predictor = Predictor(
-        model, engine=engine, max_pixels=max_pixels, device=device, max_text_chars=max_text_bytes
-    )
+        if isinstance(model_ref, TrainedModel):
+            model, ref = model_ref, str(model_ref.path)
+        else:
+            model, ref = load_served_model(model_ref), str(model_ref)
+        predictor = Predictor(
+            model, engine=engine, max_pixels=max_pixels, device=device, max_text_chars=max_text_bytes
+        )
     server = Server(predictor, ref, token, max_bytes, max_batch, max_text_bytes)
     app = FastAPI(title=f"headstart: {ref}", docs_url=None, redoc_url=None)
     app.state.predictor = predictor
@@ -115,6 +130,20 @@ def create_app(
     _add_prediction_routes(app, server)
     _add_info_routes(app, server)
     return app
+
+
+def _shape_of(ref: str | Path) -> tuple[Any, Path | None]:
+    """(the task shape, its folder) of a run folder or stored model (headstart.shapes); (None, None) for a
+    classifier, or a reference load_served_model will refuse with its own message."""
+    from headstart.commands import run_folder
+    from headstart.shapes import shape_of_run
+
+    try:
+        folder, _ = run_folder(ref)
+    except HeadstartError:
+        return None, None
+    shape = shape_of_run(folder) if folder.is_dir() else None
+    return shape, folder if shape is not None else None
 
 
 # -- routes ---------------------------------------------------------------------------------------------

@@ -130,12 +130,7 @@ class Predictor:
             return bb.load_item(f.name)
 
     def decode_text(self, text: str, name: str = "text") -> Any:
-        if self.max_text_chars is not None and len(text) > self.max_text_chars:
-            raise BadInput(
-                name,
-                f"{len(text):,} characters: over the {self.max_text_chars:,}-byte limit for one text "
-                "(send its start, or raise --max-text-mb)",
-            )
+        check_text_size(text, name, self.max_text_chars)
         bb = self.model.backbone
         encode, max_length = getattr(bb, "encode", None), getattr(bb, "max_length", None)
         if encode is None or not max_length:
@@ -191,6 +186,16 @@ class Predictor:
         if self.onnx_path is not None:
             card["onnx"] = str(self.onnx_path)
         return card
+
+
+def check_text_size(text: str, name: str, max_chars: int | None) -> None:
+    """A text over the server's limit for one text is a BadInput (as an image over --max-pixels)."""
+    if max_chars is not None and len(text) > max_chars:
+        raise BadInput(
+            name,
+            f"{len(text):,} characters: over the {max_chars:,}-byte limit for one text "
+            "(send its start, or raise --max-text-mb)",
+        )
 
 
 def encode_head(encode: Callable[[str], Any], text: str, max_length: int) -> Any:

@@ -56,6 +56,12 @@ class ShapeReport:
     warnings: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        """What --json prints (commands.show): every field."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
 
 class ShapePredictor:
     """A loaded run of a shape, as predict and serve use it: read inputs, answer them.

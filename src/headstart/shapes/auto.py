@@ -57,6 +57,11 @@ def compare_shape(
     from headstart.config import FitConfig, ProbeConfig
     from headstart.fileio import atomic_write_json
 
+    if not shape.auto_strategies:
+        raise HeadstartError(
+            f"auto --task {shape.name} has no probe to compare fine-tunes against",
+            fix=f"headstart fit {data} --task {shape.name} (then evaluate, report and models register)",
+        )
     chosen = strategies or list(shape.auto_strategies)
     if not chosen or chosen[0] != "head":
         chosen = ["head", *[s for s in chosen if s != "head"]]
@@ -178,7 +183,6 @@ def auto_shape(
     timings["compare_s"] = time.perf_counter() - t0
     rec = cmp["recommendation"]
     run_dir = Path(rec["run_dir"])
-    say(f"recommended: {rec['strategy']} ({rec['reason']})")
     shutil.copy2(out_dir / SHAPE_COMPARE_FILE, run_dir / SHAPE_COMPARE_FILE)
     t0 = time.perf_counter()
     ev = shape.evaluate(run_dir, progress=progress, device=device)

@@ -22,14 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from headstart.store.card import CARD_FILE, model_card
+from headstart.store.names import check_name, data_model_name, default_name
 from headstart.store.versions import (
     DEFAULT_STORE,
     INDEX_FILE,
     MANIFEST_FILE,
     ModelStore,
-    check_name,
-    data_model_name,
-    default_name,
     is_stored_version,
     store_root,
 )
@@ -60,8 +58,11 @@ def register(
     alias: str | None = None,
     store: str | Path | None = None,
     mlflow_uri: str | None = None,
+    accept_behaviour_change: bool = False,
 ) -> int:
-    return ModelStore(store).register(run_dir, name, alias=alias, mlflow_uri=mlflow_uri)
+    return ModelStore(store).register(
+        run_dir, name, alias=alias, mlflow_uri=mlflow_uri, accept_behaviour_change=accept_behaviour_change
+    )
 
 
 def load(ref: str, *, store: str | Path | None = None) -> Any:
@@ -75,8 +76,11 @@ def promote(
     *,
     store: str | Path | None = None,
     force: bool = False,
+    accept_behaviour_change: bool = False,
 ) -> int:
-    return ModelStore(store).promote(name, version, alias, force=force)
+    return ModelStore(store).promote(
+        name, version, alias, force=force, accept_behaviour_change=accept_behaviour_change
+    )
 
 
 def rollback(name: str, alias: str = "production", *, store: str | Path | None = None) -> int:

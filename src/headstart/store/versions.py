@@ -17,13 +17,14 @@ from typing import Any
 
 from headstart.errors import HeadstartError
 from headstart.fileio import atomic_write_json, ensure_writable_dir, sha256_file
+from headstart.store.behaviour import behaviour_gate, checked_run
 from headstart.store.card import CARD_FILE, model_card, read_json, run_files
 from headstart.store.mlflow_mirror import import_mlflow, log_mlflow
+from headstart.store.names import _check_name, default_name, is_valid_name
 
 DEFAULT_STORE = "headstart-models"
 INDEX_FILE = "index.json"
 MANIFEST_FILE = "manifest.json"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _REF = re.compile(r"^(?P<name>[^:@]+)(?::v?(?P<version>\d+)|@(?P<alias>[A-Za-z0-9._-]+))?$")
 
 
@@ -31,22 +32,9 @@ def store_root(store: str | Path | None = None) -> Path:
     return Path(store or os.environ.get("HEADSTART_MODELS") or DEFAULT_STORE).expanduser()
 
 
-def _check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise HeadstartError(
-            f"invalid model name {name!r}", fix="use letters, digits, '.', '_' or '-' (starting alphanumeric)"
-        )
-    return name
-
-
 def is_stored_version(path: str | Path) -> bool:
     """Whether `path` is a version folder of a store (it holds a manifest and a card), never modified."""
     return (Path(path) / MANIFEST_FILE).is_file() and (Path(path) / CARD_FILE).is_file()
-
-
-def check_name(name: str) -> str:
-    """A model or alias name the store accepts, or a HeadstartError naming it (for checks before work)."""
-    return _check_name(name)
 
 
 def _version_number(version: int | str) -> int:
@@ -91,7 +79,7 @@ class ModelStore:
     def names(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and _NAME.match(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name))
 
     def versions(self, name: str) -> list[int]:
         d = self._model_dir(name)
@@ -242,17 +230,16 @@ class ModelStore:
         *,
         alias: str | None = None,
         mlflow_uri: str | None = None,
+        accept_behaviour_change: bool = False,
     ) -> int:
         """Copy a run's own files into <name>/v<N> with a model card and a manifest; returns N."""
-        from headstart.model import load_model
-
         ensure_writable_dir(self.root, flag="--store")  # before the run is loaded
         mlflow = import_mlflow() if mlflow_uri else None  # fail before writing anything
         # Loads it as every verb does: the head's and every listed file's sha256, and the base weights'.
         name = _check_name(name or default_name(Path(run_dir)))
-        run = load_model(run_dir)
-        assert run.path is not None
-        files = run_files(run.path, run.run_info)
+        path, info = checked_run(run_dir)
+        gate = behaviour_gate(path, accept=accept_behaviour_change, what=f"{name}@{alias}") if alias else {}
+        files = run_files(path, info)
         model_dir = self._model_dir(name)
         with _locked(self.root):
             model_dir.mkdir(parents=True, exist_ok=True)
@@ -264,8 +251,8 @@ class ModelStore:
             os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a version is as readable as any folder
             try:
                 for f in files:
-                    shutil.copy2(run.path / f, tmp / f)
-                card = model_card(run.path, run.run_info, name=name, version=n)
+                    shutil.copy2(path / f, tmp / f)
+                card = model_card(path, info, name=name, version=n)
                 atomic_write_json(tmp / CARD_FILE, card)
                 manifest = {
                     "name": name,
@@ -280,9 +267,9 @@ class ModelStore:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             index["next_version"] = n + 1
-            index["events"].append(_event("register", n, source=str(run.path.resolve())))
+            index["events"].append(_event("register", n, source=str(path.resolve())))
             if alias:
-                _promote_in(index, n, alias)
+                _promote_in(index, n, alias, **gate)
             self._write_index(name, index)
         if mlflow is not None:
             try:
@@ -295,14 +282,18 @@ class ModelStore:
                 ) from e
         return n
 
-    def promote(
-        self, name: str, version: int | str, alias: str = "production", *, force: bool = False
-    ) -> int:
+    def promote(self, name: str, version: int | str, alias: str = "production", **kw: bool) -> int:
         """Point `alias` at a version (checked against its manifest first); remembered for rollback."""
-        return int(self.promote_checked(name, version, alias, force=force)["version"])
+        return int(self.promote_checked(name, version, alias, **kw)["version"])
 
     def promote_checked(
-        self, name: str, version: int | str, alias: str = "production", *, force: bool = False
+        self,
+        name: str,
+        version: int | str,
+        alias: str = "production",
+        *,
+        force: bool = False,
+        accept_behaviour_change: bool = False,
     ) -> dict[str, Any]:
         """`promote`, refused when the version is worse than the alias's holder on a slice beyond noise
         (`headstart.slices.promotion_guard`) unless `force`, which the event log records; returns
@@ -313,11 +304,12 @@ class ModelStore:
         _check_name(alias)
         with _locked(self.root):
             vdir = self.verify(name, n)
+            gate = behaviour_gate(vdir, accept=accept_behaviour_change, what=f"{name}:v{n} as @{alias}")
             index = self._index(name)
             held = self._model_dir(name) / f"v{index['aliases'].get(alias)}"
             holder = held if alias in index["aliases"] and held != vdir and held.is_dir() else None
             compared, extra = promotion_guard(vdir, holder, force=force, what=f"{name}:v{n} as @{alias}")
-            _promote_in(index, n, alias, **extra)
+            _promote_in(index, n, alias, **extra, **gate)
             self._write_index(name, index)
         return {"version": n, "slices": compared}
 
@@ -376,24 +368,6 @@ def _promote_in(index: dict[str, Any], n: int, alias: str, **extra: Any) -> None
     index["aliases"][alias] = n
     index["history"].setdefault(alias, []).append(n)
     index["events"].append(_event("promote", n, alias=alias, **extra))
-
-
-def default_name(path: Path) -> str:
-    """A model name from a run folder's or data folder's name; a data file (`data.csv`) gives its stem."""
-    path = Path(path).resolve()
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", path.stem if path.is_file() else path.name).strip("-._")
-    return safe or "model"
-
-
-#: Data folders named like this say nothing about the model: `data_model_name` names it after the parent.
-GENERIC_FOLDER_NAMES = frozenset({"images", "data", "train", "dataset"})
-
-
-def data_model_name(data: str | Path) -> str:
-    """The default model name of a run made from `data` (auto's): the data folder's name, or its parent's
-    when the folder is generically named (`emoji/images` -> `emoji`)."""
-    folder = Path(data).resolve()
-    return default_name(folder.parent if folder.name in GENERIC_FOLDER_NAMES else folder)
 
 
 def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:

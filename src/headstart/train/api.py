@@ -21,16 +21,21 @@ import torch
 
 from headstart.config import FitConfig, ProbeConfig
 from headstart.errors import HeadstartError
-from headstart.recipes import Recipe, get_recipe
+from headstart.recipes import LoraSpec, Recipe, get_recipe
 from headstart.train.job import FitJob, FitReport
 from headstart.train.resume import check_out, refuse_changes, request_of, split_digest
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from headstart.backbones import Backbone
-    from headstart.data import Dataset
+    from headstart.data import Dataset, Item
+    from headstart.train.classify import Classification
     from headstart.train.data import Split
     from headstart.train.loop import Trainer
     from headstart.train.objective import Objective
+
+    Targets = Callable[[Dataset, list[Item]], np.ndarray]  # a task shape's targets of items
 
 
 def _item_hashes(bb: Any, sources: list[str]) -> dict[str, str]:
@@ -52,7 +57,7 @@ def lora_strategy(options: FitConfig) -> str | Recipe | dict[str, Any]:
         return options.strategy
     recipe = get_recipe(options.strategy, 10_000)  # the group count only bounds partial:N
     spec = recipe.adapter
-    if spec is None:
+    if not isinstance(spec, LoraSpec):
         raise HeadstartError(
             f"--lora-* options need a LoRA strategy, not {options.strategy!r}", fix="add --strategy lora"
         )
@@ -145,7 +150,7 @@ def _load(
     from headstart.data import load_dataset
 
     t0 = time.perf_counter()
-    ds = load_dataset(cfg.data, seed=cfg.seed, val=cfg.val, test=cfg.test)
+    ds = load_dataset(cfg.data, seed=cfg.seed, val=cfg.val, test=cfg.test, task=cfg.task)
     timings["load_data_s"] = time.perf_counter() - t0
     request["split_sha256"], request["n_items"] = split_digest(ds.items)
     if started is not None:
@@ -222,9 +227,10 @@ def _objective(job: FitJob, objective: Objective | None) -> Objective | None:
     return DomainAdversarial(target, weight=job.cfg.domain_weight)
 
 
-def _decode(job: FitJob) -> tuple[dict[str, Split], list[str]]:
+def _decode(job: FitJob, targets: Targets | None = None) -> tuple[dict[str, Split], list[str]]:
     """Every input checked once (unreadable ones skipped, or refused with --strict), then the
-    train/val/test Splits that decode as batches need them (unlabeled inputs join train with label -1)."""
+    train/val/test Splits that decode as batches need them (unlabeled inputs join train with label -1).
+    `targets(ds, items)`: another task shape's float targets instead of class indices."""
     from headstart.data.images import DEFAULT_MAX_PIXELS
     from headstart.train.data import check_all, streamed_split
 
@@ -254,9 +260,13 @@ def _decode(job: FitJob) -> tuple[dict[str, Split], list[str]]:
     for s in ("train", "val", "test"):
         items = ds.split(s)
         srcs = [it.source for it in items] + (extra if s == "train" else [])
-        y = [index[it.label] for it in items] + ([-1] * len(extra) if s == "train" else [])
-        splits[s] = streamed_split(job.bb, srcs, torch.tensor(y, dtype=torch.long), max_pixels=max_pixels)
-    absent = set(ds.classes) - {it.label for it in ds.split("train")}
+        if targets is None:
+            y = [index[it.label] for it in items] + ([-1] * len(extra) if s == "train" else [])
+            t = torch.tensor(y, dtype=torch.long)
+        else:  # another task shape's targets (headstart.shapes.linear): floats
+            t = torch.from_numpy(np.asarray(targets(ds, items), np.float32))
+        splits[s] = streamed_split(job.bb, srcs, t, max_pixels=max_pixels)
+    absent = set(ds.classes) - {it.label for it in ds.split("train")} if targets is None else set()
     if absent:
         raise HeadstartError(
             f"the training split of {job.cfg.data} has no examples of {sorted(absent)} "
@@ -266,10 +276,17 @@ def _decode(job: FitJob) -> tuple[dict[str, Split], list[str]]:
     return splits, extra
 
 
-def _train(job: FitJob, splits: dict[str, Split], objective: Objective | None) -> Trainer:
-    """The Trainer runs the recipe (after the learning-rate range test, for --lr auto)."""
+def _train(
+    job: FitJob,
+    splits: dict[str, Split],
+    objective: Objective | None,
+    task: tuple[Callable[..., Classification], int] | None = None,
+) -> Trainer:
+    """The Trainer runs the recipe (after the learning-rate range test, for --lr auto). `task`: (a
+    Classification subclass, its output count) for other targets (headstart.train.targets_task)."""
     from headstart.features import embed
     from headstart.imbalance import train_imbalance
+    from headstart.train.classify import Classification
     from headstart.train.loop import Trainer
 
     cfg, bb = job.cfg, job.bb
@@ -295,9 +312,11 @@ def _train(job: FitJob, splits: dict[str, Split], objective: Objective | None) -
         )
         recipe = recipe.with_overrides(lr=found["suggestion"])
         job.timings["lr_find_s"] = found["seconds"]
+    task_class, n_out = task or (Classification, len(job.ds.classes))
+    imbalance = train_imbalance(splits["train"].y.numpy(), n_out, cfg.imbalance) if task is None else None
     trainer = Trainer(
         bb,
-        len(job.ds.classes),
+        n_out,
         recipe,
         seed=cfg.seed,
         prefix_cache=cfg.prefix_cache,
@@ -310,7 +329,8 @@ def _train(job: FitJob, splits: dict[str, Split], objective: Objective | None) -
         budget_s=cfg.budget_s,
         embed_pristine=embed_pristine,
         objective=objective,
-        imbalance=train_imbalance(splits["train"].y.numpy(), len(job.ds.classes), cfg.imbalance),
+        imbalance=imbalance,
+        task_class=task_class,
     )
     trainer.fit(splits["train"], splits["val"])
     job.timings["train_s"] = trainer.train_seconds

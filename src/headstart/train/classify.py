@@ -2,10 +2,9 @@
 
 Per phase the top `n` groups train and the rest are frozen *in eval mode* (BatchNorm running statistics
 never move in frozen groups); the optimizer gets one parameter group per trainable layer group with the
-recipe's discriminative rates; the epoch is judged on validation accuracy (val loss breaks ties). The loss
-is an Objective (cross-entropy, distillation, domain-adversarial). Skewed classes (headstart.imbalance):
-classes weigh by inverse frequency in the loss, and epochs (and the probe head's C) are judged on balanced
-accuracy.
+recipe's discriminative rates; the epoch is judged on validation accuracy (val loss breaks ties). The loss is
+an Objective (cross-entropy, distillation, domain-adversarial). Skewed classes (headstart.imbalance): classes
+weigh by inverse frequency in the loss, and epochs (and the probe head's C) are judged on balanced accuracy.
 
 Frozen-prefix caching: when a phase does not augment, the activations entering the first trainable group
 are computed once per phase and each epoch runs only the top groups (head-only phases read the pooled
@@ -181,26 +180,24 @@ class Classification(FrozenPrefix, Task):
             nn.init.zeros_(self.head.weight)
             nn.init.zeros_(self.head.bias)
         elif phase.head_init == "probe":
-            from headstart.head import fit_head
-
-            labeled = (train.y >= 0).numpy()  # unlabeled examples (distillation) have y == -1
-            E = self.states("train", train, self.n_groups).cpu().numpy()[labeled]
-            Ev = self.states("val", val, self.n_groups).cpu().numpy() if len(val) else None
-            lin, _, _ = fit_head(
-                E,
-                train.y.numpy()[labeled],
-                self.head.out_features,
-                X_val=Ev,
-                y_val=val.y.numpy() if len(val) else None,
-                seed=self.seed,
-                class_weight=None if self.class_weight is None else self.class_weight.numpy(),
-                metric=self.metric,
-            )
+            weight, bias = self.probe_head(train, val)
             with torch.no_grad():
-                self.head.weight.copy_(torch.from_numpy(lin.weight))
-                self.head.bias.copy_(torch.from_numpy(lin.bias))
+                self.head.weight.copy_(torch.from_numpy(weight))
+                self.head.bias.copy_(torch.from_numpy(bias))
         # A zero head predicts one class: nothing to learn from evaluating it (from scratch: a full pass).
         return phase.head_init == "probe" or (phase.head_init == "keep" and phase.epochs == 0)
+
+    def probe_head(self, train: Split, val: Split) -> tuple[np.ndarray, np.ndarray]:
+        """(weight, bias) of the probe on pristine embeddings: LP-FT's start (see train.targets_task)."""
+        from headstart.head import fit_head
+
+        labeled = (train.y >= 0).numpy()  # unlabeled examples (distillation) have y == -1
+        E = self.states("train", train, self.n_groups).cpu().numpy()[labeled]
+        Ev = self.states("val", val, self.n_groups).cpu().numpy() if len(val) else None
+        y, yv = train.y.numpy()[labeled], (val.y.numpy() if len(val) else None)
+        k, w = self.head.out_features, None if self.class_weight is None else self.class_weight.numpy()
+        lin = fit_head(E, y, k, X_val=Ev, y_val=yv, seed=self.seed, class_weight=w, metric=self.metric)[0]
+        return lin.weight, lin.bias
 
     def prepare_phase(self, trainer: Trainer, phase: Phase) -> None:
         augment = self.augment if self.augment is not None else phase.uses_augment(self.n_groups)
@@ -287,9 +284,12 @@ class Classification(FrozenPrefix, Task):
             class_weight=None if self.class_weight is None else self.engine.place(self.class_weight),
         )
         loss = self.objective.loss(step)
+        return StepOut(loss, float(loss.detach()) * len(batch), len(batch), *self.train_counts(z, y))
+
+    def train_counts(self, z: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+        """(correct, labeled) of a training batch: what the epoch's training accuracy sums."""
         labeled = y >= 0
-        correct = int((z.argmax(1) == y)[labeled].sum())
-        return StepOut(loss, float(loss.detach()) * len(batch), len(batch), correct, int(labeled.sum()))
+        return int((z.argmax(1) == y)[labeled].sum()), int(labeled.sum())
 
     def end_epoch(self, trainer: Trainer, phase: Phase) -> None:
         if self._n > 0:

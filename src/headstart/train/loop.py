@@ -68,10 +68,11 @@ class Trainer:
         eval_batch_size: int | None = None,
         objective: Objective | None = None,
         imbalance: Imbalance | None = None,
+        task_class: Callable[..., Classification] = Classification,
         **options: Unpack[RunOptions],
     ) -> None:
         self._setup(recipe, **options)
-        self.task = Classification(
+        self.task = task_class(  # a subclass trains other targets (headstart.train.targets_task)
             backbone,
             n_classes,
             pretrained=recipe.pretrained,

@@ -29,20 +29,13 @@ def delta_state(backbone: Any, groups: set[int], *, whole: bool = False) -> dict
     }
 
 
-def history_csv(history: list[dict[str, Any]]) -> str:
+def history_csv(
+    history: list[dict[str, Any]],
+    scores: tuple[str, ...] = ("train_loss", "train_acc", "val_loss", "val_acc"),
+) -> str:
+    """The per-epoch curves as CSV; `scores`: the task's columns (another shape's: its own scores)."""
     buf = io.StringIO()
-    cols = [
-        "epoch",
-        "phase",
-        "phase_epoch",
-        "kind",
-        "train_loss",
-        "train_acc",
-        "val_loss",
-        "val_acc",
-        "lr",
-        "seconds",
-    ]
+    cols = ["epoch", "phase", "phase_epoch", "kind", *scores, "lr", "seconds"]
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     w.writerows(history)
@@ -66,35 +59,39 @@ def evaluate_trained(
     """Metrics per split of the trained model, and what it trained and stores."""
     from headstart.metrics import classification_metrics
 
-    bb, classes = job.bb, job.ds.classes
+    classes = job.ds.classes
     t0 = time.perf_counter()
     metrics: dict[str, Any] = {}
     for s in ("train", "val", "test"):
         if len(splits[s]):
-            z, y = trainer.labeled_logits(s, splits[s], k=len(bb.groups))
+            z, y = trainer.labeled_logits(s, splits[s], k=len(job.bb.groups))
             m = classification_metrics(y.numpy(), z.argmax(1).numpy(), classes, predictions=s != "train")
             m["loss"] = float(torch.nn.functional.cross_entropy(z, y))
             metrics[s] = m
     job.timings["evaluate_s"] = time.perf_counter() - t0
+    return {**metrics, **trained_facts(job, trainer, delta, n_extra=n_extra)}
+
+
+def trained_facts(
+    job: FitJob, trainer: Trainer, delta: dict[str, torch.Tensor], *, n_extra: int
+) -> dict[str, Any]:
+    """What any trained run records beside its scores: what trained and stores, how, how long."""
+    bb = job.bb
     head_params = trainer.head.weight.numel() + trainer.head.bias.numel()
-    metrics.update(
-        {
-            "strategy": trainer.recipe.name,
-            "best_epoch": trainer.best["epoch"],
-            "trainable_params": int(
-                head_params + sum(v.numel() for k, v in delta.items() if "running" not in k)
-            ),
-            "backbone_params": bb.card.num_params,
-            "train_s": trainer.train_seconds,
-            # transfer-set items in the training split + what the objective brought (DANN's target inputs)
-            "unlabeled": n_extra + trainer.objective.n_extra_unlabeled,
-            "objective": trainer.objective.describe(),
-            # what the training counts said and what was done (None: a Trainer made without it)
-            "imbalance": trainer.imbalance.to_dict() if trainer.imbalance is not None else None,
-            "warnings": trainer.warnings,
-            "timings": job.timings,
-        }
-    )
+    metrics: dict[str, Any] = {
+        "strategy": trainer.recipe.name,
+        "best_epoch": trainer.best["epoch"],
+        "trainable_params": int(head_params + sum(v.numel() for k, v in delta.items() if "running" not in k)),
+        "backbone_params": bb.card.num_params,
+        "train_s": trainer.train_seconds,
+        # transfer-set items in the training split + what the objective brought (DANN's target inputs)
+        "unlabeled": n_extra + trainer.objective.n_extra_unlabeled,
+        "objective": trainer.objective.describe(),
+        # what the training counts said and what was done (None: a Trainer made without it)
+        "imbalance": trainer.imbalance.to_dict() if trainer.imbalance is not None else None,
+        "warnings": trainer.warnings,
+        "timings": job.timings,
+    }
     if job.adapter is not None:  # what full fine-tuning would train and store, for comparison
         base = {k: v for k, v in bb.state_dict().items() if ".lora_" not in k}
         metrics["adapter"] = job.adapter

@@ -3,8 +3,8 @@ an epoch is judged. The loop (headstart.train.loop.Trainer) owns everything else
 device, precision and processes, and the callbacks.
 
 Two tasks exist: `Classification` (headstart.train.classify: a backbone's layer groups and a linear head,
-the loss an Objective) and continued pretraining's `LanguageModeling` (headstart.pretrain.lm: masked LM for
-encoders, causal LM for decoders).
+the loss an Objective; float targets: its subclass in headstart.train.targets_task) and continued
+pretraining's `LanguageModeling` (headstart.pretrain.lm: masked LM for encoders, causal LM for decoders).
 """
 
 from __future__ import annotations

@@ -70,10 +70,14 @@ def what_trained(run: RunInfo | dict[str, Any]) -> Any:
     if adapter is not None:
         method = adapter.method
         in_groups = ", ".join(adapter.groups) or "–"
+        what = (
+            f"{adapter.spec.get('n_tokens', '?')} learned {method} vectors"
+            if "n_tokens" in adapter.spec
+            else f"{_ADAPTER_NAMES.get(method, method)} adapters (r = {adapter.spec.get('r', '?')})"
+        )
         return join(
             [
-                f"the head and {_ADAPTER_NAMES.get(method, method)} adapters "
-                f"(r = {adapter.spec.get('r', '?')}) in groups {in_groups}; the base weights stay frozen (",
+                f"the head and {what} in groups {in_groups}; the base weights stay frozen (",
                 code(adapter.file or "?"),
                 ")",
             ]
