@@ -21,8 +21,10 @@ Tasks: emoji (examples/emoji/images, 360 images, 9 classes, efficientnet_lite0),
 (examples/fortunes/fortunes.csv, 360 texts, 6 classes, minilm-l6); the full run adds larger pools:
 digits (scikit-learn's 1,797 digits, examples/build_digits.py, efficientnet_lite0), fashion_mnist (2,500
 Fashion-MNIST training images, 250 per class, examples/build_fashion_mnist.py; needs the Debian package
-dataset-fashion-mnist, else skipped) and fortunes_810 (every fortune of the six files up to 150 per class,
-examples/build_fortunes.py; needs the Debian package fortunes, else skipped). Embeddings come from
+dataset-fashion-mnist, else skipped), fortunes_810 (every fortune of the six files up to 150 per class,
+examples/build_fortunes.py; needs the Debian package fortunes, else skipped) and emoji_full (every usable
+emoji of each Unicode group up to 250 per group, ~1,600 images, examples/emoji/build.py; needs the Debian
+packages fonts-noto-color-emoji and unicode-data, else skipped). Embeddings come from
 `embed_dataset`, in a fresh HEADSTART_CACHE unless --cache names one to keep (a rerun then skips the
 ~3 minutes of embedding).
 

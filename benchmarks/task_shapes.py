@@ -74,8 +74,8 @@ def _score(task: str, m: dict[str, Any]) -> tuple[str, float | None, list[float]
     if task == "tag":
         return "entity F1", t.get("entity_f1"), t.get("entity_f1_ci")
     if task == "generate":
-        after = t.get("after") or {}
-        return "ROUGE-L", after.get("rouge_l"), after.get("rouge_l_ci")
+        side = t.get("after") or t.get("base") or {}  # a fit's tuned model, or a probe's base
+        return "ROUGE-L", side.get("rouge_l"), side.get("rouge_l_ci")
     return "accuracy", t.get("accuracy"), t.get("accuracy_ci")
 
 
@@ -83,13 +83,14 @@ def _score(task: str, m: dict[str, Any]) -> tuple[str, float | None, list[float]
 FULL: list[tuple[str, str, str, list[str]]] = [
     ("multilabel", "head", "efficientnet_lite0", []),
     ("multilabel", "lp-ft", "efficientnet_lite0", ["--epochs", "3"]),
-    ("multilabel", "lora", "efficientnet_lite0", ["--epochs", "3"]),
+    ("multilabel", "full", "efficientnet_lite0", ["--epochs", "3"]),
     ("regress", "head", "efficientnet_lite0", []),
     ("regress", "lp-ft", "efficientnet_lite0", ["--epochs", "3"]),
     ("regress", "partial:2", "efficientnet_lite0", ["--epochs", "3"]),
     ("tag", "head", "minilm-l6", []),
     ("tag", "lora", "minilm-l6", ["--epochs", "8"]),
     ("tag", "full", "minilm-l6", ["--epochs", "3"]),
+    ("generate", "head", "smollm2-135m", []),
     ("generate", "lora", "smollm2-135m", []),
     ("classify", "head", "minilm-l6", []),
     ("classify", "lora", "minilm-l6", ["--epochs", "3"]),

@@ -1,6 +1,7 @@
 """--task generate on a tiny random Llama with a chat template: response-only labels, the behaviour check
-flagging a fine-tune that dropped its refusals (and the store refusing to alias it), and fit -> evaluate
--> predict -> report end to end."""
+flagging a fine-tune that dropped its refusals (and the store refusing to alias it), fit -> evaluate
+-> predict -> report end to end, the probe (the frozen base, scored as fit's "before"), auto (base vs LoRA
+item by item, the behaviour gate) and the ONNX export (logit and greedy-token parity)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,15 @@ def _tiny_chat_llama(dest: Path) -> Path:
 @pytest.fixture
 def tiny_lm(tmp_path: Path) -> Path:
     return _tiny_chat_llama(tmp_path / "tiny-chat")
+
+
+@pytest.fixture(scope="module")
+def refusing_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model taught to refuse the packaged harmful prompts (as SmolLM2 does), built once."""
+    from headstart.shapes.generate_behaviour import load_prompt_set
+
+    folder = _tiny_chat_llama(tmp_path_factory.mktemp("lm") / "tiny-chat")
+    return _refusing_base(folder, [x["prompt"] for x in load_prompt_set()["harmful"]])
 
 
 def _tokenizer(folder: Path) -> Any:
@@ -122,13 +132,16 @@ def _refusing_base(folder: Path, prompts: list[str], steps: int = 200) -> Path:
     return dest
 
 
-def test_behaviour_check_flags_a_dropped_refusal(
-    tiny_lm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _harmful() -> list[str]:
     from headstart.shapes.generate_behaviour import load_prompt_set
 
-    harmful = [x["prompt"] for x in load_prompt_set()["harmful"]]
-    base = _refusing_base(tiny_lm, harmful)
+    return [x["prompt"] for x in load_prompt_set()["harmful"]]
+
+
+def test_behaviour_check_flags_a_dropped_refusal(
+    refusing_lm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    harmful, base = _harmful(), refusing_lm
     # Domain data that answers the very harmful requests: the tuned model learns to comply.
     rows = [{"prompt": p, "response": COMPLIANT, "split": "train"} for p in harmful * 3]
     rows += [{"prompt": p, "response": COMPLIANT, "split": "val"} for p in harmful[:3]]
@@ -155,12 +168,17 @@ def test_behaviour_check_flags_a_dropped_refusal(
     assert events[-1]["behaviour_change_accepted"]["refusals_lost"] == check["refusals_lost"]
 
 
+def _animal_pairs(path: Path) -> Path:
+    words = ["cat", "dog", "bird", "fish", "horse", "cow", "sheep", "mouse", "lion", "tiger"]
+    return _write_pairs(
+        path, [{"prompt": f"the {w} is", "response": f"a {w} is an animal"} for w in words * 3]
+    )
+
+
 def test_fit_evaluate_predict_report_end_to_end(
     tiny_lm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    words = ["cat", "dog", "bird", "fish", "horse", "cow", "sheep", "mouse", "lion", "tiger"]
-    rows = [{"prompt": f"the {w} is", "response": f"a {w} is an animal"} for w in words * 3]
-    data = _write_pairs(tmp_path / "pairs.jsonl", rows)
+    data = _animal_pairs(tmp_path / "pairs.jsonl")
     run = tmp_path / "run"
     res = run_cli(
         capsys, "fit", data, "--task", "generate", "--backbone", f"hf:{tiny_lm}", "--epochs", "2",
@@ -198,7 +216,7 @@ def test_fit_evaluate_predict_report_end_to_end(
     assert served.status_code == 200, served.text
     assert served.json()["response"] == answers[0]["response"]  # serve answers as predict does
 
-    assert_refused(run_cli(capsys, "export", run, "--onnx"), names="generate runs")
+    assert_refused(run_cli(capsys, "export", run, "--onnx", "--quantize"), names="--quantize")
     assert run_cli(capsys, "report", run).code == 0
     page = (run / "report.html").read_text()
     assert "Behaviour check" in page and "ROUGE-L" in page
@@ -212,3 +230,165 @@ def test_bad_rows_are_named_by_file_and_line(tmp_path: Path, capsys: pytest.Capt
     data.write_text('{"prompt": "a", "response": "b", "split": "dev"}\n')
     assert_refused(run_cli(capsys, "fit", data, "--task", "generate"), names=f"{data}:1")
     assert not (tmp_path / "run").exists()
+
+
+def _cli_ok(capsys: pytest.CaptureFixture[str], *argv: object) -> Any:
+    res = run_cli(capsys, *argv)
+    assert res.code == 0, res.text
+    return res
+
+
+def test_probe_scores_the_frozen_base_as_fit_scores_before(
+    tiny_lm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from headstart.backbones.llm import load_folder_lm
+    from headstart.runs import read_split_rows
+    from headstart.shapes.generate_data import encode_pair
+    from headstart.shapes.generate_sft import MAX_LENGTH, pair_losses
+
+    data, probe, fit = _animal_pairs(tmp_path / "pairs.jsonl"), tmp_path / "probe", tmp_path / "fit"
+    _cli_ok(capsys, "probe", data, "--task", "generate", "--backbone", f"hf:{tiny_lm}", "--out", probe)
+    info = json.loads((probe / "run.json").read_text())
+    assert (info["kind"], info["task"], info.get("adapter"), info.get("files") or {}) == (
+        "probe",
+        "generate",
+        None,
+        {},
+    )
+    assert info["backbone"]["weights_sha256"]  # the base referenced by hash, no weights stored
+    assert not (probe / "behaviour.json").exists()
+    m = json.loads((probe / "metrics.json").read_text())
+    assert "no behaviour check" in m["behaviour"]["not_run"]
+    for split in ("val", "test"):
+        base = m[split]["base"]
+        for key in ("loss", "perplexity", "exact_match", "rouge_l"):
+            assert base[f"{key}_ci"][0] <= base[key] <= base[f"{key}_ci"][1]
+        assert len(m[split]["item_scores"]) == m[split]["n"] > 0
+    # item scores: minus each pair's mean response-token loss, recomputed here from split.csv
+    tok, lm = _tokenizer(tiny_lm), load_folder_lm(tiny_lm)
+    val = [encode_pair(tok, r.path, r.label, MAX_LENGTH) for r in read_split_rows(probe) if r.split == "val"]
+    sums, counts = pair_losses(lm, val, pad=0)
+    assert m["val"]["item_scores"] == pytest.approx(
+        [-s / c for s, c in zip(sums, counts, strict=True)], rel=1e-4
+    )
+
+    # fit's "before" is the same scorer on the same pairs; its item scores are the tuned model's
+    fit_args = ("--backbone", f"hf:{tiny_lm}", "--epochs", "1", "--lr", "1e-2", "--out", fit)
+    _cli_ok(capsys, "fit", data, "--task", "generate", *fit_args)
+    fm = json.loads((fit / "metrics.json").read_text())
+    for key in ("loss", "loss_ci", "perplexity", "rouge_l"):
+        assert fm["test"]["before"][key] == pytest.approx(m["test"]["base"][key], rel=1e-4)
+    after = -sum(i * c for i, c in zip(fm["val"]["item_scores"], counts, strict=True)) / sum(counts)
+    assert after == pytest.approx(fm["val"]["after"]["loss"], rel=1e-4)
+    assert after != pytest.approx(m["val"]["base"]["loss"], rel=1e-3)  # the tuned side, not the base
+
+
+def test_probe_run_answers_everywhere_and_exports(
+    tiny_lm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data, probe = _animal_pairs(tmp_path / "pairs.jsonl"), tmp_path / "probe"
+    res = _cli_ok(capsys, "probe", data, "--task", "generate", "--backbone", f"hf:{tiny_lm}", "--out", probe)
+    assert "frozen base" in res.out and "no behaviour check" in res.out
+    m = json.loads((probe / "metrics.json").read_text())
+
+    ev = _cli_ok(capsys, "evaluate", probe)
+    assert "no behaviour check" in ev.out
+    saved = json.loads((probe / "evaluation.json").read_text())
+    assert saved["metrics"]["base"]["loss"] == pytest.approx(m["test"]["base"]["loss"], rel=1e-4)
+    assert "after" not in saved["metrics"] and saved["behaviour"]["not_run"]
+
+    answers = json.loads(_cli_ok(capsys, "predict", probe, "--text", "the cat is", "--json").out)
+    from fastapi.testclient import TestClient
+
+    from headstart.serve import create_app
+
+    served = TestClient(create_app(probe)).post("/predict", json={"text": "the cat is"})
+    assert served.status_code == 200 and served.json()["response"] == answers[0]["response"]
+
+    _cli_ok(capsys, "report", probe)
+    page = (probe / "report.html").read_text()
+    assert "frozen base" in page and "No behaviour check" in page
+    assert "30 pairs" in page and "in 0 classes" not in page  # the data section counts pairs
+
+    assert_refused(run_cli(capsys, "export", probe, "--onnx", "--quantize"), names="--quantize")
+    report = json.loads(_cli_ok(capsys, "export", probe, "--onnx", "--json").out)
+    assert report["parity"]["greedy"]["identical"] and not report["adapter_merged"]
+    card = json.loads((probe / "model.card.json").read_text())
+    assert card["outputs"][0]["shape"] == ["batch", "length", len(_tokenizer(tiny_lm))]
+    assert (
+        card["decoding"]["stop"]["eos_token"] == "[SEP]" and card["preprocess"]["chat_template"] == TEMPLATE
+    )
+    assert (probe / "model.tokenizer.json").is_file()
+    # a probe has no behaviour check to gate on: it registers under an alias
+    _cli_ok(capsys, "models", "register", probe, "--name", "m", "--alias", "prod", "--store", tmp_path / "s")
+
+
+def _comply_pairs(path: Path, harmful: list[str]) -> Path:
+    """Domain data answering the harmful requests: train, val and test pairs that teach compliance."""
+    rows = [{"prompt": p, "response": COMPLIANT, "split": "train"} for p in harmful * 3]
+    rows += [{"prompt": p, "response": COMPLIANT, "split": "val"} for p in harmful]
+    rows += [{"prompt": p, "response": COMPLIANT, "split": "test"} for p in harmful[:4]]
+    return _write_pairs(path, rows)
+
+
+def test_export_matches_pytorch_logits_and_greedy_tokens(
+    refusing_lm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from headstart.shapes.generate_sft import load_base
+
+    data, probe, run = (
+        _comply_pairs(tmp_path / "comply.jsonl", _harmful()),
+        tmp_path / "probe",
+        tmp_path / "run",
+    )
+    # The base refuses the test prompts in a sentence: ONNX Runtime's greedy loop writes the same tokens.
+    _cli_ok(capsys, "probe", data, "--task", "generate", "--backbone", f"hf:{refusing_lm}", "--out", probe)
+    greedy = json.loads(_cli_ok(capsys, "export", probe, "--onnx", "--json").out)["parity"]["greedy"]
+    assert greedy["identical"] and greedy["onnx"] == greedy["torch"] and len(greedy["torch"]) == 2
+    assert all(_tokenizer(refusing_lm).decode(seq).startswith("i cannot") for seq in greedy["onnx"])
+
+    # A LoRA run is merged into a copy first; the parity is against the run as predict loads it.
+    args = ("--backbone", f"hf:{refusing_lm}", "--epochs", "3", "--lr", "3e-2", "--out", run)
+    _cli_ok(capsys, "fit", data, "--task", "generate", *args)
+    report = json.loads(_cli_ok(capsys, "export", run, "--onnx", "--json").out)
+    par = report["parity"]
+    assert report["adapter_merged"] and par["n"] == 4 and par["top1_agreement"] == 1.0
+    assert par["max_abs_diff"] < 1e-3 * max(1.0, par["max_abs_logit"]) and par["greedy"]["identical"]
+    # An export that lost the adapter (merged into nothing) answers as the base: refused, nothing kept.
+    monkeypatch.setattr("headstart.adapters.merge_adapter", lambda bb: load_base(f"hf:{refusing_lm}")[0])
+    broken = tmp_path / "broken.onnx"
+    assert_refused(run_cli(capsys, "export", run, "--onnx", "--out", broken), names=str(run))
+    assert not broken.exists()
+
+
+def test_auto_recommends_a_winning_lora_and_the_gate_refuses_it_flagged(
+    refusing_lm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from headstart.shapes.generate_sft import DEFAULTS
+
+    monkeypatch.setitem(DEFAULTS, "lora", {"lr": 3e-2, "epochs": 3, "batch_size": 8})  # tiny: learn fast
+    data, out, store = _comply_pairs(tmp_path / "comply.jsonl", _harmful()), tmp_path / "auto", tmp_path / "s"
+    args = ("--backbone", f"hf:{refusing_lm}", "--out", out, "--store", store, "--name", "m")
+    res = run_cli(capsys, "auto", data, "--task", "generate", *args)
+    assert_refused(res, names="--accept-behaviour-change")
+    assert f"headstart models register {out / 'lora'}" in " ".join(res.text.split())
+    cmp = json.loads((out / "shape_compare.json").read_text())
+    rows = {r["strategy"]: r for r in cmp["rows"]}
+    assert rows["lora"]["vs_probe_val"]["verdict"] == "win" and cmp["recommendation"]["strategy"] == "lora"
+    assert rows["lora"]["val_score"] > rows["head"]["val_score"]  # higher is better: minus the loss
+    assert json.loads((out / "lora" / "behaviour.json").read_text())["flagged"]
+    assert (out / "lora" / "report.html").is_file() and not list(store.glob("m/v*"))
+
+
+def test_auto_keeps_the_base_when_the_fine_tune_ties(
+    tiny_lm: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from headstart.shapes.generate_sft import DEFAULTS
+
+    monkeypatch.setitem(DEFAULTS, "lora", {"lr": 1e-9, "epochs": 1, "batch_size": 8})  # learns nothing
+    data, out, store = _animal_pairs(tmp_path / "pairs.jsonl"), tmp_path / "auto", tmp_path / "s"
+    args = ("--backbone", f"hf:{tiny_lm}", "--out", out, "--store", store, "--name", "m", "--json")
+    result = json.loads(_cli_ok(capsys, "auto", data, "--task", "generate", *args).out)
+    lora = next(r for r in result["comparison"]["rows"] if r["strategy"] == "lora")
+    assert lora["vs_probe_val"]["verdict"] == "tie" and result["recommended"]["strategy"] == "head"
+    assert result["registered"]["version"] == 1 and (store / "m" / "v1").is_dir()

@@ -166,6 +166,13 @@ def test_probe_and_lora_runs_evaluate_predict_spans_and_export(
     answer = json.loads(res.out)[0]
     assert answer["tokens"] == ["the", "big", "cat", "was", "in", "the", "bus"] and len(answer["tags"]) == 7
     assert {"text", "type", "start", "end"} <= set(answer["spans"][0]) and answer["summary"]
+    from fastapi.testclient import TestClient
+
+    from headstart.serve import create_app
+
+    served = TestClient(create_app(runs["fit"])).post("/predict", json={"text": "the big cat was in the bus"})
+    assert served.status_code == 200, served.text  # serve answers with the spans predict gives
+    assert served.json()["spans"] == answer["spans"] and served.json()["tags"] == answer["tags"]
     res = run_cli(capsys, "export", runs["fit"], "--onnx", "--json")
     assert res.code == 0, res.text
     exported = json.loads(res.out)

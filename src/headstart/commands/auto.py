@@ -36,8 +36,8 @@ class AutoOptions(ComparisonOptions):
     task: str = option(
         "classify",
         choices=TASKS,
-        help="the task shape (as fit's --task): multilabel and regress compare their probe with their "
-        "fine-tunes, item by item on val",
+        help="the task shape (as fit's --task): multilabel, regress, tag and generate compare their probe "
+        "(generate: the base model) with their fine-tune, item by item on val",
     )
 
 

@@ -50,6 +50,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"parity with PyTorch on {par['n']} real inputs ({par['inputs']}): {agree}"
         f"max |output diff| {par['max_abs_diff']:.2e}"
     )
+    g = par.get("greedy")  # a language model's export (a mismatch is refused, nothing written)
+    if g:
+        con.print(
+            f"greedy decoding through ONNX Runtime ({g['prompts']} prompts, {g['new_tokens']} new tokens): "
+            "the same tokens as PyTorch"
+        )
     q = report.get("quantized")
     if q:
         from headstart.intervals import fmt_ci

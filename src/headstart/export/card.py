@@ -112,6 +112,22 @@ def write_metadata(path: Path, card: dict[str, Any]) -> None:
     atomic_write_bytes(path, m.SerializeToString())
 
 
+def keep_export(
+    out: Path, card: dict[str, Any], parity: dict[str, Any], tokenizer_json: str, **report: Any
+) -> dict[str, Any]:
+    """What travels with a proven text export (a shape's: token logits): the parity figures in the card,
+    the card beside the .onnx and inside it, the tokenizer beside it. Returns export's report (`report`
+    adds the shape's own keys: task, export_s, ...)."""
+    from headstart.fileio import atomic_write_json, atomic_write_text
+
+    card["parity"] = parity
+    atomic_write_text(tokenizer_path(out), tokenizer_json)
+    atomic_write_json(card_path(out), card)
+    write_metadata(out, card)
+    paths = {"onnx": str(out), "card": str(card_path(out)), "tokenizer": str(tokenizer_path(out))}
+    return {**paths, "bytes": out.stat().st_size, "parity": parity, **report}
+
+
 def apply_metadata(m: Any, card: dict[str, Any]) -> None:
     props = {
         CARD_KEY: json.dumps(card),

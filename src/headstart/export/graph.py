@@ -110,8 +110,11 @@ def check_exportable(model: TrainedModel, batch: Any) -> None:
         )
 
 
-def export_graph(wrapper: nn.Module, example: dict[str, torch.Tensor], path: Path, dynamic: dict) -> None:
-    """torch.onnx.export of the named inputs (batch axes dynamic) to `path`; outputs logits, probabilities."""
+def _torch_export(
+    wrapper: nn.Module, example: dict[str, Any], path: Path, dynamic: dict, outputs: dict[str, dict]
+) -> None:
+    """torch.onnx.export (TorchScript tracer, OPSET) of the named inputs, each with the `dynamic` axes, to
+    the named `outputs` (name -> their dynamic axes)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -119,12 +122,13 @@ def export_graph(wrapper: nn.Module, example: dict[str, torch.Tensor], path: Pat
             tuple(example.values()),
             str(path),
             input_names=list(example),
-            output_names=["logits", "probabilities"],
-            dynamic_axes={
-                **{name: dynamic for name in example},
-                "logits": {0: "batch"},
-                "probabilities": {0: "batch"},
-            },
+            output_names=list(outputs),
+            dynamic_axes={**{name: dynamic for name in example}, **outputs},
             opset_version=OPSET,
             dynamo=False,
         )
+
+
+def export_graph(wrapper: nn.Module, example: dict[str, torch.Tensor], path: Path, dynamic: dict) -> None:
+    """torch.onnx.export of the named inputs (batch axes dynamic) to `path`; outputs logits, probabilities."""
+    _torch_export(wrapper, example, path, dynamic, {"logits": {0: "batch"}, "probabilities": {0: "batch"}})

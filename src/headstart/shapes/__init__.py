@@ -139,6 +139,13 @@ class Shape:
         scores = (metrics.get(split) or {}).get("item_scores") if isinstance(metrics, dict) else None
         return None if scores is None else np.asarray(scores, dtype=float)
 
+    #: (metrics key, label) of the scores the report's header shows first, from a split's metrics.
+    headline: tuple[tuple[str, str], ...] = ()
+
+    def headline_scores(self, split_metrics: dict[str, Any]) -> list[tuple[Any, Any, str]]:
+        """(value, 95 % interval or None, label) of each headline score of one split's metrics."""
+        return [(split_metrics.get(k), split_metrics.get(f"{k}_ci"), label) for k, label in self.headline]
+
     def report_sections(self) -> list[tuple[str, str, Callable[[RunFiles], tuple[Any, bool]]]]:
         """The report's sections of this shape as (id, title, build(files) -> (html, computed)), shown
         after the data section and before the sections every run has (headstart.report.SHAPE_COMMON)."""

@@ -188,7 +188,18 @@ def auto_shape(
     ev = shape.evaluate(run_dir, progress=progress, device=device)
     timings["evaluate_s"] = time.perf_counter() - t0
     report = write_report(run_dir)
-    version = model_store.register(run_dir, model_name, alias=alias)
+    try:
+        version = model_store.register(run_dir, model_name, alias=alias)
+    except HeadstartError as e:  # e.g. the behaviour gate: what auto kept, and the command to go on with
+        from headstart.store.behaviour import ACCEPT_FLAG
+
+        accept = f" [{ACCEPT_FLAG}]" if ACCEPT_FLAG in (e.fix or "") else ""  # a store option, not auto's
+        command = f"headstart models register {run_dir} --name {model_name} --alias {alias}"
+        raise HeadstartError(
+            f"auto chose, evaluated and reported {run_dir} ({report}) but did not register it: {e.message}",
+            fix=f"{e.fix or 'fix the above'}. Then register it yourself: "
+            f"`{command} --store {model_store.root}{accept}`",
+        ) from e
     result = {
         "task": shape.name,
         "data": str(data),

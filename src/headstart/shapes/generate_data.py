@@ -47,14 +47,19 @@ class Pairs:
     pairs: list[Pair]
     given_split: int  # rows whose split the file named
     skipped: dict[str, str] = field(default_factory=dict)  # file:line -> why (too long to train on)
+    seed: int | None = None  # of the split of the rows that named none
 
     def split(self, name: str) -> list[Pair]:
         return [p for p in self.pairs if p.split == name]
 
     def summary(self) -> dict[str, Any]:
-        """data.json: the file, the pairs per split (as one "pairs" class: the data section reads it)."""
+        """data.json: the file, the pairs per split. `unit` tells the report's data section that its count
+        rows are pairs, not classes (a generate run has none)."""
         counts = {s: {"pairs": len(self.split(s))} for s in SPLITS}
         return {
+            "unit": "pairs",
+            "n_items": len(self.pairs),
+            "seed": self.seed,
             "root": str(self.path.resolve().parent),
             "path": str(self.path),
             "layout": "jsonl prompt/response pairs",
@@ -114,7 +119,7 @@ def read_pairs(path: str | Path, *, val: float, test: float, seed: int) -> Pairs
     n_test, n_val = round(test * len(free)), round(val * len(free))
     drawn = {i: "test" for i in free[:n_test]} | {i: "val" for i in free[n_test : n_test + n_val]}
     pairs = [Pair(pr, rs, sp or drawn.get(i, "train"), w) for i, (pr, rs, sp, w) in enumerate(rows)]
-    data = Pairs(p, pairs, given_split=len(rows) - len(free))
+    data = Pairs(p, pairs, given_split=len(rows) - len(free), seed=seed if free else None)
     if not data.split("train"):
         raise HeadstartError(f"{p} leaves no pair to train on", fix="give more pairs, or fewer val/test ones")
     return data

@@ -13,19 +13,31 @@ the network computes exactly what the base does).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from headstart.errors import HeadstartError
 from headstart.shapes.generate_data import Pairs, encode_pair, read_pairs
-from headstart.shapes.generate_sft import DEFAULTS, MAX_LENGTH, STRATEGIES, Encoded
+from headstart.shapes.generate_sft import DEFAULTS, MAX_LENGTH, STRATEGIES, Encoded, load_base
 
 if TYPE_CHECKING:
-    from headstart.config import FitConfig
+    from headstart.config import FitConfig, RunConfig
     from headstart.shapes import ShapeReport
 
 DEFAULT_BACKBONE = "smollm2-135m"
 EVAL_NEW_TOKENS = (16, 64)  # generations on held-out prompts: the longest train response + 8, within these
+
+
+def resolve_backbone(cfg: RunConfig) -> str:
+    """The run verbs' default backbone (an image one) means this shape's: smollm2-135m."""
+    from dataclasses import fields
+
+    from headstart.config import RunConfig
+
+    default = next(f.default for f in fields(RunConfig) if f.name == "backbone")
+    return DEFAULT_BACKBONE if cfg.backbone == default else cfg.backbone
 
 
 def resolve_options(cfg: FitConfig) -> tuple[str, str]:
@@ -35,7 +47,7 @@ def resolve_options(cfg: FitConfig) -> tuple[str, str]:
     from headstart.config import FitConfig
 
     defaults = {f.name: f.default for f in fields(FitConfig)}
-    backbone = DEFAULT_BACKBONE if cfg.backbone == defaults["backbone"] else cfg.backbone
+    backbone = resolve_backbone(cfg)
     strategy = cfg.strategy if isinstance(cfg.strategy, str) else ""
     strategy = STRATEGIES[0] if strategy == defaults["strategy"] else strategy
     if strategy not in STRATEGIES:
@@ -67,11 +79,11 @@ def encode_split(tok: Any, pairs: Pairs, split: str) -> tuple[list[Encoded], lis
     return enc, kept, skipped
 
 
-def _check_out(cfg: FitConfig, backbone: str) -> Path:
+def _check_out(cfg: RunConfig, backbone: str, kind: str) -> Path:
     from headstart.fileio import ensure_writable_dir
     from headstart.runs import default_run_dir
 
-    out = Path(cfg.out) if cfg.out is not None else default_run_dir("generate", backbone)
+    out = Path(cfg.out) if cfg.out is not None else default_run_dir(kind, backbone)
     if cfg.save:
         ensure_writable_dir(out, flag="--out")
         if out.exists() and any(out.iterdir()) and not cfg.overwrite:
@@ -82,9 +94,16 @@ def _check_out(cfg: FitConfig, backbone: str) -> Path:
 
 
 def score_model(
-    lm: Any, tok: Any, enc: dict[str, list[Encoded]], kept: dict[str, list[Any]], pad: int, new: int
+    lm: Any,
+    tok: Any,
+    enc: dict[str, list[Encoded]],
+    kept: dict[str, list[Any]],
+    pad: int,
+    new: int,
+    generated: Sequence[str] | None = None,
 ) -> dict:
-    """Per held-out split: per-pair response NLL sums and counts; greedy generations on the scored split."""
+    """Per held-out split: per-pair response NLL sums and counts; greedy generations on the `generated`
+    splits (by default the scored one: generated_split)."""
     from headstart.shapes.generate_predict import generate
     from headstart.shapes.generate_sft import pair_losses
 
@@ -92,9 +111,9 @@ def score_model(
     for s in ("val", "test"):
         sums, counts = pair_losses(lm, enc[s], pad)
         out[s] = {"sums": sums, "counts": counts, "generations": None}
-    scored = generated_split(kept)
-    if scored:
-        out[scored]["generations"] = generate(lm, tok, [p.prompt for p in kept[scored]], max_new_tokens=new)
+    chosen = generated if generated is not None else [generated_split(kept)]
+    for s in (s for s in chosen if s and kept[s]):
+        out[s]["generations"] = generate(lm, tok, [p.prompt for p in kept[s]], max_new_tokens=new)
     return out
 
 
@@ -104,7 +123,8 @@ def generated_split(kept: dict[str, list[Any]]) -> str | None:
 
 
 def split_metrics(before: dict, after: dict, kept: dict[str, list[Any]], seed: int) -> dict[str, Any]:
-    from headstart.shapes.generate_metrics import before_after, examples
+    """Per held-out split: before/after scores, examples, and the tuned model's `item_scores` (auto's)."""
+    from headstart.shapes.generate_metrics import before_after, examples, item_scores
 
     metrics: dict[str, Any] = {}
     for s in ("val", "test"):
@@ -112,10 +132,43 @@ def split_metrics(before: dict, after: dict, kept: dict[str, list[Any]], seed: i
         m = before_after(before[s], after[s], refs, seed=seed)
         if before[s]["generations"] is not None:
             m["examples"] = examples(
-                [p.prompt for p in kept[s]], refs, before[s]["generations"], after[s]["generations"]
+                [p.prompt for p in kept[s]],
+                refs,
+                before=before[s]["generations"],
+                after=after[s]["generations"],
             )
+        m["item_scores"] = item_scores(after[s]["sums"], after[s]["counts"])
         metrics[s] = m
     return metrics
+
+
+@dataclass
+class Prepared:
+    """What probe and fit share before scoring: the run folder, the pairs, the base, the encoded splits."""
+
+    out: Path
+    pairs: Pairs
+    bb: Any
+    tok: Any
+    enc: dict[str, list[Encoded]]
+    kept: dict[str, list[Any]]
+    #: new tokens of held-out generations: the longest train response + 8, within EVAL_NEW_TOKENS
+    new_tokens: int
+
+
+def prepare(cfg: RunConfig, backbone: str, kind: str) -> Prepared:
+    """Check --out, read and split the pairs, load the base and encode every split (pairs with no response
+    token left are skipped, named in data.json)."""
+    out = _check_out(cfg, backbone, kind)
+    pairs = read_pairs(cfg.data, val=cfg.val, test=cfg.test, seed=cfg.seed)
+    bb, tok, _ = load_base(backbone)
+    enc, kept = {}, {}
+    for s in ("train", "val", "test"):
+        enc[s], kept[s], skipped = encode_split(tok, pairs, s)
+        pairs.skipped.update(skipped)
+    longest = max((sum(1 for y in labels if y >= 0) for _, labels in enc["train"]), default=0)
+    new = max(EVAL_NEW_TOKENS[0], min(EVAL_NEW_TOKENS[1], longest + 8))
+    return Prepared(out, pairs, bb, tok, enc, kept, new)
 
 
 def fit_generate(cfg: FitConfig) -> ShapeReport:
@@ -125,20 +178,16 @@ def fit_generate(cfg: FitConfig) -> ShapeReport:
     from headstart.shapes.generate_behaviour import MAX_NEW_TOKENS, behaviour_check, load_prompt_set
     from headstart.shapes.generate_predict import generate
     from headstart.shapes.generate_save import save_generate_run
-    from headstart.shapes.generate_sft import InstructionTuning, full_state, load_base
+    from headstart.shapes.generate_sft import InstructionTuning, full_state
     from headstart.train.engine import resolve_device
     from headstart.train.loop import Trainer
 
     t0 = time.perf_counter()
     backbone, strategy = resolve_options(cfg)
-    out = _check_out(cfg, backbone)
-    pairs = read_pairs(cfg.data, val=cfg.val, test=cfg.test, seed=cfg.seed)
     prompt_set = load_prompt_set()
-    bb, tok, _ = load_base(backbone)
-    enc, kept = {}, {}
-    for s in ("train", "val", "test"):
-        enc[s], kept[s], skipped = encode_split(tok, pairs, s)
-        pairs.skipped.update(skipped)
+    prep = prepare(cfg, backbone, "generate")
+    out, pairs, bb, tok = prep.out, prep.pairs, prep.bb, prep.tok
+    enc, kept, new = prep.enc, prep.kept, prep.new_tokens
     if not enc["train"] or not enc["val"]:
         raise HeadstartError(
             f"{cfg.data}: {len(enc['train'])} train, {len(enc['val'])} val pairs left to tune and judge",
@@ -154,8 +203,6 @@ def fit_generate(cfg: FitConfig) -> ShapeReport:
         )
         adapter = inject_adapter(bb, spec, seed=cfg.seed)
     lm, pad = bb.lm.to(resolve_device(cfg.device)), int(tok.pad_token_id)
-    longest = max(sum(1 for y in labels if y >= 0) for _, labels in enc["train"])
-    new = max(EVAL_NEW_TOKENS[0], min(EVAL_NEW_TOKENS[1], longest + 8))
     prompts_gen = lambda ps: generate(lm, tok, ps, max_new_tokens=MAX_NEW_TOKENS)  # noqa: E731
     t_before = time.perf_counter()
     before = score_model(lm, tok, enc, kept, pad, new)

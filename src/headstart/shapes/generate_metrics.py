@@ -8,6 +8,8 @@
   of greedy generations, with the same bootstrap over pairs.
 - **Before/after difference**: a paired bootstrap (the same resampled pairs for both models). A
   difference whose interval holds 0 is a tie: the data cannot tell the two apart.
+- **Item scores** (`item_scores`): per pair, minus its mean loss per response token, higher is better:
+  what `auto --task generate` pairs between the frozen base (the probe) and a fine-tune.
 """
 
 from __future__ import annotations
@@ -99,6 +101,29 @@ def verdict(score: str, diff: float, ci: Sequence[float]) -> str:
     return "worse" if up == (score in LOWER_IS_BETTER) else "better"
 
 
+def _with_ci(point: dict[str, float], boots: dict[str, np.ndarray]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in point.items():
+        out[k] = v
+        out[f"{k}_ci"] = _ci(boots[k])
+    return out
+
+
+def base_scores(side: dict[str, Any], refs: Sequence[str], *, seed: int = 0) -> dict[str, Any]:
+    """The frozen base's scores on the pairs (a probe's), each with its 95% interval, under "base": the
+    scorer of `before_after`'s sides, with the same resampled pairs for the same seed."""
+    s = _side(side["sums"], side["counts"], refs, side.get("generations"))
+    out: dict[str, Any] = {"n": len(refs), "tokens": int(s[1].sum())}
+    if refs:
+        out["base"] = _with_ci(s[3], _resampled(*s[:3], bootstrap_indices(len(refs), seed=seed)))
+    return out
+
+
+def item_scores(sums: Sequence[float], counts: Sequence[int]) -> list[float]:
+    """Per pair: minus its mean loss per response token (higher is better), what auto pairs item by item."""
+    return [-float(s) / max(int(c), 1) for s, c in zip(sums, counts, strict=True)]
+
+
 def before_after(
     before: dict[str, Any], after: dict[str, Any], refs: Sequence[str], *, seed: int = 0
 ) -> dict[str, Any]:
@@ -113,10 +138,7 @@ def before_after(
         return out
     idx = bootstrap_indices(n, seed=seed)
     rb, ra = _resampled(*sb[:3], idx), _resampled(*sa[:3], idx)
-    for name, (point, boots) in (("before", (sb[3], rb)), ("after", (sa[3], ra))):
-        for k, v in point.items():
-            out[name][k] = v
-            out[name][f"{k}_ci"] = _ci(boots[k])
+    out["before"], out["after"] = _with_ci(sb[3], rb), _with_ci(sa[3], ra)
     for k in sb[3]:
         if k not in sa[3]:
             continue
@@ -127,17 +149,14 @@ def before_after(
 
 
 def examples(
-    prompts: Sequence[str], refs: Sequence[str], before: Sequence[str], after: Sequence[str]
+    prompts: Sequence[str], refs: Sequence[str], **generations: Sequence[str]
 ) -> list[dict[str, Any]]:
-    """The first N_EXAMPLES held-out pairs with both generations (what the report shows)."""
-    return [
-        {
-            "prompt": p,
-            "reference": r,
-            "before": b,
-            "after": a,
-            "rouge_l_before": rouge_l(r, b),
-            "rouge_l_after": rouge_l(r, a),
-        }
-        for p, r, b, a in list(zip(prompts, refs, before, after, strict=True))[:N_EXAMPLES]
-    ]
+    """The first N_EXAMPLES held-out pairs with each model's generation (`before=`/`after=` of a fine-tune,
+    `base=` of a probe) and its ROUGE-L: what the report shows."""
+    rows = []
+    for i, (p, r) in enumerate(list(zip(prompts, refs, strict=True))[:N_EXAMPLES]):
+        row: dict[str, Any] = {"prompt": p, "reference": r}
+        for side, gens in generations.items():
+            row |= {side: gens[i], f"rouge_l_{side}": rouge_l(r, gens[i])}
+        rows.append(row)
+    return rows

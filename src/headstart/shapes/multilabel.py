@@ -31,6 +31,7 @@ class MultilabelShape(LinearShape):
     name = "multilabel"
     modalities = ("image", "text", "audio")
     item_score_name = "label-set F1"
+    headline = (("map", "mAP"), ("micro_f1", "micro-F1"), ("macro_f1", "macro-F1"))
 
     def targets(self, ds: Dataset, items: list[Item]) -> np.ndarray:
         """(N, K) 0/1 over `ds.classes`; a label the classes do not hold is left out (see `notes`)."""

@@ -35,6 +35,7 @@ class RegressionShape(LinearShape):
     name = "regress"
     outputs_are_labels = False
     item_score_name = "minus the absolute error"
+    headline = (("mae", "MAE"), ("rmse", "RMSE"), ("r2", "R²"))
 
     def targets(self, ds: Dataset, items: list[Item]) -> np.ndarray:
         return np.array([parse_target(it.label, str(it.path)) for it in items], dtype=np.float64)

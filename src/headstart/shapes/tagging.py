@@ -32,6 +32,7 @@ class TaggingShape(Shape):
     strategies = ("lora", "head", "partial:N", "full", "lp-ft")
     auto_strategies = ("head", "lora")
     item_score_name = "sentence entity F1"
+    headline = (("entity_f1", "entity F1"), ("token_accuracy", "token accuracy"))
 
     def probe(self, cfg: ProbeConfig) -> ShapeReport:
         from headstart.shapes.tagging_run import run_tagging

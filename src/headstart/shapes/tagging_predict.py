@@ -14,7 +14,6 @@ tokenizes the words pre-split with the tokenizer saved beside it and reads each 
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,7 @@ from typing import Any
 from headstart.errors import BadInput, HeadstartError
 from headstart.shapes import ShapePredictor
 
-#: Parity of the export: the largest logit difference allowed (float rounding), and how many sentences.
-PARITY_TOL = 1e-3
+#: Parity of the export: how many sentences (the tolerance: headstart.export.sequence.SEQUENCE_PARITY_TOL).
 PARITY_SENTENCES = 16
 
 
@@ -102,52 +100,6 @@ def _check_sentences(run_dir: Path, check_inputs: Sequence[str | Path] | None) -
     return out[:PARITY_SENTENCES]
 
 
-def _write_graph(wrapper: Any, example: dict[str, Any], out: Path, card: dict[str, Any]) -> None:
-    import onnx
-    import torch
-
-    from headstart.export.card import apply_metadata
-    from headstart.export.graph import OPSET
-    from headstart.fileio import atomic_write
-
-    axes = {0: "batch", 1: "length"}
-
-    def write(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper,
-                tuple(example.values()),
-                str(tmp),
-                input_names=list(example),
-                output_names=["logits"],
-                dynamic_axes={**{n: axes for n in example}, "logits": axes},
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        m = onnx.load(str(tmp))
-        apply_metadata(m, card)
-        onnx.save(m, str(tmp))
-
-    atomic_write(out, write)
-
-
-def parity(session: Any, wrapper: Any, batch: dict[str, Any]) -> dict[str, Any]:
-    """ONNX Runtime against PyTorch on one padded batch: max |logit difference| at real tokens, and the
-    share of real tokens whose argmax label agrees (top1_agreement)."""
-    import numpy as np
-    import torch
-
-    with torch.no_grad():
-        ref = wrapper(batch["input_ids"], batch["attention_mask"]).float().numpy()
-    got = session.run(["logits"], {k: v.numpy() for k, v in batch.items()})[0]
-    real = batch["attention_mask"].numpy().astype(bool)
-    diff = float(np.abs(got - ref)[real].max())
-    agree = float((got.argmax(-1) == ref.argmax(-1))[real].mean())
-    # top1_agreement: per real token (the name export's plain output reads)
-    return {"max_abs_diff": diff, "max_abs_logit": float(np.abs(ref[real]).max()), "top1_agreement": agree}
-
-
 def export_tagger(
     run_dir: Path,
     out: Path | None,
@@ -157,9 +109,9 @@ def export_tagger(
 ) -> dict[str, Any]:
     """RUN/model.onnx (or `out`): token logits, proven equal to PyTorch; card and tokenizer beside it."""
     from headstart.adapters import merge_adapter
-    from headstart.export.card import card_path, tokenizer_path, write_metadata
+    from headstart.export.card import keep_export, tokenizer_path
     from headstart.export.graph import ort_session
-    from headstart.fileio import atomic_write_json, atomic_write_text
+    from headstart.export.sequence import export_sequence_graph, sequence_parity, sequence_parity_holds
     from headstart.runs import ONNX_FILE, run_card
     from headstart.shapes.tagging_model import Onnx, encode_words, text_tokenizer
     from headstart.shapes.tagging_run import load_tagger
@@ -201,14 +153,11 @@ def export_tagger(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     t0 = time.perf_counter()
-    _write_graph(wrapper, {k: v[:2] for k, v in batch.items()}, out, card)
+    export_sequence_graph(wrapper, {k: v[:2] for k, v in batch.items()}, out, card)
     export_s = time.perf_counter() - t0
-    figures = parity(ort_session(out), wrapper, batch)
+    figures = sequence_parity(ort_session(out), wrapper, batch)
     figures.update(n=len(sentences), inputs="given files" if check_inputs else "the run's test/val sentences")
-    if (
-        figures["max_abs_diff"] > PARITY_TOL * max(1.0, figures["max_abs_logit"])
-        or figures["top1_agreement"] < 1
-    ):
+    if not sequence_parity_holds(figures):
         out.unlink(missing_ok=True)
         raise HeadstartError(
             f"the ONNX export of {run_dir} disagrees with PyTorch: max |logit diff| "
@@ -216,18 +165,13 @@ def export_tagger(
             "(nothing kept)",
             fix="report this with the run folder; predict with the run (PyTorch) meanwhile",
         )
-    card["parity"] = figures
-    atomic_write_text(tokenizer_path(out), tok.to_str())
-    atomic_write_json(card_path(out), card)
-    write_metadata(out, card)
-    return {
-        "task": "tag",
-        "onnx": str(out),
-        "card": str(card_path(out)),
-        "tokenizer": str(tokenizer_path(out)),
-        "bytes": out.stat().st_size,
-        "export_s": round(export_s, 3),
-        "parity": figures,
-        "classes": list(info.classes),
-        "decoding": "first-subword",
-    }
+    return keep_export(
+        out,
+        card,
+        figures,
+        tok.to_str(),
+        task="tag",
+        export_s=round(export_s, 3),
+        classes=list(info.classes),
+        decoding="first-subword",
+    )

@@ -16,7 +16,9 @@ def section(files: RunFiles) -> tuple[Html, bool]:
         return not_computed("no data summary (data.json)", "headstart probe DATA"), False
     from headstart.report import plots
 
-    classes = [str(c) for c in d.get("classes") or files.classes]
+    unit = d.get("unit")  # items with no class (generate's pairs): data.json names what its counts count
+    classes = [str(c) for c in d.get("classes") or files.classes or ([unit] if unit else [])]
+    what = str(unit) if unit else f"items in {len(classes)} classes"
     counts: dict[str, dict[str, int]] = {s: dict(v) for s, v in (d.get("counts") or {}).items()}
     splits = list(counts)
     parts: list[Any] = [
@@ -27,7 +29,7 @@ def section(files: RunFiles) -> tuple[Html, bool]:
                     "From ",
                     code(d.get("root", "?")),
                     f" ({d.get('layout', '?')}, "
-                    f"{d.get('modality', 'image')}): {num(d.get('n_items'))} items in {len(classes)} classes"
+                    f"{d.get('modality', 'image')}): {num(d.get('n_items'))} {what}"
                     + (f", split with seed {d['seed']}" if d.get("seed") is not None else "")
                     + ".",
                 ]
@@ -41,7 +43,7 @@ def section(files: RunFiles) -> tuple[Html, bool]:
     totals = [sum(int(counts[s].get(c, 0)) for c in classes) for s in splits]
     rows.append(["total", *map(num, totals), num(sum(totals))])
     count_table = table(
-        ["class", *splits, "all"],
+        ["items" if unit else "class", *splits, "all"],
         rows,
         numeric=range(1, len(splits) + 2),
         row_class=[None] * len(classes) + ["total"],

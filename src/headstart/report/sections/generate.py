@@ -1,5 +1,6 @@
 """The sections of a generate run (headstart.shapes.generate): scores before and after with their 95%
-intervals and verdicts, example generations, and the behaviour check's table."""
+intervals and verdicts (a probe's: the frozen base's alone), example generations, and the behaviour check's
+table (a probe has none: nothing was tuned)."""
 
 from __future__ import annotations
 
@@ -25,39 +26,52 @@ def section(files: RunFiles) -> tuple[Html, bool]:
     from headstart.shapes.generate_save import score_table
 
     m, where = _scores(files)
-    if not m.get("before"):
-        return not_computed(
-            "no before/after scores (metrics.json)", f"headstart evaluate {files.path}"
-        ), False
+    sides = [k for k in ("base", "before", "after") if m.get(k)]
+    if not sides:
+        return not_computed("no scores (metrics.json)", f"headstart evaluate {files.path}"), False
     title, columns, rows = score_table(m, where)
+    what = (
+        "The frozen base model (a probe: nothing trained) on the held-out pairs"
+        if sides == ["base"]
+        else "The base model (before) and the tuned one (after) on the same held-out pairs"
+    )
     parts = [
         tag(
             "p",
-            "The base model (before) and the tuned one (after) on the same held-out pairs: loss and "
-            "perplexity of the response tokens only, exact match and ROUGE-L F1 of greedy generations. "
-            "Intervals are a bootstrap over pairs; a difference whose interval holds 0 is a tie.",
+            f"{what}: loss and perplexity of the response tokens only, exact match and ROUGE-L F1 of "
+            "greedy generations. Intervals are a bootstrap over pairs; a difference whose interval holds 0 "
+            "is a tie.",
         ),
-        table(columns, rows, numeric=range(1, 4), caption=title),
+        table(
+            columns,
+            rows,
+            numeric=range(1, len(columns) - 1 if "verdict" in columns else len(columns)),
+            caption=title,
+        ),
     ]
     ex = m.get("examples") or []
-    if ex:
+    shown = [k for k in ("base", "before", "after") if ex and k in ex[0]]
+    if shown:
         ex_rows = [
             [
                 e["prompt"],
                 e["reference"],
-                e["before"],
-                e["after"],
-                f"{num(e['rouge_l_before'], 2)} → {num(e['rouge_l_after'], 2)}",
+                *(e[k] for k in shown),
+                " → ".join(num(e[f"rouge_l_{k}"], 2) for k in shown),
             ]
             for e in ex
         ]
-        parts.append(table(["prompt", "reference", "base", "tuned", "ROUGE-L"], ex_rows, caption="Examples"))
+        names = ["tuned" if k == "after" else "base" for k in shown]
+        parts.append(table(["prompt", "reference", *names, "ROUGE-L"], ex_rows, caption="Examples"))
     return join(parts), True
 
 
 def behaviour_section(files: RunFiles) -> tuple[Html, bool]:
     from headstart.runs import BEHAVIOUR_FILE, read_json
+    from headstart.shapes.generate_save import NO_BEHAVIOUR_CHECK
 
+    if files.info.kind == "probe":
+        return tag("p", NO_BEHAVIOUR_CHECK[0].upper() + NO_BEHAVIOUR_CHECK[1:] + "."), True
     check = read_json(files.path / BEHAVIOUR_FILE)
     if not check.get("rows"):
         return not_computed(

@@ -10,10 +10,11 @@ from headstart.report.sections.calibration import calibration_applied
 def hero(files: RunFiles) -> Html:
     info = files.info
     strategy = strategy_name(files)
+    shaped = info.task != "classify"
     chips = [
         ("base", info.backbone.name or "?"),
         ("kind", info.kind + (f" · {strategy}" if strategy else "")),
-        ("classes", len(files.classes)),
+        ("task", info.task) if shaped else ("classes", len(files.classes)),
         ("date", (info.created or "–").replace("T", " ")),
     ]
     if not info.pretrained:
@@ -33,17 +34,35 @@ def hero(files: RunFiles) -> Html:
     )
 
 
+def _shape_cards(files: RunFiles) -> list[tuple[str, str, bool]]:
+    """A task shape's headline scores (headstart.shapes) on test, else val, from metrics.json."""
+    from headstart.shapes import shape_of_task
+
+    shape = shape_of_task(files.info.task)
+    metrics = files.metrics or {}
+    split = "test" if isinstance(metrics.get("test"), dict) else "val"
+    if shape is None or not isinstance(metrics.get(split), dict):
+        return []
+    cards = []
+    for i, (value, ci, label) in enumerate(shape.headline_scores(metrics[split])):
+        interval = f" (95%: {num(ci[0])}–{num(ci[1])})" if ci and None not in ci else ""
+        cards.append((num(value), f"{split} {label}{interval}", i == 0))
+    return cards
+
+
 def _kpis(files: RunFiles) -> Html:
     metrics, split, _source = test_metrics(files)
     cards: list[tuple[str, str, bool]] = []
-    if metrics:
+    if files.info.task != "classify":
+        cards = _shape_cards(files)
+    elif metrics:
         ci = metrics.get("accuracy_ci")
         interval = f" (95%: {num(ci[0])}–{num(ci[1])})" if ci and None not in ci else ""
         cards.append((num(metrics.get("accuracy")), f"{split} accuracy{interval}", True))
         cards.append((num(metrics.get("macro_f1")), f"{split} macro-F1", False))
         if metrics.get("knn_accuracy") is not None:
             cards.append((num(metrics.get("knn_accuracy")), f"{split} kNN accuracy", False))
-    if files.classes:
+    if files.classes and files.info.task == "classify":
         cards.append((num(1 / len(files.classes)), "chance (1 / classes)", False))
     cal = (files.evaluation or {}).get("calibration") or {}
     if cal.get("ece_after") is not None:
