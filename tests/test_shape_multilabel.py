@@ -159,3 +159,33 @@ def test_a_row_without_a_label_is_refused_naming_it(linked: Path, tmp_path: Path
     manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
     res = run_cli(capsys, "probe", manifest, "--task", "multilabel", "--backbone", TEST_BACKBONE)
     assert_refused(res, names="green_001.png")
+
+
+def test_the_probe_tunes_thresholds_on_cross_fitted_train_too() -> None:
+    """Two val positives that score low would pull a val-only cut to near 0; with the cross-fitted train
+    outputs (40 positives, cleanly separated) beside them the cut stays where the positives are."""
+    from headstart.shapes.multilabel import SHAPE
+    from headstart.shapes.multilabel_fit import tune_readout
+
+    rng = np.random.default_rng(0)
+
+    def items(n: int, pos: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+        Y = np.zeros((n, 2), np.float32)
+        Y[:pos, 1] = 1
+        Y[:, 0] = rng.integers(0, 2, n)
+        X = rng.normal(size=(n, 8)).astype(np.float32)
+        X[:, 0] += np.where(Y[:, 1] > 0, shift, -2.0)  # the rare label lives on feature 0
+        X[:, 1] += np.where(Y[:, 0] > 0, 2.0, -2.0)
+        return X, Y
+
+    X_tr, Y_tr = items(200, 40, 2.0)
+    X_val, Y_val = items(30, 2, -1.0)  # two val positives that look like negatives
+    head, state = SHAPE.fit_head(X_tr, Y_tr, X_val, Y_val, seed=0, C=1.0)
+    val_only = tune_readout(head.logits(X_val), Y_val)["thresholds"][1]
+    assert val_only < 0.1  # the two low val positives alone would drag the cut down
+    assert state["thresholds"][1] > 0.2 and "cross-fitted" in state["threshold_source"][1]
+    X_te, Y_te = items(200, 40, 2.0)
+    on = 1 / (1 + np.exp(-head.logits(X_te)[:, 1] / state["temperature"][1])) >= state["thresholds"][1]
+    on_val_only = 1 / (1 + np.exp(-head.logits(X_te)[:, 1])) >= val_only
+    f1 = [2 * (o & (Y_te[:, 1] > 0)).sum() / (o.sum() + Y_te[:, 1].sum()) for o in (on, on_val_only)]
+    assert f1[0] > f1[1]  # and it pays on new items

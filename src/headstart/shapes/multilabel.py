@@ -58,18 +58,26 @@ class MultilabelShape(LinearShape):
         seed: int,
         C: float | None,
     ) -> tuple[LinearHead, dict[str, Any]]:
-        from headstart.shapes.multilabel_fit import RULE, fit_ovr
+        from headstart.shapes.multilabel_fit import RULE, cross_fitted_outputs, fit_ovr
 
         head, chosen, selection, how = fit_ovr(X_train, Y_train, X_val, Y_val, C=C)
         state = {"rule": RULE, "C": chosen, "C_chosen_by": how, "C_selection": selection}
         Z_val = head.logits(X_val) if len(X_val) else np.zeros((0, head.weight.shape[0]), np.float32)
-        return head, self.readout(Z_val, Y_val, state)
+        # Thresholds and temperatures from val together with the cross-fitted training outputs: many
+        # more positives per label than val alone holds (a fit's re-tune has val only).
+        Z_cf = cross_fitted_outputs(X_train, Y_train, chosen, seed=seed)
+        state["readout_tuned_on"] = f"val ({len(Y_val)}) and 5-fold cross-fitted train ({len(Y_train)})"
+        both = (np.concatenate([Z_cf, Z_val]), np.concatenate([Y_train, Y_val]))
+        return head, self.readout(*both, state, "val and cross-fitted train")
 
-    def readout(self, Z_val: np.ndarray, Y_val: np.ndarray, state: dict[str, Any]) -> dict[str, Any]:
-        """Each label's temperature and threshold (re)tuned on val's outputs (the probe's, or a fit's)."""
+    def readout(
+        self, Z_val: np.ndarray, Y_val: np.ndarray, state: dict[str, Any], source: str = "val"
+    ) -> dict[str, Any]:
+        """Each label's temperature and threshold (re)tuned on `source` outputs: a fit's val; the probe's
+        val and cross-fitted train."""
         from headstart.shapes.multilabel_fit import tune_readout
 
-        return {**state, **tune_readout(Z_val, Y_val)}
+        return {**state, **tune_readout(Z_val, Y_val, source)}
 
     def embed_data(self, cfg: Any, bb: Any, ds: Dataset) -> Any:
         """The base's, then: every label must have training items (a label without has no head row)."""
@@ -155,10 +163,12 @@ class MultilabelShape(LinearShape):
         out = []
         names = state.get("outputs", [])
         fallback = [
-            lab for lab, why in zip(names, state.get("threshold_source", []), strict=False) if why != "val F1"
+            lab
+            for lab, why in zip(names, state.get("threshold_source", []), strict=False)
+            if why.startswith("fallback")
         ]
         if fallback:
-            out.append(f"threshold 0.5 (no val positive to tune it on) for: {', '.join(fallback)}")
+            out.append(f"threshold 0.5 (no positive to tune it on) for: {', '.join(fallback)}")
         known = set(ds.classes)
         unknown = sorted({lab for it in items for lab in label_set(it.label)} - known)
         if unknown:
