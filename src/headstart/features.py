@@ -157,7 +157,7 @@ def onnx_beats_eager(backbone: Backbone) -> bool:
     on a 2-core Intel Xeon."""
     import torch
 
-    from headstart.onnx_forward import OnnxForward
+    from headstart.onnx_forward import OnnxForward, float_export
     from headstart.train.precision import machine_key, remembered, timed_input
 
     def measure() -> dict[str, Any]:
@@ -166,7 +166,9 @@ def onnx_beats_eager(backbone: Backbone) -> bool:
         eager_s = forward_seconds(_torch_forward(backbone, torch.device("cpu")), x)
         return {"onnx_s": onnx_s, "eager_s": eager_s, "onnx_faster": onnx_s < eager_s}
 
-    out, _ = remembered("onnx_vs_eager.json", f"{backbone.key}|{TIMED_ITEMS} items|{machine_key()}", measure)
+    # Keyed by the export's own name: a timing of an earlier export (another attention) does not hold.
+    export = float_export(backbone)[0].stem
+    out, _ = remembered("onnx_vs_eager.json", f"{export}|{TIMED_ITEMS} items|{machine_key()}", measure)
     return bool(out["onnx_faster"])
 
 

@@ -5,14 +5,20 @@ is numerically the same network (the export is compared against PyTorch before f
 encoder exports too: its inputs are the collated `input_ids` and `attention_mask`, with dynamic batch and
 length axes, so length-bucketed batches run unpadded to a fixed shape; its parity check feeds texts of
 different lengths (padding and the mask are exercised).
+
+A transformers backbone is exported with its attention switched to `eager` (`export_attention`): the
+`sdpa` graph carries a NaN guard on masked rows (IsNaN, Where) that cost MiniLM-L6 12 % of its int8
+forward, and without it the int8 forward ran 864 instead of 737 texts/s (fp32: 407 vs 386) on a 2-core
+Xeon. Same network: the parity check compares it with PyTorch as ever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -130,14 +136,44 @@ def check_parity(module: nn.Module, session: Any, input_shape: Sequence[int]) ->
     return parity_on(module, session, x)
 
 
+#: The attention a transformers backbone is exported with (see the module docstring).
+EXPORT_ATTENTION = "eager"
+
+
+def _switchable_attention(backbone: Backbone) -> str | None:
+    """The attention implementation of `backbone`'s transformers model when the export switches it."""
+    hf = backbone.hf_model
+    impl = getattr(getattr(hf, "config", None), "_attn_implementation", None)
+    if not hasattr(hf, "set_attn_implementation") or impl in (None, EXPORT_ATTENTION):
+        return None
+    return impl
+
+
+@contextlib.contextmanager
+def export_attention(backbone: Backbone) -> Iterator[None]:
+    """`backbone`'s transformers model (if any) on EXPORT_ATTENTION while exporting, then back."""
+    impl = _switchable_attention(backbone)
+    if impl is None:
+        yield
+        return
+    backbone.hf_model.set_attn_implementation(EXPORT_ATTENTION)  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        backbone.hf_model.set_attn_implementation(impl)  # type: ignore[union-attr]
+
+
 def float_export(backbone: Backbone, root: Path | None = None) -> tuple[Path, dict[str, Any]]:
     """(the cached float ONNX export of `backbone`, its meta: backbone name, parity figures), written and
-    checked against PyTorch on first use; an export that disagrees is an error."""
+    checked against PyTorch on first use; an export that disagrees is an error. A switched attention is
+    in the file name, so an export made before the switch is not reused."""
     folder = (root or cache_dir()) / "onnx"
-    path = folder / f"{backbone.key}.onnx"
-    meta_path = folder / f"{backbone.key}.json"
+    name = backbone.key + (f".{EXPORT_ATTENTION}-attention" if _switchable_attention(backbone) else "")
+    path = folder / f"{name}.onnx"
+    meta_path = folder / f"{name}.json"
     if not (path.is_file() and meta_path.is_file()):
-        export_onnx(backbone, varied_input(backbone, 2), path)
+        with export_attention(backbone):
+            export_onnx(backbone, varied_input(backbone, 2), path)
         parity = parity_on(backbone, _session(path, 1), varied_input(backbone, 3))
         atomic_write_json(meta_path, {"backbone": backbone.name, **parity})
     meta = json.loads(meta_path.read_text())
