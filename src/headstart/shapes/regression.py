@@ -120,7 +120,9 @@ class RegressionShape(LinearShape):
         lines = []
         if state.get("lambda") is not None:
             how = f"by {state.get('cv_folds')}-fold CV on train" if state.get("cv_folds") else "from --C"
-            lines.append(f"ridge strength {state['lambda']:.3g} per item ({how})")
+            lines.append(
+                f"the probe's ridge strength {state['lambda']:.3g} per item ({how}; a fine-tune starts there)"
+            )
         q = state.get("halfwidth")
         if q is not None:
             n, cov = state.get("calibration_n"), state.get("coverage", COVERAGE)

@@ -67,7 +67,7 @@ def section(files: RunFiles) -> tuple[Html, bool]:
                     ("90% conformal interval", f"prediction \u00b1 {q:.4g} (a band {2 * q:.4g} wide)"),
                     ("fitted on", f"the absolute errors of {state.get('calibration_n', '?')} val items"),
                     (
-                        "ridge strength per item (CV on train)",
+                        "the probe's ridge strength per item (CV on train; a fine-tune starts there)",
                         "-" if state.get("lambda") is None else f"{state['lambda']:.3g}",
                     ),
                 ]
