@@ -3,6 +3,7 @@
 A body is read through `limited_stream`, which refuses it with 413 as soon as it is over the limit
 (declared in Content-Length, or actually sent), before it is all in memory. Forms are parsed by
 Starlette's own multipart parser from that stream, in memory (the limit bounds them).
+The rest of a refused body is read at a bounded rate before the refusal goes out (`PacedDrain`).
 """
 
 from __future__ import annotations
@@ -124,3 +125,52 @@ def parse_json(body: bytes | bytearray) -> Any:
     except ImportError:  # pydantic 1
         return json.loads(body)
     return from_json(body)
+
+
+#: How fast the rest of a refused body is read (bytes/s). A client sends the whole body before it reads
+#: the answer (unless it asked `Expect: 100-continue`), so the server must read what it refused to
+#: deliver its 413; read at the sender's speed, a client repeating a 10 MB upload on loopback kept the
+#: event loop busy and held up every other request (the soak of benchmarks/serve.py).
+DRAIN_BYTES_PER_S = 32 * 1024 * 1024
+#: Past this much, the rest is left to the HTTP server (which reads and drops it at full speed).
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+
+
+class PacedDrain:
+    """ASGI middleware: before an answer to a request whose body is not read to its end (a refusal),
+    read and drop the rest at `rate` bytes/s, so its sender waits, not the other clients.
+
+    The server lets a paused read fill the socket's buffers and then stops reading, so pacing the reads
+    here paces the sender (TCP back-pressure). A client that sent `Expect: 100-continue` has not sent
+    its body and is answered at once, as before.
+    """
+
+    def __init__(self, app: Any, rate: float = DRAIN_BYTES_PER_S, max_bytes: int = DRAIN_MAX_BYTES) -> None:
+        self.app, self.rate, self.max_bytes = app, rate, max_bytes
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        import asyncio
+
+        headers = dict(scope.get("headers") or [])
+        done = headers.get(b"expect", b"").lower() == b"100-continue"
+
+        async def tracked_receive() -> Any:
+            nonlocal done
+            message = await receive()
+            done = done or message["type"] == "http.disconnect" or not message.get("more_body", False)
+            return message
+
+        async def paced_send(message: Any) -> None:
+            nonlocal done
+            if message["type"] == "http.response.start" and not done:
+                drained = 0
+                while not done and drained < self.max_bytes:
+                    chunk = (await tracked_receive()).get("body", b"")
+                    drained += len(chunk)
+                    await asyncio.sleep(len(chunk) / self.rate)
+                done = True
+            await send(message)
+
+        await self.app(scope, tracked_receive, paced_send)

@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 from headstart.data.images import ImageTooLarge
 from headstart.errors import BadInput, HeadstartError
 from headstart.model import TrainedModel
-from headstart.serve.body import HTTPError, parse_json, read_body, read_form, too_big
+from headstart.serve.body import HTTPError, PacedDrain, parse_json, read_body, read_form, too_big
 from headstart.serve.page import render_page
 from headstart.serve.predictor import DEFAULT_TOP, SERVE_MAX_PIXELS, Predictor, load_served_model
 
@@ -125,6 +125,7 @@ def create_app(
         )
     server = Server(predictor, ref, token, max_bytes, max_batch, max_text_bytes)
     app = FastAPI(title=f"headstart: {ref}", docs_url=None, redoc_url=None)
+    app.add_middleware(PacedDrain)  # a refused body's sender waits, not the other clients
     app.state.predictor = predictor
     _add_error_handlers(app, server)
     _add_prediction_routes(app, server)
