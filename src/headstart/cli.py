@@ -224,7 +224,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from headstart.commands import run_folder
-    from headstart.errors import BadInput, HeadstartError
+    from headstart.errors import HeadstartError
     from headstart.features import forward_device
     from headstart.model import load_model
 
@@ -253,72 +253,69 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if sources
         else (None, [], {})
     )
-    by_index = {usable[k]: p for k, p in zip(kept, proba if proba is not None else [], strict=True)}
-    results: list[dict[str, Any]] = []
-    for i, (named, src) in enumerate(inputs):
-        if i in by_index:
-            p = by_index[i]
-            top = np.argsort(-p)[: args.top]
-            results.append(
-                {
-                    **named,
-                    "label": classes[top[0]],
-                    "probability": float(p[top[0]]),
-                    "top": [{"label": classes[j], "probability": float(p[j])} for j in top],
-                }
-            )
-        else:
-            reason = src.reason if isinstance(src, BadInput) else bad.get(src, "unreadable")
-            results.append({**named, "error": reason})
-    n_bad = sum("error" in r for r in results)
-    if args.json:
-        print_json(results)
-    else:
-        for r in results:
-            shown = r["file"] if "file" in r else _shown(r["text"])
-            if "error" in r:
-                print(f"{shown}\tERROR\t{r['error']}")
-            else:
-                print(f"{shown}\t{r['label']}\t{r['probability']:.3f}")
-        if n_bad:
-            fix = (
-                "give existing UTF-8 text files (one file = one text); pass literal texts with --text TEXT, "
-                "or - for one text per line of stdin"
-                if model.modality == "text"
-                else "check the files listed with ERROR"
-            )
-            print(
-                f"error: {n_bad} of {len(results)} input(s) not labeled (ERROR lines)\n  fix: {fix}",
-                file=sys.stderr,
-            )
-    return 1 if n_bad else 0
+    answers = {}
+    for k, p in zip(kept, proba if proba is not None else [], strict=True):
+        top = np.argsort(-p)[: args.top]
+        answers[usable[k]] = {
+            "label": classes[top[0]],
+            "probability": float(p[top[0]]),
+            "top": [{"label": classes[j], "probability": float(p[j])} for j in top],
+        }
+    return _print_results(args, _joined(inputs, answers, bad), model.modality, "labeled")
 
 
 def _predict_shape(args: argparse.Namespace, predictor: Any) -> int:
     """predict for a task shape (headstart.shapes): each answer is the shape's JSON; the plain output shows
     its `summary`. Inputs read as for a classifier (files always files; texts by --text or -)."""
-    from headstart.errors import BadInput
-
     inputs = _predict_inputs(args, predictor)
     usable = [i for i, (_, src) in enumerate(inputs) if isinstance(src, str)]
     answers, kept, bad = predictor.answer([inputs[i][1] for i in usable]) if usable else ([], [], {})
     by_index = {usable[k]: a for k, a in zip(kept, answers, strict=True)}
+    return _print_results(args, _joined(inputs, by_index, bad), predictor.modality, "answered")
+
+
+def _joined(
+    inputs: list[tuple[dict[str, Any], Any]], answers: dict[int, dict[str, Any]], bad: dict[str, str]
+) -> list[dict[str, Any]]:
+    """One result per input, in order: how it is named plus its answer, or plus the reason it has none."""
+    from headstart.errors import BadInput
+
     results: list[dict[str, Any]] = []
     for i, (named, src) in enumerate(inputs):
-        if i in by_index:
-            results.append({**named, **by_index[i]})
+        if i in answers:
+            results.append({**named, **answers[i]})
         else:
             reason = src.reason if isinstance(src, BadInput) else bad.get(src, "unreadable")
             results.append({**named, "error": reason})
+    return results
+
+
+def _print_results(args: argparse.Namespace, results: list[dict[str, Any]], modality: str, done: str) -> int:
+    """predict's output (JSON, or a line per input: a class and its probability, or a shape's summary);
+    exit 1 when an input got no answer, with the fix on stderr."""
     n_bad = sum("error" in r for r in results)
     if args.json:
         print_json(results)
-    else:
-        for r in results:
-            shown = r["file"] if "file" in r else _shown(r["text"])
-            print(f"{shown}\tERROR\t{r['error']}" if "error" in r else f"{shown}\t{r.get('summary', '')}")
-        if n_bad:
-            print(f"error: {n_bad} of {len(results)} input(s) not answered (ERROR lines)", file=sys.stderr)
+        return 1 if n_bad else 0
+    for r in results:
+        shown = r["file"] if "file" in r else _shown(r["text"])
+        if "error" in r:
+            print(f"{shown}\tERROR\t{r['error']}")
+        elif "label" in r and "probability" in r:
+            print(f"{shown}\t{r['label']}\t{r['probability']:.3f}")
+        else:
+            print(f"{shown}\t{r.get('summary', '')}")
+    if n_bad:
+        fix = (
+            "give existing UTF-8 text files (one file = one text); pass literal texts with --text TEXT, "
+            "or - for one text per line of stdin"
+            if modality == "text"
+            else "check the files listed with ERROR"
+        )
+        print(
+            f"error: {n_bad} of {len(results)} input(s) not {done} (ERROR lines)\n  fix: {fix}",
+            file=sys.stderr,
+        )
     return 1 if n_bad else 0
 
 
