@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -261,7 +262,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "probability": float(p[top[0]]),
             "top": [{"label": classes[j], "probability": float(p[j])} for j in top],
         }
-    return _print_results(args, _joined(inputs, answers, bad), model.modality, "labeled")
+    results = _joined(inputs, answers, bad)
+    return _print_results(args, results, model.modality, "labeled", _class_line)
 
 
 def _predict_shape(args: argparse.Namespace, predictor: Any) -> int:
@@ -271,7 +273,12 @@ def _predict_shape(args: argparse.Namespace, predictor: Any) -> int:
     usable = [i for i, (_, src) in enumerate(inputs) if isinstance(src, str)]
     answers, kept, bad = predictor.answer([inputs[i][1] for i in usable]) if usable else ([], [], {})
     by_index = {usable[k]: a for k, a in zip(kept, answers, strict=True)}
-    return _print_results(args, _joined(inputs, by_index, bad), predictor.modality, "answered")
+    results = _joined(inputs, by_index, bad)
+    return _print_results(args, results, predictor.modality, "answered", lambda r: str(r.get("summary", "")))
+
+
+def _class_line(r: dict[str, Any]) -> str:
+    return f"{r['label']}\t{r['probability']:.3f}"
 
 
 def _joined(
@@ -290,21 +297,22 @@ def _joined(
     return results
 
 
-def _print_results(args: argparse.Namespace, results: list[dict[str, Any]], modality: str, done: str) -> int:
-    """predict's output (JSON, or a line per input: a class and its probability, or a shape's summary);
-    exit 1 when an input got no answer, with the fix on stderr."""
+def _print_results(
+    args: argparse.Namespace,
+    results: list[dict[str, Any]],
+    modality: str,
+    done: str,
+    answer_line: Callable[[dict[str, Any]], str],
+) -> int:
+    """predict's output: JSON, or a line per input (`answer_line` of its answer: a class and its
+    probability, or a shape's summary); exit 1 when an input got no answer, with the fix on stderr."""
     n_bad = sum("error" in r for r in results)
     if args.json:
         print_json(results)
         return 1 if n_bad else 0
     for r in results:
         shown = r["file"] if "file" in r else _shown(r["text"])
-        if "error" in r:
-            print(f"{shown}\tERROR\t{r['error']}")
-        elif "label" in r and "probability" in r:
-            print(f"{shown}\t{r['label']}\t{r['probability']:.3f}")
-        else:
-            print(f"{shown}\t{r.get('summary', '')}")
+        print(f"{shown}\tERROR\t{r['error']}" if "error" in r else f"{shown}\t{answer_line(r)}")
     if n_bad:
         fix = (
             "give existing UTF-8 text files (one file = one text); pass literal texts with --text TEXT, "

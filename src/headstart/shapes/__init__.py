@@ -126,17 +126,12 @@ class Shape:
         """One score per item of `split` (np.ndarray, higher is better) for auto's paired verdicts: by
         default metrics.json's `<split>.item_scores`, which the shape's probe and fit record; None when the
         split has none."""
-        import json
-
         import numpy as np
 
+        from headstart.runs.folder import read_json
         from headstart.runs.names import METRICS_FILE
 
-        try:
-            metrics = json.loads((Path(run_dir) / METRICS_FILE).read_text())
-        except (OSError, ValueError):
-            return None
-        scores = (metrics.get(split) or {}).get("item_scores") if isinstance(metrics, dict) else None
+        scores = (read_json(Path(run_dir) / METRICS_FILE).get(split) or {}).get("item_scores")
         return None if scores is None else np.asarray(scores, dtype=float)
 
     #: (metrics key, label) of the scores the report's header shows first, from a split's metrics.
@@ -166,16 +161,10 @@ def shape_of_task(task: str | None) -> Shape | None:
 def task_of_run(run_dir: str | Path) -> str:
     """run.json's `task` (runs before task shapes: classify). A missing run.json is left to the verb's own
     loader to refuse, with its message."""
-    import json
-
+    from headstart.runs.folder import read_json
     from headstart.runs.names import RUN_FILE
 
-    try:
-        info = json.loads((Path(run_dir) / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return "classify"
-    task = info.get("task") if isinstance(info, dict) else None
-    return str(task) if task else "classify"
+    return str(read_json(Path(run_dir) / RUN_FILE).get("task") or "classify")
 
 
 def shape_of_run(run_dir: str | Path) -> Shape | None:
