@@ -245,9 +245,7 @@ def _auto_shape(task: str, data: str | Path, options: dict[str, Any]) -> dict[st
     keys = ("backbone", "budget_s", "out", "strategies", "store", "name", "alias", "seed", "progress")
     shape = shape_of_task(task)
     assert shape is not None
-    return auto_shape(
-        shape, data, say=options["say"], device=options["device"], **{k: options[k] for k in keys}
-    )
+    return auto_shape(shape, data, device=options["device"], **{k: options[k] for k in keys})
 
 
 def _overlap(

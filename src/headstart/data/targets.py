@@ -22,8 +22,6 @@ from headstart.errors import HeadstartError
 
 #: Every task shape, the default first. `--task` takes these names.
 TASKS = ("classify", "multilabel", "regress", "tag", "generate")
-#: The shapes whose data the labeled-data readers (folders, manifests, tables) read.
-ITEM_TASKS = ("classify", "multilabel", "regress")
 LABEL_SEPARATOR = "|"
 #: A regression split is stratified over this many quantile bins of the target, so val and test span the
 #: range of values instead of landing by chance on one end of it.

@@ -13,7 +13,6 @@ is scored for every row and reported, never used to choose.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +148,6 @@ def auto_shape(
     alias: str = "production",
     seed: int = 0,
     progress: bool = True,
-    say: Callable[[str], None] = lambda _msg: None,
     device: str = "auto",
     **_ignored: Any,
 ) -> dict[str, Any]:
