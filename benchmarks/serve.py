@@ -38,8 +38,12 @@ this script does no backbone work for the probe):
   requests sent, non-200 answers by status code (`soak_errors`), 5xx and wrong answers (a good one answering
   otherwise than alone, a bad or large one another status than its own; both must be 0), p50/p99 of
   the good requests under that load, p99 of those that overlapped a large request and its ratio to
-  the idle p50 (`soak_p99_in_flight_over_idle_p50`), and the server's RSS before and after the mixed
-  phase. The text server runs the tiny `test_text_encoder` (no download) on a probe of a made-up CSV.
+  the idle p50 (`soak_p99_in_flight_over_idle_p50`), and the server's RSS after the good requests
+  alone (`soak_rss_cold_mb`), after a first, unmeasured mixed phase of half as many good requests
+  (`soak_rss_before_mb`: what the first large decodes leave in the allocator's per-thread arenas is a
+  high-water mark, not growth) and after the measured mixed phase (`soak_rss_after_mb`; growth is after
+  minus before). Wrong answers and error counts cover both mixed phases. The text server runs the tiny
+  `test_text_encoder` (no download) on a probe of a made-up CSV.
 
 Threads: whatever torch.get_num_threads() is in this process (the server child inherits the same
 environment). Run (from the repository root):
@@ -78,6 +82,7 @@ KEYS = (
     "soak_p50_ms",
     "soak_p99_ms",
     "soak_p99_in_flight_ms",
+    "soak_rss_cold_mb",
     "soak_rss_before_mb",
     "soak_rss_after_mb",
 )

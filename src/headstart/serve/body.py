@@ -3,7 +3,8 @@
 A body is read through `limited_stream`, which refuses it with 413 as soon as it is over the limit
 (declared in Content-Length, or actually sent), before it is all in memory. Forms are parsed by
 Starlette's own multipart parser from that stream, in memory (the limit bounds them).
-The rest of a refused body is read at a bounded rate before the refusal goes out (`PacedDrain`).
+A body's bytes past PACE_AFTER_BYTES are read at a bounded rate, and so is the rest of a refused body
+before the refusal goes out (`PacedDrain`).
 """
 
 from __future__ import annotations
@@ -42,11 +43,15 @@ async def limited_stream(
                 raise refusal
         except ValueError:
             raise HTTPError(400, f"bad Content-Length {declared!r}") from None
+    import asyncio
+
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > max_bytes:
             raise refusal
+        if size > PACE_AFTER_BYTES:  # see PACE_AFTER_BYTES
+            await asyncio.sleep(len(chunk) / BODY_BYTES_PER_S)
         yield chunk
 
 
@@ -127,11 +132,16 @@ def parse_json(body: bytes | bytearray) -> Any:
     return from_json(body)
 
 
-#: How fast the rest of a refused body is read (bytes/s). A client sends the whole body before it reads
-#: the answer (unless it asked `Expect: 100-continue`), so the server must read what it refused to
-#: deliver its 413; read at the sender's speed, a client repeating a 10 MB upload on loopback kept the
-#: event loop busy and held up every other request (the soak of benchmarks/serve.py).
-DRAIN_BYTES_PER_S = 32 * 1024 * 1024
+#: A body's bytes past this many are read at most at BODY_BYTES_PER_S. Reading (and parsing) a body costs
+#: the event loop CPU that every request shares: a client sending 1 MB texts back to back on loopback
+#: took most of a core and raised the small requests' median latency 2.6x (1.5 -> 3.9 ms; paced: 1.6).
+#: Paced, that client waits instead; one over a real network rarely sends faster than this anyway.
+PACE_AFTER_BYTES = 256 * 1024
+#: How fast a large body, and the rest of a refused body, is read (bytes/s). A client sends the whole
+#: body before it reads the answer (unless it asked `Expect: 100-continue`), so the server must read
+#: what it refused to deliver its 413; read at the sender's speed, a client repeating a 10 MB upload on
+#: loopback kept the event loop busy and held up every other request (the soak of benchmarks/serve.py).
+BODY_BYTES_PER_S = 32 * 1024 * 1024
 #: Past this much, the rest is left to the HTTP server (which reads and drops it at full speed).
 DRAIN_MAX_BYTES = 64 * 1024 * 1024
 
@@ -145,7 +155,7 @@ class PacedDrain:
     its body and is answered at once, as before.
     """
 
-    def __init__(self, app: Any, rate: float = DRAIN_BYTES_PER_S, max_bytes: int = DRAIN_MAX_BYTES) -> None:
+    def __init__(self, app: Any, rate: float = BODY_BYTES_PER_S, max_bytes: int = DRAIN_MAX_BYTES) -> None:
         self.app, self.rate, self.max_bytes = app, rate, max_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

@@ -5,7 +5,8 @@ lower limit (`--max-text-mb`, per text; a batch's is that per text it may hold):
 its first tokens, and every megabyte of JSON costs the event loop milliseconds of parsing that the other
 requests wait through. Every refusal is an `HTTPError`, answered by one handler as JSON {"error", "fix"};
 FastAPI's and Starlette's own errors (404, 405, validation) get the same shape. Decoding and the forward
-run in worker threads, never on the event loop, so a slow input does not hold up the others.
+run in worker threads, never on the event loop, so a slow input does not hold up the others; a large
+input is decoded at low priority (`headstart.serve.lanes`), so it does not slow the small ones either.
 """
 
 # FastAPI reads the endpoints' annotations as strings and resolves them in this module's globals: the
@@ -27,6 +28,7 @@ from headstart.data.images import ImageTooLarge
 from headstart.errors import BadInput, HeadstartError
 from headstart.model import TrainedModel
 from headstart.serve.body import HTTPError, PacedDrain, parse_json, read_body, read_form, too_big
+from headstart.serve.lanes import SlowLane, is_large
 from headstart.serve.page import render_page
 from headstart.serve.predictor import DEFAULT_TOP, SERVE_MAX_PIXELS, Predictor, load_served_model
 
@@ -50,6 +52,7 @@ class Server:
     max_text_bytes: int = DEFAULT_MAX_TEXT_BYTES
     started: float = field(default_factory=time.time)
     counts: dict[str, int] = field(default_factory=lambda: {"requests": 0, "errors": 0})
+    slow_lane: SlowLane = field(default_factory=SlowLane)  # where large inputs are decoded
 
     def error(self, status: int, message: str, fix: str | None = None) -> JSONResponse:
         self.counts["errors"] += 1
@@ -172,15 +175,13 @@ def _add_error_handlers(app: Any, server: Server) -> None:
 
 
 def _add_prediction_routes(app: Any, server: Server) -> None:
-    predictor = server.predictor
-
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:
         top = server.admit(request)
         items = await request_items(request, server, batch=False)
         if len(items) != 1:
             raise HTTPError(422, "no input: send one file as the form field 'file'")
-        (res,), (exc,) = await guarded(run_items, predictor, items, top)
+        (res,), (exc,) = await answer(server, items, top)
         if isinstance(exc, ImageTooLarge):
             raise HTTPError(
                 413,
@@ -200,7 +201,7 @@ def _add_prediction_routes(app: Any, server: Server) -> None:
             raise HTTPError(422, "no inputs in the request")
         if len(items) > server.max_batch:
             raise HTTPError(413, f"{len(items)} inputs: over the batch limit of {server.max_batch}")
-        results, _ = await guarded(run_items, predictor, items, top)
+        results, _ = await answer(server, items, top)
         return JSONResponse({"results": results}, headers=server.forward_header)
 
 
@@ -315,13 +316,11 @@ async def _json_texts(
 # -- predicting -----------------------------------------------------------------------------------------
 
 
-def run_items(
-    predictor: Predictor, items: list[tuple[str, Any]], top: int
-) -> tuple[list[dict[str, Any]], list[BadInput | None]]:
-    """Decode every item (bad ones get their reason), then one forward for the good ones.
+Decoded = tuple[list[Any], list[int], list[dict[str, Any]], list[BadInput | None]]
 
-    Also returns each item's BadInput (None when it was usable), for /predict's status code.
-    """
+
+def decode_items(predictor: Predictor, items: list[tuple[str, Any]]) -> Decoded:
+    """Decode every item; a bad one gets its reason. (examples, their result slots, results, BadInputs)."""
     examples, where, results, bad = [], [], [], []
     for name, raw in items:
         try:
@@ -333,6 +332,15 @@ def run_items(
         except BadInput as e:
             results.append({"file": name, "error": e.reason})
             bad.append(e)
+    return examples, where, results, bad
+
+
+def answer_items(
+    predictor: Predictor, decoded: Decoded, top: int
+) -> tuple[list[dict[str, Any]], list[BadInput | None]]:
+    """One forward for the decoded items. Also returns each item's BadInput (None when it was usable),
+    for /predict's status code."""
+    examples, where, results, bad = decoded
     if examples:
         proba = predictor.predict(examples)
         for i, p in zip(where, proba, strict=True):
@@ -340,12 +348,31 @@ def run_items(
     return results, bad
 
 
-async def guarded(fn: Callable[..., Any], *args: Any) -> Any:
-    """`fn(*args)` in a worker thread; an unforeseen failure is a 500 answer, never a crashed server."""
+def run_items(
+    predictor: Predictor, items: list[tuple[str, Any]], top: int
+) -> tuple[list[dict[str, Any]], list[BadInput | None]]:
+    return answer_items(predictor, decode_items(predictor, items), top)
+
+
+async def answer(
+    server: Server, items: list[tuple[str, Any]], top: int
+) -> tuple[list[dict[str, Any]], list[BadInput | None]]:
+    """Decode and predict in worker threads; a request holding a large input is decoded in the slow lane
+    (`headstart.serve.lanes`) and only its forward runs on the shared threads."""
+    image = server.predictor.model.modality == "image"
+    if not any(is_large(raw, image=image) for _, raw in items):
+        return await guarded(run_items, server.predictor, items, top)
+    decoded = await guarded(decode_items, server.predictor, items, lane=server.slow_lane)
+    return await guarded(answer_items, server.predictor, decoded, top)
+
+
+async def guarded(fn: Callable[..., Any], *args: Any, lane: SlowLane | None = None) -> Any:
+    """`fn(*args)` in a worker thread (the shared ones, or `lane`'s); an unforeseen failure is a 500
+    answer, never a crashed server."""
     from starlette.concurrency import run_in_threadpool
 
     try:
-        return await run_in_threadpool(fn, *args)
+        return await (lane.run(fn, *args) if lane is not None else run_in_threadpool(fn, *args))
     except (HTTPError, HeadstartError):
         raise
     except Exception as e:  # a bug or an input the decoder did not foresee: answer, never crash
