@@ -58,6 +58,13 @@ class Phase:
     # the network trains on features it never shows at inference. "batch" uses batch statistics (needed
     # from scratch). None: frozen for pretrained recipes, batch for scratch.
     batchnorm: Literal["frozen", "batch"] | None = None
+    # Regularisers peers ship as defaults, off here: on emoji they tied plain LP-FT (benchmarks/levers.py).
+    # Cross-entropy against 1 - s on the label and s spread over every class (Szegedy et al. 2016).
+    label_smoothing: float = 0.0
+    # Mixup (Zhang et al. 2018): each batch's inputs (raw images, or the activations entering the first
+    # trained group) mixed with a shuffled copy of the batch, lambda ~ Beta(a, a); the loss mixes both
+    # labels alike. 0: off. Image backbones, cross-entropy objective.
+    mixup: float = 0.0
 
     def n_trainable(self, n_groups: int) -> int:
         return n_groups if self.train_top == "all" else min(int(self.train_top), n_groups)
@@ -84,6 +91,12 @@ class Phase:
             )
         if self.epochs < 0 or self.lr <= 0:
             raise HeadstartError(f"phase {self.name!r}: epochs must be >= 0 and lr > 0")
+        if not 0.0 <= self.label_smoothing < 1.0 or self.mixup < 0.0:
+            raise HeadstartError(
+                f"phase {self.name!r}: label_smoothing must be in [0, 1) and mixup >= 0, got "
+                f"{self.label_smoothing}, {self.mixup}",
+                fix="e.g. label_smoothing: 0.1, mixup: 0.2",
+            )
 
 
 @dataclass(frozen=True)
@@ -195,6 +208,10 @@ class Recipe:
     # similarity of pairs drawn from the labels; headstart.train.setfit), which moves only the encoder, so
     # a contrastive recipe ends with a `head_init: probe` phase that fits the head on the tuned embeddings.
     objective: Literal["cross-entropy", "contrastive"] = "cross-entropy"
+
+    def label_regularisers(self) -> list[str]:
+        """The regularisers of class labels some phase uses (label_smoothing, mixup): classification's."""
+        return [f for f in ("label_smoothing", "mixup") if any(getattr(p, f) for p in self.phases)]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

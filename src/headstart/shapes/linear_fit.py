@@ -47,6 +47,11 @@ def _refuse(shape: LinearShape, cfg: FitConfig, recipe: Recipe) -> None:
             f"{task} does not run strategy {recipe.name!r} (its own loss or features)",
             fix="use head, lp-ft, partial:N, full or lora",
         )
+    if recipe.label_regularisers():
+        raise HeadstartError(
+            f"{task} has no class labels for {' and '.join(recipe.label_regularisers())} to regularise",
+            fix="remove them from the recipe",
+        )
     if cfg.unlabeled is not None or cfg.target_unlabeled is not None:
         raise HeadstartError(f"{task} learns from labeled items only", fix="drop --target-unlabeled")
     if cfg.lr == "auto":

@@ -57,6 +57,7 @@ def check_recipe(recipe: Recipe) -> None:
         bad.append(f"the {recipe.objective} objective")
     if recipe.pooled != "last" or recipe.views:
         bad.append("pooled or augmented-view features")
+    bad += [f"with {r}" for r in recipe.label_regularisers()]  # classification's (per item, not per token)
     if bad:
         raise HeadstartError(
             f"strategy {recipe.name!r} trains {' and '.join(bad)}, which --task tag does not run",

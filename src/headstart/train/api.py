@@ -135,6 +135,7 @@ def run_fit(
 
         return fit_frozen(job, probe if probe is not None else ProbeConfig(**cfg.shared()))
     objective = _objective(job, objective)
+    _refuse_mixup(job, objective)
     splits, extra = _decode(job)
     trainer = _train(job, splits, objective)
     delta = trained_delta(job, trainer)
@@ -225,6 +226,19 @@ def _objective(job: FitJob, objective: Objective | None) -> Objective | None:
 
     target = load_unlabeled(job.cfg.target_unlabeled, job.bb.modality).sources
     return DomainAdversarial(target, weight=job.cfg.domain_weight)
+
+
+def _refuse_mixup(job: FitJob, objective: Objective | None) -> None:
+    """Mixup mixes image tensors and both labels under plain cross-entropy: refused elsewhere, before any
+    decoding."""
+    phase = next((p for p in job.recipe.phases if p.mixup), None)
+    if phase is not None and (job.bb.modality != "image" or objective is not None):
+        raise HeadstartError(
+            f"recipe {job.recipe.name!r}, phase {phase.name!r}: mixup applies to image data under the plain "
+            f"cross-entropy loss, not to {job.bb.modality} data"
+            + (f" with {objective.describe()['name']}" if objective is not None else ""),
+            fix="remove mixup from the recipe",
+        )
 
 
 def _decode(job: FitJob, targets: Targets | None = None) -> tuple[dict[str, Split], list[str]]:

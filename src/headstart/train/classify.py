@@ -3,8 +3,8 @@
 Per phase the top `n` groups train and the rest are frozen *in eval mode* (BatchNorm running statistics
 never move in frozen groups); the optimizer gets one parameter group per trainable layer group with the
 recipe's discriminative rates; the epoch is judged on validation accuracy (val loss breaks ties). The loss is
-an Objective (cross-entropy, distillation, domain-adversarial). Skewed classes (headstart.imbalance): classes
-weigh by inverse frequency in the loss, and epochs (and the probe head's C) are judged on balanced accuracy.
+an Objective (cross-entropy, with the phase's label smoothing and mixup; distillation; domain-adversarial).
+Skewed classes (headstart.imbalance): inverse-frequency class weights, epochs judged on balanced accuracy.
 
 Frozen-prefix caching: when a phase does not augment, the activations entering the first trainable group
 are computed once per phase and each epoch runs only the top groups (head-only phases read the pooled
@@ -31,7 +31,7 @@ from headstart.train.data import Split
 from headstart.train.engine import Engine
 from headstart.train.groups import Net, first_trainable_group, param_groups, set_trainable
 from headstart.train.micro_batch import GHOST_BATCH, micro_batch_size, saved_bytes
-from headstart.train.objective import Objective, Step
+from headstart.train.objective import Objective, Step, mix_batch
 from headstart.train.precision import side_effect_free, time_step
 from headstart.train.task import StepOut, StepTotals, Task
 
@@ -87,6 +87,7 @@ class Classification(FrozenPrefix, Task):
         self._k = self.n_groups  # the lowest group that trains in the current phase (n_groups outside)
         self._n = 0  # groups trained in the current phase
         self._augment_now = False
+        self._phase = Phase("none")  # the current phase: its label smoothing and mixup (checked: train.api)
         self._states: dict[tuple[str, int], Any] = {}
         self._onnx_prefixes: dict[int, Any] = {}
         self.train: Split | None = None
@@ -165,8 +166,7 @@ class Classification(FrozenPrefix, Task):
 
     # -- phases -------------------------------------------------------------------------------------------
     def _freeze_bn(self, phase: Phase) -> bool:
-        mode = phase.batchnorm or ("frozen" if self.pretrained else "batch")
-        return mode == "frozen"
+        return (phase.batchnorm or ("frozen" if self.pretrained else "batch")) == "frozen"
 
     def begin_phase(self, trainer: Trainer, phase: Phase) -> None:
         self._n = phase.n_trainable(self.n_groups)
@@ -200,6 +200,7 @@ class Classification(FrozenPrefix, Task):
         return lin.weight, lin.bias
 
     def prepare_phase(self, trainer: Trainer, phase: Phase) -> None:
+        self._phase = phase
         augment = self.augment if self.augment is not None else phase.uses_augment(self.n_groups)
         self._augment_now = augment and self.backbone.modality == "image"
         if not self._augment_now and self.prefix_cache:
@@ -266,6 +267,7 @@ class Classification(FrozenPrefix, Task):
         assert self.train is not None
         y = self.engine.place(self.train.y[batch])
         h, start = self.inputs("train", self.train, batch, self._k, augment=self._augment_now, gen=gen)
+        h, mix = mix_batch(h, self._phase.mixup, gen) if self._phase.mixup else (h, None)
         needs = self.objective.needs_features
         with self.engine.autocast():
             out = model(h, start, needs)
@@ -282,6 +284,8 @@ class Classification(FrozenPrefix, Task):
             generator=gen,
             progress=progress,
             class_weight=None if self.class_weight is None else self.engine.place(self.class_weight),
+            label_smoothing=self._phase.label_smoothing,
+            mix=mix,
         )
         loss = self.objective.loss(step)
         return StepOut(loss, float(loss.detach()) * len(batch), len(batch), *self.train_counts(z, y))

@@ -22,7 +22,7 @@ from torch import nn
 
 from headstart.errors import HeadstartError
 from headstart.train.data import Split
-from headstart.train.objective import Objective, Step, labeled_cross_entropy
+from headstart.train.objective import Objective, Step, step_cross_entropy
 
 if TYPE_CHECKING:
     from headstart.train.loop import Trainer
@@ -139,7 +139,7 @@ class DomainAdversarial(Objective):
         }
 
     def loss(self, step: Step) -> torch.Tensor:
-        ce = labeled_cross_entropy(step.logits, step.y, step.class_weight)
+        ce = step_cross_entropy(step)
         trainer = step.trainer
         if (
             self.target is None

@@ -37,7 +37,7 @@ from headstart.fileio import report_dict
 from headstart.recipes import Phase, Recipe
 from headstart.runs import DISTILL_FILE
 from headstart.train.data import Split
-from headstart.train.objective import Objective, Step, labeled_cross_entropy
+from headstart.train.objective import Objective, Step, step_cross_entropy
 from headstart.train.teacher import compare, teacher_data
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class Distillation(Objective):
         )
 
     def loss(self, step: Step) -> torch.Tensor:
-        hard = labeled_cross_entropy(step.logits, step.y, step.class_weight)
+        hard = step_cross_entropy(step)
         if self.alpha == 0.0:
             return hard
         return self.alpha * self.soft_loss(step) + (1.0 - self.alpha) * hard

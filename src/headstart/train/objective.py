@@ -31,6 +31,8 @@ class Step:
     generator: torch.Generator
     progress: float  # fraction of all training steps done, in [0, 1)
     class_weight: torch.Tensor | None = None  # per class, when the classes are skewed (headstart.imbalance)
+    label_smoothing: float = 0.0  # the phase's
+    mix: Mix | None = None  # a mixup batch: each input was mixed with input perm[i], weight lam on its own
 
 
 class Objective:
@@ -59,11 +61,38 @@ class Objective:
         return {"name": "cross-entropy"}
 
     def loss(self, step: Step) -> torch.Tensor:
-        return labeled_cross_entropy(step.logits, step.y, step.class_weight)
+        return step_cross_entropy(step)
+
+
+def step_cross_entropy(step: Step) -> torch.Tensor:
+    """The step's cross-entropy: with its phase's label smoothing, and for a mixup batch both labels
+    weighted as their inputs were (Zhang et al. 2018)."""
+    ce = labeled_cross_entropy(step.logits, step.y, step.class_weight, step.label_smoothing)
+    if step.mix is None:
+        return ce
+    other = step.y[step.mix.perm.to(step.y.device)]
+    rest = labeled_cross_entropy(step.logits, other, step.class_weight, step.label_smoothing)
+    return step.mix.lam * ce + (1.0 - step.mix.lam) * rest
+
+
+@dataclass(frozen=True)
+class Mix:
+    perm: torch.Tensor
+    lam: float
+
+
+def mix_batch(h: torch.Tensor, alpha: float, gen: torch.Generator) -> tuple[torch.Tensor, Mix]:
+    """Mixup of one batch: lam ~ Beta(alpha, alpha) (drawn from `gen`, so a seed repeats it), each input
+    mixed with another of the batch."""
+    import numpy as np
+
+    lam = float(np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=gen))).beta(alpha, alpha))
+    perm = torch.randperm(len(h), generator=gen)
+    return lam * h + (1.0 - lam) * h[perm.to(h.device)], Mix(perm, lam)
 
 
 def labeled_cross_entropy(
-    z: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None
+    z: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = None, smoothing: float = 0.0
 ) -> torch.Tensor:
     """Cross-entropy over the labeled examples of a batch (0 when it has none). With per-class `weight`
     (mean 1 per training item: headstart.imbalance), each item's loss times its class's weight, averaged
@@ -73,7 +102,7 @@ def labeled_cross_entropy(
     if not bool(labeled.any()):
         return z.sum() * 0.0
     if weight is None:
-        return F.cross_entropy(z.float(), y, ignore_index=-1)
-    ce = F.cross_entropy(z.float(), y, ignore_index=-1, reduction="none")
+        return F.cross_entropy(z.float(), y, ignore_index=-1, label_smoothing=smoothing)
+    ce = F.cross_entropy(z.float(), y, ignore_index=-1, reduction="none", label_smoothing=smoothing)
     w = weight.to(ce.dtype)[y.clamp(min=0)] * labeled
     return (ce * w).sum() / labeled.sum()
