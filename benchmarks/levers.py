@@ -7,9 +7,9 @@ with the same epochs, seed and split, once plain and once per lever:
 - `llrd-0.9`: layer-wise rate decay 0.9 per group below the top (AutoGluon's default), as lr_decay.
 Each lever's test correctness is paired with the plain run's on the same test items, pooled over seeds
 (headstart.intervals.paired_difference: bootstrap interval, exact McNemar). A lever becomes a default only
-if it beats the plain run beyond noise. Measured so far (`--tasks emoji --seeds 2 --epochs 3`, 2-core
-Intel Xeon, 411 s): every lever tied plain LP-FT (-0.009 to -0.019, p >= 0.5, 108 test items), so all
-stay opt-in recipe fields; the fortunes task has not been run.
+if it beats the plain run beyond noise. Measured (`--tasks emoji --seeds 2 --epochs 3`, then `--tasks
+fortunes`, same flags; 2-core Intel Xeon, 411 s and 179 s): every lever tied plain LP-FT (-0.019 to 0.000,
+p >= 0.5, 108 test items per task), so all stay opt-in recipe fields.
 
     .venv/bin/python benchmarks/levers.py            # emoji + fortunes, 3 seeds, 4 epochs
     .venv/bin/python benchmarks/levers.py --quick    # emoji, 1 seed, 2 epochs (~4 min on 2 cores)
