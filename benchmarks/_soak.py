@@ -130,15 +130,14 @@ def soak(
     """Mixed load on a running server: see the module docstring. Raises nothing on wrong answers: counts."""
     import numpy as np
 
-    post = _post
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     want = []
     for g in good:  # alone: the reference answers
-        status, body = post(conn, g)
+        status, body = _post(conn, g)
         if status != 200:
             raise SystemExit(f"soak: a good request answered {status}: {body[:200]!r}")
         want.append(body)
-    idle = [timed_ms(lambda g=g: post(conn, g), 1)[0] for g in (good * idle_n)[:idle_n]]
+    idle = [timed_ms(lambda g=g: _post(conn, g), 1)[0] for g in (good * idle_n)[:idle_n]]
     idle_p50 = statistics.median(idle)
     conn.close()
     rss_cold = rss_mb(pid)

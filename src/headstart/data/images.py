@@ -66,18 +66,21 @@ def _let_pil_allow(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-def _claimed_size(fp: IO[bytes]) -> tuple[int, int] | None:
-    """The canvas size an image's header claims, read by the same plugin `Image.open` would pick.
-
-    Only for the message after PIL's own bomb check refused the file (its error gives a pixel count,
-    not the size). None when that plugin cannot tell.
+def claimed_size(fp: IO[bytes]) -> tuple[int, int] | None:
+    """The canvas size an image's header claims, read by the same plugin `Image.open` would pick, without
+    PIL's bomb check and without decoding: for the message after that check refused a file (its error
+    gives a pixel count, not the size), and for the server's choice of lane. None when the plugin cannot
+    tell (or the bytes are no image).
     """
     Image.init()
     fp.seek(0)
     prefix = fp.read(16)
     for fmt in Image.ID:  # Image.open's own order and acceptance rule
         factory, accept = Image.OPEN[fmt]
-        ok = accept(prefix) if accept else True
+        try:
+            ok = accept(prefix) if accept else True
+        except Exception:  # some plugins' checks read past a prefix this short (an empty upload)
+            continue
         if not ok or isinstance(ok, str):
             continue
         fp.seek(0)
@@ -93,7 +96,7 @@ def _claimed_size(fp: IO[bytes]) -> tuple[int, int] | None:
 
 def _too_large(path: object, e: Exception, max_pixels: int, fp: IO[bytes] | None = None) -> ImageTooLarge:
     """PIL's bomb error or warning (raised before our own check could run) -> our refusal, with the size."""
-    size = _claimed_size(fp) if fp is not None else None
+    size = claimed_size(fp) if fp is not None else None
     if size:
         return ImageTooLarge(path, size, size[0] * size[1], max_pixels)
     m = re.search(r"\((\d+) pixels\)", str(e))  # PIL's message: "Image size (N pixels) exceeds ..."

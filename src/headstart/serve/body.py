@@ -9,6 +9,7 @@ before the refusal goes out (`PacedDrain`).
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -43,8 +44,6 @@ async def limited_stream(
                 raise refusal
         except ValueError:
             raise HTTPError(400, f"bad Content-Length {declared!r}") from None
-    import asyncio
-
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -161,8 +160,6 @@ class PacedDrain:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        import asyncio
-
         headers = dict(scope.get("headers") or [])
         done = headers.get(b"expect", b"").lower() == b"100-continue"
 

@@ -42,18 +42,11 @@ def _lower_priority() -> None:
 def claimed_pixels(data: bytes) -> int:
     """The canvas an image's header claims (0 when it is not an image PIL can size without decoding)."""
     import io
-    import warnings
 
-    from PIL import Image
+    from headstart.data.images import claimed_size
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as img:  # reads the header only
-                w, h = img.size
-    except Exception:  # a bomb, a truncated header, not an image: the decoder will say why
-        return 0
-    return int(w) * int(h)
+    size = claimed_size(io.BytesIO(data))
+    return size[0] * size[1] if size else 0
 
 
 def is_large(raw: Any, *, image: bool) -> bool:
