@@ -55,7 +55,7 @@ def test_mixup_mixes_inputs_and_labels_alike() -> None:
 
 def test_out_of_range_values_are_refused() -> None:
     for kw in ({"label_smoothing": 1.0}, {"label_smoothing": -0.1}, {"mixup": -1.0}):
-        with pytest.raises(HeadstartError, match="label_smoothing must be in"):
+        with pytest.raises(HeadstartError, match="label_smoothing and ema must be in"):
             Phase("p", **kw).validate()  # type: ignore[arg-type]
 
 

@@ -79,7 +79,8 @@ def _print_fit(report: Any) -> None:
     if skew:
         con.print(skew, markup=False)
     con.print(
-        f"best epoch {m['best_epoch']}; trained {m['train_s']:.1f} s; "
+        (f"greedy soup of epochs {m['soup']}" if m.get("soup") else f"best epoch {m['best_epoch']}")
+        + f"; trained {m['train_s']:.1f} s; "
         f"trainable parameters {m['trainable_params']:,} of {m['backbone_params'] + m['trainable_params']:,}"
     )
     a = m.get("adapter")

@@ -26,6 +26,7 @@ HEAD_INITS: tuple[str, ...] = get_args(HeadInit)
 _STRICT_KEYS = {"extra": "forbid"}
 # More augmented views than this per image buy nothing a linear head can use and cost a forward each.
 MAX_VIEWS = 64
+MAX_SOUP = 16  # each kept evaluation is a copy of the weights in memory
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,10 @@ class Phase:
     # trained group) mixed with a shuffled copy of the batch, lambda ~ Beta(a, a); the loss mixes both
     # labels alike. 0: off. Image backbones, cross-entropy objective.
     mixup: float = 0.0
+    # An exponential moving average of the weights this phase trains, decay `ema` per step (e.g. 0.99;
+    # warmed up over the first steps), evaluated and kept instead of the weights themselves. 0: off
+    # (headstart.train.averaging).
+    ema: float = 0.0
 
     def n_trainable(self, n_groups: int) -> int:
         return n_groups if self.train_top == "all" else min(int(self.train_top), n_groups)
@@ -91,11 +96,11 @@ class Phase:
             )
         if self.epochs < 0 or self.lr <= 0:
             raise HeadstartError(f"phase {self.name!r}: epochs must be >= 0 and lr > 0")
-        if not 0.0 <= self.label_smoothing < 1.0 or self.mixup < 0.0:
+        if not 0.0 <= self.label_smoothing < 1.0 or self.mixup < 0.0 or not 0.0 <= self.ema < 1.0:
             raise HeadstartError(
-                f"phase {self.name!r}: label_smoothing must be in [0, 1) and mixup >= 0, got "
-                f"{self.label_smoothing}, {self.mixup}",
-                fix="e.g. label_smoothing: 0.1, mixup: 0.2",
+                f"phase {self.name!r}: label_smoothing and ema must be in [0, 1) and mixup >= 0, got "
+                f"{self.label_smoothing}, {self.ema}, {self.mixup}",
+                fix="e.g. label_smoothing: 0.1, ema: 0.99, mixup: 0.2",
             )
 
 
@@ -208,6 +213,9 @@ class Recipe:
     # similarity of pairs drawn from the labels; headstart.train.setfit), which moves only the encoder, so
     # a contrastive recipe ends with a `head_init: probe` phase that fits the head on the tuned embeddings.
     objective: Literal["cross-entropy", "contrastive"] = "cross-entropy"
+    # A greedy soup (Wortsman et al. 2022) of the `soup` best evaluations of the fit, returned when it
+    # scores at least as well as the best alone. 0: off; else at least 2 (headstart.train.averaging).
+    soup: int = 0
 
     def label_regularisers(self) -> list[str]:
         """The regularisers of class labels some phase uses (label_smoothing, mixup): classification's."""
@@ -240,6 +248,12 @@ class Recipe:
             raise HeadstartError(
                 f"recipe {self.name!r}: views must be an integer from 0 to {MAX_VIEWS}, got {self.views!r}",
                 fix="e.g. views: 4 (augmented copies of each training image), or 0 for none",
+            )
+        if not isinstance(self.soup, int) or self.soup == 1 or not 0 <= self.soup <= MAX_SOUP:
+            raise HeadstartError(
+                f"recipe {self.name!r}: soup must be 0 (off) or an integer from 2 to {MAX_SOUP}, got "
+                f"{self.soup!r}",
+                fix="e.g. soup: 3 (the greedy soup of the 3 best epochs)",
             )
         if self.objective == "contrastive" and self.phases[-1].head_init != "probe":
             raise HeadstartError(

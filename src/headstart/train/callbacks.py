@@ -8,7 +8,8 @@ stop flags) at the loop's hooks, in list order:
     built) -> per epoch: before_epoch -> after_step ... -> after_train (steps done) -> after_epoch
     (validation done) -> after_fit; `cleanup` runs last, also after an error.
 
-`default_callbacks` is the list `fit` runs; a test adds its own (tests/kill_after_epoch.py kills the process
+`headstart.train.loop.default_callbacks` is the list `fit` runs (with the weight averaging of
+headstart.train.averaging); a test adds its own (tests/kill_after_epoch.py kills the process
 right after a checkpoint, to test --resume).
 """
 
@@ -61,6 +62,12 @@ class Callback:
     def after_epoch(self, trainer: Trainer) -> None: ...
     def after_fit(self, trainer: Trainer) -> None: ...
     def cleanup(self, trainer: Trainer) -> None: ...
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """What a checkpoint keeps of this callback for a resume (None: nothing)."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class History(Callback):
@@ -286,7 +293,7 @@ class Checkpoint(Callback):
         state, self._state = self._state, None
         if state is None:
             return
-        if state["recipe"] != trainer.recipe.to_dict():
+        if with_defaults(state["recipe"]) != trainer.recipe.to_dict():
             raise HeadstartError(
                 f"the checkpoint in {self.folder} was written by another recipe",
                 fix="resume with the same strategy and options, or drop --resume",
@@ -296,6 +303,10 @@ class Checkpoint(Callback):
         trainer.history = list(state["history"])
         trainer.warnings = list(state["warnings"])
         trainer.pos = Position(**state["pos"])
+        kept = state.get("callbacks", {})
+        for cb in trainer.callbacks:
+            if type(cb).__name__ in kept:
+                cb.load_state_dict(kept[type(cb).__name__])
         self._pending = state
 
     def before_train(self, trainer: Trainer) -> None:
@@ -330,26 +341,24 @@ class Checkpoint(Callback):
             "history": trainer.history,
             "warnings": trainer.warnings,
             "recipe": trainer.recipe.to_dict(),
+            "callbacks": {
+                type(cb).__name__: st for cb in trainer.callbacks if (st := cb.state_dict()) is not None
+            },
             "engine": engine_record(trainer.engine.device, trainer.engine.precision),
         }
         save_checkpoint(self.folder, state)
 
 
-def default_callbacks(
-    *,
-    keep_best: bool = True,
-    budget_s: float | None = None,
-    work_dir: Path | None = None,
-    resume: bool = False,
-) -> list[Callback]:
-    """What `fit` runs, in order: the row is recorded before anything judges it, and the checkpoint is
-    written last, with every decision of the epoch in it."""
-    out: list[Callback] = [Progress(), History(), EarlyStopping()]
-    if keep_best:
-        out.append(BestWeights())
-    out += [PreciseBatchNorm(), GapWarning()]
-    if budget_s is not None:
-        out.append(Budget(budget_s))
-    if work_dir is not None:
-        out.append(Checkpoint(work_dir, resume))
+def with_defaults(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's recipe with the fields added since it was written at their defaults (no checks:
+    continued pretraining's recipes are not classification's)."""
+    from dataclasses import MISSING, fields
+
+    from headstart.recipes import Phase, Recipe
+
+    def filled(cls: type, d: dict[str, Any]) -> dict[str, Any]:
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING} | d
+
+    out = filled(Recipe, recipe)
+    out["phases"] = [filled(Phase, p) for p in recipe.get("phases", [])]
     return out

@@ -26,7 +26,19 @@ import torch
 from headstart.backbones.base import Backbone
 from headstart.imbalance import Imbalance
 from headstart.recipes import Phase, Recipe
-from headstart.train.callbacks import Callback, Checkpoint, Position, default_callbacks
+from headstart.train.averaging import Ema, Soup
+from headstart.train.callbacks import (
+    BestWeights,
+    Budget,
+    Callback,
+    Checkpoint,
+    EarlyStopping,
+    GapWarning,
+    History,
+    Position,
+    PreciseBatchNorm,
+    Progress,
+)
 from headstart.train.classify import Classification
 from headstart.train.engine import Engine
 from headstart.train.groups import lr_lambda
@@ -113,7 +125,9 @@ class Trainer:
         self.engine = Engine.create(device, precision)
         self.seed = seed
         self.progress = progress
-        defaults = default_callbacks(keep_best=keep_best, budget_s=budget_s, work_dir=work_dir, resume=resume)
+        defaults = default_callbacks(
+            recipe, keep_best=keep_best, budget_s=budget_s, work_dir=work_dir, resume=resume
+        )
         self.callbacks: list[Callback] = [*defaults, *(callbacks or [])]  # the caller's after, in their order
         # A resume goes on in its checkpoint's precision; another device type or precision is refused here.
         self.resumed_precision = next(
@@ -296,3 +310,30 @@ class Trainer:
             "lr": lr,
             "seconds": seconds,
         }
+
+
+def default_callbacks(
+    recipe: Recipe | None = None,
+    *,
+    keep_best: bool = True,
+    budget_s: float | None = None,
+    work_dir: Path | None = None,
+    resume: bool = False,
+) -> list[Callback]:
+    """What `fit` runs, in order: the row is recorded before anything judges it, and the checkpoint is
+    written last, with every decision of the epoch in it. The recipe's weight averaging
+    (headstart.train.averaging): the soup keeps what best-weights keeps, and EMA swaps its average in
+    before precise BatchNorm and validation, and out after every judge of the epoch."""
+    out: list[Callback] = [Progress(), History(), EarlyStopping()]
+    if keep_best:
+        out.append(BestWeights())
+    if recipe is not None and recipe.soup:
+        out.append(Soup(recipe.soup))
+    if recipe is not None and any(p.ema for p in recipe.phases):
+        out.append(Ema())
+    out += [PreciseBatchNorm(), GapWarning()]
+    if budget_s is not None:
+        out.append(Budget(budget_s))
+    if work_dir is not None:
+        out.append(Checkpoint(work_dir, resume))
+    return out

@@ -81,6 +81,7 @@ def trained_facts(
     metrics: dict[str, Any] = {
         "strategy": trainer.recipe.name,
         "best_epoch": trainer.best["epoch"],
+        "soup": trainer.best.get("soup"),  # the epochs averaged (headstart.train.averaging), or None
         "trainable_params": int(head_params + sum(v.numel() for k, v in delta.items() if "running" not in k)),
         "backbone_params": bb.card.num_params,
         "train_s": trainer.train_seconds,

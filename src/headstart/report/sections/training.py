@@ -17,7 +17,9 @@ def section(files: RunFiles) -> tuple[Html, bool]:
         ), False
     from headstart.report import plots
 
-    epochs = [e for e in h["epochs"] if isinstance(e, dict)]
+    rows = [e for e in h["epochs"] if isinstance(e, dict)]
+    epochs = [e for e in rows if e.get("kind") != "soup"]  # a soup is no epoch: it is said in words
+    soup = next((e for e in reversed(rows) if e.get("kind") == "soup"), None)
     best = h.get("best_epoch")
     chart = plots.learning_curves(epochs, best)
     best_row = next((e for e in epochs if e.get("epoch") == best), None)
@@ -28,7 +30,12 @@ def section(files: RunFiles) -> tuple[Html, bool]:
         text += " in phase(s) " + ", ".join(phases)
     if total_s:
         text += f", {total_s:.1f} s"
-    if best_row:
+    if soup:
+        members = ", ".join(str(m) for m in soup.get("members") or [])
+        val_acc, val_loss = num(soup.get("val_acc")), num(soup.get("val_loss"))
+        text += f"; the weights kept are the greedy soup of epochs {members}"
+        text += f" (val accuracy {val_acc}, val loss {val_loss})"
+    elif best_row:
         val_acc, val_loss = num(best_row.get("val_acc")), num(best_row.get("val_loss"))
         text += f"; the weights kept are from epoch {best} (val accuracy {val_acc}, val loss {val_loss})"
     parts = [
