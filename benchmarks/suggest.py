@@ -19,7 +19,8 @@ mean accuracy of the first rounds.
 
 Tasks: emoji (examples/emoji/images, 360 images, 9 classes, efficientnet_lite0), fortunes
 (examples/fortunes/fortunes.csv, 360 texts, 6 classes, minilm-l6); the full run adds larger pools:
-digits (scikit-learn's 1,797 digits, examples/build_digits.py, efficientnet_lite0), fashion_mnist (2,500
+digits (scikit-learn's 1,797 digits, examples/build_digits.py, efficientnet_lite0; `digits_multi_depth`:
+the same through `depths:efficientnet_lite0`, the features compare recommends there), fashion_mnist (2,500
 Fashion-MNIST training images, 250 per class, examples/build_fashion_mnist.py; needs the Debian package
 dataset-fashion-mnist, else skipped), fortunes_810 (every fortune of the six files up to 150 per class,
 examples/build_fortunes.py; needs the Debian package fortunes, else skipped) and emoji_full (every usable
@@ -28,7 +29,7 @@ packages fonts-noto-color-emoji and unicode-data, else skipped). Embeddings come
 `embed_dataset`, in a fresh HEADSTART_CACHE unless --cache names one to keep (a rerun then skips the
 ~3 minutes of embedding).
 
-    .venv/bin/python benchmarks/suggest.py           # 5 tasks x 5 seeds (an hour on 2 busy cores)
+    .venv/bin/python benchmarks/suggest.py           # 7 tasks x 5 seeds (over an hour on 2 cores)
     .venv/bin/python benchmarks/suggest.py --quick   # emoji and fortunes x 2 seeds; < 5 min
     .venv/bin/python benchmarks/suggest.py --tasks fashion_mnist,digits --cache /tmp/hs-cache
 
@@ -89,6 +90,8 @@ TASKS: dict[str, tuple[Callable[[Path], Path | str], str]] = {
     "emoji": (lambda root: EMOJI_ROOT, "efficientnet_lite0"),
     "fortunes": (lambda root: REPO / "examples" / "fortunes" / "fortunes.csv", "minilm-l6"),
     "digits": (lambda root: _build("digits", root), "efficientnet_lite0"),
+    # the same digits through the features `compare` recommends for them (multi-depth: docs/multi-depth.md)
+    "digits_multi_depth": (lambda root: _build("digits", root), "depths:efficientnet_lite0"),
     "fashion_mnist": (lambda root: _build("fashion_mnist", root), "efficientnet_lite0"),
     "emoji_full": (lambda root: _build("emoji_full", root), "efficientnet_lite0"),
     "fortunes_810": (lambda root: _build("fortunes_810", root), "minilm-l6"),
