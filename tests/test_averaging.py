@@ -113,6 +113,14 @@ def test_average_of_states() -> None:
     assert torch.equal(out["w"], torch.tensor([1.0, 3.0])) and out["n"].item() == 3
 
 
+def test_the_summary_names_them() -> None:
+    r = Recipe("r", (Phase("p", train_top=1, ema=0.99),), soup=3)
+    assert (
+        r.summary()
+        == "p: top 1 groups + head, 5 ep, lr 0.001, EMA 0.99; greedy soup of the 3 best evaluations"
+    )
+
+
 def test_bad_values_are_refused() -> None:
     with pytest.raises(HeadstartError, match="ema must be in"):
         Phase("p", ema=1.0).validate()

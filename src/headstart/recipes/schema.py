@@ -298,7 +298,9 @@ class Recipe:
                 where = "all groups" if p.train_top == "all" else f"the top {p.train_top} groups"
                 kind = "LoRA" if isinstance(self.adapter, LoraSpec) else self.adapter.method
                 what = f"{kind} in {where} + head"
-            parts.append(f"{p.name}: {what}, {p.epochs} ep, lr {p.lr:g}")
+            parts.append(
+                f"{p.name}: {what}, {p.epochs} ep, lr {p.lr:g}" + (f", EMA {p.ema:g}" if p.ema else "")
+            )
         if isinstance(self.adapter, PromptSpec):
             parts.append(f"{self.adapter.n_tokens} virtual tokens")
         elif self.adapter is not None:
@@ -307,6 +309,8 @@ class Recipe:
             parts.append(f"r {a.r}, alpha {a.alpha:g}, dropout {a.dropout:g}, targets {targets}")
         if self.views:
             parts.append(f"{self.views} augmented views per training image")
+        if self.soup:
+            parts.append(f"greedy soup of the {self.soup} best evaluations")
         return "; ".join(parts)
 
 

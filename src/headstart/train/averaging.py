@@ -9,7 +9,8 @@ trains (`Phase.ema`), and a greedy soup of the best evaluated weights of a fit (
   best-scoring evaluations of the fit (epochs, and the phase start where it counts, e.g. LP-FT's probe
   head) are kept; at the end, in order of score, each is added to the average when the average's score
   does not drop. The fit returns the soup when it has more than one member (the history's "soup" row
-  says which epochs), else the best weights as before.
+  says which epochs), else the best weights as before. Cooking it costs up to `soup` - 1 evaluations
+  after the last epoch, outside the time budget's look-ahead.
 
 Both states travel in checkpoints (`state_dict`), so a resumed fit averages what an uninterrupted one would.
 """
@@ -108,7 +109,8 @@ class Soup(Callback):
         score = tuple(trainer.score)
         if len(self.kept) >= self.k and score <= tuple(self.kept[-1]["score"]):
             return
-        state = {k: v.detach().clone() for k, v in trainer.task.state_dict().items()}
+        # on the CPU: k copies of the weights need not take accelerator memory
+        state = {k: v.detach().to("cpu", copy=True) for k, v in trainer.task.state_dict().items()}
         self.kept.append({"score": list(score), "epoch": trainer.pos.epoch, "state": state})
         self.kept.sort(key=lambda c: tuple(c["score"]), reverse=True)
         del self.kept[self.k :]
