@@ -216,12 +216,14 @@ def evaluate_run(
     progress: bool = False,
     device: str = "auto",
     slices: str | Path | None = None,
+    tta: int = 0,
 ) -> dict[str, Any]:
     """Evaluate a run folder. On its own split (`data=None`) write calibration.json and evaluation.json
     into it (unless save=False); on other data write nothing into it. `out`: also write the result there.
     `device`: where the network runs (headstart.features.forward_device; recorded as `device`).
     `slices`: a CSV of path,group (texts: text,group) naming each item's slice, instead of the data's own
     `group` column; every score is then also given per slice (`headstart.slices`).
+    `tta`: also score each image with K augmented views (headstart.tta), against the plain prediction.
     """
     from headstart.features import forward_device
     from headstart.model import load_model
@@ -238,6 +240,11 @@ def evaluate_run(
         )
     out_path = _check_out(out, run_dir, own_split) if out is not None else None
     shape = shape_of_run(run_dir)
+    if shape is not None and tta:
+        raise HeadstartError(
+            f"test-time augmentation scores classification runs; {run_dir} is a {shape.name} run",
+            fix="drop --tta",
+        )
     if shape is not None:  # its own scores (headstart.shapes): the checks above done, the same keywords
         return shape.evaluate(
             run_dir,
@@ -259,6 +266,10 @@ def evaluate_run(
         slice_map, origin = read_slice_file(slices, modality), f"--slices {slices}"
     t_start = time.perf_counter()
     model = load_model(run_dir)
+    if tta:
+        from headstart.tta import check_tta
+
+        check_tta(model, tta)  # before anything is embedded
     classes = model.classes
     sources, labels, groups, described = _items_to_evaluate(run_dir, data, split, model.run_info)
     if slice_map is not None and slices is not None:  # the file replaces the data's own groups
@@ -305,9 +316,17 @@ def evaluate_run(
         "slices": slice_scores(
             y, z.argmax(axis=1), [groups[i] for i in idx], [sources[i] for i in idx], classes, origin=origin
         ),
+        "tta": None,
         "seconds": 0.0,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    if tta:
+        from headstart.tta import tta_report
+
+        kept_sources = [sources[i] for i in idx]
+        result["tta"] = tta_report(
+            model, kept_sources, y, z, tta, backend=backend, device=device, progress=progress
+        )
     result["memory"] = {"peak_rss_mb": round(peak_rss_mb(), 1)}
     result["seconds"] = time.perf_counter() - t_start
     if writes_run:

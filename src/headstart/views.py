@@ -69,6 +69,14 @@ def _generator(seed: int, content: str, view: int) -> Any:
     return torch.Generator().manual_seed(int(digest[:15], 16))
 
 
+def draw_view(backbone: Backbone, x: Any, content: str, view: int, seed: int) -> Any:
+    """View `view` of the decoded image `x` (C, H, W) whose content hash is `content`: the same tensor
+    whenever and wherever it is drawn."""
+    from headstart.train.augment import augment_images
+
+    return augment_images(x[None], backbone.image_preprocess, _generator(seed, content, view))[0]
+
+
 def _cache(backbone: Backbone, seed: int, cache: bool | FeatureCache) -> FeatureCache | None:
     from headstart.feature_cache import FeatureCache
 
@@ -101,7 +109,6 @@ def embed_views(
     from headstart.data.images import DEFAULT_MAX_PIXELS
     from headstart.features import forward_device, make_forward
     from headstart.progress import progress_bar
-    from headstart.train.augment import augment_images
     from headstart.train.engine import placed
 
     check_views(k, backbone.modality, backbone.name)
@@ -126,7 +133,6 @@ def embed_views(
             keys.clear()
             xs.clear()
 
-        pre = backbone.image_preprocess
         with (
             placed(backbone, dev),
             progress_bar(len(todo), f"embedding {k} views with {backbone.name}", enabled=progress) as advance,
@@ -144,7 +150,7 @@ def embed_views(
                     if e in found or e in computed or e in keys:
                         continue
                     keys.append(e)
-                    xs.append(augment_images(x[None], pre, _generator(seed, h, i))[0])
+                    xs.append(draw_view(backbone, x, h, i, seed))
                     if len(keys) >= batch_size:
                         flush()
                 advance(1)

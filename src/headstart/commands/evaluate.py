@@ -59,6 +59,12 @@ class EvaluateOptions:
         metavar="FILE",
         help="CSV naming each item's slice: path,group (texts: text,group); default: the data's group column",
     )
+    tta: int = option(
+        0,
+        metavar="K",
+        help="images: also score each item averaged over K augmented views (test-time augmentation), "
+        "against the plain prediction, with what one prediction then costs",
+    )
     json: bool = json_option("machine-readable output")
 
 
@@ -132,8 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if "accuracy" in ood:
             line += f"; accuracy on its {ood['n_labeled']} labeled files {fmt(ood['accuracy'])}"
         con.print(line)
-    if res["latency"]:
-        _print_latency(con, res["latency"])
+    _print_latency_and_tta(con, res)
     con.print(f"peak memory (RSS): {fmt(res['memory']['peak_rss_mb'], 0)} MB")
     if res["mistakes"]:
         # Every recorded mistake is shown, and the title counts them against all wrong predictions.
@@ -172,6 +177,26 @@ def _print_latency(con: Any, lat: dict[str, Any]) -> None:
             f"{fmt(lat['onnx_single_p50_ms'], 1)} ms, p95 {fmt(lat['onnx_single_p95_ms'], 1)} ms; "
             f"batch 32 {fmt(lat['onnx_batch32_per_item_ms'], 2)} ms/item"
         )
+
+
+def _print_latency_and_tta(con: Any, res: dict[str, Any]) -> None:
+    if res["latency"]:
+        _print_latency(con, res["latency"])
+    if res.get("tta"):
+        _print_tta(con, res["tta"])
+
+
+def _print_tta(con: Any, tta: dict[str, Any]) -> None:
+    from headstart.intervals import fmt_ci
+
+    g, lat = tta["gain"], tta["latency"]
+    verdict = "beyond noise" if tta["beyond_noise"] else "a tie: inside the noise"
+    con.print(
+        f"test-time augmentation ({tta['k']} views): accuracy {fmt_ci(tta['accuracy'], tta['accuracy_ci'])} "
+        f"against {fmt(tta['plain_accuracy'])} plain, {fmt_ci(g['diff'], g['ci'])} paired, p {fmt(g['p'])} "
+        f"({verdict}); one image {fmt(lat['tta_p50_ms'], 1)} ms against {fmt(lat['plain_p50_ms'], 1)} ms "
+        f"({fmt(lat['ratio'], 1)}x, {lat['backend']})"
+    )
 
 
 def _print_slices(con: Any, sl: dict[str, Any] | None) -> None:
