@@ -47,7 +47,10 @@ class Ema(Callback):
             self.shadow = None
             return
         if self.shadow is not None and len(self.shadow) == len(trainer.params) and trainer.pos.done_in_phase:
-            return  # resumed inside the phase: the checkpoint's average goes on
+            # resumed inside the phase: the checkpoint's average goes on (read onto the CPU: back beside
+            # the weights)
+            self.shadow = [s.to(p.device) for s, p in zip(self.shadow, trainer.params, strict=True)]
+            return
         self.shadow = [p.detach().clone() for p in trainer.params]
         self.steps = 0
 
