@@ -17,7 +17,7 @@ p >= 0.5, 108 test items per task), so all stay opt-in recipe fields. `--levers 
 same flags, 474 s): EMA +0.000 on both, soup +0.000 on emoji and +0.009 (p 1.0) on fortunes: ties too.
 
     .venv/bin/python benchmarks/levers.py            # emoji + fortunes, 3 seeds, 4 epochs
-    .venv/bin/python benchmarks/levers.py --quick    # emoji, 1 seed, 2 epochs (~4 min on 2 cores)
+    .venv/bin/python benchmarks/levers.py --quick    # emoji, 1 seed, 2 epochs (2 min 40 s, quiet Xeon)
     .venv/bin/python benchmarks/levers.py --tasks emoji --seeds 2 --epochs 3 --levers ema,soup
 
 The last line printed is one JSON object: per task and lever, the test accuracy (pooled, Wilson interval),
