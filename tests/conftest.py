@@ -64,6 +64,18 @@ def make_image_folder(
     return root
 
 
+def probe_run(root: Path, per_class: int = 8) -> Path:
+    """A probe run of the tiny test backbone on three classes, under `root`, with a feature cache of its
+    own (a module-scoped fixture outlives each test's isolated cache)."""
+    from headstart.api import probe
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HEADSTART_CACHE", str(root / "cache"))
+        data = make_image_folder(root / "data", classes=("red", "blue", "green"), per_class=per_class)
+        probe(data, backbone=TEST_BACKBONE, out=root / "run", progress=False)
+    return root / "run"
+
+
 @pytest.fixture
 def image_folder(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data")

@@ -9,21 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TEST_BACKBONE, make_image_folder
+from conftest import TEST_BACKBONE, probe_run
 from headstart.errors import HeadstartError
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One probe run (tiny test backbone, 3 classes) shared by the tests of this file."""
-    from headstart.api import probe
-
-    root = tmp_path_factory.mktemp("export")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HEADSTART_CACHE", str(root / "cache"))
-        data = make_image_folder(root / "data", classes=("red", "blue", "green"), per_class=10)
-        probe(data, backbone=TEST_BACKBONE, out=root / "run", progress=False)
-    return root / "run"
+    return probe_run(tmp_path_factory.mktemp("export"), per_class=10)
 
 
 def _ort(path: Path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TEST_BACKBONE, draw_item, make_image_folder
+from conftest import TEST_BACKBONE, draw_item, probe_run
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -19,14 +19,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from headstart.api import probe
-
-    root = tmp_path_factory.mktemp("serve")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HEADSTART_CACHE", str(root / "cache"))
-        data = make_image_folder(root / "data", classes=("red", "blue", "green"), per_class=8)
-        probe(data, backbone=TEST_BACKBONE, out=root / "run", progress=False)
-    return root / "run"
+    return probe_run(tmp_path_factory.mktemp("serve"), per_class=8)
 
 
 @pytest.fixture(scope="module")

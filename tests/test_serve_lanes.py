@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TEST_BACKBONE, make_image_folder
+from conftest import probe_run
 from headstart.serve import body as body_mod
 from headstart.serve.lanes import LARGE_BYTES, LARGE_PIXELS, LARGE_TEXT_CHARS, SlowLane, is_large
 
@@ -68,14 +68,7 @@ def test_the_lane_runs_at_low_priority_and_the_shared_threads_do_not() -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from headstart.api import probe
-
-    root = tmp_path_factory.mktemp("lanes")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HEADSTART_CACHE", str(root / "cache"))
-        data = make_image_folder(root / "data", classes=("red", "blue", "green"), per_class=8)
-        probe(data, backbone=TEST_BACKBONE, out=root / "run", progress=False)
-    return root / "run"
+    return probe_run(tmp_path_factory.mktemp("lanes"), per_class=8)
 
 
 def test_a_large_upload_is_decoded_in_the_lane_and_answered_as_a_small_one(run_dir: Path) -> None:

@@ -10,18 +10,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import TEST_BACKBONE, make_image_folder
+from conftest import probe_run
 from headstart.errors import HeadstartError
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from headstart.api import probe
-
-    root = tmp_path_factory.mktemp("tta")
-    data = make_image_folder(root / "data", classes=("red", "blue", "green"), per_class=12)
-    probe(data, backbone=TEST_BACKBONE, out=root / "run", progress=False, seed=0)
-    return root / "run"
+    return probe_run(tmp_path_factory.mktemp("tta"), per_class=12)
 
 
 def _test_sources(run: Path) -> list[str]:
