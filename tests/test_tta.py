@@ -33,8 +33,8 @@ def test_logits_are_the_mean_over_the_image_and_its_views(run: Path) -> None:
 
     model = load_model(run)
     sources = _test_sources(run)
-    z = tta_logits(model, sources, 3, progress=False)
     E, _, _ = model.embed(sources)
+    z = tta_logits(model, sources, model.head.logits(E), 3, progress=False)
     V, _ = embed_views(
         model.backbone, sources, [model.backbone.item_hash(s) for s in sources], 3, seed=TTA_SEED
     )

@@ -19,11 +19,11 @@ def peak_rss_mb() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
-def _ms(ts: list[float], q: float) -> float:
+def percentile_ms(ts: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(ts) * 1000, q))
 
 
-def _timed(fn: Any, x: Any, repeats: int, per: int = 1) -> list[float]:
+def timed(fn: Any, x: Any, repeats: int, per: int = 1) -> list[float]:
     out = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -68,15 +68,15 @@ def measure_latency(
     with torch.inference_mode(), placed(module, dev):
         for _ in range(3):  # warm-up: first calls allocate and pick kernels
             run(one)
-        single = _timed(run, one, repeats)
+        single = timed(run, one, repeats)
         run(many)
-        batched = _timed(run, many, batch_repeats, per=batch)
-        end_to_end = _timed(lambda s: run(bb.collate([bb.load_item(s)])), source, max(5, repeats // 3))
+        batched = timed(run, many, batch_repeats, per=batch)
+        end_to_end = timed(lambda s: run(bb.collate([bb.load_item(s)])), source, max(5, repeats // 3))
     out: dict[str, Any] = {
-        "single_p50_ms": _ms(single, 50),
-        "single_p95_ms": _ms(single, 95),
-        f"batch{batch}_per_item_ms": _ms(batched, 50),
-        "end_to_end_p50_ms": _ms(end_to_end, 50),
+        "single_p50_ms": percentile_ms(single, 50),
+        "single_p95_ms": percentile_ms(single, 95),
+        f"batch{batch}_per_item_ms": percentile_ms(batched, 50),
+        "end_to_end_p50_ms": percentile_ms(end_to_end, 50),
         "repeats": repeats,
         "torch_threads": torch.get_num_threads(),
         "backend": "torch eager",
@@ -99,11 +99,11 @@ def measure_latency(
 
             for _ in range(3):
                 onnx_logits(plain[0])
-            single = _timed(onnx_logits, plain[0], repeats)
-            out["onnx_single_p50_ms"] = _ms(single, 50)
-            out["onnx_single_p95_ms"] = _ms(single, 95)
-            out[f"onnx_batch{batch}_per_item_ms"] = _ms(
-                _timed(onnx_logits, plain[1], batch_repeats, per=batch), 50
+            single = timed(onnx_logits, plain[0], repeats)
+            out["onnx_single_p50_ms"] = percentile_ms(single, 50)
+            out["onnx_single_p95_ms"] = percentile_ms(single, 95)
+            out[f"onnx_batch{batch}_per_item_ms"] = percentile_ms(
+                timed(onnx_logits, plain[1], batch_repeats, per=batch), 50
             )
     return out
 

@@ -11,7 +11,6 @@ Images only, float forwards only (an int8 run's views would need the int8 forwar
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -47,20 +46,22 @@ def check_tta(model: TrainedModel, k: int) -> None:
         )
 
 
-def tta_logits(model: TrainedModel, sources: list[str], k: int, **embed: Any) -> np.ndarray:
-    """(n, C) logits of readable `sources`, each averaged over the image and its K views."""
+def tta_logits(
+    model: TrainedModel, sources: list[str], z_plain: np.ndarray, k: int, **embed: Any
+) -> np.ndarray:
+    """(n, C) logits of `sources`, each averaged over the image (`z_plain`: its logits, as the caller has
+    them from `model.logits`) and its K views."""
     from headstart.views import embed_views
 
     check_tta(model, k)
-    E, _, bad = model.embed(sources, **embed)
-    if bad:  # the caller passes items it has already read once
-        first = next(iter(bad.items()))
-        raise HeadstartError(f"{first[0]} could not be read for test-time augmentation: {first[1]}")
-    hashes = [model.backbone.item_hash(s) for s in sources]
-    opts = {k2: v for k2, v in embed.items() if k2 in ("backend", "device", "progress", "cache")}
-    V, _ = embed_views(model.backbone, sources, hashes, k, seed=TTA_SEED, **opts)
-    z = model.head.logits(E) + sum(model.head.logits(V[:, i]) for i in range(k))
-    return z / (k + 1)
+    hashes = []
+    for s in sources:  # the caller read them a moment ago
+        try:
+            hashes.append(model.backbone.item_hash(s))
+        except OSError as e:
+            raise HeadstartError(f"{s} could not be read for test-time augmentation: {e}") from e
+    V, _ = embed_views(model.backbone, sources, hashes, k, seed=TTA_SEED, **embed)
+    return (z_plain + sum(model.head.logits(V[:, i]) for i in range(k))) / (k + 1)
 
 
 def tta_report(
@@ -71,7 +72,7 @@ def tta_report(
     from headstart.intervals import paired_difference, wilson
     from headstart.metrics import classification_metrics
 
-    z = tta_logits(model, sources, k, **embed)
+    z = tta_logits(model, sources, z_plain, k, **embed)
     plain_hits, hits = z_plain.argmax(1) == y, z.argmax(1) == y
     diff = paired_difference(hits.tolist(), plain_hits.tolist())
     lo, hi = wilson(int(hits.sum()), len(hits))
@@ -97,28 +98,24 @@ def one_image_ms(model: TrainedModel, source: str, k: int, *, backend: str = "au
     import torch
 
     from headstart.features import make_forward
+    from headstart.latency import percentile_ms, timed
     from headstart.views import draw_view
 
     bb = model.backbone
     forward, used = make_forward(bb, backend)
     content = bb.item_hash(source)
 
-    def plain() -> None:
+    def plain(_: object) -> None:
         model.head.logits(forward(torch.from_numpy(bb.load_item(source))[None]))
 
-    def with_views() -> None:
+    def with_views(_: object) -> None:
         x = torch.from_numpy(bb.load_item(source))
         batch = torch.stack([x, *(draw_view(bb, x, content, i, TTA_SEED) for i in range(k))])
         model.head.logits(forward(batch)).mean(0)
 
     out: dict[str, Any] = {"backend": used}
     for name, fn in (("plain_p50_ms", plain), ("tta_p50_ms", with_views)):
-        fn()  # warm-up
-        times = []
-        for _ in range(20):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        out[name] = float(np.median(times)) * 1000
+        fn(None)  # warm-up
+        out[name] = percentile_ms(timed(fn, None, 20), 50)
     out["ratio"] = out["tta_p50_ms"] / out["plain_p50_ms"]
     return out
