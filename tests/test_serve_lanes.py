@@ -98,6 +98,8 @@ def test_a_large_upload_is_decoded_in_the_lane_and_answered_as_a_small_one(run_d
         parts = [("a.png", small.getvalue()), ("b.png", b"junk"), ("c.png", big.getvalue())]
         files = [("files", (name, data, "image/png")) for name, data in parts]
         batch = client.post("/predict/batch", files=files).json()["results"]
+        assert app.state.slow_lane._pool is not None
+    assert app.state.slow_lane._pool is None  # the server's shutdown closed the lane
     assert not seen[0].startswith("headstart-large") and seen[1].startswith("headstart-large")
     assert all(s.startswith("headstart-large") for s in seen[2:])  # a batch holding a large one: all there
     assert answers[0]["label"] == answers[1]["label"]

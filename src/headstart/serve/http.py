@@ -13,10 +13,11 @@ input is decoded at low priority (`headstart.serve.lanes`), so it does not slow 
 # names they use (Request, JSONResponse, Any) must be imported at module level.
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,9 +128,16 @@ def create_app(
             model, engine=engine, max_pixels=max_pixels, device=device, max_text_chars=max_text_bytes
         )
     server = Server(predictor, ref, token, max_bytes, max_batch, max_text_bytes)
-    app = FastAPI(title=f"headstart: {ref}", docs_url=None, redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any) -> AsyncIterator[None]:
+        yield
+        server.slow_lane.close()  # at shutdown: a queued large input is dropped, its thread let go
+
+    app = FastAPI(title=f"headstart: {ref}", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.add_middleware(PacedDrain)  # a refused body's sender waits, not the other clients
     app.state.predictor = predictor
+    app.state.slow_lane = server.slow_lane
     _add_error_handlers(app, server)
     _add_prediction_routes(app, server)
     _add_info_routes(app, server)
