@@ -111,8 +111,10 @@ def _loop(
     target: float,
     strategy: str,
     seed: int,
+    per_round: int | None = None,
 ) -> list[tuple[int, float]]:
-    """(labels, test accuracy) of each round, from `start` until the target is reached or the pool spent."""
+    """(labels, test accuracy) of each round, from `start` until the target is reached or the pool spent.
+    `per_round`: K; None: one label per class, or the pool / ROUNDS when that is more."""
     from headstart.explore.suggest import fresh_candidates, select
     from headstart.head import fit_head
 
@@ -123,7 +125,7 @@ def _loop(
     for rnd_i in range(10_000):
         head = fit_head(X[labeled], y[labeled], n_classes)[0]  # C by 5-fold CV on the labels so far
         curve.append((len(labeled), _accuracy(head, X[test], y[test])))
-        k = min(max(n_classes, len(pool) // ROUNDS), len(fresh_candidates(X[rest], X[labeled])))
+        k = min(per_round or max(n_classes, len(pool) // ROUNDS), len(fresh_candidates(X[rest], X[labeled])))
         if curve[-1][1] >= target - 1e-9 or k == 0:
             break
         picks = select(
@@ -135,7 +137,9 @@ def _loop(
     return curve
 
 
-def _one_seed(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
+def _one_seed(
+    X: np.ndarray, y: np.ndarray, seed: int, strategies: tuple[str, ...], per_round: int | None
+) -> dict[str, Any]:
     from headstart.head import fit_head, stratified_folds
 
     n_classes = int(y.max()) + 1
@@ -148,12 +152,12 @@ def _one_seed(X: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
         [rng.choice(pool[y[pool] == c], START_PER_CLASS, replace=False) for c in range(n_classes)]
     )
     out: dict[str, Any] = {"seed": seed, "C": C, "full_acc": full_acc, "pool": len(pool), "test": len(test)}
-    for s in STRATEGIES:
-        curve = _loop(X, y, pool, test, start, full_acc - TOLERANCE, s, seed)
+    for s in strategies:
+        curve = _loop(X, y, pool, test, start, full_acc - TOLERANCE, s, seed, per_round)
         reached = curve[-1][1] >= full_acc - TOLERANCE - 1e-9
         out[s] = {"curve": curve, "needed": curve[-1][0] if reached else len(pool)}
     print(
-        f"  seed {seed}: labels needed " + ", ".join(f"{s} {out[s]['needed']}" for s in STRATEGIES),
+        f"  seed {seed}: labels needed " + ", ".join(f"{s} {out[s]['needed']}" for s in strategies),
         flush=True,
     )
     return out
@@ -178,7 +182,9 @@ def _mean_curve(runs: list[dict[str, Any]], strategy: str) -> list[tuple[int, fl
     ]
 
 
-def _task(name: str, data: Path, backbone: str, seeds: int) -> dict[str, Any]:
+def _task(
+    name: str, data: Path, backbone: str, seeds: int, strategies: tuple[str, ...], per_round: int | None
+) -> dict[str, Any]:
     from headstart.explore.embedded import embed_dataset
     from headstart.explore.suggest import DEFAULT_STRATEGY
 
@@ -187,11 +193,11 @@ def _task(name: str, data: Path, backbone: str, seeds: int) -> dict[str, Any]:
     X, y = ed.X, ed.y
     embed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    runs = [_one_seed(X, y, s) for s in range(seeds)]
+    runs = [_one_seed(X, y, s, strategies, per_round) for s in range(seeds)]
     loop_s = time.perf_counter() - t0
-    needed = {s: [r[s]["needed"] for r in runs] for s in STRATEGIES}
-    stats = {s: _t_interval(needed[s]) for s in STRATEGIES}
-    ratios = {s: stats[s][0] / stats["random"][0] for s in STRATEGIES}
+    needed = {s: [r[s]["needed"] for r in runs] for s in strategies}
+    stats = {s: _t_interval(needed[s]) for s in strategies}
+    ratios = {s: stats[s][0] / stats["random"][0] for s in strategies}
     full = _t_interval([r["full_acc"] for r in runs])
     print(
         f"\n{name}: {len(y)} items, {len(ed.classes)} classes, {backbone}; pool {runs[0]['pool']}, "
@@ -201,30 +207,30 @@ def _task(name: str, data: Path, backbone: str, seeds: int) -> dict[str, Any]:
         f"  full-pool probe test accuracy {full[0]:.3f} [{full[1]:.3f}, {full[2]:.3f}] ({seeds} seeds); "
         f"target = it - {TOLERANCE:.2f}"
     )
-    for s in STRATEGIES:
+    for s in strategies:
         m, lo, hi = stats[s]
         print(
             f"  labels to reach the target, {s:>14}: {m:6.1f} [{lo:.1f}, {hi:.1f}]  / random {ratios[s]:.2f}"
             f"  per seed {needed[s]}"
         )
     print(f"  {DEFAULT_STRATEGY} (the default) / random labels: {ratios[DEFAULT_STRATEGY]:.2f} (goal <= 0.5)")
-    curves = {s: _mean_curve(runs, s) for s in STRATEGIES}
+    curves = {s: _mean_curve(runs, s) for s in strategies}
     shown = min(len(c) for c in curves.values())  # the rounds every strategy and seed reached
-    print("  mean test accuracy of the first rounds, by labels: " + "  ".join(STRATEGIES))
+    print("  mean test accuracy of the first rounds, by labels: " + "  ".join(strategies))
     for i in range(shown):
-        print(f"    {curves['random'][i][0]:5d}  " + "  ".join(f"{curves[s][i][1]:.3f}" for s in STRATEGIES))
+        print(f"    {curves['random'][i][0]:5d}  " + "  ".join(f"{curves[s][i][1]:.3f}" for s in strategies))
     return {
         "backbone": backbone,
         "n_items": len(y),
         "n_classes": len(ed.classes),
         "pool": runs[0]["pool"],
         "full_acc": [rnd(v, 4) for v in full],
-        "labels_needed": {s: [rnd(v, 1) for v in stats[s]] for s in STRATEGIES},
+        "labels_needed": {s: [rnd(v, 1) for v in stats[s]] for s in strategies},
         "labels_needed_per_seed": needed,
         "labels_ratio_vs_random": rnd(ratios[DEFAULT_STRATEGY], 3),
         "ratio_vs_random_by_strategy": {s: rnd(r, 3) for s, r in ratios.items()},
         "C_full_pool": [r["C"] for r in runs],
-        "curves": {s: [[n, rnd(a, 4)] for n, a in curves[s]] for s in STRATEGIES},
+        "curves": {s: [[n, rnd(a, 4)] for n, a in curves[s]] for s in strategies},
         "embed_s": rnd(embed_s, 1),
         "loop_s": rnd(loop_s, 1),
     }
@@ -236,11 +242,28 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None, help="seeds per task (default 5; quick 2)")
     ap.add_argument("--tasks", default=None, help=f"comma-separated, of {', '.join(TASKS)} (default: all)")
     ap.add_argument("--cache", type=Path, default=None, help="a HEADSTART_CACHE to keep (default: fresh)")
+    ap.add_argument(
+        "--per-round",
+        type=int,
+        default=None,
+        help="K, labels added per round (default: one per class, or 1/25 of the pool if more)",
+    )
+    ap.add_argument(
+        "--strategies",
+        default=None,
+        help=f"comma-separated, of {', '.join(STRATEGIES)} (default: all; the default and random always run)",
+    )
     args = ap.parse_args()
     names = args.tasks.split(",") if args.tasks else list(QUICK_TASKS if args.quick else TASKS)
     if unknown := [n for n in names if n not in TASKS]:
         ap.error(f"unknown task(s) {', '.join(unknown)}: use some of {', '.join(TASKS)}")
     seeds = args.seeds or (2 if args.quick else 5)
+    asked = args.strategies.split(",") if args.strategies else list(STRATEGIES)
+    if bad := [s for s in asked if s not in STRATEGIES]:
+        ap.error(f"unknown strategy {', '.join(bad)}: use some of {', '.join(STRATEGIES)}")
+    strategies = tuple(s for s in STRATEGIES if s in {*asked, "typical-margin", "random"})
+    if args.per_round is not None and args.per_round < 1:
+        ap.error("--per-round must be at least 1")
     t_start = time.perf_counter()
     print(f"suggest benchmark ({'quick' if args.quick else 'full'}), {seeds} seeds; {machine_load()}")
     print(f"  cpu: {cpu_model()}")
@@ -255,7 +278,7 @@ def main() -> None:
                 skipped[name] = data
                 print(f"\n{name}: skipped ({data})")
                 continue
-            results[name] = _task(name, data, TASKS[name][1], seeds)
+            results[name] = _task(name, data, TASKS[name][1], seeds, strategies, args.per_round)
     ratios = {name: r["labels_ratio_vs_random"] for name, r in results.items()}
     met = [name for name, r in ratios.items() if r <= 0.5]
     mean_ratio = float(np.mean(list(ratios.values())))
@@ -277,6 +300,7 @@ def main() -> None:
             "quick": bool(args.quick),
             "seeds": seeds,
             "tolerance": TOLERANCE,
+            "per_round": args.per_round or f"max(classes, pool / {ROUNDS})",
             "total_s": rnd(total, 1),
         },
         KEYS,
