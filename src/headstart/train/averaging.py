@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from headstart.train.callbacks import Callback
+from headstart.train.callbacks import Callback, CandidateWatcher
 
 if TYPE_CHECKING:
     from headstart.train.loop import Trainer
@@ -94,21 +94,14 @@ class Ema(Callback):
         self.shadow, self.steps = list(state["shadow"]), int(state["steps"])
 
 
-class Soup(Callback):
+class Soup(CandidateWatcher):
     """Keeps the `k` best-scoring evaluations' weights and cooks the greedy soup at the end of the fit."""
 
     def __init__(self, k: int) -> None:
         self.k = k
         self.kept: list[dict[str, Any]] = []  # {"score", "epoch", "state"}, best first
 
-    def after_init(self, trainer: Trainer) -> None:
-        if trainer.row is not None and trainer.task.start_is_candidate:
-            self._keep(trainer)
-
-    def after_epoch(self, trainer: Trainer) -> None:
-        self._keep(trainer)
-
-    def _keep(self, trainer: Trainer) -> None:
+    def consider(self, trainer: Trainer) -> None:
         score = tuple(trainer.score)
         if len(self.kept) >= self.k and score <= tuple(self.kept[-1]["score"]):
             return

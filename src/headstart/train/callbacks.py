@@ -149,18 +149,27 @@ class EarlyStopping(Callback):
             )
 
 
-class BestWeights(Callback):
-    """Keeps the weights of the best-scoring evaluation and restores them at the end: early stopping
-    returns the best weights, not the last. The phase's start counts when the task allows it."""
+class CandidateWatcher(Callback):
+    """Sees every evaluation whose weights a fit may return: the phase's start where the task allows it
+    (e.g. LP-FT's probe head), then every epoch. One rule for best-weights and the soup alike."""
 
     def after_init(self, trainer: Trainer) -> None:
         if trainer.row is not None and trainer.task.start_is_candidate:
-            self._consider(trainer)
+            self.consider(trainer)
 
     def after_epoch(self, trainer: Trainer) -> None:
-        self._consider(trainer)
+        self.consider(trainer)
 
-    def _consider(self, trainer: Trainer) -> None:
+    def consider(self, trainer: Trainer) -> None:
+        """One candidate evaluation: `trainer.score` and the task's weights as they are now."""
+        raise NotImplementedError
+
+
+class BestWeights(CandidateWatcher):
+    """Keeps the weights of the best-scoring evaluation and restores them at the end: early stopping
+    returns the best weights, not the last."""
+
+    def consider(self, trainer: Trainer) -> None:
         best = trainer.best
         if best["score"] is None or trainer.score > tuple(best["score"]):
             state = {k: v.detach().clone() for k, v in trainer.task.state_dict().items()}
