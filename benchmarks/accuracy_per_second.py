@@ -124,22 +124,25 @@ def seed_rows(result: dict[str, Any], seed: int) -> list[dict[str, Any]]:
 
 def _pooled(runs: list[list[dict[str, Any]]], a: str, b: str) -> dict[str, Any] | None:
     """a minus b on the test items of every seed where both ran, paired per item."""
-    from headstart.intervals import paired_difference
-
     ca, cb = [], []
     for rows in runs:
         by = {r["strategy"]: r["correct"] for r in rows}
         if a in by and b in by and len(by[a]) == len(by[b]):
             ca += by[a]
             cb += by[b]
-    if not ca:
-        return None
+    return _paired(ca, cb) if ca else None
+
+
+def _paired(ca: list[bool], cb: list[bool]) -> dict[str, Any]:
+    """The paired test of per-item correctness a against b, rounded for the JSON."""
+    from headstart.intervals import paired_difference
+
     t = paired_difference(ca, cb)
     return {"diff": rnd(t["diff"], 4), "ci": [rnd(x, 4) for x in t["ci"]], "p": rnd(t["p"], 4), "n": len(ca)}
 
 
 def summarise(runs: list[list[dict[str, Any]]]) -> dict[str, Any]:
-    from headstart.intervals import ALPHA, holm, paired_difference, wilson
+    from headstart.intervals import ALPHA, holm, wilson
 
     names = list(dict.fromkeys(r["strategy"] for rows in runs for r in rows))
     strategies = {}
@@ -181,11 +184,7 @@ def summarise(runs: list[list[dict[str, Any]]]) -> dict[str, Any]:
         picked.append(top["strategy"])
         blind += top["correct"]
         ref += by["probe"]["correct"]
-    val_argmax = None
-    if blind:
-        t = paired_difference(blind, ref)
-        val_argmax = {"picked": picked, "diff": rnd(t["diff"], 4), "ci": [rnd(x, 4) for x in t["ci"]]}
-        val_argmax["p"] = rnd(t["p"], 4)
+    val_argmax = {"picked": picked, **_paired(blind, ref)} if blind else None
     return {
         "strategies": strategies,
         "vs_probe": tests,

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from _common import EMOJI_ROOT, REPO
+from _common import REPO
 
 sys.path.insert(0, str(REPO / "examples"))
 
@@ -102,7 +102,7 @@ def emoji(root: Path, built: Path) -> list[tuple[str, str]]:
         from build import main as build_emoji
 
         build_emoji(["--out", str(out), "--per-class", str(40 + PER_CLASS)])
-    return _sample(_files(out), _names(EMOJI_ROOT))
+    return _sample(_files(out), _names(built))  # built: the packaged examples/emoji/images
 
 
 def fortunes(root: Path, built: Path) -> list[tuple[str, str]]:
