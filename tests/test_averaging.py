@@ -106,6 +106,34 @@ def test_a_soup_that_helps_nothing_leaves_the_best_weights() -> None:
     assert task.w.item() == 1.0 and "soup" not in t.best and t.history == []
 
 
+def test_a_time_budget_keeps_the_soups_tastings_in_reserve() -> None:
+    """A soup of 3 tastes 2 averages after the last epoch, each about an epoch's closing work: a budget
+    that would fit one more step and epoch end stops the epoch when the tastings would not fit too."""
+    import time
+
+    from headstart.train.callbacks import Budget
+    from headstart.train.loop import default_callbacks
+
+    def stops(budget: Budget) -> bool:
+        engine = SimpleNamespace(agree=lambda vote: vote)
+        trainer = SimpleNamespace(engine=engine, step_seconds=0.1, stop_epoch=False)
+        trainer.started = time.perf_counter() - 7.0  # 7 s spent of 10
+        budget.tail_s = 1.0  # an epoch's closing work (precise BatchNorm, validation) took 1 s
+        budget.after_step(trainer)
+        return trainer.stop_epoch
+
+    assert not stops(Budget(10.0))  # 7 + 0.1 + 1 fits
+    assert stops(Budget(10.0, closing_evals=2))  # + 2 tastings of about 1 s each does not
+    souped = [
+        c
+        for c in default_callbacks(Recipe("r", [Phase("p")], soup=3), budget_s=10.0)
+        if isinstance(c, Budget)
+    ]
+    assert [b.closing_evals for b in souped] == [2]
+    plain = [c for c in default_callbacks(Recipe("r", [Phase("p")]), budget_s=10.0) if isinstance(c, Budget)]
+    assert [b.closing_evals for b in plain] == [0]
+
+
 def test_average_of_states() -> None:
     a = {"w": torch.tensor([0.0, 2.0]), "n": torch.tensor(3)}
     b = {"w": torch.tensor([2.0, 4.0]), "n": torch.tensor(9)}

@@ -159,6 +159,14 @@ def test_distill_trains_on_the_teachers_items_and_records_the_teacher(
         assert saved[side]["params"] > 0 and saved[side]["latency"]["single_p50_ms"] > 0
     assert 0.0 <= saved["agreement"] <= 1.0
     assert saved["student"]["test_accuracy"] == pytest.approx(rep.fit["test_accuracy"])
+    for side in ("teacher", "student"):  # every accuracy with its interval
+        lo, hi = saved[side]["test_accuracy_ci"]
+        assert lo <= saved[side]["test_accuracy"] <= hi
+    d = saved["student_vs_teacher"]  # the paired difference on the same items, student minus teacher
+    assert d["n"] == saved["teacher"]["test_n"]
+    assert d["diff"] == pytest.approx(saved["student"]["test_accuracy"] - saved["teacher"]["test_accuracy"])
+    assert d["only_a"] - d["only_b"] == round(d["diff"] * d["n"])
+    assert d["verdict"] == ("tie" if d["p"] >= 0.05 else "better" if d["diff"] > 0 else "worse")
 
 
 def test_text_teacher_is_distilled_on_its_own_texts(tmp_path: Path) -> None:

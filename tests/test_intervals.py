@@ -11,6 +11,7 @@ from headstart.intervals import (
     macro_f1_interval,
     mcnemar_exact,
     paired_difference,
+    paired_verdict,
     wilson,
 )
 from headstart.metrics import classification_metrics
@@ -56,6 +57,16 @@ def test_paired_difference_interval_covers_the_difference_and_is_paired() -> Non
     assert d["ci"][0] > 0  # paired: the shared items cancel, so +5 points on 400 items is clear
     assert d["only_a"] == int((a & ~b).sum()) and d["only_b"] == 0
     assert d["p"] < 1e-4
+
+
+def test_paired_verdict_calls_a_difference_inside_the_noise_a_tie() -> None:
+    a = np.array([1] * 9 + [0] * 1 + [1] * 20, bool)  # a alone right on 9 of 10 discordant: p 0.021
+    b = np.array([0] * 9 + [1] * 1 + [1] * 20, bool)
+    assert paired_verdict(paired_difference(a, b)) == "better"
+    assert paired_verdict(paired_difference(b, a)) == "worse"
+    close = np.array([1] * 6 + [0] * 4 + [1] * 20, bool)  # 6 against 4: p 0.75
+    assert paired_verdict(paired_difference(close, ~close | (np.arange(30) >= 10))) == "tie"
+    assert paired_verdict(paired_difference([], [])) == "tie"
 
 
 def test_holm_adjustment_textbook_case() -> None:

@@ -157,6 +157,24 @@ def test_cli_probe_and_predict_with_json(
     assert "unknown backbone" in json.loads(capsys.readouterr().out)["error"]
 
 
+def test_cli_probe_prints_every_score_with_its_interval(
+    image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from headstart.intervals import wilson
+
+    out = tmp_path / "run"
+    assert main(["probe", str(image_folder), "--backbone", TEST_BACKBONE, "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    test = json.loads((out / "metrics.json").read_text())["test"]
+    knn_right = round(test["knn_accuracy"] * test["n"])
+    assert test["knn_accuracy_ci"] == list(wilson(knn_right, test["n"]))
+    lo, hi = test["accuracy_ci"]
+    assert f"test accuracy: {test['accuracy']:.3f} [{lo:.2f}, {hi:.2f}]" in text
+    for key in ("macro_f1", "knn_accuracy"):  # the table's row for test
+        lo, hi = test[f"{key}_ci"]
+        assert f"{test[key]:.3f} [{lo:.2f}, {hi:.2f}]" in text
+
+
 def test_cli_help_is_instant_without_heavy_imports() -> None:
     code = (
         "import sys; from headstart.cli import build_parser; build_parser(); "

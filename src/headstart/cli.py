@@ -106,10 +106,6 @@ def cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(v: Any) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-
 @verb(ProbeOptions)
 def cmd_probe(args: argparse.Namespace) -> int:
     from headstart.api import run_probe
@@ -139,7 +135,14 @@ def _print_probe(report: Any) -> None:
 
     skew = skewed_in(m)  # skewed classes: balanced accuracy (what chose C) beside accuracy
     r = Table(title=f"Linear probe on {report.backbone} (L2: C={m['C']})")
-    for col in ("split", "n", "accuracy", "macro-F1", "kNN accuracy", *(["balanced acc"] if skew else [])):
+    for col in (
+        "split",
+        "n",
+        "accuracy (95%)",
+        "macro-F1 (95%)",
+        "kNN accuracy (95%)",
+        *(["balanced acc"] if skew else []),
+    ):
         r.add_column(col, justify="right")
     for s in ("val", "test"):
         if s in m:
@@ -147,9 +150,9 @@ def _print_probe(report: Any) -> None:
             r.add_row(
                 s,
                 str(m[s]["n"]),
-                _fmt(m[s]["accuracy"]),
-                _fmt(m[s]["macro_f1"]),
-                _fmt(m[s]["knn_accuracy"]),
+                fmt_ci(m[s]["accuracy"], m[s].get("accuracy_ci")),
+                fmt_ci(m[s]["macro_f1"], m[s].get("macro_f1_ci")),
+                fmt_ci(m[s]["knn_accuracy"], m[s].get("knn_accuracy_ci")),
                 *bal,
             )
     con.print(r)
@@ -171,7 +174,10 @@ def _print_probe(report: Any) -> None:
         con.print(f"frozen forward: {ff.get('precision')} ({escape(str(ff.get('reason')))}){shown}")
     con.print("seconds: " + ", ".join(f"{k.removesuffix('_s')} {v:.2f}" for k, v in report.timings.items()))
     if "test" in m:
-        con.print(f"[bold]test accuracy: {m['test']['accuracy']:.3f}[/bold]")
+        t = m["test"]
+        con.print(
+            f"[bold]test accuracy: {fmt_ci(t['accuracy'], t.get('accuracy_ci'))}[/bold] (95 %, n={t['n']})"
+        )
     con.print(f"run saved to [bold]{escape(str(report.run_dir))}[/bold]")
 
 

@@ -185,6 +185,13 @@ def paired_difference(
     }
 
 
+def paired_verdict(d: dict[str, Any]) -> str:
+    """'better' / 'worse' (a beside b) beyond noise at ALPHA, else 'tie', for one paired_difference."""
+    if not d.get("n") or d["p"] >= ALPHA:
+        return "tie"
+    return "better" if d["diff"] > 0 else "worse"
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (same order as given), for several tests against one reference."""
     p = np.asarray(pvalues, dtype=float)

@@ -69,13 +69,19 @@ def _print_distill(report: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from headstart.intervals import fmt_ci
+
     t, s = report.teacher, report.student
     tab = Table(title=f"distillation: {t['backbone']} -> {s['backbone']}")
     for col in ("", "teacher", "student"):
         tab.add_column(col, justify="right")
     rows = [
         ("backbone", t["backbone"], s["backbone"]),
-        (f"test accuracy (n={t['test_n']})", f"{t['test_accuracy']:.3f}", f"{s['test_accuracy']:.3f}"),
+        (
+            f"test accuracy (n={t['test_n']}, 95%)",
+            fmt_ci(t["test_accuracy"], t.get("test_accuracy_ci")),
+            fmt_ci(s["test_accuracy"], s.get("test_accuracy_ci")),
+        ),
         ("parameters", f"{t['params']:,}", f"{s['params']:,}"),
         ("model size (float32)", _fmt_bytes(t["model_bytes"]), _fmt_bytes(s["model_bytes"])),
         ("run folder stores", _fmt_bytes(t["stored_bytes"]), _fmt_bytes(s["stored_bytes"])),
@@ -95,6 +101,14 @@ def _print_distill(report: Any) -> None:
         f"T={o['temperature']:g}, alpha={o['alpha']:g}, {o['n_unlabeled']} unlabeled inputs, "
         f"strategy {report.fit['strategy']}, trained {report.fit['train_s']:.1f} s"
     )
+    d = report.student_vs_teacher
+    if d.get("n"):
+        con.print(
+            f"student minus teacher: {d['diff']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] on "
+            f"{d['n']} paired items, McNemar p={d['p']:.2g}: "
+            + ("a tie (inside the noise)" if d["verdict"] == "tie" else f"the student is {d['verdict']}"),
+            markup=False,
+        )
     for w in report.warnings:
         con.print(f"[yellow]warning:[/yellow] {escape(w)}")
     con.print(f"student run saved to [bold]{escape(str(report.run_dir))}[/bold] (distill.json inside)")

@@ -62,7 +62,14 @@ def _print_fit(report: Any) -> None:
 
     skew = skewed_in(m)  # skewed classes: balanced accuracy (what chose the best epoch) beside accuracy
     t = Table(title=f"{report.strategy} on {report.backbone}")
-    for col in ("split", "n", "accuracy", "macro-F1", "loss", *(["balanced acc"] if skew else [])):
+    for col in (
+        "split",
+        "n",
+        "accuracy (95%)",
+        "macro-F1 (95%)",
+        "loss",
+        *(["balanced acc"] if skew else []),
+    ):
         t.add_column(col, justify="right")
     for s in ("train", "val", "test"):
         if s in m:
@@ -70,8 +77,8 @@ def _print_fit(report: Any) -> None:
             t.add_row(
                 s,
                 str(m[s]["n"]),
-                f"{m[s]['accuracy']:.3f}",
-                f"{m[s]['macro_f1']:.3f}",
+                fmt_ci(m[s]["accuracy"], m[s].get("accuracy_ci")),
+                fmt_ci(m[s]["macro_f1"], m[s].get("macro_f1_ci")),
                 f"{m[s]['loss']:.3f}",
                 *bal,
             )

@@ -10,7 +10,7 @@ trains (`Phase.ema`), and a greedy soup of the best evaluated weights of a fit (
   head) are kept; at the end, in order of score, each is added to the average when the average's score
   does not drop. The fit returns the soup when it has more than one member (the history's "soup" row
   says which epochs), else the best weights as before. Cooking it costs up to `soup` - 1 evaluations
-  after the last epoch, outside the time budget's look-ahead.
+  after the last epoch, which a time budget keeps in reserve (callbacks.Budget's `closing_evals`).
 
 Both states travel in checkpoints (`state_dict`), so a resumed fit averages what an uninterrupted one would.
 """

@@ -228,11 +228,14 @@ class Budget(Callback):
     `seconds` from the start of `fit`: mid-epoch and ahead of time. Every process stops at the same step.
 
     `replayed`: the steps taken will run once more after this fit, within the same `seconds` (adapt's
-    control replays the adaptation's steps), so their time is kept in reserve as they are taken."""
+    control replays the adaptation's steps), so their time is kept in reserve as they are taken.
+    `closing_evals`: evaluations that run after the last epoch (a greedy soup of k tastes k - 1 averages),
+    each kept in reserve at the price of an epoch's closing work, so the fit ends inside `seconds`."""
 
-    def __init__(self, seconds: float, *, replayed: bool = False) -> None:
+    def __init__(self, seconds: float, *, replayed: bool = False, closing_evals: int = 0) -> None:
         self.seconds = seconds
         self.replayed = replayed
+        self.closing_evals = closing_evals
         self.step_s = self.tail_s = 0.0  # the last step's and the last epoch end's seconds: the look-ahead
         self.taken_s = 0.0  # seconds of the steps taken so far (the reserve of a replayed run)
         self.stopped_after: int | None = None
@@ -240,7 +243,7 @@ class Budget(Callback):
     def _over(self, trainer: Trainer) -> bool:
         spent = time.perf_counter() - trainer.started
         ahead = (self.step_s + self.tail_s) * (2 if self.replayed else 1)
-        reserve = self.taken_s if self.replayed else 0.0
+        reserve = (self.taken_s if self.replayed else 0.0) + self.closing_evals * self.tail_s
         return trainer.engine.agree(spent + reserve + ahead > self.seconds)
 
     def after_step(self, trainer: Trainer) -> None:

@@ -164,6 +164,8 @@ class DistillReport:
     student: dict[str, Any]
     agreement: float
     objective: dict[str, Any]
+    #: student minus teacher test accuracy on the same items (intervals.paired_difference + its verdict)
+    student_vs_teacher: dict[str, Any]
     data: dict[str, Any]
     fit: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
@@ -299,6 +301,7 @@ def distill(
         student=cmp["student"],
         agreement=cmp["agreement"],
         objective=objective.describe(),
+        student_vs_teacher=cmp["student_vs_teacher"],
         data={"teacher_counts": td.counts, "missing": len(td.missing), "changed": len(td.changed)},
         fit=fit_summary,
         warnings=warnings + list(report.warnings),

@@ -135,6 +135,7 @@ def _split_metrics(
     clf: ProbeClassifier, emb: _Embedded, split: str, k: int
 ) -> tuple[dict[str, Any], float, float]:
     """(metrics, loss, accuracy) of the head on one split; val and test add each prediction and kNN."""
+    from headstart.intervals import wilson
     from headstart.metrics import classification_metrics, knn_predict
 
     E, t = emb.arrays(split)
@@ -148,6 +149,7 @@ def _split_metrics(
     if held_out:
         knn = knn_predict(clf.train_embeddings_, clf.train_targets_, E, len(clf.classes_), k=k)
         m["knn_accuracy"] = float((knn == t).mean())
+        m["knn_accuracy_ci"] = list(wilson(int((knn == t).sum()), len(t)))
     return m, loss, float(m["accuracy"])
 
 

@@ -333,7 +333,7 @@ def default_callbacks(
         out.append(Ema())
     out += [PreciseBatchNorm(), GapWarning()]
     if budget_s is not None:
-        out.append(Budget(budget_s))
+        out.append(Budget(budget_s, closing_evals=max(0, recipe.soup - 1) if recipe is not None else 0))
     if work_dir is not None:
         out.append(Checkpoint(work_dir, resume))
     return out

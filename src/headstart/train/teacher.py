@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from headstart.errors import HeadstartError
+from headstart.intervals import paired_difference, paired_verdict, wilson
 
 if TYPE_CHECKING:
     from headstart.model import TrainedModel
@@ -122,12 +123,14 @@ def _side(
 ) -> tuple[dict[str, Any], np.ndarray, list[int]]:
     z, kept, bad = model.logits(sources, backend=backend, device=device)
     pred = z.argmax(1) if len(kept) else np.zeros(0, np.int64)
-    acc = float((pred == y[kept]).mean()) if kept else float("nan")
+    right = pred == y[kept]
+    acc = float(right.mean()) if kept else float("nan")
     out: dict[str, Any] = {
         "run": str(model.path),
         "backbone": model.backbone.name,
         "kind": model.kind,
         "test_accuracy": acc,
+        "test_accuracy_ci": list(wilson(int(right.sum()), len(kept))) if kept else [float("nan")] * 2,
         "test_n": len(kept),
         "unreadable": len(bad),
         **model_size(model),
@@ -164,4 +167,13 @@ def compare(
     t_at = dict(zip(tk, tp.tolist(), strict=True))
     s_at = dict(zip(sk, sp.tolist(), strict=True))
     agree = float(np.mean([t_at[i] == s_at[i] for i in both])) if both else float("nan")
-    return {"teacher": t, "student": s, "agreement": agree, "n_test": len(sources)}
+    # Student minus teacher on the items both could read: what distillation cost, with its noise.
+    diff = paired_difference([s_at[i] == y[i] for i in both], [t_at[i] == y[i] for i in both])
+    diff["verdict"] = paired_verdict(diff)
+    return {
+        "teacher": t,
+        "student": s,
+        "agreement": agree,
+        "n_test": len(sources),
+        "student_vs_teacher": diff,
+    }

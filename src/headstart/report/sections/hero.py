@@ -6,6 +6,9 @@ from headstart.report.html import Html, join, num, tag
 from headstart.report.loader import RunFiles, as_float, strategy_name, test_metrics
 from headstart.report.sections.calibration import calibration_applied
 
+# The classification scores the hero shows, each with its interval where the metrics carry one.
+_SCORE_CARDS = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("knn_accuracy", "kNN accuracy"))
+
 
 def hero(files: RunFiles) -> Html:
     info = files.info
@@ -56,12 +59,11 @@ def _kpis(files: RunFiles) -> Html:
     if files.info.task != "classify":
         cards = _shape_cards(files)
     elif metrics:
-        ci = metrics.get("accuracy_ci")
-        interval = f" (95%: {num(ci[0])}–{num(ci[1])})" if ci and None not in ci else ""
-        cards.append((num(metrics.get("accuracy")), f"{split} accuracy{interval}", True))
-        cards.append((num(metrics.get("macro_f1")), f"{split} macro-F1", False))
-        if metrics.get("knn_accuracy") is not None:
-            cards.append((num(metrics.get("knn_accuracy")), f"{split} kNN accuracy", False))
+        for key, name in _SCORE_CARDS:
+            if metrics.get(key) is not None:
+                ci = metrics.get(f"{key}_ci")
+                interval = f" (95%: {num(ci[0])}–{num(ci[1])})" if ci and None not in ci else ""
+                cards.append((num(metrics.get(key)), f"{split} {name}{interval}", key == "accuracy"))
     if files.classes and files.info.task == "classify":
         cards.append((num(1 / len(files.classes)), "chance (1 / classes)", False))
     cal = (files.evaluation or {}).get("calibration") or {}

@@ -30,14 +30,14 @@ def section(files: RunFiles) -> tuple[Html, bool]:
                         ci_text(m, "accuracy"),
                         *([ci_text(m, "balanced_accuracy")] if skew else []),
                         ci_text(m, "macro_f1"),
-                        num(m.get("knn_accuracy")),
+                        ci_text(m, "knn_accuracy"),
                     ]
                 )
         if rows:
             bal = ["balanced accuracy (95%)"] if skew else []
             parts.append(
                 table(
-                    ["split", "n", "accuracy (95%)", *bal, "macro-F1 (95%)", "kNN accuracy"],
+                    ["split", "n", "accuracy (95%)", *bal, "macro-F1 (95%)", "kNN accuracy (95%)"],
                     rows,
                     numeric=range(1, 5 + len(bal)),
                 )
