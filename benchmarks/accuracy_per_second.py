@@ -231,6 +231,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="digits + fortunes, 1 seed, 120 s budget")
     p.add_argument("--tasks", help=f"comma-separated, of {', '.join(TASKS)}")
     p.add_argument("--seeds", type=int)
+    p.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds first-seed, first-seed + 1, ... (default 0): new splits and runs to check a rule on",
+    )
     p.add_argument("--budget", type=float, help="compare's budget per task and seed, seconds (default 300)")
     p.add_argument("--out", type=Path, help="keep the built data and runs here")
     p.add_argument(
@@ -284,7 +290,7 @@ def main() -> None:
                     atomic_write_json(root / COST_FILE, ratio)
                     print(f"multi-depth cold / probe cold on {name}: {ratio}", flush=True)
                 runs = []
-                for seed in range(seeds):
+                for seed in range(args.first_seed, args.first_seed + seeds):
                     data = built if task.per_seed is None else task.per_seed(built, seed)
                     if held_out and name in BUILDERS:
                         data = with_held_out(data, BUILDERS[name], seed, root / "data", name)
