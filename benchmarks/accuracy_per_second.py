@@ -25,6 +25,11 @@ best on test is picked after the fact, so it is read with every row it was picke
 `wins_recommended`: those where compare recommended that row on most seeds; `losses_vs_probe`: tasks where
 the recommended row loses to the probe beyond noise. `val_argmax_vs_probe`: what a rule blind to noise
 (each seed's best validation point estimate) would have picked, against the probe on test.
+`recommended_vs_probe`: each seed's recommended row against the probe on that seed's test items, pooled;
+`recommended_beats_probe`: tasks where that is a gain beyond noise. `--rescore DIR --reselect` makes each
+seed's recommendation again by today's selection rule from the kept runs (their val evidence and the
+frozen heads' k-fold evidence recomputed), so a rule change is measured on the same runs; with
+`--first-seed N`, on new splits and runs it was not designed on.
 `multi_depth_cost_ratio`: a cold `fit --strategy multi-depth` over a cold probe, both from an empty feature
 cache, best of two each in alternating order, on the first task's data (the goal: at most 1.5).
 
@@ -33,7 +38,7 @@ cache, best of two each in alternating order, on the first task's data (the goal
     .venv/bin/python benchmarks/accuracy_per_second.py --tasks emoji --seeds 2 --budget 180
     .venv/bin/python benchmarks/accuracy_per_second.py --strategies multi-depth   # frozen heads only: minutes
     .venv/bin/python benchmarks/accuracy_per_second.py --out DIR   # keep the runs, then reread them:
-    .venv/bin/python benchmarks/accuracy_per_second.py --rescore DIR
+    .venv/bin/python benchmarks/accuracy_per_second.py --rescore DIR [--reselect]
 
 Last line: one JSON object with `wins_vs_probe`, `losses_vs_probe`, `per_task` (each strategy's mean test
 accuracy, interval, train_s, latency_ms; the gain of the best new strategy and its pooled paired test),
@@ -57,6 +62,7 @@ from selection import TASKS, run_metrics
 KEYS = (
     "wins_vs_probe",
     "wins_recommended",
+    "recommended_beats_probe",
     "losses_vs_probe",
     "multi_depth_cost_ratio",
     "per_task",
@@ -185,6 +191,17 @@ def summarise(runs: list[list[dict[str, Any]]]) -> dict[str, Any]:
         blind += top["correct"]
         ref += by["probe"]["correct"]
     val_argmax = {"picked": picked, **_paired(blind, ref)} if blind else None
+    # What the rule recommended, seed by seed, against the probe on those seeds' test items.
+    chosen, rec_correct, rec_ref = [], [], []
+    for rows in runs:
+        by = {r["strategy"]: r for r in rows}
+        pick = next((r for r in rows if r["recommended"]), None)
+        if pick is None or "probe" not in by:
+            continue
+        chosen.append(pick["strategy"])
+        rec_correct += pick["correct"]
+        rec_ref += by["probe"]["correct"]
+    recommended_vs = {"picked": chosen, **_paired(rec_correct, rec_ref)} if rec_correct else None
     return {
         "strategies": strategies,
         "vs_probe": tests,
@@ -195,13 +212,75 @@ def summarise(runs: list[list[dict[str, Any]]]) -> dict[str, Any]:
         "recommended": rec,
         "recommended_loses": bool(rec_vs_probe and rec_vs_probe["diff"] < 0 and rec_vs_probe["p"] < ALPHA),
         "val_argmax_vs_probe": val_argmax,
+        "recommended_vs_probe": recommended_vs,
+        "recommended_beats_probe": bool(
+            recommended_vs and recommended_vs["diff"] > 0 and recommended_vs["p"] < ALPHA
+        ),
     }
 
 
-def rescored(task_runs: Path) -> list[list[dict[str, Any]]]:
-    """The seeds' rows of a task from the compare.json files an earlier run kept (seed0, seed1, ...)."""
+def rescored(task_runs: Path, reselect: bool = False) -> list[list[dict[str, Any]]]:
+    """The seeds' rows of a task from the compare.json files an earlier run kept (seed0, seed1, ...);
+    with `reselect`, each seed's recommendation made again by today's rule (`reselected`)."""
     found = sorted(task_runs.glob("seed*/compare.json"), key=lambda p: int(p.parent.name[4:]))
-    return [seed_rows(json.loads(p.read_text()), int(p.parent.name[4:])) for p in found]
+    out = []
+    for p in found:
+        result = json.loads(p.read_text())
+        if reselect:
+            result["recommendation"] = reselected(result, int(p.parent.name[4:]))
+        out.append(seed_rows(result, int(p.parent.name[4:])))
+    return out
+
+
+def reselected(result: dict[str, Any], seed: int) -> dict[str, Any]:
+    """compare's recommendation made again from its kept runs by today's rule (headstart.verdicts.select):
+    each row's val evidence (correctness, tempered NLL) recomputed from its saved model, the frozen heads'
+    k-fold evidence recomputed on the same folds. Runs kept by an older compare lack the evidence today's
+    rule reads; this reads it from the runs themselves."""
+    import numpy as np
+
+    from headstart.calibration import tempered_nll
+    from headstart.imbalance import ACCURACY, item_weights
+    from headstart.model import load_model
+    from headstart.runs import item_sources, load_run_info, read_split_rows
+    from headstart.verdicts.cheap_cv import frozen_head_hits
+    from headstart.verdicts.select import SCRATCH, select
+
+    rows = result["rows"]
+    correct, nll = {}, {}
+    order: list[str] | None = None
+    expected: list[int] = []
+    for r in rows:
+        if not r.get("run_dir") or r["strategy"] == SCRATCH:
+            continue
+        run = Path(r["run_dir"])
+        val = [x for x in read_split_rows(run) if x.split == "val"]
+        model = load_model(run)
+        z, kept, _ = model.logits(item_sources(run, val, load_run_info(run)))
+        index = {c: i for i, c in enumerate(model.classes)}
+        key = [val[i].label + "\0" + (val[i].sha256 or val[i].path) for i in kept]
+        y = np.array([index[val[i].label] for i in kept])
+        if order is None:  # the first row's (the probe's) val order and labels: every row pairs on them
+            order, expected = key, [int(v) for v in y]
+        if sorted(key) != sorted(order):
+            continue  # other val items: not paired, as compare would not pair it
+        at = [key.index(k) for k in order]
+        correct[r["strategy"]] = (z.argmax(1) == y)[at]
+        nll[r["strategy"]] = tempered_nll(z, y)[1][at]
+    cv = frozen_head_hits(rows, result["data_used"], seed, "cpu")
+    metric = (result.get("imbalance") or {}).get("metric") or ACCURACY
+    selection = select(
+        rows,
+        correct,
+        metric=metric,
+        weights=item_weights(expected) if metric != ACCURACY else None,
+        cv_correct={k: v["correct"] for k, v in cv.items()},
+        nll=nll,
+        cv_nll={k: v["nll"] for k, v in cv.items()},
+    )
+    was = (result.get("recommendation") or {}).get("strategy")
+    print(f"  seed {seed}: recommended {was} by the kept compare, {selection['strategy']} by today's rule")
+    return {k: selection[k] for k in ("strategy", "reason", "separated") if k in selection}
 
 
 def cost_ratio(data: Path, backbone: str) -> dict[str, float]:
@@ -246,6 +325,11 @@ def parse_args() -> argparse.Namespace:
         help="no new runs: read the compares an earlier run kept under OUT (its --out) and print the figures",
     )
     p.add_argument(
+        "--reselect",
+        action="store_true",
+        help="with --rescore: each seed's recommendation made again by today's rule, from the kept runs",
+    )
+    p.add_argument(
         "--no-held-out",
         action="store_true",
         help="test on each task's own test split only (before session 11: 3 to 9 items per class and seed)",
@@ -279,7 +363,7 @@ def main() -> None:
             task = TASKS[name]
             print(f"{name} ({task.backbone}):", flush=True)
             if args.rescore:
-                runs = rescored(root / "runs" / name)
+                runs = rescored(root / "runs" / name, reselect=args.reselect)
                 if not runs:
                     continue
             else:
@@ -308,6 +392,7 @@ def main() -> None:
         {
             "wins_vs_probe": sum(s["best_new_wins"] for s in per_task.values()),
             "wins_recommended": sum(s["best_new_recommended"] for s in per_task.values()),
+            "recommended_beats_probe": sum(s["recommended_beats_probe"] for s in per_task.values()),
             "losses_vs_probe": sum(s["recommended_loses"] for s in per_task.values()),
             "multi_depth_cost_ratio": ratio["ratio"] if ratio else None,
             "multi_depth_cost": ratio,

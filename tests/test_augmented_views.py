@@ -184,7 +184,10 @@ def test_compare_tests_views_on_every_labeled_item_and_prices_its_passes(data: P
     ]
     hits = frozen_head_hits(rows, data, seed=0, device="cpu")
     n_labeled = sum(1 for r in _split_rows(tmp_path / "views") if r["split"] != "test")
-    assert set(hits) == {"probe", f"views:{K}"} and len(hits[f"views:{K}"]) == n_labeled
+    assert set(hits) == {"probe", f"views:{K}"}
+    for evidence in hits.values():  # every labeled item's k-fold correctness and tempered NLL
+        assert len(evidence["correct"]) == len(evidence["nll"]) == n_labeled
+        assert (evidence["nll"] > 0).all()
     from headstart.views import views_key
 
     # Each fold trained on its items' views: the val items' views were embedded too (test items' never).

@@ -82,6 +82,85 @@ def test_many_challengers_need_holm_correction_to_win() -> None:
     assert select(rows, correct)["strategy"] == "probe"
 
 
+def test_rows_identical_to_the_probe_do_not_dilute_the_holm_correction() -> None:
+    """Fine-tunes that kept the probe's head predict exactly as it does: no item can tell them apart, so
+    they are no hypotheses to correct for (Tarone); rows that differ on some item are."""
+    probe = _items(200, 120)
+    better = probe.copy()
+    better[np.flatnonzero(~probe)[:7]] = True  # 7 discordant, all its way: McNemar p 0.016
+    correct = {"probe": probe, "full": better}
+    rows = [_row("probe", probe, params=1), _row("full", better, params=100)]
+    for i in range(3):  # kept the probe's head
+        correct[f"same{i}"] = probe.copy()
+        rows.append(_row(f"same{i}", probe, params=50))
+    sel = select(rows, correct)
+    assert sel["strategy"] == "full" and sel["tests"]["full"]["p_holm"] == sel["tests"]["full"]["p"]
+    assert sel["tests"]["same0"]["p_holm"] == 1.0
+    for i in range(3):  # now each differs on two items, one either way: tested, and counted
+        c = probe.copy()
+        c[np.flatnonzero(probe)[i]], c[np.flatnonzero(~probe)[-1 - i]] = False, True
+        correct[f"same{i}"] = c
+    sel = select(rows, correct)
+    assert sel["strategy"] == "probe" and sel["tests"]["full"]["p_holm"] > 0.05
+
+
+def _likelihood_pair(n: int = 60, k: int = 6, extra: float = 1.0, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """Labels, a probe's val logits, and a challenger's: the probe's plus `extra` for the true class on
+    every item (more sure of the truth everywhere, right on a few more items)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    probe = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]
+    return y, probe, probe + extra * np.eye(k)[y]
+
+
+def _evidence(y: np.ndarray, **logits: np.ndarray) -> tuple[list[dict], dict, dict]:
+    from headstart.calibration import tempered_nll
+
+    correct = {name: z.argmax(1) == y for name, z in logits.items()}
+    nll = {name: tempered_nll(z, y)[1] for name, z in logits.items()}
+    rows = [_row(name, correct[name], params=10 if name == "probe" else 10_000) for name in logits]
+    return rows, correct, nll
+
+
+def test_the_likelihood_test_separates_what_mcnemar_alone_cannot() -> None:
+    y, probe, better = _likelihood_pair(extra=0.25)
+    rows, correct, nll = _evidence(y, probe=probe, full=better)
+    only = int((correct["full"] & ~correct["probe"]).sum())
+    assert 0 < only <= 5 and not (~correct["full"] & correct["probe"]).any()  # McNemar p >= 0.0625
+    assert select(rows, correct)["strategy"] == "probe"  # right/wrong alone: a tie
+    sel = select(rows, correct, nll=nll)
+    t = sel["tests"]["full"]
+    assert sel["strategy"] == "full" and t["rule_test"].startswith("tempered log-likelihood")
+    assert t["p"] >= 0.05 > t["p_holm"] and t["likelihood"]["gain"] > 0 and t["likelihood"]["ci"][0] > 0
+    assert "inside the noise by McNemar alone" in sel["reason"]
+
+
+def test_a_confidence_scale_alone_is_no_win() -> None:
+    """The same logits times 3: the same predictions, sharper; tempering takes the scale out."""
+    from headstart.calibration import nll as mean_nll
+
+    y, probe, _ = _likelihood_pair()
+    rows, correct, nll = _evidence(y, probe=probe, sharper=3.0 * probe)
+    assert mean_nll(3.0 * probe, y) != pytest.approx(mean_nll(probe, y), rel=0.05)  # raw NLL would differ
+    assert nll["sharper"] == pytest.approx(nll["probe"], abs=1e-3)
+    sel = select(rows, correct, nll=nll)
+    assert sel["strategy"] == "probe" and not sel["tests"]["sharper"]["beats_reference"]
+
+
+def test_a_likelihood_gain_with_fewer_right_is_no_win() -> None:
+    y, probe, _ = _likelihood_pair(n=200)
+    right = probe.argmax(1) == y
+    worse = probe + 2.0 * np.eye(probe.shape[1])[y] * right[:, None]  # surer where the probe is right
+    flip = np.flatnonzero(right)[:6]  # ... but 6 of those items now just wrong: fewer right
+    rival = np.where(np.eye(probe.shape[1])[y[flip]] > 0, -np.inf, worse[flip]).max(1)
+    worse[flip, y[flip]] = rival - 0.05
+    rows, correct, nll = _evidence(y, probe=probe, full=worse)
+    assert correct["full"].sum() == correct["probe"].sum() - 6
+    sel = select(rows, correct, nll=nll)
+    assert sel["tests"]["full"]["likelihood"]["gain"] > 0  # more likely on the whole, yet less accurate
+    assert sel["strategy"] == "probe" and not sel["tests"]["full"]["beats_reference"]
+
+
 def test_overfitting_is_the_same_test_for_every_row() -> None:
     val = _items(80, 56)  # 0.70, interval about [0.59, 0.79]
     twins = [_row("probe", val, train=1.0), _row("head", val, train=1.0)]
@@ -249,6 +328,10 @@ def test_cli_compare_json(data3: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert [r["strategy"] for r in result["rows"]] == ["probe", "head"]
     assert result["budget_s"] == 40.0
     assert json.loads((out / "compare.json").read_text())["rows"] == result["rows"]
+    # The rows were paired on val by their tempered likelihoods (each run recorded its own)
+    t = result["selection"]["tests"]["head"]
+    n_val = len(json.loads((out / "probe" / "metrics.json").read_text())["val"]["nll_tempered"])
+    assert t["rule_test"].startswith("tempered log-likelihood") and t["likelihood"]["n"] == n_val == t["n"]
     assert main(["compare", *argv, "--budget", "1m"]) == 0  # the rich table
     text = capsys.readouterr().out
     assert "probe" in text and "head" in text and "recommended" in text

@@ -11,6 +11,7 @@ from headstart.intervals import (
     macro_f1_interval,
     mcnemar_exact,
     paired_difference,
+    paired_likelihood,
     paired_verdict,
     wilson,
 )
@@ -67,6 +68,18 @@ def test_paired_verdict_calls_a_difference_inside_the_noise_a_tie() -> None:
     close = np.array([1] * 6 + [0] * 4 + [1] * 20, bool)  # 6 against 4: p 0.75
     assert paired_verdict(paired_difference(close, ~close | (np.arange(30) >= 10))) == "tie"
     assert paired_verdict(paired_difference([], [])) == "tie"
+
+
+def test_paired_likelihood_counts_every_item_and_is_signed_for_a() -> None:
+    rng = np.random.default_rng(0)
+    b = rng.exponential(1.0, 80)  # b's per-item NLL
+    a = b - 0.1 + rng.normal(0, 0.05, 80)  # a makes the truth more likely on almost every item
+    d = paired_likelihood(a, b)
+    assert d["gain"] == pytest.approx(float((b - a).mean())) and d["ci"][0] > 0 and d["p"] < 1e-3
+    assert d["n"] == d["informative"] == 80
+    same = paired_likelihood(b, b)
+    assert same["gain"] == 0 and same["p"] == 1.0 and same["informative"] == 0
+    assert paired_likelihood(b, a)["gain"] == pytest.approx(-d["gain"])
 
 
 def test_holm_adjustment_textbook_case() -> None:

@@ -77,6 +77,21 @@ def _row(name: str, val: float, params: int) -> dict:
     return {"strategy": name, "val_accuracy": val, "trainable_params": params, "stored_bytes": params}
 
 
+def test_a_frozen_head_that_wins_on_every_item_but_trails_on_val_is_still_chosen() -> None:
+    """The k-fold test on every labeled item outweighs a few val items: the winner sets the bar even
+    where the probe's val score is higher (this once crashed: the probe became "the best")."""
+    from headstart.verdicts.select import select
+
+    val = {"probe": np.array([True] * 30 + [False] * 10), "multi-depth": np.array([True] * 29 + [False] * 11)}
+    rows = [_row("probe", 0.75, 100), _row("multi-depth", 0.725, 200)]
+    cv = {
+        "probe": np.array([True] * 210 + [False] * 90),
+        "multi-depth": np.array([True] * 246 + [False] * 54),
+    }
+    chosen = select(rows, val, cv_correct=cv)
+    assert chosen["strategy"] == "multi-depth" and chosen["best"] == "multi-depth" and chosen["separated"]
+
+
 def test_a_frozen_head_is_tested_against_the_probe_on_every_labeled_item() -> None:
     from headstart.verdicts.select import select
 

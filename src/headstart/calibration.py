@@ -92,8 +92,10 @@ def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> flo
     return float(-lp[np.arange(len(labels)), np.asarray(labels)].mean())
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T in [T_MIN, T_MAX] minimising validation NLL of softmax(logits / T).
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, bounds: tuple[float, float] = (T_MIN, T_MAX)
+) -> float:
+    """The T in `bounds` (default [T_MIN, T_MAX]) minimising validation NLL of softmax(logits / T).
 
     NLL is convex in 1/T, so it is unimodal in log T: a bounded scalar search over log T finds the minimum
     without gradients. Returns 1.0 for no items.
@@ -105,13 +107,29 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
         raise ValueError(f"logits {logits.shape} and labels {labels.shape} do not match")
     if len(labels) == 0:
         return 1.0
+    lo, hi = bounds
     res = minimize_scalar(
         lambda log_t: nll(logits, labels, math.exp(log_t)),
-        bounds=(math.log(T_MIN), math.log(T_MAX)),
+        bounds=(math.log(lo), math.log(hi)),
         method="bounded",
         options={"xatol": 1e-5},
     )
-    return float(min(max(math.exp(res.x), T_MIN), T_MAX))
+    return float(min(max(math.exp(res.x), lo), hi))
+
+
+# The comparison's temperature only takes each model's own scale out of its likelihood; it is never applied
+# to a prediction, so it may range wider than a calibration's (a strongly regularised probe is ~10x too
+# soft, and held to T >= 1/4 its likelihood would be judged on a scale it cannot reach).
+COMPARE_T_BOUNDS = (0.02, 50.0)
+
+
+def tempered_nll(logits: np.ndarray, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """(T, each item's NLL under softmax(logits / T)) with T fitted on these very items: how well a model
+    ranks the true class, its confidence scale aside (one fitted scalar per model: alike for all)."""
+    logits, labels = np.asarray(logits, dtype=np.float64), np.asarray(labels)
+    t = fit_temperature(logits, labels, COMPARE_T_BOUNDS)
+    per_item = -log_softmax(logits / t)[np.arange(len(labels)), labels]
+    return t, per_item
 
 
 def _held_out_proba(logits: np.ndarray, labels: np.ndarray, n_folds: int, seed: int) -> np.ndarray:

@@ -17,6 +17,11 @@ Which interval, and why:
   (exact up to 16 of them, else 20,000 seeded flips); with equal weights it is McNemar's exact test.
   Several challengers against one reference are Holm-corrected, so trying five
   fine-tunes does not give five chances to win by luck.
+- **Two models' likelihoods on the same items** (`paired_likelihood`): the mean per-item gain in
+  log-likelihood with a paired bootstrap interval and the sign-flip test on the per-item differences.
+  Fed tempered NLLs (each model's logits over one temperature fitted on the items:
+  calibration.tempered_nll), it compares how well the two rank the true class, their confidence scales
+  aside, and every item carries evidence, not only the discordant ones: compare's selection rule.
 - **Two accuracies on different items** (a slice against the rest, or two test sets): Newcombe's interval
   for the difference and Fisher's exact test (`unpaired_difference`; used by `headstart.slices`).
 """
@@ -144,11 +149,12 @@ def weighted_sign_test(d: Sequence[float], seed: int = 0) -> float:
 
         return float(binomtest(int((np.asarray(d) > 0).sum()), len(w), 0.5).pvalue)
     observed = abs(float(np.asarray(d, dtype=float).sum())) * (1 - 1e-9)  # ties count as extreme
-    if len(w) <= EXACT_FLIPS:
+    if len(w) <= EXACT_FLIPS:  # every sign pattern, the observed one among them: p is never 0
         signs = 1 - 2 * ((np.arange(2 ** len(w))[:, None] >> np.arange(len(w))) & 1)
-    else:
-        signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(N_FLIPS, len(w)))
-    return float(np.mean(np.abs(signs @ w) >= observed))
+        return float(np.mean(np.abs(signs @ w) >= observed))
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(N_FLIPS, len(w)))
+    # A sampled p counts the observed pattern too (Phipson & Smyth 2010): at least 1 / (N_FLIPS + 1), not 0
+    return float((np.sum(np.abs(signs @ w) >= observed) + 1) / (N_FLIPS + 1))
 
 
 def paired_difference(
@@ -182,6 +188,39 @@ def paired_difference(
         "n": n,
         "only_a": int((a & ~b).sum()),
         "only_b": int((~a & b).sum()),
+    }
+
+
+def paired_likelihood(
+    a_nll: Sequence[float],
+    b_nll: Sequence[float],
+    *,
+    weights: Sequence[float] | None = None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How much more likely a makes the true labels than b on the same items: the mean per-item gain in
+    log-likelihood (b's NLL minus a's, nats; with `weights`, weighted), its paired bootstrap 95 % interval,
+    and the two-sided sign-flip p-value. Every item counts, not only those one model alone got right, so it
+    separates two models sooner than McNemar's test (give it tempered NLLs: calibration.tempered_nll)."""
+    a, b = np.asarray(a_nll, dtype=float), np.asarray(b_nll, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired likelihoods need the same items: {a.shape} vs {b.shape}")
+    n = len(a)
+    if n == 0:
+        return {"gain": float("nan"), "ci": [float("nan")] * 2, "p": 1.0, "n": 0, "informative": 0}
+    d = b - a
+    if weights is not None:
+        d = d * np.asarray(weights, dtype=float)
+    boot = d[bootstrap_indices(n, n_boot, seed)].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    p = weighted_sign_test(d, seed)
+    return {
+        "gain": float(d.mean()),
+        "ci": [float(lo), float(hi)],
+        "p": p,
+        "n": n,
+        "informative": int((d != 0).sum()),
     }
 
 

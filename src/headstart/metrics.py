@@ -51,6 +51,15 @@ def classification_metrics(
     }
 
 
+def likelihood_evidence(logits: np.ndarray, y_true: np.ndarray) -> dict[str, object]:
+    """What compare's paired likelihood test reads from a run's val split: each item's NLL under the run's
+    logits tempered on these items (`nll_tempered`, in the split's order) and that temperature."""
+    from headstart.calibration import tempered_nll
+
+    t, per_item = tempered_nll(logits, y_true)
+    return {"nll_tempered": [round(float(v), 6) for v in per_item], "temperature_compare": t}
+
+
 def knn_predict(
     train_X: np.ndarray, train_y: np.ndarray, X: np.ndarray, n_classes: int, k: int = 5
 ) -> np.ndarray:

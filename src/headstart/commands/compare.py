@@ -87,6 +87,7 @@ def print_compare(result: dict, data: str, budget: float) -> None:
 
     from headstart.imbalance import skewed_in
     from headstart.intervals import fmt_ci
+    from headstart.verdicts.select import vs_reference_text
 
     rec = result["recommendation"]
     tests = (result.get("selection") or {}).get("tests") or {}
@@ -112,7 +113,7 @@ def print_compare(result: dict, data: str, budget: float) -> None:
         if marks:
             label += f" [dim]({', '.join(marks)})[/dim]"
         d = tests.get(name)
-        vs = "-" if d is None else f"{d['diff']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}] p={d['p']:.2g}"
+        vs = "-" if d is None else vs_reference_text(d)
         epochs = "-" if r.get("epochs_run") is None else f"{r['epochs_run']}/{r['epochs_planned']}"
         if r.get("recipe_epochs") and r.get("epochs_planned") and r["epochs_planned"] < r["recipe_epochs"]:
             epochs += f" of {r['recipe_epochs']}"

@@ -136,7 +136,7 @@ def _split_metrics(
 ) -> tuple[dict[str, Any], float, float]:
     """(metrics, loss, accuracy) of the head on one split; val and test add each prediction and kNN."""
     from headstart.intervals import wilson
-    from headstart.metrics import classification_metrics, knn_predict
+    from headstart.metrics import classification_metrics, knn_predict, likelihood_evidence
 
     E, t = emb.arrays(split)
     z = clf.head_.logits(E)
@@ -146,6 +146,8 @@ def _split_metrics(
     held_out = split != "train"
     m = classification_metrics(t, z.argmax(axis=1), clf.classes_.tolist(), predictions=held_out)
     m["loss"] = loss
+    if split == "val":  # compare's paired likelihood test (headstart.verdicts.select)
+        m.update(likelihood_evidence(z, t))
     if held_out:
         knn = knn_predict(clf.train_embeddings_, clf.train_targets_, E, len(clf.classes_), k=k)
         m["knn_accuracy"] = float((knn == t).mean())

@@ -57,7 +57,7 @@ def evaluate_trained(
     job: FitJob, trainer: Trainer, splits: dict[str, Split], delta: dict[str, torch.Tensor], *, n_extra: int
 ) -> dict[str, Any]:
     """Metrics per split of the trained model, and what it trained and stores."""
-    from headstart.metrics import classification_metrics
+    from headstart.metrics import classification_metrics, likelihood_evidence
 
     classes = job.ds.classes
     t0 = time.perf_counter()
@@ -67,6 +67,8 @@ def evaluate_trained(
             z, y = trainer.labeled_logits(s, splits[s], k=len(job.bb.groups))
             m = classification_metrics(y.numpy(), z.argmax(1).numpy(), classes, predictions=s != "train")
             m["loss"] = float(torch.nn.functional.cross_entropy(z, y))
+            if s == "val":  # compare's paired likelihood test (headstart.verdicts.select)
+                m.update(likelihood_evidence(z.detach().float().numpy(), y.numpy()))
             metrics[s] = m
     job.timings["evaluate_s"] = time.perf_counter() - t0
     return {**metrics, **trained_facts(job, trainer, delta, n_extra=n_extra)}

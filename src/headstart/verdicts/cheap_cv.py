@@ -37,19 +37,25 @@ def cv_hits(
     views: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """One stratified k-fold pass: {"probe", "knn"}: whether each item was predicted right by a model
-    that never saw it (the same folds for the same `seed`, so two feature sets compare item by item).
-    `views` (n, K, D): augmented views of each item (headstart.views); a fold's head trains on its items'
-    originals and views, and predicts the held-out originals."""
+    that never saw it (the same folds for the same `seed`, so two feature sets compare item by item);
+    "probe_nll": each item's NLL under those out-of-fold logits, tempered on all of them
+    (calibration.tempered_nll: the paired likelihood test's evidence). `views` (n, K, D): augmented views
+    of each item (headstart.views); a fold's head trains on its items' originals and views, and predicts
+    the held-out originals."""
+    from headstart.calibration import tempered_nll
     from headstart.views import with_views
 
     hit = {"probe": np.zeros(len(y), bool), **({"knn": np.zeros(len(y), bool)} if knn else {})}
+    logits = np.zeros((len(y), n_classes))
     for held in stratified_folds(y, n_folds, seed):
         train = np.setdiff1d(np.arange(len(y)), held)
         X_fit, y_fit = (X[train], y[train]) if views is None else with_views(X[train], y[train], views[train])
         head = fit_path(X_fit, y_fit, n_classes, (C,))[0]
-        hit["probe"][held] = head.proba(X[held]).argmax(1) == y[held]
+        logits[held] = head.logits(X[held])
+        hit["probe"][held] = logits[held].argmax(1) == y[held]
         if knn:
             hit["knn"][held] = knn_predict(X[train], y[train], X[held], n_classes) == y[held]
+    hit["probe_nll"] = tempered_nll(logits, y)[1]
     return hit
 
 
@@ -125,13 +131,14 @@ def embedded_train_val(
 
 def paired_head_hits(
     data: str | Path, heads: dict[str, tuple[str, float, int]], seed: int, device: str = "auto"
-) -> dict[str, np.ndarray]:
-    """{row: each train+val item's correctness} for frozen heads (row -> (backbone, C, augmented views per
-    item)): one stratified k-fold pass per head on the same folds and the same items (those every backbone
-    embedded), through the cache their runs filled. A paired test on these uses every labeled item, not
-    the val split alone. One pass, not repeats: repeated passes would count each item several times in
-    the test. A head without views gets its L2 strength by CV on these items (the run's was chosen on a
-    few dozen val items, too noisy for 2,000 features): slightly optimistic, alike for every head."""
+) -> dict[str, dict[str, np.ndarray]]:
+    """{row: {"correct", "nll"}: each train+val item's correctness and tempered NLL} for frozen heads
+    (row -> (backbone, C, augmented views per item)): one stratified k-fold pass per head on the same folds
+    and the same items (those every backbone embedded), through the cache their runs filled. A paired
+    test on these uses every labeled item, not the val split alone. One pass, not repeats: repeated passes
+    would count each item several times in the test. A head without views gets its L2 strength by CV on
+    these items (the run's was chosen on a few dozen val items, too noisy for 2,000 features): slightly
+    optimistic, alike for every head."""
     from headstart.backbones import create_backbone
     from headstart.views import embed_views
 
@@ -150,14 +157,14 @@ def paired_head_hits(
         else:  # the L2 strength for these features by CV, not the run's pick on a few val items
             C = fit_head(tv.X[k], tv.y, tv.n_classes, cv=n_folds, seed=seed)[1]
         hit = cv_hits(tv.X[k], tv.y, tv.n_classes, C=C, n_folds=n_folds, seed=seed, knn=False, views=V)
-        out[k] = hit["probe"]
+        out[k] = {"correct": hit["probe"], "nll": hit["probe_nll"]}
     return out
 
 
 def frozen_head_hits(rows: list[dict[str, Any]], data: str | Path, seed: int, device: str) -> dict[str, Any]:
     """Of compare's `rows`, the frozen heads that ran (the probe and HEAD_STRATEGIES): each train+val item's
-    k-fold correctness on the same folds (`paired_head_hits`), so their test against the probe uses every
-    labeled item."""
+    k-fold correctness and tempered NLL on the same folds (`paired_head_hits`), so their test against the
+    probe uses every labeled item."""
     import json
 
     from headstart.runs import METRICS_FILE, load_run_info

@@ -122,16 +122,18 @@ def _row(strategy: str, metrics: dict[str, Any], run_dir: Path | None, warnings:
     }
 
 
-def _correct(metrics: dict[str, Any], expected: list[int]) -> Any:
-    """Per-item correctness on val, when the run's val items are exactly the expected ones (same labels in
-    the same order); None otherwise (e.g. a run that skipped an unreadable file), so nothing is mispaired."""
+def _val_evidence(metrics: dict[str, Any], expected: list[int]) -> tuple[Any, Any]:
+    """(per-item correctness, per-item tempered NLL or None) on val, when the run's val items are exactly
+    the expected ones (same labels in the same order); (None, None) otherwise (e.g. a run that skipped an
+    unreadable file), so nothing is mispaired."""
     import numpy as np
 
     val = metrics.get("val") or {}
     pred, true = val.get("pred"), val.get("true")
     if pred is None or true is None or list(true) != expected:
-        return None
-    return np.asarray(pred) == np.asarray(true)
+        return None, None
+    nll = val.get("nll_tempered")
+    return np.asarray(pred) == np.asarray(true), (np.asarray(nll) if nll and len(nll) == len(true) else None)
 
 
 def _epochs_run(history: list[dict[str, Any]]) -> int:
@@ -157,11 +159,13 @@ class _Comparison:
     imbalance: str = "auto"  # --imbalance: every row's, and what the rows are compared on
     rows: list[dict[str, Any]] = field(default_factory=list)
     correct: dict[str, Any] = field(default_factory=dict)
+    nll: dict[str, Any] = field(default_factory=dict)  # each row's per-item tempered NLL on val
     expected: list[int] = field(default_factory=list)  # the probe's val labels: what every row pairs on
     skipped: list[str] = field(default_factory=list)
     skip_reasons: dict[str, str] = field(default_factory=dict)
     input_size: int | None = None  # the trained rows' input pixels (None: the backbone's own)
     cv_correct: dict[str, Any] = field(default_factory=dict)  # the frozen heads' k-fold hits (select)
+    cv_nll: dict[str, Any] = field(default_factory=dict)  # and their k-fold tempered NLLs
     balance: dict[str, Any] = field(default_factory=dict)  # the probe's metrics["imbalance"]
 
     def engine_options(self) -> dict[str, Any]:
@@ -169,9 +173,11 @@ class _Comparison:
         return {k: getattr(self, k) for k in ("seed", "progress", "device", "precision")}
 
     def add(self, row: dict[str, Any], metrics: dict[str, Any]) -> None:
-        c = _correct(metrics, self.expected)
+        c, nll = _val_evidence(metrics, self.expected)
         if c is not None:
             self.correct[row["strategy"]] = c
+        if nll is not None:
+            self.nll[row["strategy"]] = nll
         elif row["strategy"] != PROBE:
             row["warnings"].append("not paired with the probe: its validation items differ (skipped files?)")
         self.rows.append(row)
@@ -280,8 +286,10 @@ class _Comparison:
             metric=metric,
             weights=weights,
             cv_correct=self.cv_correct,
+            nll=self.nll,
+            cv_nll=self.cv_nll,
         )
-        transfer = transfer_verdict(self.rows, self.correct, metric=metric, weights=weights)
+        transfer = transfer_verdict(self.rows, self.correct, metric=metric, weights=weights, nll=self.nll)
         return {
             "rows": self.rows,
             "skipped": self.skipped,
@@ -373,7 +381,9 @@ def compare(
             cmp.run_strategy(strategy, max(heads[strategy], 1.0), bb, ds)
         else:
             cmp.run_strategy(strategy, share, tuned_bb, ds)
-    cmp.cv_correct = frozen_head_hits(cmp.rows, data_used, seed, device)
+    cv = frozen_head_hits(cmp.rows, data_used, seed, device)
+    cmp.cv_correct = {k: v["correct"] for k, v in cv.items()}
+    cmp.cv_nll = {k: v["nll"] for k, v in cv.items()}
     for row in cmp.rows:  # what each row costs to serve, set against its accuracy in the report
         row["latency_ms"] = run_latency_ms(row["run_dir"]) if row.get("run_dir") else None
     result: dict[str, Any] = {

@@ -3,8 +3,11 @@
 The rule (see docs/verdicts.md):
 1. The probe is the reference: it is the cheapest use of the backbone and the score every other row is
    read against.
-2. A challenger *beats the probe* only when it is better on the same validation items beyond noise: exact
-   McNemar test, Holm-corrected over all challengers, at 5 %.
+2. A challenger *beats the probe* only when it is better on the same validation items beyond noise: more
+   accurate (point estimate) and more likely to give the true labels (each item's NLL under logits
+   tempered on these items, `calibration.tempered_nll`; a paired sign-flip test, which reads every item,
+   not only the discordant ones), Holm-corrected over the challengers that differ from the probe on any
+   item, at 5 %. Rows without per-item likelihoods are tested by exact McNemar on right/wrong.
 3. Among the probe and the challengers that beat it, the best by validation accuracy sets the bar; the
    recommendation is the cheapest of them (trainable parameters, then stored bytes, then training time)
    that is not significantly worse than that best one.
@@ -27,9 +30,11 @@ from typing import Any
 import numpy as np
 
 from headstart.imbalance import ACCURACY
-from headstart.intervals import ALPHA, holm, items_to_settle, paired_difference
+from headstart.intervals import ALPHA, holm, items_to_settle, paired_difference, paired_likelihood
 
 PROBE = "probe"
+# The deciding paired test where both rows carry each item's tempered NLL (headstart.calibration).
+LIKELIHOOD_TEST = "tempered log-likelihood sign-flip test"
 # How the frozen heads' `cv_correct` is made (headstart.verdicts.cheap_cv.paired_head_hits).
 CV_TEST = "each predicted once by a k-fold model that never saw it"
 SCRATCH = "scratch"
@@ -72,13 +77,39 @@ def cost_key(row: dict[str, Any]) -> tuple[float, float, float]:
 
 
 def _paired(
-    correct: dict[str, np.ndarray], a: str, b: str, weights: np.ndarray | None = None
+    correct: dict[str, np.ndarray],
+    a: str,
+    b: str,
+    weights: np.ndarray | None = None,
+    nll: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any] | None:
+    """a against b on the same items: the accuracy difference (McNemar), and where both have each item's
+    tempered NLL, the likelihood test that then decides (`p_rule`, `rule_test`)."""
     if a not in correct or b not in correct or correct[a].shape != correct[b].shape:
         return None
     if weights is not None and len(weights) != len(correct[a]):
         weights = None  # not the items the weights were made for: nothing to weigh them by
-    return paired_difference(correct[a], correct[b], weights=weights)
+    t = paired_difference(correct[a], correct[b], weights=weights)
+    t["rule_test"], t["p_rule"] = ("McNemar" if weights is None else "weighted sign test"), t["p"]
+    nll = nll or {}
+    if a in nll and b in nll and np.shape(nll[a]) == correct[a].shape == np.shape(nll[b]):
+        t["likelihood"] = paired_likelihood(nll[a], nll[b], weights=weights)
+        t["rule_test"], t["p_rule"] = LIKELIHOOD_TEST, t["likelihood"]["p"]
+    return t
+
+
+def informative(t: dict[str, Any]) -> bool:
+    """Whether a paired test has any item on which the two rows differ (in the deciding test's terms)."""
+    lik = t.get("likelihood")
+    return bool(lik["informative"]) if lik else t["only_a"] + t["only_b"] > 0
+
+
+def separates(t: dict[str, Any] | None, p_key: str = "p_rule") -> bool:
+    """The rule's "a is better than b beyond noise": a is ahead on accuracy and the deciding test (the
+    tempered likelihood where both rows have it, else McNemar) is significant at ALPHA, in a's favour."""
+    if t is None or not t["diff"] > 0 or not t[p_key] < ALPHA:
+        return False
+    return "likelihood" not in t or t["likelihood"]["gain"] > 0
 
 
 def select(
@@ -90,13 +121,17 @@ def select(
     metric: str = ACCURACY,
     weights: np.ndarray | None = None,
     cv_correct: dict[str, np.ndarray] | None = None,
+    nll: dict[str, np.ndarray] | None = None,
+    cv_nll: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """{"strategy", "reason", "separated", "tests", "settle"} from compare's rows and each row's per-item
     validation correctness (`correct[strategy]`, aligned on the same items). `metric`: what the rows are
     compared on ("accuracy", or "balanced_accuracy" with `weights`: headstart.imbalance.item_weights of
     the validation labels). `cv_correct`: for the frozen heads (the probe and its kin), each train+val
     item's correctness in one k-fold pass on the same folds: where the reference and a challenger both
-    have it (and rows are compared on accuracy), that test, on every labeled item, replaces the val one."""
+    have it (and rows are compared on accuracy), that test, on every labeled item, replaces the val one.
+    `nll`, `cv_nll`: each row's per-item tempered NLL on the same items (val; k-fold): where a pair has
+    it, the likelihood test decides (`separates`)."""
     key = f"val_{metric}"
     if metric != ACCURACY and weights is None:
         raise ValueError(f"select by {metric} needs the validation items' weights")
@@ -109,19 +144,25 @@ def select(
 
     def test(a: str, b: str) -> dict[str, Any] | None:
         """a against b: on every labeled item where both are frozen heads, else on the val items."""
-        t = _paired(cv_correct or {}, a, b) if metric == ACCURACY else None
+        t = _paired(cv_correct or {}, a, b, nll=cv_nll) if metric == ACCURACY else None
         if t is not None:
             t["on"] = f"{t['n']} train+val items, {CV_TEST}"
             return t
-        return _paired(correct, a, b, weights)
+        return _paired(correct, a, b, weights, nll)
 
     for r in challengers:
         t = test(r["strategy"], ref["strategy"])
         if t is not None:
             tests[r["strategy"]] = t
-    for name, p in zip(tests, holm([t["p"] for t in tests.values()]), strict=True):
+    # Holm over the challengers that could differ from the reference on these items at all: a fine-tune
+    # that kept the probe's head predicts exactly as the probe does, its test has no informative item
+    # and no p below 1 to reach, and it is not counted (Tarone's rule for discrete tests, at its simplest).
+    testable = {k: t for k, t in tests.items() if informative(t)}
+    for name, p in zip(testable, holm([t["p_rule"] for t in testable.values()]), strict=True):
         tests[name]["p_holm"] = p
-        tests[name]["beats_reference"] = bool(tests[name]["diff"] > 0 and p < ALPHA)
+    for t in tests.values():
+        t.setdefault("p_holm", t["p_rule"])
+        t["beats_reference"] = separates(t, "p_holm")
     winners = [r for r in challengers if tests.get(r["strategy"], {}).get("beats_reference")]
     n_val = len(correct.get(ref["strategy"], ()))
     by = "" if metric == ACCURACY else f" by {metric.replace('_', ' ')}"
@@ -151,21 +192,21 @@ def select(
             "settle": settle,
         }
     pool = [ref, *winners]
-    best = max(pool, key=lambda r: (r[key], [-c for c in cost_key(r)]))
+    # The bar is the best winner by validation score. Not the reference: a frozen head beats it on every
+    # labeled item (k-fold) and may still trail it on the few validation items.
+    best = max(winners, key=lambda r: (r[key], [-c for c in cost_key(r)]))
     chosen = best
     for r in sorted(pool, key=cost_key):
         if r is best:
             break
         vs_best = test(best["strategy"], r["strategy"])
-        if vs_best is not None and not (vs_best["diff"] > 0 and vs_best["p"] < ALPHA):
+        if vs_best is not None and not separates(vs_best):
             chosen = r
             break
     t = tests[chosen["strategy"]]  # a winner: only winners are more accurate than the reference
     reason = (
         f"{chosen['strategy']} beats the {ref['strategy']}{by} beyond noise on "
-        f"{t.get('on') or f'{n_val} validation items'} "
-        f"({t['diff']:+.1%}, 95% interval [{t['ci'][0]:+.1%}, {t['ci'][1]:+.1%}], "
-        f"{'McNemar' if weights is None else 'weighted sign test'} p={t['p_holm']:.3g} Holm-corrected)"
+        f"{t.get('on') or f'{n_val} validation items'} ({evidence_text(t)})"
     )
     if chosen is not best:
         reason += (
@@ -180,6 +221,29 @@ def select(
         "best": best["strategy"],
         "tests": tests,
     }
+
+
+def evidence_text(t: dict[str, Any]) -> str:
+    """One paired test as the reasons print it: the accuracy difference with its interval, and the
+    deciding test's Holm-corrected p (with the likelihood gain where that test decided)."""
+    acc = f"{t['diff']:+.1%}, 95% interval [{t['ci'][0]:+.1%}, {t['ci'][1]:+.1%}]"
+    lik = t.get("likelihood")
+    if lik is None:
+        return f"{acc}, {t['rule_test']} p={t['p_holm']:.3g} Holm-corrected"
+    alone = "" if t["p"] < ALPHA else f", inside the noise by McNemar alone (p={t['p']:.2g})"
+    return (
+        f"accuracy {acc}{alone}; log-likelihood {lik['gain']:+.3f} nats per item "
+        f"[{lik['ci'][0]:+.3f}, {lik['ci'][1]:+.3f}], {t['rule_test']} p={t['p_holm']:.3g} Holm-corrected"
+    )
+
+
+def vs_reference_text(d: dict[str, Any]) -> str:
+    """A row's paired test against the reference, as the compare tables show it: the accuracy difference
+    with its interval, the likelihood gain where that test decided, and the deciding p (Holm-corrected)."""
+    acc = f"{d['diff']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]"
+    p = d.get("p_holm", d.get("p_rule", d["p"]))  # compare.json files from before the rule's p keys
+    lik = d.get("likelihood")
+    return f"{acc}, log-lik {lik['gain']:+.3f}, p(Holm) {p:.2g}" if lik else f"{acc}, p(Holm) {p:.2g}"
 
 
 def _settle(
@@ -215,9 +279,10 @@ def transfer_verdict(
     metric: str = ACCURACY,
     weights: np.ndarray | None = None,
     cv_correct: dict[str, np.ndarray] | None = None,
+    nll: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Negative transfer: from-scratch beats the best transfer row beyond noise, and ran its epochs
-    (`metric`, `weights`: as select's).
+    (`metric`, `weights`, `nll`: as select's).
 
     {"negative_transfer": bool | None (None: inconclusive), "reason"}."""
     key = f"val_{metric}"
@@ -226,11 +291,11 @@ def transfer_verdict(
     if scratch is None or not transfer:
         return {"negative_transfer": None, "reason": "no from-scratch baseline was measured"}
     best = max(transfer, key=lambda r: r[key])
-    t = _paired(correct, SCRATCH, best["strategy"], weights)
+    t = _paired(correct, SCRATCH, best["strategy"], weights, nll)
     # Cut short: its plan gave it fewer epochs than its recipe asks for, or the safety cap stopped it.
     ran, planned = scratch.get("epochs_run"), scratch.get("recipe_epochs") or scratch.get("epochs_planned")
     cut = bool(scratch.get("cut_short")) and ran is not None and planned is not None and ran < planned
-    if t is not None and t["diff"] > 0 and t["p"] < ALPHA:
+    if separates(t):
         if cut:
             return {
                 "negative_transfer": True,
@@ -239,14 +304,15 @@ def transfer_verdict(
             }
         return {
             "negative_transfer": True,
-            "reason": f"scratch beat {best['strategy']} beyond noise ({t['diff']:+.1%}, p={t['p']:.3g})",
+            "reason": f"scratch beat {best['strategy']} beyond noise ({t['diff']:+.1%}, {t['rule_test']} "
+            f"p={t['p_rule']:.3g})",
         }
     if cut:
         return {
             "negative_transfer": None,
             "reason": f"inconclusive: scratch ran {ran} of its {planned} epochs within its budget share",
         }
-    diff = "" if t is None else f" ({t['diff']:+.1%}, p={t['p']:.3g})"
+    diff = "" if t is None else f" ({t['diff']:+.1%}, {t['rule_test']} p={t['p_rule']:.3g})"
     return {
         "negative_transfer": False,
         "reason": f"scratch did not beat {best['strategy']} beyond noise{diff}",

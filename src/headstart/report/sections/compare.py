@@ -6,6 +6,7 @@ from typing import Any
 
 from headstart.report.html import Html, figure, join, not_computed, note, num, size_bytes, table, tag
 from headstart.report.loader import RunFiles, ci_text
+from headstart.verdicts.select import vs_reference_text
 
 
 def section(files: RunFiles) -> tuple[Html, bool]:
@@ -94,7 +95,7 @@ def _row(r: dict[str, Any], best: Any, overfit: set[str], tests: dict[str, Any])
     if marks:
         label = join([name, tag("span", " · " + ", ".join(marks), class_="muted")])
     d = tests.get(name)
-    vs = "–" if d is None else f"{d['diff']:+.3f} [{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}], p = {d['p']:.2g}"
+    vs = "–" if d is None else vs_reference_text(d)
     ran = r.get("epochs_run")
     return [
         label,
