@@ -92,7 +92,7 @@ def accuracy_gate(
     interval, and the paired test; `holds`: int8 is not worse beyond noise."""
     import numpy as np
 
-    from headstart.intervals import ALPHA, paired_difference, wilson
+    from headstart.intervals import paired_difference, paired_verdict, wilson
     from headstart.verdicts.cheap_cv import CV_FOLDS, CV_REPEATS, cv_hits, n_cv_folds
 
     n_folds = n_cv_folds(y, n_classes, CV_FOLDS)
@@ -112,7 +112,7 @@ def accuracy_gate(
     # One paired outcome per item: right in most repeats.
     paired = paired_difference(np.mean(hits["int8"], 0) > 0.5, np.mean(hits["fp32"], 0) > 0.5)
     out["int8_minus_fp32"] = paired
-    out["holds"] = not (paired["diff"] < 0 and paired["p"] < ALPHA)
+    out["holds"] = paired_verdict(paired) != "worse"
     return out
 
 

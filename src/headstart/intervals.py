@@ -157,6 +157,17 @@ def weighted_sign_test(d: Sequence[float], seed: int = 0) -> float:
     return float((np.sum(np.abs(signs @ w) >= observed) + 1) / (N_FLIPS + 1))
 
 
+def _paired_mean(
+    d: np.ndarray, weights: Sequence[float] | None, n_boot: int, seed: int
+) -> tuple[np.ndarray, float, list[float]]:
+    """Per-item differences (weighted where asked), their mean, and its paired bootstrap 95 % interval."""
+    if weights is not None:
+        d = d * np.asarray(weights, dtype=float)
+    boot = d[bootstrap_indices(len(d), n_boot, seed)].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return d, float(d.mean()), [float(lo), float(hi)]
+
+
 def paired_difference(
     a_correct: Sequence[bool],
     b_correct: Sequence[bool],
@@ -176,14 +187,10 @@ def paired_difference(
     if n == 0:
         nan = float("nan")
         return {"diff": nan, "ci": [nan, nan], "p": 1.0, "n": 0, "only_a": 0, "only_b": 0}
-    d = a.astype(np.int8) - b.astype(np.int8)
-    if weights is not None:
-        d = d * np.asarray(weights, dtype=float)
-    boot = d[bootstrap_indices(n, n_boot, seed)].mean(axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
+    d, diff, ci = _paired_mean(a.astype(np.int8) - b.astype(np.int8), weights, n_boot, seed)
     return {
-        "diff": float(d.mean()),
-        "ci": [float(lo), float(hi)],
+        "diff": diff,
+        "ci": ci,
         "p": mcnemar_exact(a, b) if weights is None else weighted_sign_test(d, seed),
         "n": n,
         "only_a": int((a & ~b).sum()),
@@ -209,16 +216,11 @@ def paired_likelihood(
     n = len(a)
     if n == 0:
         return {"gain": float("nan"), "ci": [float("nan")] * 2, "p": 1.0, "n": 0, "informative": 0}
-    d = b - a
-    if weights is not None:
-        d = d * np.asarray(weights, dtype=float)
-    boot = d[bootstrap_indices(n, n_boot, seed)].mean(axis=1)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    p = weighted_sign_test(d, seed)
+    d, gain, ci = _paired_mean(b - a, weights, n_boot, seed)
     return {
-        "gain": float(d.mean()),
-        "ci": [float(lo), float(hi)],
-        "p": p,
+        "gain": gain,
+        "ci": ci,
+        "p": weighted_sign_test(d, seed),
         "n": n,
         "informative": int((d != 0).sum()),
     }

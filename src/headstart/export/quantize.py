@@ -155,7 +155,7 @@ def compare_with_float(
 ) -> dict[str, Any]:
     """The int8 graph against float (the float export's session, else PyTorch): the check inputs' top-1
     agreement, single-input latency, the test comparison, and whether int8 is recommended."""
-    from headstart.intervals import ALPHA
+    from headstart.intervals import paired_verdict
 
     got = run_onnx(qsession, check_batch)
     one = batch_rows(check_batch, 0, 1)
@@ -171,7 +171,7 @@ def compare_with_float(
     t = result["test"]
     if t is not None:
         d = t["int8_minus_float"]
-        worse = d["diff"] < 0 and d["p"] < ALPHA  # a loss beyond noise, as the verdicts rule
+        worse = paired_verdict(d) == "worse"  # a loss beyond noise, as the verdicts rule
     else:
         worse = result["check_top1_agreement"] < 0.99
     result["recommended"] = not worse

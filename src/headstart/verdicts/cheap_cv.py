@@ -38,11 +38,10 @@ def cv_hits(
 ) -> dict[str, np.ndarray]:
     """One stratified k-fold pass: {"probe", "knn"}: whether each item was predicted right by a model
     that never saw it (the same folds for the same `seed`, so two feature sets compare item by item);
-    "probe_nll": each item's NLL under those out-of-fold logits, tempered on all of them
-    (calibration.tempered_nll: the paired likelihood test's evidence). `views` (n, K, D): augmented views
+    "probe_logits": those out-of-fold logits (the paired likelihood test tempers them:
+    `paired_head_hits`). `views` (n, K, D): augmented views
     of each item (headstart.views); a fold's head trains on its items' originals and views, and predicts
     the held-out originals."""
-    from headstart.calibration import tempered_nll
     from headstart.views import with_views
 
     hit = {"probe": np.zeros(len(y), bool), **({"knn": np.zeros(len(y), bool)} if knn else {})}
@@ -55,7 +54,7 @@ def cv_hits(
         hit["probe"][held] = logits[held].argmax(1) == y[held]
         if knn:
             hit["knn"][held] = knn_predict(X[train], y[train], X[held], n_classes) == y[held]
-    hit["probe_nll"] = tempered_nll(logits, y)[1]
+    hit["probe_logits"] = logits
     return hit
 
 
@@ -140,6 +139,7 @@ def paired_head_hits(
     these items (the run's was chosen on a few dozen val items, too noisy for 2,000 features): slightly
     optimistic, alike for every head."""
     from headstart.backbones import create_backbone
+    from headstart.calibration import tempered_nll
     from headstart.views import embed_views
 
     bbs = {k: create_backbone(b) for k, (b, _, _) in heads.items()}
@@ -157,7 +157,7 @@ def paired_head_hits(
         else:  # the L2 strength for these features by CV, not the run's pick on a few val items
             C = fit_head(tv.X[k], tv.y, tv.n_classes, cv=n_folds, seed=seed)[1]
         hit = cv_hits(tv.X[k], tv.y, tv.n_classes, C=C, n_folds=n_folds, seed=seed, knn=False, views=V)
-        out[k] = {"correct": hit["probe"], "nll": hit["probe_nll"]}
+        out[k] = {"correct": hit["probe"], "nll": tempered_nll(hit["probe_logits"], tv.y)[1]}
     return out
 
 
