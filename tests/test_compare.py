@@ -147,7 +147,7 @@ def test_a_confidence_scale_alone_is_no_win() -> None:
     assert sel["strategy"] == "probe" and not sel["tests"]["sharper"]["beats_reference"]
 
 
-def test_a_likelihood_gain_with_fewer_right_is_no_win() -> None:
+def test_a_likelihood_gain_with_fewer_right_beyond_noise_is_no_win() -> None:
     y, probe, _ = _likelihood_pair(n=200)
     right = probe.argmax(1) == y
     worse = probe + 2.0 * np.eye(probe.shape[1])[y] * right[:, None]  # surer where the probe is right
@@ -158,7 +158,25 @@ def test_a_likelihood_gain_with_fewer_right_is_no_win() -> None:
     assert correct["full"].sum() == correct["probe"].sum() - 6
     sel = select(rows, correct, nll=nll)
     assert sel["tests"]["full"]["likelihood"]["gain"] > 0  # more likely on the whole, yet less accurate
+    assert sel["tests"]["full"]["p"] < 0.05  # 6 items the probe alone gets right: McNemar p 0.031
     assert sel["strategy"] == "probe" and not sel["tests"]["full"]["beats_reference"]
+
+
+def test_a_likelihood_gain_with_an_accuracy_tie_behind_is_a_win() -> None:
+    """Two fewer right of 200 is a tie (McNemar p 0.5), and a tie's sign decides nothing: the row that is
+    more likely beyond noise wins, and the reason says its accuracy is inside the noise."""
+    y, probe, _ = _likelihood_pair(n=200)
+    right = probe.argmax(1) == y
+    better = probe + 2.0 * np.eye(probe.shape[1])[y] * right[:, None]  # surer where the probe is right
+    flip = np.flatnonzero(right)[:2]  # ... but 2 of those items now just wrong
+    rival = np.where(np.eye(probe.shape[1])[y[flip]] > 0, -np.inf, better[flip]).max(1)
+    better[flip, y[flip]] = rival - 0.05
+    rows, correct, nll = _evidence(y, probe=probe, full=better)
+    assert correct["full"].sum() == correct["probe"].sum() - 2  # behind on the point estimate
+    sel = select(rows, correct, nll=nll)
+    t = sel["tests"]["full"]
+    assert t["diff"] < 0 and t["p"] >= 0.05 and t["likelihood"]["gain"] > 0 and t["p_holm"] < 0.05
+    assert sel["strategy"] == "full" and "inside the noise by McNemar alone" in sel["reason"]
 
 
 def test_overfitting_is_the_same_test_for_every_row() -> None:

@@ -87,6 +87,15 @@ def test_holm_adjustment_textbook_case() -> None:
     assert holm([0.5]) == [0.5]
 
 
+def test_weighted_holm_spends_the_level_by_weight() -> None:
+    assert holm([0.01, 0.04, 0.03], [1, 1, 1]) == pytest.approx(holm([0.01, 0.04, 0.03]))
+    # 0.02 x (300+50+50)/300, then 0.3 x (50+50)/50, then 0.4 x 50/50 (held at the running max, 0.6).
+    assert holm([0.02, 0.3, 0.4], [300, 50, 50]) == pytest.approx([0.02 * 400 / 300, 0.6, 0.6])
+    assert holm([0.02, 0.3], [1, 3])[0] == pytest.approx(0.08)  # a light weight costs its test power
+    with pytest.raises(ValueError, match="positive weight"):
+        holm([0.1, 0.2], [1, 0])
+
+
 def test_macro_f1_interval_brackets_the_score_and_is_reproducible() -> None:
     rng = np.random.default_rng(1)
     t = rng.integers(0, 3, 90)

@@ -92,6 +92,30 @@ def test_a_frozen_head_that_wins_on_every_item_but_trails_on_val_is_still_chosen
     assert chosen["strategy"] == "multi-depth" and chosen["best"] == "multi-depth" and chosen["separated"]
 
 
+def test_the_holm_level_goes_to_each_test_by_the_items_it_reads() -> None:
+    """A frozen head's k-fold test on 300 items and two fine-tunes' on 50 val items: weighted Holm spends
+    the level where the evidence is. 6 items all the head's way (McNemar p 0.031) win at weights
+    300:50:50 (0.031 x 400/300 = 0.042) and would not at equal ones (0.031 x 3 = 0.094)."""
+    from headstart.verdicts.select import select
+
+    base = np.array([True] * 30 + [False] * 20)
+    val = {"probe": base, "multi-depth": base.copy()}
+    rows = [_row("probe", 0.6, 100), _row("multi-depth", 0.6, 200)]
+    for name, shift in (("lp-ft", 1), ("full", 2)):  # one item either way: a tie, still a test
+        c = base.copy()
+        c[29], c[30 + shift] = False, True
+        val[name] = c
+        rows.append(_row(name, 0.6, 10_000))
+    head = np.array([True] * 200 + [False] * 100)
+    cv = {"probe": head, "multi-depth": head.copy()}
+    cv["multi-depth"][200:206] = True
+    chosen = select(rows, val, cv_correct=cv)
+    t = chosen["tests"]["multi-depth"]
+    assert t["n"] == 300 and t["p"] == pytest.approx(2 * 0.5**6)
+    assert t["p_holm"] == pytest.approx(t["p"] * 400 / 300) and chosen["strategy"] == "multi-depth"
+    assert 3 * t["p"] > 0.05  # plain Holm over the three would have kept the probe
+
+
 def test_a_frozen_head_is_tested_against_the_probe_on_every_labeled_item() -> None:
     from headstart.verdicts.select import select
 

@@ -233,15 +233,22 @@ def paired_verdict(d: dict[str, Any]) -> str:
     return "better" if d["diff"] > 0 else "worse"
 
 
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values (same order as given), for several tests against one reference."""
+def holm(pvalues: Sequence[float], weights: Sequence[float] | None = None) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given), for several tests against one reference.
+
+    `weights` (positive, fixed before the outcomes are seen): the weighted Holm procedure (Holm 1979), which
+    spends the level on each test in proportion to its weight; equal weights give the plain procedure.
+    Step k of the tests sorted by p/w rejects while p_k <= alpha * w_k / (sum of the weights still in)."""
     p = np.asarray(pvalues, dtype=float)
-    m = len(p)
-    order = np.argsort(p)
-    adjusted = np.empty(m)
+    w = np.ones(len(p)) if weights is None else np.asarray(weights, dtype=float)
+    if len(w) != len(p) or (w <= 0).any():
+        raise ValueError("holm: one positive weight per p-value")
+    order = np.argsort(p / w, kind="stable")
+    left = np.cumsum(w[order][::-1])[::-1]  # the weights still in at each step
+    adjusted = np.empty(len(p))
     running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p[i]))
+    for i, remaining in zip(order, left, strict=True):
+        running = max(running, min(1.0, remaining * p[i] / w[i]))
         adjusted[i] = running
     return adjusted.tolist()
 

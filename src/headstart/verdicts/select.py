@@ -3,11 +3,13 @@
 The rule (see docs/verdicts.md):
 1. The probe is the reference: it is the cheapest use of the backbone and the score every other row is
    read against.
-2. A challenger *beats the probe* only when it is better on the same validation items beyond noise: more
-   accurate (point estimate) and more likely to give the true labels (each item's NLL under logits
-   tempered on these items, `calibration.tempered_nll`; a paired sign-flip test, which reads every item,
-   not only the discordant ones), Holm-corrected over the challengers that differ from the probe on any
-   item, at 5 %. Rows without per-item likelihoods are tested by exact McNemar on right/wrong.
+2. A challenger *beats the probe* only when it is better on the same items beyond noise: more likely to
+   give the true labels (each item's NLL under logits tempered on these items, `calibration.tempered_nll`;
+   a paired sign-flip test, which reads every item, not only the discordant ones) and not less accurate
+   beyond noise (exact McNemar; an accuracy difference inside the noise is a tie). At 5 %, Holm-corrected
+   over the challengers that differ from the probe on any item, each test weighted by the items it reads
+   (a frozen head's k-fold test reads every labeled item, a fine-tune's the validation items). Rows
+   without per-item likelihoods must be ahead on accuracy, by exact McNemar.
 3. Among the probe and the challengers that beat it, the best by validation accuracy sets the bar; the
    recommendation is the cheapest of them (trainable parameters, then stored bytes, then training time)
    that is not significantly worse than that best one.
@@ -105,11 +107,16 @@ def informative(t: dict[str, Any]) -> bool:
 
 
 def separates(t: dict[str, Any] | None, p_key: str = "p_rule") -> bool:
-    """The rule's "a is better than b beyond noise": a is ahead on accuracy and the deciding test (the
-    tempered likelihood where both rows have it, else McNemar) is significant at ALPHA, in a's favour."""
-    if t is None or not t["diff"] > 0 or not t[p_key] < ALPHA:
+    """The rule's "a is better than b beyond noise". Where both rows have each item's tempered NLL: a is
+    more likely to give the true labels, significant at ALPHA, and not less accurate beyond noise (McNemar:
+    an accuracy difference inside the noise is a tie, and a tie's sign decides nothing). Else: a is ahead
+    on accuracy and McNemar is significant."""
+    if t is None or not t[p_key] < ALPHA:
         return False
-    return "likelihood" not in t or t["likelihood"]["gain"] > 0
+    lik = t.get("likelihood")
+    if lik is None:
+        return t["diff"] > 0
+    return lik["gain"] > 0 and not (t["diff"] < 0 and t["p"] < ALPHA)
 
 
 def select(
@@ -158,7 +165,11 @@ def select(
     # that kept the probe's head predicts exactly as the probe does, its test has no informative item
     # and no p below 1 to reach, and it is not counted (Tarone's rule for discrete tests, at its simplest).
     testable = {k: t for k, t in tests.items() if informative(t)}
-    for name, p in zip(testable, holm([t["p_rule"] for t in testable.values()]), strict=True):
+    # Weighted by the items each test reads (fixed before any outcome is seen): a frozen head's k-fold
+    # test on every labeled item can find a 3-point gain, a fine-tune's on a few dozen val items only a
+    # ten-point one, so the level goes where the evidence is (the weighted Holm procedure, Holm 1979).
+    items = [t["n"] for t in testable.values()]
+    for name, p in zip(testable, holm([t["p_rule"] for t in testable.values()], items), strict=True):
         tests[name]["p_holm"] = p
     for t in tests.values():
         t.setdefault("p_holm", t["p_rule"])
