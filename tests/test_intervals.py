@@ -70,6 +70,15 @@ def test_paired_verdict_calls_a_difference_inside_the_noise_a_tie() -> None:
     assert paired_verdict(paired_difference([], [])) == "tie"
 
 
+def test_float_rounding_between_two_forwards_is_no_likelihood_evidence() -> None:
+    """The same head scored through two forwards: per-item NLLs a few 1e-7 nats apart, all one way. That
+    is rounding, not a model more likely on every item: no informative item and no p below 1."""
+    b = np.random.default_rng(0).exponential(1.0, 54)
+    t = paired_likelihood(b - 2.6e-7, b)
+    assert t["informative"] == 0 and t["p"] == 1.0 and t["gain"] == 0.0
+    assert paired_likelihood(b - 1e-3, b)["informative"] == 54  # a real, if small, gain still counts
+
+
 def test_paired_likelihood_counts_every_item_and_is_signed_for_a() -> None:
     rng = np.random.default_rng(0)
     b = rng.exponential(1.0, 80)  # b's per-item NLL

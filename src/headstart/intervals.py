@@ -36,6 +36,10 @@ import numpy as np
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 ALPHA = 0.05
 N_BOOT = 1000
+#: Per-item likelihood differences below this (nats: a likelihood ratio within 0.01 %) are float rounding,
+#: not evidence. A fine-tune that kept the probe's head scores its val items through another forward than
+#: the probe's cached features, and the 1e-7 nats between them once made a sign-flip p of 0.2 out of noise.
+LIKELIHOOD_TIE = 1e-4
 
 
 def wilson(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -209,14 +213,17 @@ def paired_likelihood(
     """How much more likely a makes the true labels than b on the same items: the mean per-item gain in
     log-likelihood (b's NLL minus a's, nats; with `weights`, weighted), its paired bootstrap 95 % interval,
     and the two-sided sign-flip p-value. Every item counts, not only those one model alone got right, so it
-    separates two models sooner than McNemar's test (give it tempered NLLs: calibration.tempered_nll)."""
+    separates two models sooner than McNemar's test (give it tempered NLLs: calibration.tempered_nll).
+    `informative`: the items where the two differ by LIKELIHOOD_TIE or more; the others are ties."""
     a, b = np.asarray(a_nll, dtype=float), np.asarray(b_nll, dtype=float)
     if a.shape != b.shape:
         raise ValueError(f"paired likelihoods need the same items: {a.shape} vs {b.shape}")
     n = len(a)
     if n == 0:
         return {"gain": float("nan"), "ci": [float("nan")] * 2, "p": 1.0, "n": 0, "informative": 0}
-    d, gain, ci = _paired_mean(b - a, weights, n_boot, seed)
+    diff = b - a
+    diff[np.abs(diff) < LIKELIHOOD_TIE] = 0.0
+    d, gain, ci = _paired_mean(diff, weights, n_boot, seed)
     return {
         "gain": gain,
         "ci": ci,

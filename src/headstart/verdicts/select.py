@@ -214,7 +214,7 @@ def select(
         if vs_best is not None and not separates(vs_best):
             chosen = r
             break
-    t = tests[chosen["strategy"]]  # a winner: only winners are more accurate than the reference
+    t = tests[chosen["strategy"]]  # a winner: the reference loses its own test against the best
     reason = (
         f"{chosen['strategy']} beats the {ref['strategy']}{by} beyond noise on "
         f"{t.get('on') or f'{n_val} validation items'} ({evidence_text(t)})"
