@@ -116,6 +116,43 @@ def test_a_run_gets_the_accuracy_split_and_a_report_section(
     assert f"{r['n_overlap']} of {r['n']} test items overlap" in report.html
 
 
+def test_a_multi_depth_run_is_checked_through_its_plain_forward(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`auto` can recommend a multi-depth run; its features are every depth side by side, which the
+    pretrained classifier cannot read (this once crashed the demo: 54x2096 against 1280x1000)."""
+    from headstart.train import fit
+
+    data = _planted(tmp_path, monkeypatch)
+    run = fit(data, backbone=TEST_BACKBONE, strategy="multi-depth", out=tmp_path / "run", progress=False)
+    assert run.backbone == f"depths:{TEST_BACKBONE}"
+    r = overlap.check_overlap(run.run_dir, backend="torch", progress=False)
+    assert r["supported"] and r["backbone"] == TEST_BACKBONE and r["n_overlap"] > 0
+    assert r["accuracy"]["overlap"]["n"] + r["accuracy"]["rest"]["n"] == r["n"]  # scored by its own model
+
+
+def test_auto_carries_a_recommended_multi_depth_run_through_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every step after the comparison (curve, evaluation, overlap, report, registration) on the run a
+    multi-depth recommendation points at (the rule's choice is forced: the data are too small to win)."""
+    from headstart.verdicts import compare as compare_module
+
+    data = _planted(tmp_path, monkeypatch)
+    real = compare_module.select
+
+    def forced(*a, **k):
+        return {**real(*a, **k), "strategy": "multi-depth"}
+
+    monkeypatch.setattr(compare_module, "select", forced)
+    argv = ["auto", str(data), "--backbone", TEST_BACKBONE, "--strategies", "multi-depth", "--budget", "30s"]
+    code = main([*argv, "--out", str(tmp_path / "auto"), "--store", str(tmp_path / "models"), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert code == 0 and result["recommended"]["strategy"] == "multi-depth"
+    assert result["overlap"]["n_overlap"] > 0 and result["registered"]["version"] == 1
+    assert (Path(result["recommended"]["run_dir"]) / "report.html").is_file()
+
+
 def test_unknown_label_space_is_a_listed_skip(
     image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

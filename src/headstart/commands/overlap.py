@@ -89,13 +89,12 @@ def _show_image(r: dict[str, Any]) -> None:
         )
     acc = r.get("accuracy")
     if acc is None:
-        con.print("probe accuracy by overlap: give a run folder to compare", markup=False)
+        con.print("test accuracy by overlap: give a run folder to compare", markup=False)
     else:
         for g in ("overlap", "rest"):
             a = acc[g]
-            con.print(
-                f"probe accuracy, {g}: {fmt_ci(a['accuracy'], a['accuracy_ci'])} (n={a['n']})", markup=False
-            )
+            score = fmt_ci(a["accuracy"], a["accuracy_ci"])
+            con.print(f"test accuracy of the run, {g}: {score} (n={a['n']})", markup=False)
         if acc["p_value"] is not None:
             verdict = "beyond noise" if acc["beyond_noise"] else "within noise"
             con.print(

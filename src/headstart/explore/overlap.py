@@ -93,7 +93,7 @@ def image_overlap(
 
 
 def accuracy_split(overlap: np.ndarray, correct: np.ndarray) -> dict[str, Any]:
-    """The probe's accuracy on overlapping items vs the rest, each with its Wilson interval, and Fisher's
+    """The run's accuracy on overlapping items vs the rest, each with its Wilson interval, and Fisher's
     exact test of the difference (two unpaired groups of items)."""
     groups = {}
     for name, mask in (("overlap", overlap), ("rest", ~overlap)):
@@ -262,6 +262,7 @@ def check_overlap(
     `backbone`: default the run's, or for data its modality's in _DEFAULT_BACKBONE. A backbone without a
     known pretraining label space or LM head gives `supported: False` with the reason, not an error."""
     from headstart.backbones import create_backbone
+    from headstart.backbones.base import DEPTHS_PREFIX
     from headstart.features import forward_device
     from headstart.verdicts.curve import check_backbone_modality
 
@@ -270,7 +271,9 @@ def check_overlap(
     forward_device(backend, device)  # an absent device is refused before anything is read
     src = _read_target(Path(target), seed)
     name = backbone or src["backbone"] or _DEFAULT_BACKBONE.get(src["modality"], "efficientnet_lite0")
-    bb = create_backbone(name)
+    # The label space belongs to the weights, and their classifier reads the plain pooled embedding: a
+    # multi-depth run (depths:<name>) is checked through its plain forward (its own model still scores).
+    bb = create_backbone(name.removeprefix(DEPTHS_PREFIX))
     if src["modality"]:
         check_backbone_modality(bb, src["modality"], target)
     result: dict[str, Any] = {

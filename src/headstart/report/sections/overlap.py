@@ -32,7 +32,7 @@ def section(files: RunFiles) -> tuple[Html, bool]:
             [g, num((acc.get(g) or {}).get("n")), ci_text(acc.get(g) or {}, "accuracy")]
             for g in ("overlap", "rest")
         ]
-        parts.append(table(["items", "n", "probe accuracy [95 % CI]"], rows, numeric=(1, 2)))
+        parts.append(table(["items", "n", "test accuracy of the run [95 % CI]"], rows, numeric=(1, 2)))
         if acc.get("p_value") is not None:
             verdict = "beyond noise" if acc.get("beyond_noise") else "within noise"
             parts.append(
