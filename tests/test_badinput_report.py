@@ -134,6 +134,31 @@ def test_chart_labels_spell_out_what_the_font_lacks() -> None:
         assert labels[0] == "[fox face]"
 
 
+def test_the_cost_chart_prints_plain_numbers_and_stacks_close_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With TeX parsing off (class names may hold "$"), matplotlib's own log-axis labels printed as raw TeX
+    ($\\mathdefault{10^{1}}$) across the axis; a narrow range is drawn linear; labels of points close together
+    stack instead of overprinting."""
+    from headstart.report import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "_svg_uri", lambda fig: figs.append(fig) or "")
+    rows = [
+        {"strategy": "probe", "train_s": 3.5, "latency_ms": 13.07, "test_accuracy": 0.70},
+        {"strategy": "multi-depth", "train_s": 2.5, "latency_ms": 13.28, "test_accuracy": 0.69},
+        {"strategy": "partial:2", "train_s": 15.0, "latency_ms": 12.91, "test_accuracy": 0.70},
+        {"strategy": "lp-ft", "train_s": 28.0, "latency_ms": 12.94, "test_accuracy": 0.70},
+    ]
+    plots.accuracy_vs_cost(rows, "multi-depth")
+    (fig,) = figs
+    fig.canvas.draw()
+    train, latency = fig.axes
+    assert train.get_xscale() == "log" and latency.get_xscale() == "linear"  # 11x range vs 1.03x
+    labels = [t.get_text() for ax in fig.axes for t in ax.get_xticklabels(which="both")]
+    assert any(labels) and not any("$" in t or "mathdefault" in t for t in labels)
+    offsets = {a.get_text(): a.xyann[1] for a in latency.texts}
+    assert offsets["partial:2"] != offsets["lp-ft"]  # 0.03 ms and 0 points apart: one label below the other
+
+
 # -- printed tables -------------------------------------------------------------------------------------
 
 

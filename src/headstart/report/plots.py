@@ -226,6 +226,7 @@ def accuracy_vs_cost(rows: list[dict[str, Any]], recommended: str | None) -> str
     costs = [c for c in costs if any(_num(r.get(c[0])) > 0 for r in rows)]
     fig, axes = _figure(3.6 * max(1, len(costs)), 3.4, ncols=max(1, len(costs)))
     for ax, (key, label) in zip(axes, costs, strict=False):
+        points = []
         for i, r in enumerate(rows):
             x, y = _num(r.get(key)), _num(r.get(f"{split}_accuracy"))
             if math.isnan(x) or math.isnan(y) or x <= 0:
@@ -236,18 +237,45 @@ def accuracy_vs_cost(rows: list[dict[str, Any]], recommended: str | None) -> str
             ax.errorbar([x], [y], yerr=err, fmt="o", color=colour, capsize=3, markersize=5)
             if r.get("strategy") == recommended:
                 ax.plot([x], [y], "o", markersize=13, markerfacecolor="none", markeredgecolor=INK)
+            points.append((x, y, _short(str(r.get("strategy", "?")), 18), colour))
+        xs = [x for x, *_ in points]
+        log = bool(xs) and max(xs) / min(xs) >= 8
+        if log:  # plain numbers: with TeX parsing off, matplotlib's log labels would print as raw TeX
+            from matplotlib.ticker import FuncFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(FuncFormatter(_two_and_five))
+        for (x, y, name, colour), dy in zip(points, _label_rows(points, log), strict=True):
             ax.annotate(
-                _short(str(r.get("strategy", "?")), 18),
-                (x, y),
-                xytext=(5, 4),
-                fontsize=8,
-                textcoords="offset points",
-                color=colour,
+                name, (x, y), xytext=(7, 4 - dy), fontsize=8, textcoords="offset points", color=colour
             )
-        ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel(f"{split} accuracy (95% interval)")
     return _svg_uri(fig)
+
+
+def _two_and_five(v: float, _pos: int) -> str:
+    """A log axis's minor tick label at 2x and 5x a power of ten (one decade has no other label)."""
+    return f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""
+
+
+def _label_rows(points: list[tuple[float, float, str, str]], log: bool) -> list[float]:
+    """Downward offsets (points) for the labels of `points` (x, y, name, colour), so that labels of points
+    close together in x and y stack instead of overprinting each other."""
+    if not points:
+        return []
+    xs = [math.log10(p[0]) if log else p[0] for p in points]
+    ys = [p[1] for p in points]
+    span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+    placed: list[tuple[float, float, int]] = []
+    offsets = []
+    for x, y in zip(xs, ys, strict=True):
+        near = {k for px, py, k in placed if abs(px - x) < 0.15 * span_x and abs(py - y) < 0.06 * span_y}
+        k = next(i for i in range(len(placed) + 1) if i not in near)
+        placed.append((x, y, k))
+        offsets.append(10.0 * k)
+    return offsets
 
 
 def _num(v: Any) -> float:
