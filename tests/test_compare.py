@@ -179,6 +179,24 @@ def test_a_likelihood_gain_with_an_accuracy_tie_behind_is_a_win() -> None:
     assert sel["strategy"] == "full" and "inside the noise by McNemar alone" in sel["reason"]
 
 
+def test_a_row_without_likelihoods_is_still_paired_and_one_on_other_items_is_flagged(tmp_path: Path) -> None:
+    """A run with val predictions but no per-item likelihoods (written before they were recorded) pairs
+    with the probe on right/wrong, unflagged; only a run whose val items differ is 'not paired'."""
+    from headstart.verdicts.compare import _Comparison
+
+    cmp = _Comparison(tmp_path, TEST_BACKBONE, 0, tmp_path, False, expected=[0, 1, 1])
+    old = {"strategy": "full", "warnings": []}
+    cmp.add(old, {"val": {"pred": [0, 1, 0], "true": [0, 1, 1]}})
+    assert not old["warnings"] and list(cmp.correct["full"]) == [True, True, False] and "full" not in cmp.nll
+    new = {"strategy": "lp-ft", "warnings": []}
+    cmp.add(new, {"val": {"pred": [0, 1, 1], "true": [0, 1, 1], "nll_tempered": [0.1, 0.2, 0.3]}})
+    assert not new["warnings"] and list(cmp.nll["lp-ft"]) == [0.1, 0.2, 0.3]
+    other = {"strategy": "partial:2", "warnings": []}
+    cmp.add(other, {"val": {"pred": [0, 1], "true": [0, 1]}})
+    assert other["warnings"] == ["not paired with the probe: its validation items differ (skipped files?)"]
+    assert "partial:2" not in cmp.correct
+
+
 def test_overfitting_is_the_same_test_for_every_row() -> None:
     val = _items(80, 56)  # 0.70, interval about [0.59, 0.79]
     twins = [_row("probe", val, train=1.0), _row("head", val, train=1.0)]

@@ -174,12 +174,15 @@ class _Comparison:
 
     def add(self, row: dict[str, Any], metrics: dict[str, Any]) -> None:
         c, nll = _val_evidence(metrics, self.expected)
-        if c is not None:
+        if c is None:
+            if row["strategy"] != PROBE:
+                row["warnings"].append(
+                    "not paired with the probe: its validation items differ (skipped files?)"
+                )
+        else:
             self.correct[row["strategy"]] = c
-        if nll is not None:
-            self.nll[row["strategy"]] = nll
-        elif row["strategy"] != PROBE:
-            row["warnings"].append("not paired with the probe: its validation items differ (skipped files?)")
+            if nll is not None:
+                self.nll[row["strategy"]] = nll
         self.rows.append(row)
 
     def run_probe(self, leakage: dict[str, Any], raw_data: str | Path) -> dict[str, Any]:
