@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages some tests and examples read: Chromium (report check), Fashion-MNIST, espeak-ng (the
-# synthetic audio example), fortunes (a text example). Installs what is missing when apt-get can run;
+# Debian packages some tests, examples and benchmarks read: Chromium (report check), Fashion-MNIST, espeak-ng (the
+# synthetic audio example), fortunes (a text example), the emoji font and unicode-data (more emoji: the
+# benchmarks' held-out items, examples/emoji/build.py). Installs what is missing when apt-get can run;
 # otherwise says what is missing, and the tests that need it skip with that reason.
 set -uo pipefail
-want=(chromium dataset-fashion-mnist espeak-ng fortunes)
+want=(chromium dataset-fashion-mnist espeak-ng fortunes fonts-noto-color-emoji unicode-data)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
