@@ -372,3 +372,18 @@ def test_recipe_files_are_checked_against_the_schema(tmp_path: Path, capsys: pyt
     assert schema["required"] == ["name", "phases"] and phase["additionalProperties"] is False
     assert set(phase["properties"]) == set(Phase.__dataclass_fields__)
     assert phase["properties"]["schedule"]["enum"] == ["cosine", "onecycle", "constant"]
+
+
+def test_the_range_test_warns_nothing() -> None:
+    """`lr-find` (and `fit --lr auto`) printed torch's "Converting a tensor with requires_grad=True to a
+    scalar" warning to every user: it read the loss with float()."""
+    import warnings
+
+    from headstart.train.lr_find import lr_find
+
+    rng = np.random.default_rng(0)
+    E, y = rng.normal(size=(64, 8)).astype(np.float32), rng.integers(0, 3, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = lr_find(E, y, 3, steps=20)
+    assert 1e-6 <= out["suggestion"] <= 10.0

@@ -49,7 +49,7 @@ def lr_find(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        avg = 0.9 * avg + 0.1 * float(loss)
+        avg = 0.9 * avg + 0.1 * loss.item()  # float(loss) warns on a tensor that requires grad
         smooth = avg / (1 - 0.9 ** (step + 1))
         lrs.append(opt.param_groups[0]["lr"])
         losses.append(smooth)
