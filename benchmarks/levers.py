@@ -8,7 +8,11 @@ with the same epochs, seed and split, once plain and once per lever:
 - `ema`: an exponential moving average of the trained weights, decay 0.99 (warmed up: over a few dozen
   steps it averages the last few), evaluated and kept instead of the weights;
 - `soup`: the greedy soup of the 3 best evaluations (the probe head LP-FT starts from counts), as
-  AutoGluon's multimodal fine-tuning ends (Wortsman et al. 2022).
+  AutoGluon's multimodal fine-tuning ends (Wortsman et al. 2022);
+- `drop-path-0`: stochastic depth off in the trained groups (EfficientNet-Lite's own is 0.2), so the
+  train-mode forward is the one the probe's head was fit on (image backbones with stochastic depth only).
+Tasks: emoji and fortunes by default; any image task of benchmarks/selection.py (digits, shift,
+fashion_mnist_20, ...) by name, built once into a temporary folder.
 Each lever's test correctness is paired with the plain run's on the same test items, pooled over seeds
 (headstart.intervals.paired_difference: bootstrap interval, exact McNemar). A lever becomes a default only
 if it beats the plain run beyond noise. Measured (`--tasks emoji --seeds 2 --epochs 3`, then `--tasks
@@ -34,13 +38,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import EMOJI_ROOT, REPO, cpu_model, emit_json, isolated_cache, machine_load, rnd
+from _common import cpu_model, emit_json, isolated_cache, machine_load, rnd
+from selection import IMAGE, TASKS
 
 KEYS = ("levers_beyond_noise", "per_task", "cpu", "seeds", "epochs", "elapsed_s")
-TASKS = {
-    "emoji": (EMOJI_ROOT, "efficientnet_lite0"),
-    "fortunes": (REPO / "examples" / "fortunes" / "fortunes.csv", "minilm-l6"),
-}
+IMAGE_ONLY = ("mixup", "drop_path")  # fields for the image tasks' backbone (Lite0) only
 LEVERS: dict[str, dict[str, float]] = {
     "plain": {},
     "label-smoothing": {"label_smoothing": 0.1},
@@ -48,6 +50,7 @@ LEVERS: dict[str, dict[str, float]] = {
     "llrd-0.9": {"lr_decay": 0.9},
     "ema": {"ema": 0.99},
     "soup": {"soup": 3},
+    "drop-path-0": {"drop_path": 0.0},
 }
 RECIPE_LEVERS = ("soup",)  # fields of the recipe, not of its phase
 
@@ -75,7 +78,7 @@ def test_correct(run: Path) -> list[bool]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--tasks", default=None, help="comma-separated: emoji, fortunes")
+    ap.add_argument("--tasks", default=None, help="comma-separated, of selection.py's tasks")
     ap.add_argument("--seeds", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument(
@@ -87,6 +90,9 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown lever(s) {unknown}: choose from {list(LEVERS)}")
     tasks = (args.tasks or ("emoji" if args.quick else "emoji,fortunes")).split(",")
+    unknown = [t for t in tasks if t not in TASKS or TASKS[t].per_seed is not None]
+    if unknown:
+        ap.error(f"unknown task(s) {unknown}: choose from {[t for t in TASKS if TASKS[t].per_seed is None]}")
     seeds = args.seeds or (1 if args.quick else 3)
     epochs = args.epochs or (2 if args.quick else 4)
     from headstart.intervals import paired_difference, wilson
@@ -99,11 +105,11 @@ def main() -> None:
     with isolated_cache(), tempfile.TemporaryDirectory(prefix="headstart-levers-") as tmp:
         root = Path(tmp)
         for task in tasks:
-            data, backbone = TASKS[task]
+            data, backbone = TASKS[task].build(root), TASKS[task].backbone
             correct: dict[str, list[bool]] = {}
             for lever, fields in ((k, LEVERS[k]) for k in dict.fromkeys(chosen)):
-                if "mixup" in fields and task != "emoji":
-                    continue  # mixup mixes image tensors
+                if any(f in fields for f in IMAGE_ONLY) and backbone != IMAGE:
+                    continue
                 for seed in range(seeds):
                     out = root / f"{task}-{lever}-{seed}"
                     (root / "recipes").mkdir(exist_ok=True)

@@ -387,3 +387,36 @@ def test_the_range_test_warns_nothing() -> None:
         warnings.simplefilter("error")
         out = lr_find(E, y, 3, steps=20)
     assert 1e-6 <= out["suggestion"] <= 10.0
+
+
+def test_drop_path_zero_makes_the_trained_forward_the_one_the_probe_head_was_fit_on() -> None:
+    """EfficientNet-Lite's drop-connect makes a train-mode forward random; `drop_path: 0` turns it off in
+    the trained groups (the probe's head then sees its own features), None restores the network's 0.2."""
+    from headstart.backbones import create_backbone
+    from headstart.train.groups import set_trainable
+
+    bb = create_backbone("efficientnet_lite0", pretrained=False)
+    head = torch.nn.Linear(bb.embed_dim, 3)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        eval_out = bb.eval()(x)
+        set_trainable(bb, head, len(bb.groups), freeze_batchnorm=True, drop_path=0.0)
+        torch.manual_seed(0)
+        a, b = bb(x), bb(x)
+        torch.testing.assert_close(a, b)
+        torch.testing.assert_close(a, eval_out)
+        set_trainable(bb, head, len(bb.groups), freeze_batchnorm=True, drop_path=None)
+        assert not torch.allclose(bb(x), eval_out)  # the network's own rate is back
+    with pytest.raises(HeadstartError, match="drop_path"):
+        Phase("full", train_top="all", drop_path=1.0).validate()
+
+
+def test_drop_path_on_a_backbone_without_stochastic_depth_is_a_listed_skip(tmp_path: Path) -> None:
+    from test_text import animal_vehicle_rows, write_csv
+
+    texts = write_csv(tmp_path / "texts.csv", animal_vehicle_rows(12))
+    recipe = {"name": "dp", "phases": [{"name": "top", "train_top": 1, "epochs": 1, "drop_path": 0.0}]}
+    r = fit(texts, backbone="test_text_encoder", strategy=recipe, save=False, progress=False)
+    assert any("drop_path ignored: test_text_encoder" in w for w in r.warnings), r.warnings
+    images = make_image_folder(tmp_path / "img", ("red", "blue"), per_class=6)
+    assert not any("drop_path" in w for w in _fit(images, recipe).warnings)  # type: ignore[arg-type]

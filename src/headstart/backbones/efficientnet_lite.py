@@ -94,7 +94,13 @@ class _Stage(nn.Module):
     def __init__(self, blocks: list[nn.Module], first_index: int, total: int, drop_connect: float) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
-        self.rates = [drop_connect * (first_index + i) / total for i in range(len(blocks))]
+        self.depths = [(first_index + i) / total for i in range(len(blocks))]
+        self.own_rate = drop_connect
+        self.rates = [drop_connect * d for d in self.depths]
+
+    def set_drop_path(self, rate: float | None) -> None:
+        """Drop-connect rate of the network's deepest block (None: the network's own), linear in depth."""
+        self.rates = [(self.own_rate if rate is None else rate) * d for d in self.depths]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block, rate in zip(self.blocks, self.rates, strict=True):

@@ -168,10 +168,21 @@ class Classification(FrozenPrefix, Task):
     def _freeze_bn(self, phase: Phase) -> bool:
         return (phase.batchnorm or ("frozen" if self.pretrained else "batch")) == "frozen"
 
+    def _set_modes(self, phase: Phase) -> None:
+        """The phase's trainable groups, BatchNorm mode and stochastic depth (train.groups.set_trainable)."""
+        bn = self._freeze_bn(phase)
+        set_trainable(self.backbone, self.head, self._n, freeze_batchnorm=bn, drop_path=phase.drop_path)
+
     def begin_phase(self, trainer: Trainer, phase: Phase) -> None:
         self._n = phase.n_trainable(self.n_groups)
-        set_trainable(self.backbone, self.head, self._n, freeze_batchnorm=self._freeze_bn(phase))
+        self._set_modes(phase)
         self._k = first_trainable_group(self.backbone, self._n)
+        if phase.drop_path is not None and not any(
+            hasattr(m, "set_drop_path") for m in self.backbone.modules()
+        ):
+            trainer.warnings.append(
+                f"phase {phase.name!r}: drop_path ignored: {self.backbone.name} has no stochastic depth"
+            )
 
     def init_phase(self, trainer: Trainer, phase: Phase) -> bool:
         assert self.train is not None and self.val is not None
@@ -222,7 +233,7 @@ class Classification(FrozenPrefix, Task):
         return torch.randperm(self.n_items(), generator=gen)
 
     def begin_epoch(self, trainer: Trainer, phase: Phase) -> None:
-        set_trainable(self.backbone, self.head, self._n, freeze_batchnorm=self._freeze_bn(phase))
+        self._set_modes(phase)
 
     def micro_batch(self, trainer: Trainer, n: int) -> int:
         return n if self._n == 0 else self._micro(trainer.phase, self._k, n)

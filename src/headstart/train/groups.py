@@ -91,12 +91,18 @@ def param_groups(backbone: Backbone, head: nn.Linear, phase: Phase) -> list[dict
 
 
 def set_trainable(
-    backbone: Backbone, head: nn.Linear, n_trainable: int, *, freeze_batchnorm: bool = False
+    backbone: Backbone,
+    head: nn.Linear,
+    n_trainable: int,
+    *,
+    freeze_batchnorm: bool = False,
+    drop_path: float | None = None,
 ) -> None:
     """requires_grad and train/eval mode per group: frozen groups stay in eval mode (BatchNorm frozen).
 
     `freeze_batchnorm`: BatchNorm layers of trained groups also stay in eval mode (running statistics
-    used and kept; their affine parameters still train)."""
+    used and kept; their affine parameters still train). `drop_path`: the stochastic depth rate of the
+    deepest block (None: the network's own), set on every module that has one (`set_drop_path`)."""
     n_groups = len(backbone.groups)
     first = n_groups - n_trainable
     backbone.eval()
@@ -114,12 +120,23 @@ def set_trainable(
         for g in backbone.groups:  # a group left with nothing to train runs as frozen (dropout off)
             if not any(p.requires_grad for p in g.parameters()):
                 g.train(False)
+    set_drop_path(backbone, drop_path)
     if freeze_batchnorm:
         for m in backbone.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
     head.requires_grad_(True)
     head.train()
+
+
+def set_drop_path(backbone: Backbone, rate: float | None) -> bool:
+    """Set the stochastic depth rate of every module that has one; False when the backbone has none."""
+    found = False
+    for m in backbone.modules():
+        if hasattr(m, "set_drop_path"):
+            m.set_drop_path(rate)
+            found = True
+    return found
 
 
 def first_trainable_group(backbone: Backbone, n_trainable: int) -> int:
