@@ -90,9 +90,15 @@ def train_step_seconds(backbone: Any, batch_sizes: list[int], device: str = "aut
             next(model.parameters()).device,
         )
     head = torch.nn.Linear(backbone.embed_dim, 10).to(dev)
+    # Images train channels-last, as the Trainer lays them out (classify.Classification): on a 2-core
+    # Zen 4 this Lite0 step of 32 took 3.0 s contiguous, 1.6 s channels-last (the Trainer's real steps:
+    # 1.6-1.7 s), so a contiguous timing priced epochs at ~1.9x their cost and plans starved fine-tunes.
+    layout = torch.channels_last if backbone.modality == "image" and model is not backbone else None
     times = []
     with side_effect_free([model]):
         model.to(dev)
+        if layout is not None:
+            model.to(memory_format=layout)
         set_trainable(model, head, len(model.groups), freeze_batchnorm=True)
         opt = torch.optim.SGD([*model.parameters(), *head.parameters()], lr=1e-3, momentum=0.9)
         micro = _micro_batch(model, head, backbone, dev)
@@ -100,6 +106,8 @@ def train_step_seconds(backbone: Any, batch_sizes: list[int], device: str = "aut
             # As the Trainer runs it: on a CPU in micro-batches within the activation budget, one update.
             m = min(n, micro)
             x, t = place(timed_input(backbone, m), dev), torch.randint(0, 10, (m,)).to(dev)
+            if layout is not None:
+                x = x.contiguous(memory_format=layout)
             chunks = [m] * (n // m) + ([n % m] if n % m else [])
             synchronize(dev)
             t0 = time.perf_counter()
@@ -154,7 +162,8 @@ def finetune_step_seconds(
 
     dev = resolve_device(device)
     machine = (platform.machine(), os.cpu_count(), torch.get_num_threads())
-    key = "|".join(map(str, (backbone.key, *machine, timed_batch)))
+    # "cl": timed as the Trainer lays images out (channels-last); older memos timed contiguous tensors.
+    key = "|".join(map(str, (backbone.key, *machine, timed_batch, "cl")))
     if dev.type == "cuda":  # a GPU's step is its own figure (the CPU's keys are as before)
         key += f"|{dev}|{torch.cuda.get_device_name(dev)}"
     elif dev.type != "cpu":
