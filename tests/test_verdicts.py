@@ -118,6 +118,29 @@ def test_step_timing_is_remembered_per_backbone_and_machine(monkeypatch: pytest.
     assert finetune_epochs() == 8  # the `full` recipe the estimate prices
 
 
+def test_the_timed_step_lays_images_out_as_the_trainer_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Channels-last, as train.classify trains images: a contiguous timing priced a Lite0 step at ~1.9x
+    the Trainer's real one (Zen 4), and plans gave fine-tunes half their epochs."""
+    import torch
+
+    from headstart.backbones import Backbone, create_backbone
+    from headstart.verdicts.rank import train_step_seconds
+
+    seen: list[bool] = []
+    forward = Backbone.forward
+
+    def spy(self: Backbone, x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.is_contiguous(memory_format=torch.channels_last))
+        return forward(self, x)
+
+    monkeypatch.setattr(Backbone, "forward", spy)
+    bb = create_backbone(TEST_BACKBONE)
+    train_step_seconds(bb, [2, 2])
+    assert seen[-2:] == [True, True], seen  # the timed steps' forwards (one micro-batch each)
+    w = next(p for p in bb.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert w.is_contiguous()  # the caller's backbone is left as it was (the step ran on a copy)
+
+
 # -- leakage -------------------------------------------------------------------------------------------
 
 
