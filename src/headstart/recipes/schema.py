@@ -74,7 +74,7 @@ class Phase:
     # (shallower blocks get less, linearly, as timm's drop_path_rate and EfficientNet define it). None:
     # the network's own (0.2 for EfficientNet-Lite). 0 makes the train-mode forward the one the probe's
     # head was fit on: with it on, digits' probe head has train loss 1.29 at a zero rate, 0.37 off.
-    # Backbones without stochastic depth ignore it (the run says so). Off by default: docs/verdicts.md.
+    # Backbones without stochastic depth ignore it (the run says so). Not 0 by default: docs/verdicts.md.
     drop_path: float | None = None
 
     def n_trainable(self, n_groups: int) -> int:

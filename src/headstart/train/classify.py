@@ -168,18 +168,19 @@ class Classification(FrozenPrefix, Task):
     def _freeze_bn(self, phase: Phase) -> bool:
         return (phase.batchnorm or ("frozen" if self.pretrained else "batch")) == "frozen"
 
-    def _set_modes(self, phase: Phase) -> None:
-        """The phase's trainable groups, BatchNorm mode and stochastic depth (train.groups.set_trainable)."""
+    def _set_modes(self, phase: Phase) -> bool:
+        """The phase's trainable groups, BatchNorm mode and stochastic depth (train.groups.set_trainable);
+        whether the backbone has stochastic depth."""
         bn = self._freeze_bn(phase)
-        set_trainable(self.backbone, self.head, self._n, freeze_batchnorm=bn, drop_path=phase.drop_path)
+        return set_trainable(
+            self.backbone, self.head, self._n, freeze_batchnorm=bn, drop_path=phase.drop_path
+        )
 
     def begin_phase(self, trainer: Trainer, phase: Phase) -> None:
         self._n = phase.n_trainable(self.n_groups)
-        self._set_modes(phase)
+        has_drop_path = self._set_modes(phase)
         self._k = first_trainable_group(self.backbone, self._n)
-        if phase.drop_path is not None and not any(
-            hasattr(m, "set_drop_path") for m in self.backbone.modules()
-        ):
+        if phase.drop_path is not None and not has_drop_path:
             trainer.warnings.append(
                 f"phase {phase.name!r}: drop_path ignored: {self.backbone.name} has no stochastic depth"
             )

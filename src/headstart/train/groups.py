@@ -97,12 +97,13 @@ def set_trainable(
     *,
     freeze_batchnorm: bool = False,
     drop_path: float | None = None,
-) -> None:
+) -> bool:
     """requires_grad and train/eval mode per group: frozen groups stay in eval mode (BatchNorm frozen).
 
     `freeze_batchnorm`: BatchNorm layers of trained groups also stay in eval mode (running statistics
     used and kept; their affine parameters still train). `drop_path`: the stochastic depth rate of the
-    deepest block (None: the network's own), set on every module that has one (`set_drop_path`)."""
+    deepest block (None: the network's own), set on every module that has one (`set_drop_path`).
+    Returns whether the backbone has stochastic depth (False: `drop_path` had nothing to set)."""
     n_groups = len(backbone.groups)
     first = n_groups - n_trainable
     backbone.eval()
@@ -120,13 +121,14 @@ def set_trainable(
         for g in backbone.groups:  # a group left with nothing to train runs as frozen (dropout off)
             if not any(p.requires_grad for p in g.parameters()):
                 g.train(False)
-    set_drop_path(backbone, drop_path)
+    has_drop_path = set_drop_path(backbone, drop_path)
     if freeze_batchnorm:
         for m in backbone.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
     head.requires_grad_(True)
     head.train()
+    return has_drop_path
 
 
 def set_drop_path(backbone: Backbone, rate: float | None) -> bool:
