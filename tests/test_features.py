@@ -79,3 +79,29 @@ def test_onnx_runtime_path_matches_pytorch(image_folder: Path, tiny_backbone, is
     assert out.stats["backend"] == "onnx"
     np.testing.assert_allclose(out.X, ref.X, atol=1e-4)
     assert list((isolated_cache / "onnx").glob("*.onnx"))  # exported once, reused after
+
+
+def test_images_decoded_into_reused_buffers_embed_as_a_fresh_array_per_item(
+    image_folder: Path, tiny_backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode path that writes into reused batch buffers gives bit for bit the features of
+    load_item + collate, also when a bad file leaves a batch short and a buffer comes back with the
+    previous batch's pixels in it; and it keeps no more buffers than batches in flight."""
+    from headstart import features
+    from headstart.backbones.base import Backbone
+
+    good = sorted(image_folder.rglob("*.png"))
+    (image_folder / "red" / "zero.png").write_bytes(b"")
+    paths = [*good[:5], image_folder / "red" / "zero.png", *good[5:]]  # bad item inside the first batch
+    assert tiny_backbone.decodes_into
+    made: list[np.ndarray] = []  # the buffers themselves, so no id is recycled
+    take = features.BatchBuffers.take
+    monkeypatch.setattr(features.BatchBuffers, "take", lambda self: made.append(b := take(self)) or b)
+    fast = embed(tiny_backbone, paths, backend="torch", batch_size=4, workers=2, cache=False, progress=False)
+    n_batches = -(-len(paths) // 4)
+    assert len(made) == n_batches >= 5 and len({id(b) for b in made}) <= 2 + 2  # reused: workers + 2 at most
+
+    monkeypatch.setattr(Backbone, "decodes_into", property(lambda self: False))
+    plain = embed(tiny_backbone, paths, backend="torch", batch_size=4, workers=2, cache=False, progress=False)
+    assert fast.paths == plain.paths and str(paths[5]) in fast.bad
+    np.testing.assert_array_equal(fast.X, plain.X)

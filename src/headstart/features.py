@@ -13,11 +13,13 @@ each batch, so its copy to the GPU runs asynchronously.
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -189,9 +191,49 @@ def by_size(backbone: Backbone, items: list[tuple[str, str]]) -> list[tuple[str,
     return [items[i] for i in order]
 
 
+class BatchBuffers:
+    """Float32 batch arrays for decoded images, reused from batch to batch.
+
+    A fresh (32, 3, 224, 224) array per batch (and one per item before stacking) costs page faults, and
+    numpy asks the kernel for huge pages on arrays that large, so each fault zeroes 2 MB: in a cold int8
+    Lite0 embed on 2 cores this was 0.05-0.3 s of system time and a stacking copy per batch, on the cores
+    the forward needs (docs/frozen-precision.md). A buffer goes back once its forward has returned."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self._free: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+
+    def take(self) -> np.ndarray:
+        try:
+            return self._free.get_nowait()
+        except queue.Empty:  # no more alive than batches in flight (workers + 2)
+            return np.empty(self.shape, np.float32)
+
+    def give(self, buf: np.ndarray) -> None:
+        self._free.put(buf)
+
+
+def _decode_into(
+    sources: Sequence[str], backbone: Backbone, max_pixels: int, buffers: BatchBuffers
+) -> tuple[list[int], Any, dict[str, str], np.ndarray]:
+    """`_decode_batch` writing each image straight into a reused buffer; the batch is a view of it."""
+    import torch
+
+    ok: list[int] = []
+    bad: dict[str, str] = {}
+    buf = buffers.take()
+    for i, p in enumerate(sources):
+        try:
+            backbone.load_item_into(p, buf[len(ok)], max_pixels=max_pixels)
+            ok.append(i)
+        except BadInput as e:
+            bad[p] = e.reason
+    return ok, torch.from_numpy(buf[: len(ok)]) if ok else None, bad, buf
+
+
 def _decode_batch(
     sources: Sequence[str], backbone: Backbone, max_pixels: int, pin_memory: bool = False
-) -> tuple[list[int], Any, dict[str, str]]:
+) -> tuple[list[int], Any, dict[str, str], None]:
     ok, examples, bad = [], [], {}
     for i, p in enumerate(sources):
         try:
@@ -200,13 +242,25 @@ def _decode_batch(
         except BadInput as e:
             bad[p] = e.reason
     if not examples:
-        return ok, None, bad
+        return ok, None, bad, None
     batch = backbone.collate(examples)
     if pin_memory:  # here, on the decode thread: the pinning copy overlaps the GPU's forward
         from headstart.train.engine import pin
 
         batch = pin(batch)
-    return ok, batch, bad
+    return ok, batch, bad, None
+
+
+def _decoder(
+    backbone: Backbone, max_pixels: int, pin_memory: bool, batch: int
+) -> tuple[Callable[[Sequence[str]], tuple[list[int], Any, dict[str, str], Any]], BatchBuffers | None]:
+    """How the decode threads turn a batch's sources into its input: straight into reused buffers for
+    plain images on the CPU; else item by item, collated (and pinned for a CUDA forward)."""
+    if backbone.decodes_into and not pin_memory:
+        side = backbone.image_preprocess.input_size
+        buffers = BatchBuffers((batch, 3, side, side))
+        return partial(_decode_into, backbone=backbone, max_pixels=max_pixels, buffers=buffers), buffers
+    return partial(_decode_batch, backbone=backbone, max_pixels=max_pixels, pin_memory=pin_memory), None
 
 
 #: The options of `embed` that a verb's config (ProbeConfig, a ProbeClassifier) carries under the same names.
@@ -291,7 +345,7 @@ def embed(
 
         items = by_size(backbone, list(todo.items()))
         batches = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
-        pin_memory = dev.type == "cuda"
+        decode, buffers = _decoder(backbone, max_pixels, dev.type == "cuda", min(batch_size, len(items)))
         with (
             placed(backbone, dev),  # ONNX Runtime exports from the CPU; PyTorch runs on `dev`
             ThreadPoolExecutor(max_workers=max(1, workers)) as pool,
@@ -310,14 +364,14 @@ def embed(
                     if b is None:
                         return
                     sources = [p for _, p in b]
-                    pending.append(pool.submit(_decode_batch, sources, backbone, max_pixels, pin_memory))
+                    pending.append(pool.submit(decode, sources))
                     pending[-1].batch = b  # type: ignore[attr-defined]
 
             fill()
             while pending:
                 fut = pending.popleft()
                 fill()
-                ok, x, batch_bad = fut.result()
+                ok, x, batch_bad, buf = fut.result()
                 batch = fut.batch  # type: ignore[attr-defined]
                 bad.update(batch_bad)
                 if x is not None:
@@ -328,6 +382,8 @@ def embed(
                         store.put_many(new)
                     if tail is not None:
                         tail.put_many((h, v[-backbone.last_dim :]) for h, v in new)
+                if buf is not None:  # the forward has returned (a new array): the input buffer is free
+                    buffers.give(buf)  # type: ignore[union-attr]
                 advance(len(batch))
     t_embed = time.perf_counter()
 

@@ -6,7 +6,8 @@ never need to know which family they hold. The contract, in one place:
 - `modality` (a `Modality`) and `preprocess` (that modality's preprocessing: `PreprocessConfig` for
   images, `TextPreprocess`, `AudioPreprocess`); `Backbone[P]` is generic in the preprocessing type.
 - Inputs: `item_hash`, `load_item`, `load_item_bytes`, `collate`, `example_input`, `sort_key`. The
-  defaults read image files; text and audio families override them.
+  defaults read image files; text and audio families override them. `load_item_into` (where
+  `decodes_into`) writes an image straight into a reused batch buffer.
 - Capabilities, declared below with their defaults (test them, never `"x" in bb.__dict__`):
   `supports_onnx`, `hf_model`, `lm`, `merged_groups`, `pretrained_classifier`.
 """
@@ -251,10 +252,24 @@ class Backbone(nn.Module, Generic[P]):
             source, self.image_preprocess, max_pixels=options.get("max_pixels", DEFAULT_MAX_PIXELS)
         )
 
+    @property
+    def decodes_into(self) -> bool:
+        """Whether `load_item_into` applies: the default image path (examples are float32 (3, S, S)
+        arrays), not a family's own `load_item`."""
+        return isinstance(self.preprocess, PreprocessConfig) and type(self).load_item is Backbone.load_item
+
+    def load_item_into(self, source: str, out: Any, **options: Any) -> None:
+        """`load_item` written into `out`, one slot of a reused batch buffer (only where `decodes_into`):
+        the same values, without a fresh array per item and a stacking copy per batch."""
+        from headstart.data.images import DEFAULT_MAX_PIXELS, load_image_tensor
+
+        limit = options.get("max_pixels", DEFAULT_MAX_PIXELS)
+        load_image_tensor(source, self.image_preprocess, max_pixels=limit, out=out)
+
     def load_item_bytes(self, data: bytes, *, name: str = "upload", **options: Any) -> Any:
         """`load_item` for an upload already in memory (`name` labels it in errors; its suffix may tell
         the format). Images decode from memory; other file-reading families get a private temp file."""
-        if isinstance(self.preprocess, PreprocessConfig) and type(self).load_item is Backbone.load_item:
+        if self.decodes_into:
             from headstart.data.images import DEFAULT_MAX_PIXELS, load_image_bytes
 
             limit = options.get("max_pixels", DEFAULT_MAX_PIXELS)

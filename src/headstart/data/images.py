@@ -238,21 +238,28 @@ def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     return img.crop((left, top, left + cfg.input_size, top + cfg.input_size))
 
 
-def normalize(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
-    """RGB image -> float32 CHW array, normalised as the weights expect (one pass over the pixels)."""
+def normalize(img: Image.Image, cfg: PreprocessConfig, *, out: np.ndarray | None = None) -> np.ndarray:
+    """RGB image -> float32 CHW array, normalised as the weights expect (one pass over the pixels);
+    written into `out` (a slot of a reused batch buffer) when given."""
     a = np.asarray(img)
     std, mean = np.asarray(cfg.std, dtype=np.float32), np.asarray(cfg.mean, dtype=np.float32)
-    out = np.empty((3, *a.shape[:2]), dtype=np.float32)
+    if out is None:
+        out = np.empty((3, *a.shape[:2]), dtype=np.float32)
     np.multiply(a.transpose(2, 0, 1), (1.0 / (255.0 * std))[:, None, None], out=out)
     out += (-mean / std)[:, None, None]
     return out
 
 
 def load_image_tensor(
-    path: str | Path, cfg: PreprocessConfig, *, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: str | Path,
+    cfg: PreprocessConfig,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """File -> the normalised (3, S, S) float32 array a backbone expects."""
-    return normalize(resize_crop(open_image(path, draft_to=cfg.resize, max_pixels=max_pixels), cfg), cfg)
+    """File -> the normalised (3, S, S) float32 array a backbone expects (written into `out` if given)."""
+    img = open_image(path, draft_to=cfg.resize, max_pixels=max_pixels)
+    return normalize(resize_crop(img, cfg), cfg, out=out)
 
 
 def load_image_bytes(
