@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -295,6 +296,38 @@ def test_no_strategy_starts_once_the_budget_is_spent(data3: Path, tmp_path: Path
     assert [r["strategy"] for r in result["rows"]] == ["probe"]
     assert result["skipped"] == ["head", "scratch"]
     assert result["recommendation"]["strategy"] == "probe"
+
+
+def test_a_row_over_its_share_leaves_less_for_the_rows_after_it(
+    data3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fine-tune whose one epoch needs more than its share (but under HARD_CAP shares) runs on what the
+    rows after it would have had: its priced cost comes off the budget, so a later row whose epoch no
+    longer fits is skipped and says why; the priced total stays inside the budget. Priced with a step of
+    20 s per 32 items, so the real (tiny) fits' seconds never matter."""
+    from headstart.backbones import create_backbone
+    from headstart.data import load_dataset
+    from headstart.verdicts import plan
+
+    monkeypatch.setattr(plan, "_step_seconds", lambda bb, batch_size, device="auto": 20.0 * batch_size / 32)
+    ds, bb = load_dataset(data3, seed=0), create_backbone(TEST_BACKBONE, pretrained=False)
+    sizes = {k: len(ds.split(k)) for k in ("train", "val", "test")}
+
+    def one_epoch(strategy: str) -> float:
+        kw = {"n_train": sizes["train"], "n_eval": sizes["val"], "n_test": sizes["test"], "share_s": 1.0}
+        return plan.epoch_plan(bb, strategy, **kw)["one_epoch_s"]
+
+    a, b = one_epoch("scratch"), one_epoch("partial:2")
+    share = 0.75 * a  # scratch's epoch is over its share but inside HARD_CAP shares
+    assert 2 * share - a < b <= 2 * share  # partial:2 no longer fits what scratch leaves; it fit its share
+    budget = plan.probe_seconds(bb, len(ds.items)) + 2 * share
+    two = ["scratch", "partial:2"]
+    result = compare(data3, TEST_BACKBONE, budget_s=budget, strategies=two, out=tmp_path, progress=False)
+    assert [r["strategy"] for r in result["rows"]] == ["probe", "scratch"]
+    assert result["rows"][1]["epochs_planned"] == 1
+    assert result["skipped"] == ["partial:2"]
+    left = re.search(r"the budget has (\d+) s left", result["skip_reasons"]["partial:2"])
+    assert left and abs(int(left.group(1)) - (2 * share - a)) <= 1
 
 
 @pytest.fixture(scope="module")

@@ -37,7 +37,10 @@ from headstart.verdicts.select import (
 # about the gain a fine-tune buys over a probe; below it one split's noise swamps that gain.
 CV_BELOW_VAL_ITEMS = 300
 # The budget is a plan, not a stopwatch: each fine-tune gets epochs from measured step times before it
-# starts; the wall clock stops it only past this multiple of its share (a safety net the row reports).
+# starts. One whose single epoch needs up to this multiple of its share still runs, on what the rows after
+# it would have had (its priced cost comes off the budget, so theirs shrink, and a row whose epoch no
+# longer fits what is left is skipped); the wall clock stops a fit only past the same multiple of its
+# share (a safety net the row reports).
 HARD_CAP = 2.0
 
 # Below this many training examples per class (the median), full fine-tuning of every weight is left out:
@@ -222,8 +225,10 @@ class _Comparison:
         self.add(row, p.metrics)
         return row
 
-    def run_strategy(self, strategy: str, share: float, bb: Any, ds: Any) -> None:
-        """One fine-tune (or scratch) with the epochs its share buys; skipped when one epoch cannot fit."""
+    def run_strategy(self, strategy: str, share: float, bb: Any, ds: Any, left: float | None = None) -> float:
+        """One fine-tune (or scratch) with the epochs its share buys; skipped when one epoch cannot fit
+        `HARD_CAP` shares, or `left` (the priced seconds the budget has left). Returns the row's priced
+        seconds (0 when skipped; the share itself when the family has no timed step)."""
         from headstart.train import fit
         from headstart.verdicts.plan import epoch_plan
 
@@ -240,15 +245,19 @@ class _Comparison:
             fit_strategy,
             n_train=len(ds.split("train")),
             n_eval=len(ds.split("val")),
+            n_test=len(ds.split("test")),
             share_s=share,
             device=self.device,
         )
-        if plan.get("one_epoch_s", 0.0) > HARD_CAP * share:  # it could not run one epoch before the cap
+        one_epoch = plan.get("one_epoch_s", 0.0)
+        if one_epoch > HARD_CAP * share or (left is not None and one_epoch > left):
             self.skipped.append(strategy)
-            self.skip_reasons[strategy] = (
-                f"one epoch needs about {plan['one_epoch_s']:.0f} s; its share of the budget is {share:.0f} s"
+            self.skip_reasons[strategy] = f"one epoch needs about {one_epoch:.0f} s; " + (
+                f"its share of the budget is {share:.0f} s"
+                if one_epoch > HARD_CAP * share
+                else f"the budget has {left:.0f} s left after the rows before it"
             )
-            return
+            return 0.0
         r = fit(
             self.data,
             backbone=fit_backbone,
@@ -276,6 +285,9 @@ class _Comparison:
         )
         row["cut_short"] = row["budget_stopped"] or planned < plan["recipe_epochs"]
         self.add(row, r.metrics)
+        if not plan["epochs"]:
+            return share
+        return one_epoch + (plan["epochs"] - 1) * plan["epoch_s"]
 
     def verdicts(self, n_classes: int, rule: dict[str, Any]) -> dict[str, Any]:
         for row in self.rows:
@@ -368,22 +380,24 @@ def compare(
     tuned_bb = create_backbone(f"size:{cmp.input_size}:{backbone}") if todo and cmp.input_size else bb
     # Shares are worked out once, from the budget and the priced probe, never from the clock, so the same
     # data, seed, budget and machine give the same plans (see verdicts.plan).
-    # The frozen heads cost `head_passes` probe passes each; the trained rows share what is left evenly.
+    # The frozen heads cost `head_passes` probe passes each; each trained row gets an even share of the
+    # priced seconds still left, and its own priced cost comes off them (HARD_CAP).
     pass_s = probe_seconds(bb, len(ds.items), device)
     heads = {s: pass_s * head_passes(s) for s in todo if frozen_head(s)}
     trained = len(todo) - len(heads)
-    share = (budget_s - pass_s - sum(heads.values())) / trained if trained else budget_s - pass_s
+    left = budget_s - pass_s - sum(heads.values()) if trained else budget_s - pass_s
     for i, strategy in enumerate(todo):
         over = time.perf_counter() - t_start > HARD_CAP * budget_s
-        if share <= 0 or over:
-            why = "the safety cap (twice the budget) was reached" if over else "the probe takes the budget"
+        if left <= 0 or over:
+            why = "the safety cap (twice the budget) was reached" if over else "the budget is spent"
             cmp.skipped.extend(todo[i:])
             cmp.skip_reasons.update({s: why for s in todo[i:]})
             break
         if strategy in heads:
             cmp.run_strategy(strategy, max(heads[strategy], 1.0), bb, ds)
         else:
-            cmp.run_strategy(strategy, share, tuned_bb, ds)
+            left -= cmp.run_strategy(strategy, left / trained, tuned_bb, ds, left=left)
+            trained -= 1
     cv = frozen_head_hits(cmp.rows, data_used, seed, device)
     cmp.cv_correct = {k: v["correct"] for k, v in cv.items()}
     cmp.cv_nll = {k: v["nll"] for k, v in cv.items()}

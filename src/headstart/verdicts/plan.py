@@ -50,6 +50,7 @@ def epoch_plan(
     n_train: int,
     n_eval: int,
     share_s: float,
+    n_test: int = 0,
     overhead_s: float = 0.0,
     device: str = "auto",
 ) -> dict[str, Any]:
@@ -71,7 +72,8 @@ def epoch_plan(
     # contrastive (setfit) step runs each item with its two pair partners: three items' worth.
     passes = _passes(recipe)
     epoch_s = batches * step * passes + forward * (n_eval + (n_train if not recipe.pretrained else 0))
-    fixed = overhead_s + forward * (n_train + n_eval) * len(recipe.phases)  # prefix caches, final scores
+    # Prefix caches and final scores per phase, and the run's closing score of the test split.
+    fixed = overhead_s + forward * ((n_train + n_eval) * len(recipe.phases) + n_test)
     fits = int((share_s - fixed) // epoch_s) if epoch_s > 0 else total
     epochs = max(1, min(total, fits))
     return {
