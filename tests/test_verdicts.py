@@ -346,3 +346,21 @@ def test_build_digits_and_fashion_mnist(tmp_path: Path) -> None:
     assert counts == {c: 3 for c in build_fashion_mnist.CLASSES}
     ds = load_dataset(tmp_path / "fashion")
     assert len(ds.items) == 30 and Image.open(ds.items[0].path).size == (28, 28)
+
+
+def test_text_steps_are_priced_at_the_length_their_batches_pad_to() -> None:
+    """A random batch pads to its longest text: the plan prices a step at the expected longest of a
+    batch (exact, by counting draws), never below the timed 64 tokens."""
+    import itertools
+    import math
+
+    from headstart.verdicts.plan import padded_scale
+
+    assert padded_scale(None, 32) == 1.0 and padded_scale([10] * 50, 32) == 1.0  # short texts: never cheaper
+    assert padded_scale([128] * 50, 32) == 2.0
+    assert padded_scale([64, 256], 32) == 4.0  # a batch larger than the split holds all of it
+    lengths = [70, 80, 100, 130, 200, 260]  # every 3-of-6 draw enumerated
+    draws = list(itertools.combinations(lengths, 3))
+    expected = sum(max(d) for d in draws) / len(draws)
+    assert len(draws) == math.comb(6, 3)
+    assert padded_scale(lengths, 3) == pytest.approx(expected / 64)

@@ -170,6 +170,7 @@ class _Comparison:
     cv_correct: dict[str, Any] = field(default_factory=dict)  # the frozen heads' k-fold hits (select)
     cv_nll: dict[str, Any] = field(default_factory=dict)  # and their k-fold tempered NLLs
     balance: dict[str, Any] = field(default_factory=dict)  # the probe's metrics["imbalance"]
+    train_lengths: list[int] | None = None  # the training texts' token counts: they price text steps
 
     def engine_options(self) -> dict[str, Any]:
         """What every training row (fit, adapt) is run with besides its own options."""
@@ -248,6 +249,7 @@ class _Comparison:
             n_test=len(ds.split("test")),
             share_s=share,
             device=self.device,
+            train_lengths=self.train_lengths,
         )
         one_epoch = plan.get("one_epoch_s", 0.0)
         if one_epoch > HARD_CAP * share or (left is not None and one_epoch > left):
@@ -353,7 +355,7 @@ def compare(
     from headstart.runs import to_jsonable
     from headstart.train.engine import check_engine
     from headstart.verdicts.cheap_cv import frozen_head_hits
-    from headstart.verdicts.plan import probe_seconds
+    from headstart.verdicts.plan import probe_seconds, text_lengths
     from headstart.views import check_views
 
     if budget_s <= 0:
@@ -376,6 +378,7 @@ def compare(
     # The rule-based recommendation needs only the probe: worked out now, inside the budget.
     rule = rule_of_thumb(data_used, backbone, per_class, probe_row["val_accuracy"], seed, progress, device)
     bb = create_backbone(backbone) if todo else None
+    cmp.train_lengths = text_lengths(bb, [it.source for it in ds.split("train")]) if bb else None
     cmp.input_size, sizing = fine_tune_size(input_size, data_used, backbone, seed, device, progress)
     tuned_bb = create_backbone(f"size:{cmp.input_size}:{backbone}") if todo and cmp.input_size else bb
     # Shares are worked out once, from the budget and the priced probe, never from the clock, so the same

@@ -10,6 +10,7 @@ in place, the same data, seed, budget and machine give the same epochs, hence th
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from headstart.errors import HeadstartError
@@ -43,6 +44,32 @@ def probe_seconds(backbone: Any, n_items: int, device: str = "auto") -> float:
         return 0.0
 
 
+def text_lengths(backbone: Any, sources: Sequence[str]) -> list[int] | None:
+    """Token counts of a split's texts, for `padded_scale` (None for other modalities)."""
+    if backbone.modality != "text":
+        return None
+    return [len(backbone.encode(s)) for s in sources]
+
+
+def padded_scale(lengths: Sequence[int] | None, batch_size: int) -> float:
+    """How much more a training step of these texts costs than the timed one of TIMED_TEXT_TOKENS tokens.
+
+    A training batch is a random draw padded to its longest text, so the step runs at the expected longest
+    of `batch_size` texts drawn without replacement, about linear in tokens at these lengths (projections
+    and MLPs dominate). Never below 1: plans err short. On fortunes (median 20 tokens, longest 156) a batch
+    of 32 pads to ~110 tokens, and steps priced at 64 took 2-3x their price."""
+    from headstart.train.precision import TIMED_TEXT_TOKENS
+
+    if not lengths:
+        return 1.0
+    xs, n = sorted(lengths), len(lengths)
+    b = min(batch_size, n)
+    # P(the longest of b is the i-th shortest) = (C(i, b) - C(i-1, b)) / C(n, b), i = 1..n.
+    total = math.comb(n, b)
+    expected = sum(x * (math.comb(i, b) - math.comb(i - 1, b)) for i, x in enumerate(xs, 1)) / total
+    return max(1.0, expected / TIMED_TEXT_TOKENS)
+
+
 def epoch_plan(
     backbone: Any,
     strategy: str,
@@ -53,9 +80,11 @@ def epoch_plan(
     n_test: int = 0,
     overhead_s: float = 0.0,
     device: str = "auto",
+    train_lengths: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """{"epochs": E or None (no plan: the clock decides), "recipe_epochs", "epoch_s", "why"}, priced at a
-    step timed on the `device` the fit will run on."""
+    step timed on the `device` the fit will run on. `train_lengths`: the training texts' token counts
+    (`text_lengths`), which price a text step at the length its batches pad to."""
     from headstart.recipes import get_recipe
 
     recipe = get_recipe(strategy, len(backbone.groups))
@@ -71,15 +100,20 @@ def epoch_plan(
     # Each epoch: the steps, the validation pass, and for from-scratch the BatchNorm pass over train. A
     # contrastive (setfit) step runs each item with its two pair partners: three items' worth.
     passes = _passes(recipe)
-    epoch_s = batches * step * passes + forward * (n_eval + (n_train if not recipe.pretrained else 0))
+    padded = padded_scale(train_lengths, recipe.batch_size)
+    steps_s = batches * step * padded * passes
+    epoch_s = steps_s + forward * (n_eval + (n_train if not recipe.pretrained else 0))
     # Prefix caches and final scores per phase, and the run's closing score of the test split.
     fixed = overhead_s + forward * ((n_train + n_eval) * len(recipe.phases) + n_test)
     fits = int((share_s - fixed) // epoch_s) if epoch_s > 0 else total
     epochs = max(1, min(total, fits))
+    why = f"{epochs} of {total} epochs fit {share_s:.0f} s at ~{epoch_s:.1f} s per epoch"
+    if padded > 1:
+        why += f" (steps priced {padded:.1f}x the timed one: batches pad to their longest text)"
     return {
         "epochs": epochs,
         "recipe_epochs": total,
         "epoch_s": epoch_s,
         "one_epoch_s": fixed + epoch_s,
-        "why": f"{epochs} of {total} epochs fit {share_s:.0f} s at ~{epoch_s:.1f} s per epoch",
+        "why": why,
     }
