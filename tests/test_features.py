@@ -105,3 +105,21 @@ def test_images_decoded_into_reused_buffers_embed_as_a_fresh_array_per_item(
     plain = embed(tiny_backbone, paths, backend="torch", batch_size=4, workers=2, cache=False, progress=False)
     assert fast.paths == plain.paths and str(paths[5]) in fast.bad
     np.testing.assert_array_equal(fast.X, plain.X)
+
+
+def test_a_forward_that_returns_a_view_of_its_input_keeps_its_features(
+    image_folder: Path, tiny_backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reused buffers are refilled after each forward: features that are a view of the input (a plugin
+    whose forward slices its input) are copied first, never overwritten by the next batch's pixels."""
+    from headstart import features
+    from headstart.data.images import load_image_tensor
+
+    def make_forward(backbone, backend, dev):
+        return (lambda x: x.numpy()[:, 0, 0, :4]), "torch"  # a view of the batch
+
+    monkeypatch.setattr(features, "make_forward", make_forward)
+    paths = sorted(image_folder.rglob("*.png"))
+    got = embed(tiny_backbone, paths, backend="torch", batch_size=4, cache=False, progress=False)
+    want = np.stack([load_image_tensor(p, tiny_backbone.preprocess)[0, 0, :4] for p in paths])
+    np.testing.assert_array_equal(got.X, want)

@@ -251,6 +251,12 @@ def _decode_batch(
     return ok, batch, bad, None
 
 
+def _owned(out: np.ndarray, buf: np.ndarray | None) -> np.ndarray:
+    """A forward's output, copied when it is a view of its reused input buffer (a plugin whose forward
+    slices its input): the buffer is refilled with the next batch before the features are read."""
+    return out.copy() if buf is not None and np.may_share_memory(out, buf) else out
+
+
 def _decoder(
     backbone: Backbone, max_pixels: int, pin_memory: bool, batch: int
 ) -> tuple[Callable[[Sequence[str]], tuple[list[int], Any, dict[str, str], Any]], BatchBuffers | None]:
@@ -375,7 +381,7 @@ def embed(
                 batch = fut.batch  # type: ignore[attr-defined]
                 bad.update(batch_bad)
                 if x is not None:
-                    out = forward(x)
+                    out = _owned(forward(x), buf)
                     new = [(batch[i][0], out[j]) for j, i in enumerate(ok)]
                     computed.update(new)
                     if store is not None:
