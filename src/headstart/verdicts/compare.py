@@ -384,11 +384,14 @@ def compare(
     # Shares are worked out once, from the budget and the priced probe, never from the clock, so the same
     # data, seed, budget and machine give the same plans (see verdicts.plan).
     # The frozen heads cost `head_passes` probe passes each; each trained row gets an even share of the
-    # priced seconds still left, and its own priced cost comes off them (HARD_CAP).
+    # priced seconds still left, never more than the even share of the start (prices run short, so what a
+    # row leaves unspent is slack, not more epochs for the next), and its own priced cost comes off them
+    # (HARD_CAP).
     pass_s = probe_seconds(bb, len(ds.items), device)
     heads = {s: pass_s * head_passes(s) for s in todo if frozen_head(s)}
     trained = len(todo) - len(heads)
     left = budget_s - pass_s - sum(heads.values()) if trained else budget_s - pass_s
+    even = left / trained if trained else left
     for i, strategy in enumerate(todo):
         over = time.perf_counter() - t_start > HARD_CAP * budget_s
         if left <= 0 or over:
@@ -399,7 +402,7 @@ def compare(
         if strategy in heads:
             cmp.run_strategy(strategy, max(heads[strategy], 1.0), bb, ds)
         else:
-            left -= cmp.run_strategy(strategy, left / trained, tuned_bb, ds, left=left)
+            left -= cmp.run_strategy(strategy, min(even, left / trained), tuned_bb, ds, left=left)
             trained -= 1
     cv = frozen_head_hits(cmp.rows, data_used, seed, device)
     cmp.cv_correct = {k: v["correct"] for k, v in cv.items()}
