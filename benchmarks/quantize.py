@@ -252,6 +252,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="Lite0 on emoji and MiniLM on 360 fortunes")
     ap.add_argument("--reps", type=int, default=3, help="repeats of every speed figure (median reported)")
     args = ap.parse_args()
+    if args.reps < 1:
+        ap.error(f"--reps {args.reps}: must be at least 1")
     print(f"CPU: {cpu_model()} (AVX-512 VNNI: {'yes' if vnni() else 'no'}); {machine_load()}", flush=True)
     import tempfile
 
