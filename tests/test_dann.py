@@ -122,7 +122,11 @@ def _target_accuracy(seed: int, dann: bool) -> float:
         weight_decay=0.0,
     )
     objective = DomainAdversarial(_sources(xt), weight=1.0) if dann else None
-    tr = Trainer(bb, 2, Recipe("toy", (phase,)), seed=seed, objective=objective, augment=False)
+    # fp32 pinned: `auto` picks bf16 where a timed step says it is faster, and a busy suite can say so
+    # for this MLP; in bf16 seed 2 gave DANN 0.695 against 0.755 (fp32: 0.805 against 0.705).
+    tr = Trainer(
+        bb, 2, Recipe("toy", (phase,)), seed=seed, objective=objective, augment=False, precision="fp32"
+    )
     tr.fit(_split(xs, ys), _split(xv, yv))
     z = tr.logits("target-test", _split(xtt, ytt), k=len(bb.groups))
     return float((z.argmax(1) == torch.as_tensor(ytt)).float().mean())

@@ -109,7 +109,9 @@ def _agreement_after(teacher_run: Path, tmp_path: Path, alpha: float) -> float:
     val = split(val_src, torch.from_numpy(z_val.argmax(1)))
     phase = Phase("head", train_top=0, epochs=20, lr=1e-2, patience=None, head_init="zeros")
     obj = Distillation(teacher, temperature=2.0, alpha=alpha)
-    tr = Trainer(student, 3, Recipe("unlabeled-only", (phase,), batch_size=8), objective=obj).fit(train, val)
+    recipe = Recipe("unlabeled-only", (phase,), batch_size=8)
+    # fp32 pinned: `auto` times a step and may pick bf16, which would make the threshold a timing's call.
+    tr = Trainer(student, 3, recipe, objective=obj, precision="fp32").fit(train, val)
     with torch.no_grad():
         pred_s = tr.net(student.collate([good[s] for s in held])).argmax(1).numpy()
     z_t, kept, _ = teacher.logits(held)
