@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +288,65 @@ def test_int8_with_the_torch_backend_is_refused_before_any_data_is_read(tmp_path
     assert "--backend auto" in e.value.fix
     with pytest.raises(HeadstartError, match="'int4'"):
         ProbeConfig(tmp_path / "does-not-exist", precision="int4")
+
+
+def _quantized_gathers(path: Path) -> list[str]:
+    """The Gather nodes of an ONNX file that read an int8/uint8 table (a quantized embedding)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    ints = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    tables = {i.name for i in graph.initializer if i.data_type in ints}
+    return [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in tables]
+
+
+def test_text_int8_quantizes_the_embedding_tables_and_a_run_of_the_earlier_method_rebuilds_it() -> None:
+    from headstart.errors import HeadstartError
+    from headstart.quantize_forward import DYNAMIC, DYNAMIC_MATMUL, STATIC, Int8Forward, Int8Identity
+
+    bb = create_backbone("test_text_encoder")
+    new = Int8Forward(bb)
+    assert new.identity.method == DYNAMIC and _quantized_gathers(new.ensure())
+    # A run recorded before the tables were quantized gets its own model back, MatMul/Gemm only.
+    old = Int8Forward(bb, expected=Int8Identity(DYNAMIC_MATMUL, new.identity.float_sha256, ()))
+    assert old.identity.method == DYNAMIC_MATMUL and old.cache_key != new.cache_key
+    assert not _quantized_gathers(old.ensure())
+    f = embed(bb, TEXTS, cache=False, progress=False).X
+    for int8 in (new, old):
+        q = embed(bb, TEXTS, int8=int8, cache=False, progress=False).X
+        assert ((q * f).sum(1) / np.linalg.norm(q, axis=1) / np.linalg.norm(f, axis=1)).min() > 0.9
+    with pytest.raises(HeadstartError, match="is not the one"):  # a conv net's method on a transformer
+        Int8Forward(bb, expected=Int8Identity(STATIC, new.identity.float_sha256, ("0" * 64,)))
+
+
+def test_later_sessions_load_onnx_runtimes_optimized_copy_with_the_same_outputs(monkeypatch, caplog) -> None:
+    from headstart import onnx_forward
+    from headstart.onnx_forward import OnnxForward, cached_session, feed, optimized_path, varied_input
+
+    bb = create_backbone(IMAGE_BACKBONE, pretrained=False)
+    fwd = OnnxForward(bb)  # the first session writes the copy
+    opt = optimized_path(fwd.path)
+    assert opt.is_file() and not list(opt.parent.glob("*.tmp"))
+    x = feed(varied_input(bb, 3))
+    ref = onnx_forward._session(fwd.path, 1).run(None, x)[0]
+    opened: list[tuple[Path, bool]] = []
+    plain = onnx_forward._session
+
+    def spy(path, threads, *, optimize=True, save_to=None):
+        opened.append((Path(path), optimize))
+        return plain(path, threads, optimize=optimize, save_to=save_to)
+
+    monkeypatch.setattr(onnx_forward, "_session", spy)
+    assert np.array_equal(cached_session(fwd.path, 1).run(None, x)[0], ref)
+    assert opened == [(opt, False)]  # loaded as optimized, not optimized again
+    opt.write_bytes(b"not a model")  # damaged: made again, with a warning
+    assert np.array_equal(cached_session(fwd.path, 1).run(None, x)[0], ref)
+    assert "does not load" in caplog.text and opt.stat().st_size > 1000
+    # Where the copy cannot be written, a plain session still answers.
+    monkeypatch.setattr(onnx_forward, "optimized_path", lambda p: p.parent / "missing-dir" / "x.onnx")
+    assert np.array_equal(cached_session(fwd.path, 1).run(None, x)[0], ref)
+    # The copy belongs to the file it was made from: a rewritten file gets another name.
+    st = fwd.path.stat()
+    os.utime(fwd.path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    monkeypatch.undo()
+    assert optimized_path(fwd.path) != opt
