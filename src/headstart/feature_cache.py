@@ -30,6 +30,9 @@ class FeatureCache:
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=60)
             conn.execute("PRAGMA journal_mode=WAL")
+            # No fsync per commit (WAL's NORMAL): a power cut may lose the last batches' rows, never
+            # corrupt the file, and a cache recomputes what it lost. FULL cost 14 ms per 12 batches of 32.
+            conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
 
