@@ -134,3 +134,35 @@ def test_a_frozen_head_is_tested_against_the_probe_on_every_labeled_item() -> No
     tie = {"probe": cv["probe"], "multi-depth": np.roll(cv["probe"], 1)}
     kept = select(rows, val, cv_correct=tie)
     assert kept["strategy"] == "probe" and "train+val" in kept["reason"]
+
+
+def test_the_frozen_heads_likelihood_test_reads_each_items_mean_over_the_same_fold_draws(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each item's NLL in the frozen heads' k-fold test is its mean over TEST_PASSES fold draws, the same
+    draws for every head (so the test stays paired item by item, and one draw's luck averages out: the
+    measurement is in docs/compare.md); the accuracy check reads the first draw, the folds of before."""
+    from headstart.calibration import tempered_nll
+    from headstart.verdicts import cheap_cv
+
+    data = make_image_folder(tmp_path / "d", ("red", "blue", "green"), per_class=10)
+    heads = {"probe": (TEST_BACKBONE, 1.0, 0), "multi-depth": (f"depths:{TEST_BACKBONE}", 1.0, 0)}
+    calls: dict[int, list[tuple[int, np.ndarray, dict]]] = {}  # feature width -> (seed, labels, hits)
+    real = cheap_cv.cv_hits
+
+    def spy(X, y, n_classes, **kw):
+        hit = real(X, y, n_classes, **kw)
+        calls.setdefault(X.shape[1], []).append((kw["seed"], y, hit))
+        return hit
+
+    monkeypatch.setattr(cheap_cv, "cv_hits", spy)
+    hits = cheap_cv.paired_head_hits(data, heads, seed=7, device="cpu")
+    assert cheap_cv.TEST_PASSES >= 3 and len(calls) == 2  # the two heads' widths differ
+    seeds = [[s for s, _, _ in c] for c in calls.values()]
+    assert seeds[0] == seeds[1] and len(set(seeds[0])) == cheap_cv.TEST_PASSES and seeds[0][0] == 7
+    for k, passes in zip(hits, calls.values(), strict=True):
+        y = passes[0][1]
+        assert len({h["probe_logits"].tobytes() for _, _, h in passes}) > 1  # the draws differ
+        mean = np.mean([tempered_nll(h["probe_logits"], y)[1] for _, _, h in passes], axis=0)
+        assert np.allclose(hits[k]["nll"], mean), k
+        assert np.array_equal(hits[k]["correct"], passes[0][2]["probe"]), k

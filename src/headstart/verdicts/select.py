@@ -38,7 +38,7 @@ PROBE = "probe"
 # The deciding paired test where both rows carry each item's tempered NLL (headstart.calibration).
 LIKELIHOOD_TEST = "tempered log-likelihood sign-flip test"
 # How the frozen heads' `cv_correct` is made (headstart.verdicts.cheap_cv.paired_head_hits).
-CV_TEST = "each predicted once by a k-fold model that never saw it"
+CV_TEST = "each predicted by k-fold models that never saw it (its likelihood averaged over fold draws)"
 SCRATCH = "scratch"
 # Heads on the frozen backbone beside the probe, run first, each priced at `head_passes` probe passes.
 HEAD_STRATEGIES = ("multi-depth", "views")
