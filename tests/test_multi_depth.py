@@ -144,6 +144,7 @@ def test_the_frozen_heads_likelihood_test_reads_each_items_mean_over_the_same_fo
     measurement is in docs/compare.md); the accuracy check reads the first draw, the folds of before."""
     from headstart.calibration import tempered_nll
     from headstart.verdicts import cheap_cv
+    from headstart.verdicts.select import TEST_PASSES
 
     data = make_image_folder(tmp_path / "d", ("red", "blue", "green"), per_class=10)
     heads = {"probe": (TEST_BACKBONE, 1.0, 0), "multi-depth": (f"depths:{TEST_BACKBONE}", 1.0, 0)}
@@ -157,9 +158,9 @@ def test_the_frozen_heads_likelihood_test_reads_each_items_mean_over_the_same_fo
 
     monkeypatch.setattr(cheap_cv, "cv_hits", spy)
     hits = cheap_cv.paired_head_hits(data, heads, seed=7, device="cpu")
-    assert cheap_cv.TEST_PASSES >= 3 and len(calls) == 2  # the two heads' widths differ
+    assert TEST_PASSES >= 3 and len(calls) == 2  # the two heads' widths differ
     seeds = [[s for s, _, _ in c] for c in calls.values()]
-    assert seeds[0] == seeds[1] and len(set(seeds[0])) == cheap_cv.TEST_PASSES and seeds[0][0] == 7
+    assert seeds[0] == seeds[1] and len(set(seeds[0])) == TEST_PASSES and seeds[0][0] == 7
     for k, passes in zip(hits, calls.values(), strict=True):
         y = passes[0][1]
         assert len({h["probe_logits"].tobytes() for _, _, h in passes}) > 1  # the draws differ

@@ -141,7 +141,7 @@ def optimized_path(path: Path) -> Path:
 def cached_session(path: Path, threads: int) -> Any:
     """`_session(path, threads)`, through ONNX Runtime's optimized copy of `path` (`optimized_path`),
     written by the first session and loaded as is by every later one: a command's cold start. MiniLM-L6
-    at int8 opened in 35 instead of 69 ms, EfficientNet-Lite0 in 11 instead of 27 ms (2-core Zen 4). The
+    at int8 opened in 22-35 instead of 69 ms, EfficientNet-Lite0 in 9-12 instead of 26 ms (2-core Zen 4). The
     outputs are the same (tests/test_frozen_forward.py). A copy that fails to load is made again; a cache
     that cannot be written costs only the saving."""
     opt = optimized_path(path)

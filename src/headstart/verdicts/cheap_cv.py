@@ -18,11 +18,6 @@ from headstart.intervals import wilson
 from headstart.metrics import knn_predict
 
 CV_FOLDS, CV_REPEATS = 5, 3
-#: Passes of the frozen heads' paired k-fold test, each on other folds (the same for every head): each
-#: item's NLL is its mean over them. On emoji and Fashion-MNIST 20/class, 30 seeds each, one pass found
-#: multi-depth's gain over the probe on 8 and 10 seeds at compare's level, the mean of three on 13 and 13,
-#: and neither found one on fortunes, where multi-depth is worse (docs/compare.md).
-TEST_PASSES = 3
 #: The seed offset between the test's passes (pass r draws its folds with seed + r * PASS_SEED_STEP).
 PASS_SEED_STEP = 1000
 
@@ -141,11 +136,11 @@ def paired_head_hits(
     """{row: {"correct", "nll"}: each train+val item's correctness and tempered NLL} for frozen heads
     (row -> (backbone, C, augmented views per item)), on the same items (those every backbone embedded),
     through the cache their runs filled. A paired test on these uses every labeled item, not the val split
-    alone. Every head runs TEST_PASSES stratified k-fold passes, pass r on the same folds for every head;
-    "nll" is each item's mean tempered NLL over the passes (each item still counts once in the test, and
-    the luck of one fold draw averages out), "correct" the first pass's right/wrong. A head without views
-    gets its L2 strength by CV on these items (the run's was chosen on a few dozen val items, too noisy for
-    2,000 features): slightly optimistic, alike for every head."""
+    alone. Every head runs `select.TEST_PASSES` stratified k-fold passes, pass r on the same folds for
+    every head; "nll" is each item's mean tempered NLL over the passes (each item still counts once in the
+    test, and the luck of one fold draw averages out), "correct" the first pass's right/wrong. A head
+    without views gets its L2 strength by CV on these items (the run's was chosen on a few dozen val items,
+    too noisy for 2,000 features): slightly optimistic, alike for every head."""
     from headstart.backbones import create_backbone
     from headstart.calibration import tempered_nll
     from headstart.views import embed_views
@@ -175,6 +170,8 @@ def paired_head_hits(
 
 def pass_seeds(seed: int) -> list[int]:
     """The fold seeds of the frozen heads' test passes (the first is `seed`: its folds as before)."""
+    from headstart.verdicts.select import TEST_PASSES
+
     return [seed + r * PASS_SEED_STEP for r in range(TEST_PASSES)]
 
 
