@@ -116,25 +116,17 @@ def _session(path: Path, threads: int, *, optimize: bool = True, save_to: Path |
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    return next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-
-
 def optimized_path(path: Path) -> Path:
     """Where ONNX Runtime's optimized copy of the model file `path` is kept: beside it, named for this
     ONNX Runtime version, this CPU (model and instruction sets: the copy holds layouts chosen for them)
     and the file's own size and time, so another machine, version or a rewritten file never reads it."""
     import onnxruntime as ort
 
-    from headstart.train.precision import machine_key
+    from headstart.train.precision import cpu_flags, machine_key
 
     st = path.stat()
     cpu = machine_key().rsplit("|", 1)[0]  # the thread count does not change the graph
-    tag = "|".join([ort.__version__, cpu, _cpu_flags(), str(st.st_size), str(st.st_mtime_ns)])
+    tag = "|".join([ort.__version__, cpu, cpu_flags(), str(st.st_size), str(st.st_mtime_ns)])
     return path.with_name(f"{path.stem}.ort-{hashlib.sha256(tag.encode()).hexdigest()[:12]}.onnx")
 
 
@@ -154,13 +146,13 @@ def cached_session(path: Path, threads: int) -> Any:
     tmp = opt.with_name(f"{opt.name}.{os.getpid()}.tmp")
     try:
         session = _session(path, threads, save_to=tmp)
+        with contextlib.suppress(OSError):
+            os.replace(tmp, opt)
+        return session
     except Exception:  # the copy could not be written (a read-only cache): a plain session
-        tmp.unlink(missing_ok=True)
         return _session(path, threads)
-    with contextlib.suppress(OSError):
-        os.replace(tmp, opt)
-    tmp.unlink(missing_ok=True)
-    return session
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def varied_input(backbone: Backbone, n: int = 3) -> Any:

@@ -9,6 +9,7 @@ batch) and machine (CPU model, core and thread count).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 import time
@@ -39,18 +40,26 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+@functools.cache
+def _cpuinfo() -> tuple[str, ...]:
+    """/proc/cpuinfo's lines (none where there is no such file), read once per process."""
+    try:
+        return tuple(Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return ()
+
+
+def cpu_flags() -> str:
+    """The CPU's instruction-set flags line (x86 `flags`, ARM `Features`; '' where unknown)."""
+    return next((ln for ln in _cpuinfo() if ln.startswith(("flags", "Features"))), "")
+
+
 def machine_key() -> str:
     """The machine and thread count a CPU timing holds for."""
     import torch
 
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    names = (ln.split(":", 1)[1].strip() for ln in _cpuinfo() if ln.startswith("model name"))
+    model = next(names, None) or platform.processor() or platform.machine()
     return f"{model}|{os.cpu_count()} cpus|{torch.get_num_threads()} threads"
 
 
