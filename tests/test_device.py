@@ -136,8 +136,9 @@ def test_embed_on_a_gpu_runs_torch_there_with_pinned_batches_and_returns_the_bac
     assert feats.stats["backend"] == "torch" and feats.stats["device"] == "cuda"
     # The backbone goes to the GPU for the pass and back to the CPU after it.
     assert moves.modules() == [(type(bb).__name__, "cuda"), (type(bb).__name__, "cpu")]
-    # Each batch (6 files in batches of 4: two) is pinned on a decode thread and copied asynchronously.
-    assert len(moves.pinned) == 2 and moves.batches() == [(torch.device("cuda"), True)] * 2
+    # Each batch (6 files in batches of 4, the first a quarter: 1, 4, 1) is pinned on a decode thread and
+    # copied asynchronously.
+    assert len(moves.pinned) == 3 and moves.batches() == [(torch.device("cuda"), True)] * 3
 
 
 def test_embed_on_the_cpu_moves_and_pins_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -123,3 +123,25 @@ def test_a_forward_that_returns_a_view_of_its_input_keeps_its_features(
     got = embed(tiny_backbone, paths, backend="torch", batch_size=4, cache=False, progress=False)
     want = np.stack([load_image_tensor(p, tiny_backbone.preprocess)[0, 0, :4] for p in paths])
     np.testing.assert_array_equal(got.X, want)
+
+
+def test_an_image_embed_starts_with_a_quarter_batch_and_gives_the_same_features(
+    image_folder: Path, tiny_backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forward starts on a small first batch (less waiting for one thread to decode a whole batch);
+    every later batch is full, and the features are those of one item at a time."""
+    from headstart import features
+
+    real = features.make_forward
+    sizes: list[int] = []
+
+    def make_forward(backbone, backend, dev):
+        forward, name = real(backbone, backend, dev)
+        return (lambda x: sizes.append(len(x)) or forward(x)), name
+
+    monkeypatch.setattr(features, "make_forward", make_forward)
+    paths = sorted(image_folder.rglob("*.png"))
+    got = embed(tiny_backbone, paths, backend="torch", batch_size=4, cache=False, progress=False)
+    assert len(paths) > 5 and sizes[0] == 1 and set(sizes[1:-1]) == {4} and sum(sizes) == len(paths)
+    one = embed(tiny_backbone, paths, backend="torch", batch_size=1, cache=False, progress=False)
+    np.testing.assert_allclose(got.X, one.X, atol=1e-4)  # float rounding: eager convs vary by batch

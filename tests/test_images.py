@@ -101,3 +101,31 @@ def test_normalize_matches_the_formula() -> None:
     ref = (a / 255.0 - np.array(cfg.mean)) / np.array(cfg.std)
     assert got.dtype == np.float32 and got.flags["C_CONTIGUOUS"] and got.shape == (3, 4, 5)
     np.testing.assert_allclose(got, ref.transpose(2, 0, 1), atol=1e-5)
+
+
+SHAPES = [(80, 80), (73, 73), (20, 480), (480, 20), (512, 256), (256, 512), (640, 480), (1024, 1024)]
+
+
+def test_resize_crop_is_bit_identical_to_the_full_resize_then_the_crop() -> None:
+    """The kept-region passes (dyadic scales) must give PIL's full resize's pixels exactly, on every
+    shape: squares and landscapes and portraits, up and down, both filters; and they must be taken."""
+    from headstart.data import images
+
+    def full(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+        w, h = img.size
+        scale = cfg.resize / min(w, h)
+        nw, nh = max(cfg.input_size, round(w * scale)), max(cfg.input_size, round(h * scale))
+        img = img.resize((nw, nh), images._INTERP[cfg.interpolation])
+        left, top = (nw - cfg.input_size) // 2, (nh - cfg.input_size) // 2
+        return np.asarray(img.crop((left, top, left + cfg.input_size, top + cfg.input_size)))
+
+    rng = np.random.default_rng(0)
+    boxed = 0
+    for resize, size, interp in [(256, 224, "bicubic"), (292, 260, "bicubic"), (64, 56, "bilinear")]:
+        cfg = PreprocessConfig(size, resize, (0.5,) * 3, (0.5,) * 3, interpolation=interp)
+        for w, h in SHAPES:
+            img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            np.testing.assert_array_equal(np.asarray(images.resize_crop(img, cfg)), full(img, cfg))
+            scale = resize / min(w, h)
+            boxed += images._dyadic(w, round(w * scale)) and images._dyadic(h, round(h * scale))
+    assert boxed >= 10  # the fast path ran on most of these shapes, portraits included

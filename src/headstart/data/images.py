@@ -14,6 +14,7 @@ can fire first, inside `Image.open`; it becomes the same refusal.
 from __future__ import annotations
 
 import io
+import math
 import re
 import struct
 from pathlib import Path
@@ -226,16 +227,38 @@ def _decode(img: Image.Image, path: object, *, draft_to: int | None, max_pixels:
 def resize_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     """Shorter side to `cfg.resize`, then the centre `cfg.input_size` square.
 
-    Two steps on purpose: one resize of just the kept region (PIL's `box`) would be a quarter less work,
-    but PIL's vertical pass then differs from the full resize by up to 23/255 on portrait images.
+    PIL resizes in two passes, horizontal then vertical, each rounded to 8 bits. Where both axes' scales
+    are dyadic fractions (old size / new size = p / 2^k: every square image at a resize of 256, as
+    Lite0's), each pass computed over just the kept columns, then just the kept rows (PIL's `box`, one
+    axis at a time) has exactly the full resize's arithmetic, so the pixels are bit-identical for a fifth
+    less work (emoji at Lite0: 0.61 -> 0.48 ms). Elsewhere the plain resize, then the crop: there a box's
+    float rounding moves some pixels by 1/255 (and one box over both axes may take the passes in the
+    other order).
     """
     w, h = img.size
+    s = cfg.input_size
     scale = cfg.resize / min(w, h)
-    nw, nh = max(cfg.input_size, round(w * scale)), max(cfg.input_size, round(h * scale))
+    nw, nh = max(s, round(w * scale)), max(s, round(h * scale))
+    left, top = (nw - s) // 2, (nh - s) // 2
+    resample = _INTERP.get(cfg.interpolation, Image.Resampling.BICUBIC)
+    if (nw, nh) != (w, h) and _dyadic(w, nw) and _dyadic(h, nh):
+        sx, sy = w / nw, h / nh  # exact, and so is every coordinate below
+        if nw != w:
+            img = img.resize((s, h), resample, box=(left * sx, 0, (left + s) * sx, h))
+        else:
+            img = img.crop((left, 0, left + s, h))
+        if nh != h:
+            return img.resize((s, s), resample, box=(0, top * sy, s, (top + s) * sy))
+        return img.crop((0, top, s, top + s))
     if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), _INTERP.get(cfg.interpolation, Image.Resampling.BICUBIC))
-    left, top = (nw - cfg.input_size) // 2, (nh - cfg.input_size) // 2
-    return img.crop((left, top, left + cfg.input_size, top + cfg.input_size))
+        img = img.resize((nw, nh), resample)
+    return img.crop((left, top, left + s, top + s))
+
+
+def _dyadic(num: int, den: int) -> bool:
+    """Whether num / den is p / 2^k: then every coordinate PIL computes from it is exact in a double."""
+    d = den // math.gcd(num, den)
+    return d & (d - 1) == 0
 
 
 def normalize(img: Image.Image, cfg: PreprocessConfig, *, out: np.ndarray | None = None) -> np.ndarray:
